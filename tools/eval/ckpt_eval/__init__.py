@@ -1,0 +1,1 @@
+"""ckpt_eval: run and evaluate TensorRT-LLM checkpoints and engines."""
