@@ -1,0 +1,89 @@
+"""``ckptfmt inspect DIR`` and ``ckptfmt validate DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import load_config
+from .constants import RANK_FILE
+from .errors import CheckpointError
+from .io import RankFileReader
+from .names import family_of
+from .validate import validate_checkpoint
+
+
+def inspect_checkpoint(directory: str) -> dict:
+    """Summary of a checkpoint: architecture, dtype, mapping, quantization, tensors and bytes per rank."""
+    cfg = load_config(directory)
+    ranks = []
+    for rank in range(cfg.mapping.world_size):
+        path = Path(directory) / RANK_FILE.format(rank=rank)
+        entry = {"rank": rank, "file": path.name, "tp_rank": cfg.mapping.tp_rank(rank),
+                 "pp_rank": cfg.mapping.pp_rank(rank)}
+        try:
+            r = RankFileReader(path)
+            entry["tensors"] = len(r.keys())
+            entry["bytes"] = sum(e["data_offsets"][1] - e["data_offsets"][0] for e in r.entries.values())
+        except CheckpointError as err:
+            entry["error"] = str(err)
+        ranks.append(entry)
+    q = cfg.quantization
+    return {
+        "directory": str(directory), "architecture": cfg.architecture, "family": family_of(cfg),
+        "dtype": cfg.dtype, "num_hidden_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size,
+        "num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": cfg.kv_heads,
+        "vocab_size": cfg.vocab_size,
+        "mapping": {"world_size": cfg.mapping.world_size, "tp_size": cfg.mapping.tp_size,
+                    "pp_size": cfg.mapping.pp_size},
+        "quantization": {"quant_algo": q.quant_algo, "kv_cache_quant_algo": q.kv_cache_quant_algo,
+                         "group_size": q.group_size if q.per_group else None},
+        "ranks": ranks,
+    }
+
+
+def _print_inspect(info: dict) -> None:
+    m, q = info["mapping"], info["quantization"]
+    print(f"{info['directory']}: {info['architecture']} ({info['family']}), dtype {info['dtype']}, "
+          f"{info['num_hidden_layers']} layers, hidden {info['hidden_size']}, heads {info['num_attention_heads']}"
+          f"/{info['num_key_value_heads']} kv, vocab {info['vocab_size']}")
+    print(f"mapping: world {m['world_size']} = tp {m['tp_size']} x pp {m['pp_size']}; "
+          f"quantization: {q['quant_algo'] or 'none'}, kv cache {q['kv_cache_quant_algo'] or 'none'}")
+    for r in info["ranks"]:
+        detail = r.get("error") or f"{r['tensors']} tensors, {r['bytes'] / 1e6:.1f} MB"
+        print(f"  {r['file']} (tp {r['tp_rank']}, pp {r['pp_rank']}): {detail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ckptfmt", description="Inspect and validate checkpoints.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="summarize a checkpoint directory")
+    p.add_argument("directory")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser("validate", help="check config, rank files, tensors and manifest")
+    p.add_argument("directory")
+    p.add_argument("--no-hash", action="store_true", help="check manifest sizes only, not checksums")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "inspect":
+            info = inspect_checkpoint(args.directory)
+            print(json.dumps(info, indent=2)) if args.json else _print_inspect(info)
+            return 0
+        problems, warnings = validate_checkpoint(args.directory, hash_files=not args.no_hash)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    for prob in problems:
+        print(prob, file=sys.stderr)
+    if problems:
+        return 1
+    print(f"{args.directory}: valid")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""The checkpoint config schema: every field and default once, typed, with unknown fields kept.
+
+``CheckpointConfig.from_dict`` never raises on a bad value; ``problems()`` lists every issue with its field
+path, and ``load_config`` raises one ``CheckpointError`` carrying them all.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .constants import CONFIG_FILE, DTYPES, KV_CACHE_ALGOS, WEIGHT_ONLY_ALGOS
+from .errors import CheckpointError
+from .mapping import Mapping
+
+MANDATORY = object()  # marker default for mandatory fields
+
+# name -> (types, default); ``None`` in types means the field may be null.
+TOP_FIELDS: dict[str, tuple[tuple, Any]] = {
+    "architecture": ((str,), MANDATORY),
+    "dtype": ((str,), MANDATORY),
+    "logits_dtype": ((str,), "float32"),
+    "vocab_size": ((int,), MANDATORY),
+    "max_position_embeddings": ((int, None), None),
+    "hidden_size": ((int,), MANDATORY),
+    "num_hidden_layers": ((int,), MANDATORY),
+    "num_attention_heads": ((int,), MANDATORY),
+    "num_key_value_heads": ((int, None), None),  # None -> num_attention_heads
+    "hidden_act": ((str,), MANDATORY),
+    "intermediate_size": ((int, None), None),  # None -> 4 * hidden_size where the model needs it
+    "norm_epsilon": ((float,), 1e-5),
+    "position_embedding_type": ((str,), "learned_absolute"),
+    "use_prompt_tuning": ((bool,), False),
+    "use_parallel_embedding": ((bool,), False),
+    "embedding_sharding_dim": ((int,), 0),
+    "share_embedding_table": ((bool,), False),
+}
+MAPPING_FIELDS: dict[str, tuple[tuple, Any]] = {
+    "world_size": ((int,), 1),
+    "tp_size": ((int,), 1),
+    "pp_size": ((int,), 1),
+}
+QUANT_FLAG_FIELDS: dict[str, tuple[tuple, Any]] = {
+    "use_smooth_quant": ((bool,), False),
+    "per_channel": ((bool,), False),
+    "per_token": ((bool,), False),
+    "per_group": ((bool,), False),
+    "group_size": ((int,), 64),
+    "int8_kv_cache": ((bool,), False),
+    "enable_fp8": ((bool,), False),
+    "fp8_kv_cache": ((bool,), False),
+    "use_weight_only": ((bool,), False),
+    "weight_only_precision": ((str,), "int8"),
+}
+POSITION_EMBEDDING_TYPES = ("learned_absolute", "rope_gpt_neox", "rope_gptj", "alibi", "alibi_with_scale")
+WEIGHT_ONLY_PRECISIONS = ("int8", "int4")
+
+
+def _type_ok(value: Any, types: tuple) -> bool:
+    if value is None:
+        return None in types
+    if isinstance(value, bool):
+        return bool in types
+    if isinstance(value, int) and float in types:
+        return True
+    return any(t is not None and isinstance(value, t) for t in types)
+
+
+def _type_name(types: tuple) -> str:
+    names = [t.__name__ if t is not None else "null" for t in types]
+    return " or ".join({"str": "string", "bool": "boolean", "int": "integer", "float": "number"}.get(n, n)
+                       for n in names)
+
+
+def _read_section(src: dict, schema: dict, prefix: str, problems: list[str]) -> dict:
+    """Values of ``schema`` taken from ``src`` (defaults for missing keys), type problems recorded."""
+    out = {}
+    for name, (types, default) in schema.items():
+        if name not in src:
+            if default is MANDATORY:
+                problems.append(f"{prefix}{name}: missing mandatory field")
+                out[name] = None
+            else:
+                out[name] = default
+            continue
+        value = src[name]
+        if not _type_ok(value, types):
+            problems.append(f"{prefix}{name}: must be {_type_name(types)}, got {json.dumps(value)}")
+            out[name] = default if default is not MANDATORY else None
+        else:
+            out[name] = float(value) if float in types and isinstance(value, int) else value
+    return out
+
+
+@dataclass
+class QuantConfig:
+    """Quantization modes, normalized from either spelling (boolean flags or ``quant_algo``).
+
+    ``style`` records which spelling the source used so that saving writes it back the same way.
+    """
+
+    use_smooth_quant: bool = False
+    per_channel: bool = False
+    per_token: bool = False
+    per_group: bool = False
+    group_size: int = 64
+    int8_kv_cache: bool = False
+    enable_fp8: bool = False
+    fp8_kv_cache: bool = False
+    use_weight_only: bool = False
+    weight_only_precision: str = "int8"
+    style: str = "flags"  # "flags" | "algo"
+    extra: dict = field(default_factory=dict)  # has_zero_point, pre_quant_scale, exclude_modules, ...
+
+    @property
+    def weight_only(self) -> str | None:
+        """'int8' / 'int4' for weight-only quantization, else None."""
+        return self.weight_only_precision if self.use_weight_only else None
+
+    @property
+    def kv_cache(self) -> str | None:
+        return "int8" if self.int8_kv_cache else "fp8" if self.fp8_kv_cache else None
+
+    @property
+    def quant_algo(self) -> str | None:
+        if self.use_weight_only:
+            algo = WEIGHT_ONLY_ALGOS_REV[self.weight_only_precision]
+            return algo + ("_GPTQ" if self.per_group and self.extra.get("_gptq") else "")
+        if self.enable_fp8:
+            return "FP8"
+        if self.use_smooth_quant:
+            if self.per_channel:
+                return "W8A8_SQ_PER_CHANNEL" + ("_PER_TOKEN_PLUGIN" if self.per_token else "")
+            return "W8A8_SQ_PER_TENSOR" + ("_PER_TOKEN_PLUGIN" if self.per_token else "_PLUGIN")
+        return None
+
+    @property
+    def kv_cache_quant_algo(self) -> str | None:
+        return self.kv_cache.upper() if self.kv_cache else None
+
+    @property
+    def is_quantized(self) -> bool:
+        return bool(self.quant_algo or self.kv_cache)
+
+    @classmethod
+    def from_dict(cls, src: dict, problems: list[str]) -> QuantConfig:
+        if not isinstance(src, dict):
+            problems.append(f"quantization: must be an object, got {json.dumps(src)}")
+            return cls()
+        if "quant_algo" in src or "kv_cache_quant_algo" in src:
+            return cls._from_algo(src, problems)
+        values = _read_section(src, QUANT_FLAG_FIELDS, "quantization.", problems)
+        extra = {k: v for k, v in src.items() if k not in QUANT_FLAG_FIELDS}
+        return cls(**values, style="flags", extra=extra)
+
+    @classmethod
+    def _from_algo(cls, src: dict, problems: list[str]) -> QuantConfig:
+        algo, kv = src.get("quant_algo"), src.get("kv_cache_quant_algo")
+        q = cls(style="algo", extra={k: v for k, v in src.items()
+                                     if k not in ("quant_algo", "kv_cache_quant_algo", "group_size")})
+        gs = src.get("group_size", 128 if algo and str(algo).endswith(("_AWQ", "_GPTQ")) else 64)
+        if not _type_ok(gs, (int,)):
+            problems.append(f"quantization.group_size: must be integer, got {json.dumps(gs)}")
+        else:
+            q.group_size = gs
+        if algo is not None:
+            if not isinstance(algo, str):
+                problems.append(f"quantization.quant_algo: must be string or null, got {json.dumps(algo)}")
+            elif algo.split("_")[0] in WEIGHT_ONLY_ALGOS:
+                q.use_weight_only, q.weight_only_precision = True, WEIGHT_ONLY_ALGOS[algo.split("_")[0]]
+                q.per_group = algo.endswith(("_AWQ", "_GPTQ"))
+                if algo.endswith("_GPTQ"):
+                    q.extra["_gptq"] = True
+            elif algo == "FP8":
+                q.enable_fp8 = True
+            elif algo.startswith("W8A8_SQ_"):
+                q.use_smooth_quant = True
+                q.per_channel = "PER_CHANNEL" in algo
+                q.per_token = "PER_TOKEN" in algo
+            else:
+                problems.append(f"quantization.quant_algo: unknown value {algo!r}")
+        if kv is not None:
+            if kv not in KV_CACHE_ALGOS:
+                problems.append(f"quantization.kv_cache_quant_algo: must be one of {list(KV_CACHE_ALGOS)}, "
+                                f"got {json.dumps(kv)}")
+            else:
+                q.int8_kv_cache, q.fp8_kv_cache = kv == "INT8", kv == "FP8"
+        return q
+
+    def to_dict(self) -> dict:
+        extra = {k: v for k, v in self.extra.items() if not k.startswith("_")}
+        if self.style == "algo":
+            out = {"quant_algo": self.quant_algo, "kv_cache_quant_algo": self.kv_cache_quant_algo}
+            if self.per_group or "group_size" in self.extra or self.group_size != 64:
+                out["group_size"] = self.group_size
+            return {**out, **extra}
+        return {**{name: getattr(self, name) for name in QUANT_FLAG_FIELDS}, **extra}
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.weight_only_precision not in WEIGHT_ONLY_PRECISIONS:
+            out.append(f"quantization.weight_only_precision: must be one of {list(WEIGHT_ONLY_PRECISIONS)}, "
+                       f"got {self.weight_only_precision!r}")
+        if self.group_size < 1:
+            out.append(f"quantization.group_size: must be >= 1 (got {self.group_size})")
+        return out
+
+
+WEIGHT_ONLY_ALGOS_REV = {v: k for k, v in WEIGHT_ONLY_ALGOS.items()}
+
+
+@dataclass
+class CheckpointConfig:
+    """A checkpoint's ``config.json``. Model-specific fields live in ``extra`` and survive a round trip."""
+
+    architecture: str
+    dtype: str
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    hidden_act: str
+    logits_dtype: str = "float32"
+    max_position_embeddings: int | None = None
+    num_key_value_heads: int | None = None
+    intermediate_size: int | None = None
+    norm_epsilon: float = 1e-5
+    position_embedding_type: str = "learned_absolute"
+    use_prompt_tuning: bool = False
+    use_parallel_embedding: bool = False
+    embedding_sharding_dim: int = 0
+    share_embedding_table: bool = False
+    mapping: Mapping = field(default_factory=Mapping)
+    quantization: QuantConfig = field(default_factory=QuantConfig)
+    extra: dict = field(default_factory=dict)
+    parse_problems: list = field(default_factory=list, repr=False, compare=False)
+
+    # ---- derived values -------------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.extra.get("head_size") or self.hidden_size // self.num_attention_heads
+
+    @property
+    def ffn_size(self) -> int:
+        return self.intermediate_size or 4 * self.hidden_size
+
+    @property
+    def np_dtype(self):
+        return DTYPES[self.dtype]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """A model-specific field (from ``extra``) or ``default``."""
+        return self.extra.get(name, default)
+
+    def with_mapping(self, tp_size: int = 1, pp_size: int = 1) -> CheckpointConfig:
+        out = copy.deepcopy(self)
+        out.mapping = Mapping(world_size=tp_size * pp_size, tp_size=tp_size, pp_size=pp_size)
+        return out
+
+    # ---- (de)serialization ----------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, src: dict) -> CheckpointConfig:
+        """Parse without raising; problems land in ``parse_problems`` (see ``problems()``)."""
+        problems: list[str] = []
+        if not isinstance(src, dict):
+            raise CheckpointError(f"{CONFIG_FILE}: top level must be a JSON object")
+        values = _read_section(src, TOP_FIELDS, "", problems)
+        msrc = src.get("mapping", {})
+        if not isinstance(msrc, dict):
+            problems.append(f"mapping: must be an object, got {json.dumps(msrc)}")
+            msrc = {}
+        mvals = _read_section(msrc, MAPPING_FIELDS, "mapping.", problems)
+        if "world_size" not in msrc:  # TensorRT-LLM derives it
+            mvals["world_size"] = mvals["tp_size"] * mvals["pp_size"]
+        mextra = {k: v for k, v in msrc.items() if k not in MAPPING_FIELDS}
+        quant = QuantConfig.from_dict(src.get("quantization", {}), problems)
+        known = set(TOP_FIELDS) | {"mapping", "quantization"}
+        extra = {k: v for k, v in src.items() if k not in known}
+        if mextra:
+            extra["_mapping_extra"] = mextra
+        return cls(**values, mapping=Mapping(**mvals), quantization=quant, extra=extra,
+                   parse_problems=problems)
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {name: getattr(self, name) for name in TOP_FIELDS}
+        extra = dict(self.extra)
+        mextra = extra.pop("_mapping_extra", {})
+        out["mapping"] = {**{f.name: getattr(self.mapping, f.name) for f in fields(Mapping)}, **mextra}
+        out["quantization"] = self.quantization.to_dict()
+        out.update(extra)
+        return out
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``config.json`` (``path`` may be the directory or the file)."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / CONFIG_FILE
+        p.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    # ---- validation -----------------------------------------------------------------------------
+    def problems(self) -> list[str]:
+        """Every problem of the config, each prefixed with its field path."""
+        from .names import SUPPORTED_ARCHITECTURES  # late: names depends on config
+
+        out = list(self.parse_problems)
+        bad = {p.split(":")[0] for p in out}
+        if "architecture" not in bad and self.architecture not in SUPPORTED_ARCHITECTURES:
+            out.append(f"architecture: unsupported {self.architecture!r} "
+                       f"(supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))})")
+        for name in ("dtype", "logits_dtype"):
+            if name not in bad and getattr(self, name) not in DTYPES:
+                out.append(f"{name}: must be one of {list(DTYPES)}, got {getattr(self, name)!r}")
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
+            value = getattr(self, name)
+            if name not in bad and value is not None and value < 1:
+                out.append(f"{name}: must be >= 1 (got {value})")
+        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            out.append(f"position_embedding_type: must be one of {list(POSITION_EMBEDDING_TYPES)}, "
+                       f"got {self.position_embedding_type!r}")
+        if self.embedding_sharding_dim not in (0, 1):
+            out.append(f"embedding_sharding_dim: must be 0 or 1 (got {self.embedding_sharding_dim})")
+        out += self.mapping.problems(self.num_hidden_layers if "num_hidden_layers" not in bad else None)
+        out += self.quantization.problems()
+        if not {"hidden_size", "num_attention_heads", "num_key_value_heads"} & bad and not any(
+                p.startswith("mapping.") for p in out):
+            out += self._shape_problems()
+        return out
+
+    def _shape_problems(self) -> list[str]:
+        out = []
+        heads, kv, tp = self.num_attention_heads, self.kv_heads, self.mapping.tp_size
+        if not heads or not self.hidden_size:
+            return out
+        if "head_size" not in self.extra and self.hidden_size % heads:
+            out.append(f"hidden_size: must be divisible by num_attention_heads ({heads}), got {self.hidden_size}")
+        if kv < 1 or heads % kv:
+            out.append(f"num_key_value_heads: must divide num_attention_heads ({heads}), got {kv}")
+        if heads % tp:
+            out.append(f"mapping.tp_size: must divide num_attention_heads ({heads})")
+        elif kv >= 1 and kv % tp and tp % kv:
+            out.append(f"mapping.tp_size: must divide num_key_value_heads ({kv}) or be a multiple of it")
+        if self.intermediate_size is not None and self.intermediate_size % tp:
+            out.append(f"mapping.tp_size: must divide intermediate_size ({self.intermediate_size})")
+        if self.use_parallel_embedding and self.embedding_sharding_dim == 1 and self.hidden_size % tp:
+            out.append(f"mapping.tp_size: must divide hidden_size ({self.hidden_size}) "
+                       "for embedding_sharding_dim 1")
+        return out
+
+    def check(self, source: str = CONFIG_FILE) -> CheckpointConfig:
+        """Raise one ``CheckpointError`` listing every problem, else return self."""
+        problems = self.problems()
+        if problems:
+            raise CheckpointError(f"{source}: {problems[0]}" + (
+                f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+                [f"{source}: {p}" for p in problems])
+        return self
+
+
+def load_config(path: str | os.PathLike, check: bool = True) -> CheckpointConfig:
+    """Read a checkpoint's ``config.json`` (``path``: the directory or the file); validated by default."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CONFIG_FILE
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise CheckpointError(f"{p}: missing (not a checkpoint directory?)") from None
+    except OSError as err:
+        raise CheckpointError(f"{p}: cannot read ({err.strerror})") from None
+    try:
+        src = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{p}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    cfg = CheckpointConfig.from_dict(src)
+    return cfg.check(str(p)) if check else cfg

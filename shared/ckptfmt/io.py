@@ -1,0 +1,297 @@
+"""Rank files: a streaming safetensors writer, a lazy mmap reader, atomic output dirs, the manifest.
+
+The writer takes every tensor's dtype and shape up front, writes the header, then the tensors one at a
+time in that order, hashing as it goes: memory stays at one tensor and the manifest needs no re-read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import struct
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .constants import MANIFEST_FILE, SAFETENSORS_DTYPES, SAFETENSORS_TAGS
+from .errors import CheckpointError
+
+_ALIGN = 8
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+def to_numpy(t) -> np.ndarray:
+    """A numpy view of a numpy array or a (CPU) torch tensor, bf16 included, without importing torch."""
+    if isinstance(t, np.ndarray):
+        return t
+    if type(t).__module__.startswith("torch"):
+        torch = sys.modules["torch"]
+        t = t.detach().cpu().contiguous()
+        if t.dtype == torch.bfloat16:
+            import ml_dtypes
+
+            return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        if t.dtype == torch.float8_e4m3fn:
+            import ml_dtypes
+
+            return t.view(torch.uint8).numpy().view(ml_dtypes.float8_e4m3fn)
+        return t.numpy()
+    return np.asarray(t)
+
+
+def _bytes_view(a: np.ndarray) -> memoryview:
+    a = np.ascontiguousarray(a)
+    return memoryview(a.reshape(-1).view(np.uint8))
+
+
+class RankFileWriter:
+    """Streams one safetensors file: ``specs`` fixes names, dtypes, shapes and order up front."""
+
+    def __init__(self, path: str | os.PathLike, specs: dict[str, tuple[np.dtype, tuple[int, ...]]],
+                 metadata: dict[str, str] | None = None):
+        self.path = Path(path)
+        self._order = list(specs)
+        self._specs = {n: (np.dtype(d), tuple(int(x) for x in s)) for n, (d, s) in specs.items()}
+        header: dict = {"__metadata__": metadata} if metadata else {}
+        offset = 0
+        for name in self._order:
+            dtype, shape = self._specs[name]
+            if dtype not in SAFETENSORS_TAGS:
+                raise CheckpointError(f"{self.path.name}: tensor {name}: dtype {dtype} not storable")
+            size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            header[name] = {"dtype": SAFETENSORS_TAGS[dtype], "shape": list(shape),
+                            "data_offsets": [offset, offset + size]}
+            offset += size
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % _ALIGN)
+        self._file = open(self.path, "wb")  # noqa: SIM115 (closed in close())
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._next = 0
+        self._emit(struct.pack("<Q", len(raw)) + raw)
+
+    def _emit(self, data) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+        self._size += len(data)
+
+    def write(self, name: str, tensor) -> None:
+        """Write the next tensor (must come in the order of ``specs``, with its declared dtype/shape)."""
+        if self._next >= len(self._order) or self._order[self._next] != name:
+            expected = self._order[self._next] if self._next < len(self._order) else "nothing"
+            raise CheckpointError(f"{self.path.name}: tensor {name} written out of order (expected {expected})")
+        a = to_numpy(tensor)
+        dtype, shape = self._specs[name]
+        if a.dtype != dtype or tuple(a.shape) != shape:
+            raise CheckpointError(f"{self.path.name}: tensor {name}: got {a.dtype}{list(a.shape)}, "
+                                  f"declared {dtype}{list(shape)}")
+        self._emit(_bytes_view(a))
+        self._next += 1
+
+    def close(self) -> dict:
+        """Finish the file; returns its manifest entry ``{"size", "sha256"}``."""
+        if self._next != len(self._order):
+            self._file.close()
+            raise CheckpointError(f"{self.path.name}: closed after {self._next} of {len(self._order)} tensors "
+                                  f"(missing {self._order[self._next]})")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        return {"size": self._size, "sha256": self._hash.hexdigest()}
+
+    def __enter__(self) -> RankFileWriter:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._file.close()
+
+
+class RankFileReader:
+    """Lazy, memory-mapped safetensors reader: ``reader[name]`` maps one tensor (read-only, no copy)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.entries, self.metadata, self._data_start = _read_header(self.path)
+        self._mm: np.memmap | None = None
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def spec(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
+        e = self.entries[name]
+        return SAFETENSORS_DTYPES[e["dtype"]], tuple(e["shape"])
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.entries:
+            raise CheckpointError(f"{self.path}: no tensor {name}")
+        if self._mm is None:
+            self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
+        dtype, shape = self.spec(name)
+        lo, hi = self.entries[name]["data_offsets"]
+        raw = self._mm[self._data_start + lo:self._data_start + hi]
+        return raw.view(dtype).reshape(shape)
+
+    get = __getitem__
+
+    def close(self) -> None:
+        self._mm = None
+
+    def __enter__(self) -> RankFileReader:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+
+def _read_header(path: Path) -> tuple[dict, dict, int]:
+    """Parse and check a safetensors header: JSON, dtypes, shapes vs offsets, file size."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(_MAX_HEADER, size - 8):
+                raise CheckpointError(f"{path}: corrupt safetensors header (length {n}, file {size} bytes)")
+            raw = f.read(n)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        header = json.loads(raw)
+        assert isinstance(header, dict)
+    except (ValueError, AssertionError):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)") from None
+    metadata = header.pop("__metadata__", None) or {}
+    end = 0
+    for name, e in header.items():
+        try:
+            dtype = SAFETENSORS_DTYPES[e["dtype"]]
+            lo, hi = e["data_offsets"]
+            count = int(np.prod(e["shape"], dtype=np.int64))
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: corrupt header entry for tensor {name}") from None
+        if hi - lo != count * dtype.itemsize or lo < 0:
+            raise CheckpointError(f"{path}: tensor {name}: offsets do not match shape {e['shape']}")
+        end = max(end, hi)
+    if 8 + n + end > size:
+        raise CheckpointError(f"{path}: truncated (needs {8 + n + end} bytes, has {size})")
+    return header, metadata, 8 + n
+
+
+# ---- manifest -------------------------------------------------------------------------------------
+def file_digest(path: str | os.PathLike, chunk: int = 16 << 20) -> dict:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            size += len(block)
+    return {"size": size, "sha256": h.hexdigest()}
+
+
+def write_manifest(directory: str | os.PathLike, entries: dict[str, dict] | None = None) -> None:
+    """Write ``manifest.json`` last: size + sha256 of every file (``entries`` reuses known digests)."""
+    d = Path(directory)
+    entries = dict(entries or {})
+    for p in sorted(d.rglob("*")):
+        rel = p.relative_to(d).as_posix()
+        if p.is_file() and rel != MANIFEST_FILE and rel not in entries:
+            entries[rel] = file_digest(p)
+    (d / MANIFEST_FILE).write_text(json.dumps({"version": 1, "files": dict(sorted(entries.items()))},
+                                              indent=1) + "\n")
+
+
+def verify_manifest(directory: str | os.PathLike, hash_files: bool = True) -> list[str]:
+    """Problems of the manifest (missing/extra files, size or checksum mismatch); [] when absent."""
+    d = Path(directory)
+    p = d / MANIFEST_FILE
+    if not p.exists():
+        return []
+    try:
+        files = json.loads(p.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return [f"{p}: corrupt manifest"]
+    problems = []
+    for rel, entry in files.items():
+        f = d / rel
+        if not f.is_file():
+            problems.append(f"{f}: listed in {MANIFEST_FILE} but missing")
+        elif f.stat().st_size != entry.get("size"):
+            problems.append(f"{f}: size {f.stat().st_size} != manifest {entry.get('size')}")
+        elif hash_files and file_digest(f)["sha256"] != entry.get("sha256"):
+            problems.append(f"{f}: sha256 checksum mismatch with {MANIFEST_FILE}")
+    return problems
+
+
+# ---- atomic output directory ----------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_output_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temp dir beside ``final``; renamed into place only when the block completes.
+
+    On any error, Ctrl-C or SIGTERM the temp dir is removed and ``final`` is untouched.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise CheckpointError(f"{final}: output directory already exists (pass --overwrite to replace it)")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        yield tmp
+        if final.exists():
+            trash = final.parent / f".{final.name}.old-{os.getpid()}"
+            final.rename(trash)
+            tmp.rename(final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_on_sigterm(signum, frame):
+    raise KeyboardInterrupt("terminated")
+
+
+def save_checkpoint(directory: str | os.PathLike, config, rank_tensors: dict[int, dict], overwrite: bool = False,
+                    metadata: dict[str, str] | None = None) -> None:
+    """Write a whole (small) checkpoint atomically: config, one rank file per rank, manifest last.
+
+    Convenience for tests and small models; converters stream through ``RankFileWriter`` instead.
+    """
+    from .constants import CONFIG_FILE, RANK_FILE
+
+    with atomic_output_dir(directory, overwrite=overwrite) as tmp:
+        entries = {}
+        for rank, tensors in sorted(rank_tensors.items()):
+            arrays = {n: to_numpy(t) for n, t in tensors.items()}
+            name = RANK_FILE.format(rank=rank)
+            writer = RankFileWriter(tmp / name, {n: (a.dtype, a.shape) for n, a in arrays.items()}, metadata)
+            for n, a in arrays.items():
+                writer.write(n, a)
+            entries[name] = writer.close()
+        config.save(tmp / CONFIG_FILE)
+        write_manifest(tmp, entries)

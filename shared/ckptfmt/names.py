@@ -1,0 +1,287 @@
+"""Tensor names and per-rank shapes for every supported architecture.
+
+The architectures differ only in table entries (``FAMILIES``): norm kind, MLP gating, biases, positions,
+residual wiring and per-layer norm names. ``model_spec(config)`` resolves a config into a ``ModelSpec``
+used alike by validation, converters, the builder and the runtime; ``expected_tensors(config, rank)``
+lists what a rank file must hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import CheckpointConfig
+
+# --- canonical templates ---------------------------------------------------------------------------
+VOCAB_EMBEDDING = "transformer.vocab_embedding.weight"
+POSITION_EMBEDDING = "transformer.position_embedding.weight"
+PROJECT_IN = "transformer.project_in.weight"  # OPT word_embed_proj_dim != hidden_size
+PROJECT_OUT = "transformer.project_out.weight"
+LN_F = "transformer.ln_f"
+LM_HEAD = "lm_head.weight"
+LAYER = "transformer.layers.{i}."
+
+QKV, DENSE, FC, GATE, PROJ = "attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj"
+COLUMN_LINEARS = (QKV, FC, GATE)  # split on dim 0 (output rows)
+ROW_LINEARS = (DENSE, PROJ)  # split on dim 1 (input columns); bias added once after the all-reduce
+
+
+@dataclass(frozen=True)
+class Family:
+    """What one architecture family looks like (defaults; config fields may override some)."""
+
+    norm: str  # "layernorm" | "rmsnorm"
+    gated_mlp: bool
+    bias: bool  # biases on qkv/dense/fc/proj
+    qkv_bias: bool  # bias on qkv only (Qwen2)
+    attn_norm: str  # per-layer norm before attention
+    mlp_norm: str | None  # per-layer norm before the MLP; None: the MLP reads the attention norm's output
+    parallel_residual: bool  # x + attn(n1(x)) + mlp(n2(x))
+
+
+FAMILIES: dict[str, Family] = {
+    "gpt": Family("layernorm", False, True, True, "input_layernorm", "post_layernorm", False),
+    "opt": Family("layernorm", False, True, True, "input_layernorm", "post_layernorm", False),
+    "llama": Family("rmsnorm", True, False, False, "input_layernorm", "post_layernorm", False),
+    "qwen2": Family("rmsnorm", True, False, True, "input_layernorm", "post_layernorm", False),
+    "gptneox": Family("layernorm", False, True, True, "input_layernorm", "post_attention_layernorm", True),
+    "falcon": Family("layernorm", False, False, False, "input_layernorm", "post_layernorm", False),
+}
+
+# architecture string in config.json -> family (TensorRT-LLM names and HF names ModelOpt writes)
+ARCHITECTURES: dict[str, str] = {
+    "GPTForCausalLM": "gpt",
+    "GPT2LMHeadModel": "gpt",
+    "OPTForCausalLM": "opt",
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "GPTNeoXForCausalLM": "gptneox",
+    "FalconForCausalLM": "falcon",
+}
+SUPPORTED_ARCHITECTURES = frozenset(ARCHITECTURES)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to lay out or run a decoder, resolved from a config."""
+
+    family: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_size: int
+    intermediate_size: int
+    vocab_size: int
+    max_position_embeddings: int | None
+    norm: str
+    norm_epsilon: float
+    norm_bias: bool
+    hidden_act: str
+    gated_mlp: bool
+    bias: bool
+    qkv_bias: bool
+    attn_norm: str
+    mlp_norm: str | None
+    parallel_residual: bool
+    pre_norm: bool  # False: OPT post-norm (do_layer_norm_before false)
+    has_ln_f: bool
+    position_embedding_type: str
+    rotary_dim: int  # 0 when there is no rotary embedding
+    rotary_base: float
+    rotary_scaling: dict | None
+    embed_proj_dim: int | None  # OPT projection dims
+    lm_head_bias: bool
+
+    @property
+    def learned_positions(self) -> bool:
+        return self.position_embedding_type == "learned_absolute"
+
+    @property
+    def rotary(self) -> bool:
+        return self.position_embedding_type.startswith("rope")
+
+    @property
+    def rotary_interleaved(self) -> bool:
+        return self.position_embedding_type == "rope_gptj"
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_size
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_size
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the vocab embedding and lm_head (OPT-350m: 512, not hidden_size)."""
+        return self.embed_proj_dim or self.hidden_size
+
+
+def family_of(config: CheckpointConfig) -> str:
+    try:
+        return ARCHITECTURES[config.architecture]
+    except KeyError:
+        raise ValueError(f"architecture: unsupported {config.architecture!r} "
+                         f"(supported: {', '.join(sorted(ARCHITECTURES))})") from None
+
+
+def _rotary_dim(config: CheckpointConfig, head_size: int) -> int:
+    if not config.position_embedding_type.startswith("rope"):
+        return 0
+    if config.get("rotary_dim"):
+        return int(config.get("rotary_dim"))
+    pct = config.get("rotary_pct", 1.0)
+    return int(head_size * pct) // 2 * 2
+
+
+def model_spec(config: CheckpointConfig) -> ModelSpec:
+    """Resolve a (valid) config into the decoder layout it describes."""
+    fam_name = family_of(config)
+    fam = FAMILIES[fam_name]
+    head_size = config.head_size
+    bias = bool(config.get("bias", fam.bias))
+    qkv_bias = bool(config.get("qkv_bias", config.get("attn_bias", bias or fam.qkv_bias)))
+    attn_norm, mlp_norm, parallel = fam.attn_norm, fam.mlp_norm, fam.parallel_residual
+    if fam_name == "falcon":
+        if config.get("new_decoder_architecture", False):
+            mlp_norm, parallel = "mlp_layernorm", True
+        elif config.get("parallel_attention", True):
+            mlp_norm, parallel = None, True
+    if fam_name == "gptneox":
+        parallel = bool(config.get("use_parallel_residual", True))
+    pre_norm = bool(config.get("do_layer_norm_before", True))
+    proj = config.get("word_embed_proj_dim")
+    return ModelSpec(
+        family=fam_name,
+        num_layers=config.num_hidden_layers,
+        hidden_size=config.hidden_size,
+        num_heads=config.num_attention_heads,
+        num_kv_heads=config.kv_heads,
+        head_size=head_size,
+        intermediate_size=config.ffn_size,
+        vocab_size=config.vocab_size,
+        max_position_embeddings=config.max_position_embeddings,
+        norm=fam.norm,
+        norm_epsilon=config.norm_epsilon,
+        norm_bias=fam.norm == "layernorm",
+        hidden_act=config.hidden_act,
+        gated_mlp=fam.gated_mlp or config.hidden_act in ("swiglu", "geglu"),
+        bias=bias,
+        qkv_bias=qkv_bias,
+        attn_norm=attn_norm,
+        mlp_norm=mlp_norm,
+        parallel_residual=parallel,
+        pre_norm=pre_norm,
+        has_ln_f=pre_norm,
+        position_embedding_type=config.position_embedding_type,
+        rotary_dim=_rotary_dim(config, head_size),
+        rotary_base=float(config.get("rotary_base", config.get("rotary_emb_base", 10000.0))),
+        rotary_scaling=config.get("rotary_scaling"),
+        embed_proj_dim=proj if proj and proj != config.hidden_size else None,
+        lm_head_bias=bool(config.get("lm_head_bias", False)),
+    )
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Expected shape and dtype name (``float16``, ``int8``, ...) of one tensor in one rank file."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def pad_to_multiple(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def kv_heads_per_rank(num_kv_heads: int, tp_size: int) -> int:
+    """KV heads held by each rank: split when tp divides them, else one (replicated) head per rank."""
+    return max(num_kv_heads // tp_size, 1)
+
+
+def layer_linears(spec: ModelSpec, tp: int) -> dict[str, tuple[int, int, bool]]:
+    """Per-rank (out, in, has_bias) of each linear in a layer."""
+    q = spec.num_heads // tp * spec.head_size
+    kv = kv_heads_per_rank(spec.num_kv_heads, tp) * spec.head_size
+    ffn = spec.intermediate_size // tp
+    out = {
+        QKV: (q + 2 * kv, spec.hidden_size, spec.qkv_bias),
+        DENSE: (spec.hidden_size, q, spec.bias),
+        FC: (ffn, spec.hidden_size, spec.bias),
+        PROJ: (spec.hidden_size, ffn, spec.bias),
+    }
+    if spec.gated_mlp:
+        out[GATE] = (ffn, spec.hidden_size, spec.bias)
+    return out
+
+
+def layer_norms(spec: ModelSpec) -> list[str]:
+    return [n for n in (spec.attn_norm, spec.mlp_norm) if n]
+
+
+def expected_tensors(config: CheckpointConfig, rank: int) -> dict[str, TensorSpec]:
+    """Every tensor rank ``rank`` must hold, with its per-rank shape and dtype."""
+    spec = model_spec(config)
+    m = config.mapping
+    tp, (_, pp_rank) = m.tp_size, m.coords(rank)
+    dt = config.dtype
+    out: dict[str, TensorSpec] = {}
+
+    def norm(prefix: str, width: int) -> None:
+        out[f"{prefix}.weight"] = TensorSpec((width,), dt)
+        if spec.norm_bias:
+            out[f"{prefix}.bias"] = TensorSpec((width,), dt)
+
+    def embedding(name: str, rows: int, width: int) -> None:
+        if config.use_parallel_embedding and tp > 1:
+            if config.embedding_sharding_dim == 0:
+                rows = pad_to_multiple(rows, tp) // tp
+            else:
+                width //= tp
+        out[name] = TensorSpec((rows, width), dt)
+
+    if m.is_first_stage(rank):
+        embedding(VOCAB_EMBEDDING, spec.vocab_size, spec.embed_dim)
+        if spec.learned_positions:
+            embedding(POSITION_EMBEDDING, spec.max_position_embeddings or 0, spec.hidden_size)
+        if spec.embed_proj_dim:
+            out[PROJECT_IN] = TensorSpec((spec.hidden_size, spec.embed_proj_dim), dt)
+    quant = config.quantization
+    for local, _ in enumerate(m.pp_layers(spec.num_layers, pp_rank)):
+        prefix = LAYER.format(i=local)
+        for n in layer_norms(spec):
+            norm(prefix + n, spec.hidden_size)
+        for name, (rows, cols, has_bias) in layer_linears(spec, tp).items():
+            out.update(linear_tensors(prefix + name, rows, cols, dt, quant))
+            if has_bias:
+                out[f"{prefix}{name}.bias"] = TensorSpec((rows if name in COLUMN_LINEARS else spec.hidden_size,), dt)
+    if m.is_last_stage(rank):
+        if spec.has_ln_f:
+            norm(LN_F, spec.hidden_size)
+        if spec.embed_proj_dim:
+            out[PROJECT_OUT] = TensorSpec((spec.embed_proj_dim, spec.hidden_size), dt)
+        if not (config.share_embedding_table and m.pp_size == 1):
+            out[LM_HEAD] = TensorSpec((pad_to_multiple(spec.vocab_size, tp) // tp, spec.embed_dim), dt)
+        if spec.lm_head_bias:
+            out["lm_head.bias"] = TensorSpec((pad_to_multiple(spec.vocab_size, tp) // tp,), dt)
+    return out
+
+
+def linear_tensors(name: str, rows: int, cols: int, dtype: str, quant) -> dict[str, TensorSpec]:
+    """The tensors of one linear weight: plain ``[out, in]``, or weight-only quantized.
+
+    Weight-only layout (ours, documented in docs/checkpoint-format.md): ``weight`` int8 ``[in, out]``
+    (int4: two values per byte along ``out``, element 2j in the low nibble, so ``[in, out/2]``) and
+    ``per_channel_scale`` ``[out]`` (per group: ``[in/group_size, out]``) in the model dtype.
+    """
+    if not quant.use_weight_only:
+        return {f"{name}.weight": TensorSpec((rows, cols), dtype)}
+    packed = rows // 2 if quant.weight_only_precision == "int4" else rows
+    scale_shape = (cols // quant.group_size, rows) if quant.per_group else (rows,)
+    return {
+        f"{name}.weight": TensorSpec((cols, packed), "int8"),
+        f"{name}.per_channel_scale": TensorSpec(scale_shape, dtype),
+    }

@@ -1,0 +1,69 @@
+"""Validation of a whole checkpoint directory: config, rank files, tensors, manifest."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .config import CheckpointConfig, load_config
+from .constants import RANK_FILE, SAFETENSORS_DTYPES
+from .errors import CheckpointError
+from .io import RankFileReader, verify_manifest
+from .names import expected_tensors
+
+
+def _dtype_name(tag: str) -> str:
+    return str(SAFETENSORS_DTYPES[tag]) if tag in SAFETENSORS_DTYPES else tag
+
+
+def rank_problems(directory: Path, config: CheckpointConfig, rank: int) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of one rank file against what the config expects."""
+    path = directory / RANK_FILE.format(rank=rank)
+    try:
+        reader = RankFileReader(path)
+    except CheckpointError as err:
+        return [str(err)], []
+    expected = expected_tensors(config, rank)
+    problems, warnings = [], []
+    for name, spec in expected.items():
+        if name not in reader:
+            problems.append(f"{path.name}: missing tensor {name}")
+            continue
+        e = reader.entries[name]
+        dtype = _dtype_name(e["dtype"])
+        if tuple(e["shape"]) != spec.shape or dtype != spec.dtype:
+            problems.append(f"{path.name}: tensor {name}: {dtype}{list(e['shape'])}, "
+                            f"expected {spec.dtype}{list(spec.shape)}")
+    for name in reader.keys():
+        if name not in expected:
+            warnings.append(f"{path.name}: unexpected tensor {name} (ignored)")
+    return problems, warnings
+
+
+def validate_checkpoint(directory: str | os.PathLike, hash_files: bool = True) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of a checkpoint directory; no problems means valid."""
+    d = Path(directory)
+    if not d.is_dir():
+        return [f"{d}: not a directory"], []
+    try:
+        config = load_config(d)
+    except CheckpointError as err:
+        return err.problems, []
+    problems, warnings = verify_manifest(d, hash_files=hash_files), []
+    for rank in range(config.mapping.world_size):
+        p, w = rank_problems(d, config, rank)
+        problems += p
+        warnings += w
+    extra = sorted(p.name for p in d.glob("rank*.safetensors")
+                   if p.name not in {RANK_FILE.format(rank=r) for r in range(config.mapping.world_size)})
+    warnings += [f"{name}: rank file beyond world_size {config.mapping.world_size}" for name in extra]
+    return problems, warnings
+
+
+def check_checkpoint(directory: str | os.PathLike, hash_files: bool = True) -> CheckpointConfig:
+    """Raise one ``CheckpointError`` (all problems attached) unless the checkpoint is valid."""
+    problems, _ = validate_checkpoint(directory, hash_files)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(problems[0] + more, problems)
+    return load_config(directory)
