@@ -34,7 +34,7 @@ def rank_problems(directory: Path, config: CheckpointConfig, rank: int) -> tuple
         if tuple(e["shape"]) != spec.shape or dtype != spec.dtype:
             problems.append(f"{path.name}: tensor {name}: {dtype}{list(e['shape'])}, "
                             f"expected {spec.dtype}{list(spec.shape)}")
-    for name in reader.keys():
+    for name in reader.entries:
         if name not in expected:
             warnings.append(f"{path.name}: unexpected tensor {name} (ignored)")
     return problems, warnings
