@@ -1,0 +1,199 @@
+"""The summarization results: a text table of the tested systems and a report folder (JSON + PNG chart).
+
+A system's entry maps the ROUGE keys of `metrics.ROUGE_KEYS` (×100) and optionally `tokens_per_s` and
+`latency_per_batch_s` to numbers; missing values print as "-".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TextIO
+
+from ckpt_eval.metrics import ROUGE_KEYS
+
+RESULTS_FILE = "results.json"
+CHART_FILE = "rouge.png"
+ROW_LABELS = {
+    "rouge1": "ROUGE-1",
+    "rouge2": "ROUGE-2",
+    "rougeL": "ROUGE-L",
+    "rougeLsum": "ROUGE-Lsum",
+    "tokens_per_s": "tokens/s",
+    "latency_per_batch_s": "latency/batch (s)",
+}
+ROW_FORMATS = {"tokens_per_s": "{:.1f}", "latency_per_batch_s": "{:.3f}"}
+# Reported versions: a label and the distributions that may provide it, first installed one wins.
+VERSION_SOURCES = {
+    "torch": ("torch",),
+    "transformers": ("transformers",),
+    "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12"),
+    "tensorrt_rtx": ("tensorrt-rtx", "tensorrt-rtx-cu13-bindings", "tensorrt-rtx-cu12-bindings"),
+    "rouge_score": ("rouge-score",),
+    "numpy": ("numpy",),
+    "ckpt_eval": ("ckpt-eval",),
+}
+
+
+class ReportError(Exception):
+    """The report cannot be written; the message is one line naming the path."""
+
+
+def format_table(systems: dict[str, dict[str, Any]]) -> str:
+    """ROUGE scores and speed of each system in one column; a difference column when there are two."""
+    names = list(systems)
+    paired = len(names) == 2
+    rows = [["metric", *names] + ([f"{names[0]} - {names[1]}"] if paired else [])]
+    for key, label in ROW_LABELS.items():
+        values = [_number(systems[name].get(key)) for name in names]
+        row = [label] + [_format(key, value) for value in values]
+        if paired:
+            row.append(_format_difference(key, values))
+        rows.append(row)
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return "\n".join(_join_cells(row, widths) for row in rows)
+
+
+def print_table(systems: dict[str, dict[str, Any]], file: TextIO | None = None) -> None:
+    print(format_table(systems), file=file or sys.stdout)
+
+
+def write_report(directory: str | os.PathLike, results: dict[str, Any]) -> dict[str, Path]:
+    """Write `results.json` (results plus library versions) and `rouge.png` into `directory`.
+
+    `results["systems"]` maps each system's name to its scores and timings; everything else in `results`
+    (settings, timings, ...) is written as given. Each file appears whole or not at all.
+    """
+    if not results.get("systems"):
+        raise ReportError(f"{directory}: no systems to report")
+    folder = Path(directory)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"{folder}: cannot create the report directory ({exc.strerror or exc})") from exc
+    document = {**results, "versions": {**library_versions(), **results.get("versions", {})}}
+    text = json.dumps(_json_safe(document), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    paths = {"results": folder / RESULTS_FILE, "chart": folder / CHART_FILE}
+    _write_atomically(paths["results"], lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    _write_atomically(paths["chart"], lambda tmp: _draw_chart(results["systems"], tmp))
+    return paths
+
+
+def library_versions() -> dict[str, str]:
+    """Python and the installed versions of the libraries that shape the results."""
+    versions = {"python": platform.python_version()}
+    for label, distributions in VERSION_SOURCES.items():
+        for distribution in distributions:
+            try:
+                versions[label] = metadata.version(distribution)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return versions
+
+
+def _draw_chart(systems: dict[str, dict[str, Any]], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    scores_axes, latency_axes = figure.subplots(1, 2, width_ratios=(2, 1))
+    colors = _draw_scores(scores_axes, systems)
+    _draw_latencies(latency_axes, systems, colors)
+    figure.savefig(path, format="png", dpi=100)
+
+
+def _draw_scores(axes: Any, systems: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Grouped bars, one group per ROUGE metric; returns each system's bar color."""
+    bar_width = 0.8 / len(systems)
+    colors = {}
+    for index, (name, system) in enumerate(systems.items()):
+        scores = [_number(system.get(key)) or 0.0 for key in ROUGE_KEYS]
+        shift = (index - (len(systems) - 1) / 2) * bar_width
+        bars = axes.bar([position + shift for position in range(len(ROUGE_KEYS))], scores, bar_width, label=name)
+        axes.bar_label(bars, fmt="%.1f", fontsize=8)
+        colors[name] = bars.patches[0].get_facecolor()
+    axes.set_xticks(range(len(ROUGE_KEYS)), [ROW_LABELS[key] for key in ROUGE_KEYS])
+    axes.set_ylabel("F-measure × 100")
+    axes.set_title("ROUGE per system")
+    axes.legend()
+    return colors
+
+
+def _draw_latencies(axes: Any, systems: dict[str, dict[str, Any]], colors: dict[str, Any]) -> None:
+    timed = {name: system for name, system in systems.items() if _number(system.get("latency_per_batch_s")) is not None}
+    if timed:
+        labels = [
+            f"{name}\n{_format('tokens_per_s', _number(s.get('tokens_per_s')))} tok/s" for name, s in timed.items()
+        ]
+        latencies = [_number(system["latency_per_batch_s"]) for system in timed.values()]
+        bars = axes.bar(labels, latencies, color=[colors[name] for name in timed])
+        axes.bar_label(bars, fmt="%.3f", fontsize=8)
+    else:
+        axes.text(0.5, 0.5, "no timings", ha="center", va="center", transform=axes.transAxes)
+    axes.set_ylabel("seconds per batch")
+    axes.set_title("Latency per batch")
+
+
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    try:
+        write(Path(temporary))
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600; a report is for everyone to read
+        os.replace(temporary, path)
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        raise ReportError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON: numpy/torch values as numbers or lists, NaN/inf as null, paths and other objects as text."""
+    if isinstance(value, dict):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    if hasattr(value, "tolist"):
+        return _json_safe(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    return str(value)
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for missing, NaN or non-numeric values."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _format(key: str, value: float | None) -> str:
+    return "-" if value is None else ROW_FORMATS.get(key, "{:.2f}").format(value)
+
+
+def _format_difference(key: str, values: list[float | None]) -> str:
+    if None in values:
+        return "-"
+    text = _format(key, values[0] - values[1])
+    return text if text.startswith("-") else f"+{text}"
+
+
+def _join_cells(row: list[str], widths: list[int]) -> str:
+    return "  ".join(
+        cell.ljust(width) if column == 0 else cell.rjust(width) for column, (cell, width) in enumerate(zip(row, widths))
+    )
