@@ -128,8 +128,8 @@ class QuantConfig:
     @property
     def quant_algo(self) -> str | None:
         if self.use_weight_only:
-            algo = WEIGHT_ONLY_ALGOS_REV[self.weight_only_precision]
-            return algo + ("_GPTQ" if self.per_group and self.extra.get("_gptq") else "")
+            algo = WEIGHT_ONLY_ALGOS_REV.get(self.weight_only_precision, "W8A16")
+            return algo + ("_" + self.extra.get("_variant", "AWQ") if self.per_group else "")
         if self.enable_fp8:
             return "FP8"
         if self.use_smooth_quant:
@@ -173,8 +173,8 @@ class QuantConfig:
             elif algo.split("_")[0] in WEIGHT_ONLY_ALGOS:
                 q.use_weight_only, q.weight_only_precision = True, WEIGHT_ONLY_ALGOS[algo.split("_")[0]]
                 q.per_group = algo.endswith(("_AWQ", "_GPTQ"))
-                if algo.endswith("_GPTQ"):
-                    q.extra["_gptq"] = True
+                if q.per_group:
+                    q.extra["_variant"] = algo.rsplit("_", 1)[1]
             elif algo == "FP8":
                 q.enable_fp8 = True
             elif algo.startswith("W8A8_SQ_"):

@@ -1,0 +1,161 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import ml_dtypes
+import numpy as np
+import pytest
+from ckptfmt import (
+    CheckpointConfig,
+    CheckpointError,
+    RankFileReader,
+    RankFileWriter,
+    atomic_output_dir,
+    validate_checkpoint,
+)
+from ckptfmt.cli import main as cli_main
+
+from .conftest import llama_dict, random_checkpoint
+
+
+def test_writer_reader_roundtrip_all_dtypes(tmp_path):
+    tensors = {
+        "a": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "b": np.linspace(-2, 2, 7).astype(ml_dtypes.bfloat16),
+        "c": np.arange(-4, 4, dtype=np.int8),
+        "d": np.ones((2, 2), np.float16),
+        "scalar": np.array(3.5, np.float32),
+    }
+    w = RankFileWriter(tmp_path / "x.safetensors", {n: (a.dtype, a.shape) for n, a in tensors.items()})
+    for n, a in tensors.items():
+        w.write(n, a)
+    entry = w.close()
+    assert entry["size"] == (tmp_path / "x.safetensors").stat().st_size
+    r = RankFileReader(tmp_path / "x.safetensors")
+    for n, a in tensors.items():
+        assert r[n].dtype == a.dtype and np.array_equal(r[n], a)
+    # the safetensors library itself reads our files (its numpy API has no bf16: check the others)
+    from safetensors import safe_open
+    with safe_open(tmp_path / "x.safetensors", framework="numpy") as f:
+        assert sorted(f.keys()) == sorted(tensors)
+        for n in ("a", "c", "d", "scalar"):
+            assert np.array_equal(f.get_tensor(n), tensors[n])
+
+
+def test_writer_refuses_wrong_order_shape_and_early_close(tmp_path):
+    w = RankFileWriter(tmp_path / "x.safetensors", {"a": (np.float32, (2,)), "b": (np.float32, (3,))})
+    with pytest.raises(CheckpointError, match="out of order"):
+        w.write("b", np.zeros(3, np.float32))
+    with pytest.raises(CheckpointError, match="declared float32"):
+        w.write("a", np.zeros(3, np.float32))
+    w.write("a", np.zeros(2, np.float32))
+    with pytest.raises(CheckpointError, match="missing b"):
+        w.close()
+
+
+def test_truncated_and_corrupt_files(tmp_path, llama_ckpt):
+    rank0 = llama_ckpt / "rank0.safetensors"
+    data = rank0.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[:-10])
+    with pytest.raises(CheckpointError, match="truncated"):
+        RankFileReader(tmp_path / "trunc.safetensors")
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!" + b"0" * 64)
+    with pytest.raises(CheckpointError, match="corrupt safetensors header"):
+        RankFileReader(tmp_path / "garbage.safetensors")
+    (tmp_path / "huge.safetensors").write_bytes(b"\xff" * 16)
+    with pytest.raises(CheckpointError, match="corrupt safetensors header"):
+        RankFileReader(tmp_path / "huge.safetensors")
+
+
+def test_valid_checkpoint_validates(llama_ckpt):
+    assert validate_checkpoint(llama_ckpt) == ([], [])
+    assert cli_main(["validate", str(llama_ckpt)]) == 0
+
+
+def _problems(d):
+    return "\n".join(validate_checkpoint(d)[0])
+
+
+def test_missing_rank_file(llama_ckpt):
+    os.remove(llama_ckpt / "rank1.safetensors")
+    text = _problems(llama_ckpt)
+    assert "rank1.safetensors: missing" in text
+
+
+def test_manifest_checksum_mismatch(llama_ckpt):
+    p = llama_ckpt / "rank0.safetensors"
+    data = bytearray(p.read_bytes())
+    data[-1] ^= 0xFF
+    p.write_bytes(bytes(data))
+    assert "rank0.safetensors: sha256 checksum mismatch" in _problems(llama_ckpt)
+
+
+def test_wrong_shape_and_dtype(tmp_path):
+    cfg = CheckpointConfig.from_dict(llama_dict())
+    d = random_checkpoint(tmp_path / "c", cfg)
+    cfg16 = CheckpointConfig.from_dict(llama_dict(dtype="bfloat16", intermediate_size=80))
+    (d / "config.json").write_text(json.dumps(cfg16.to_dict()))
+    os.remove(d / "manifest.json")
+    text = _problems(d)
+    assert "tensor transformer.layers.0.mlp.fc.weight: float16[96, 64], expected bfloat16[80, 64]" in text
+
+
+def test_unexpected_tensor_is_a_warning(tmp_path):
+    cfg = CheckpointConfig.from_dict(llama_dict())
+    d = tmp_path / "c"
+    random_checkpoint(d, cfg)
+    from ckptfmt import save_checkpoint
+    from ckptfmt.io import RankFileReader as R
+    r = R(d / "rank0.safetensors")
+    tensors = {n: np.array(r[n]) for n in r.keys()} | {"extra.thing": np.zeros(2, np.float16)}
+    save_checkpoint(d, cfg, {0: tensors}, overwrite=True)
+    problems, warnings = validate_checkpoint(d)
+    assert problems == [] and warnings == ["rank0.safetensors: unexpected tensor extra.thing (ignored)"]
+
+
+def test_cli_validate_exit_codes(llama_ckpt, tmp_path, capsys):
+    (llama_ckpt / "config.json").write_text(json.dumps(llama_dict(tp=2) | {"architecture": "Nope"}))
+    assert cli_main(["validate", str(llama_ckpt)]) == 1
+    err = capsys.readouterr().err
+    assert "architecture: unsupported 'Nope'" in err and "Traceback" not in err
+    r = subprocess.run([sys.executable, "-m", "ckptfmt.cli", "validate"], capture_output=True, text=True)
+    assert r.returncode == 2
+    r = subprocess.run([sys.executable, "-m", "ckptfmt.cli", "validate", str(tmp_path / "nothing")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_cli_inspect_json(llama_ckpt, capsys):
+    assert cli_main(["inspect", "--json", str(llama_ckpt)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["mapping"]["tp_size"] == 2 and len(info["ranks"]) == 2 and info["ranks"][1]["tensors"] > 0
+
+
+def test_atomic_dir_leaves_nothing_on_error(tmp_path):
+    final = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_output_dir(final) as tmp:
+        (tmp / "half").write_text("x")
+        raise RuntimeError("boom")
+    assert not final.exists() and list(tmp_path.iterdir()) == []
+    with atomic_output_dir(final) as tmp:
+        (tmp / "done").write_text("x")
+    with pytest.raises(CheckpointError, match="already exists"), atomic_output_dir(final):
+        pass
+    with atomic_output_dir(final, overwrite=True) as tmp:
+        (tmp / "new").write_text("y")
+    assert sorted(p.name for p in final.iterdir()) == ["new"]
+
+
+def test_atomic_dir_cleans_up_on_sigterm(tmp_path):
+    code = (
+        "import time, sys\nfrom ckptfmt import atomic_output_dir\n"
+        f"with atomic_output_dir({str(tmp_path / 'out')!r}) as t:\n"
+        "    (t / 'part').write_text('x'); print('ready', flush=True); time.sleep(30)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=20)
+    assert p.returncode != 0 and list(tmp_path.iterdir()) == []
