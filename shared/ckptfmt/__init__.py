@@ -21,5 +21,6 @@ __all__ = [
     "CONFIG_FILE", "DTYPES", "ENGINE_FILE", "MANIFEST_FILE", "RANK_FILE",
     "CheckpointConfig", "CheckpointError", "Mapping", "ModelSpec", "QuantConfig", "RankFileReader",
     "RankFileWriter", "TensorSpec", "atomic_output_dir", "check_checkpoint", "expected_tensors",
-    "load_config", "model_spec", "save_checkpoint", "to_numpy", "validate_checkpoint", "verify_manifest", "write_manifest",
+    "load_config", "model_spec", "save_checkpoint", "to_numpy", "validate_checkpoint", "verify_manifest",
+    "write_manifest",
 ]

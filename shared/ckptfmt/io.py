@@ -131,6 +131,9 @@ class RankFileReader:
     def __contains__(self, name: str) -> bool:
         return name in self.entries
 
+    def __iter__(self):
+        return iter(self.entries)
+
     def spec(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
         e = self.entries[name]
         return SAFETENSORS_DTYPES[e["dtype"]], tuple(e["shape"])

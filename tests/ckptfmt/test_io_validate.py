@@ -109,7 +109,7 @@ def test_unexpected_tensor_is_a_warning(tmp_path):
     from ckptfmt import save_checkpoint
     from ckptfmt.io import RankFileReader as R
     r = R(d / "rank0.safetensors")
-    tensors = {n: np.array(r[n]) for n in r.keys()} | {"extra.thing": np.zeros(2, np.float16)}
+    tensors = {n: np.array(r[n]) for n in r} | {"extra.thing": np.zeros(2, np.float16)}
     save_checkpoint(d, cfg, {0: tensors}, overwrite=True)
     problems, warnings = validate_checkpoint(d)
     assert problems == [] and warnings == ["rank0.safetensors: unexpected tensor extra.thing (ignored)"]
