@@ -1,0 +1,25 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test demo lint bench clean
+
+setup:
+	@VENV=$(VENV) scripts/setup.sh
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	@VENV=$(VENV) scripts/demo.sh
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check shared tools
+
+bench: setup
+	$(PY) bench/ckptfmt_writer.py
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache
