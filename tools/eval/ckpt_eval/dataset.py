@@ -194,7 +194,7 @@ def _validated(records: list, source: str) -> list[dict]:
         if missing:
             present = ", ".join(sorted(map(str, record))) or "none"
             raise DatasetError(
-                f"{source}: record {index} has no field {', '.join(missing)} (fields present: {present})"
+                f"{source}: record {index} is missing field {', '.join(missing)} (fields present: {present})"
             )
         for field in REQUIRED_FIELDS:
             if not isinstance(record[field], str):

@@ -62,8 +62,8 @@ def compute_rouge(predictions: Sequence[str], references: Sequence[str]) -> dict
 
 
 def summarization_prompt(article: str) -> str:
-    """The prompt text of `summarize.py`: the article, then ` TL;DR: `, stripped."""
-    return (article + PROMPT_SUFFIX).strip()
+    """The prompt of `summarize.py`: the article, then ` TL;DR:`, with " n't" rejoined to its word."""
+    return (article.strip() + PROMPT_SUFFIX).strip().replace(" n't", "n't")
 
 
 def encode_prompt(article: str, tokenizer: Tokenizer, max_input_length: int) -> list[int]:
@@ -74,11 +74,12 @@ def encode_prompt(article: str, tokenizer: Tokenizer, max_input_length: int) -> 
     """
     if max_input_length < 1:
         raise ValueError(f"max_input_length must be positive, got {max_input_length}")
-    prompt_ids = list(tokenizer.encode(summarization_prompt(article)))
+    prompt = summarization_prompt(article)
+    prompt_ids = list(tokenizer.encode(prompt))
     if len(prompt_ids) <= max_input_length:
         return prompt_ids
-    article_ids = list(tokenizer.encode(article.strip()))
-    cue_length = max(len(prompt_ids) - len(article_ids), 0)
+    body = prompt.removesuffix(PROMPT_SUFFIX.strip()).rstrip()
+    cue_length = max(len(prompt_ids) - len(tokenizer.encode(body)), 0)
     if cue_length >= max_input_length:
         return prompt_ids[:max_input_length]
     return prompt_ids[: max_input_length - cue_length] + prompt_ids[len(prompt_ids) - cue_length :]
