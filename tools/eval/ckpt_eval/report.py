@@ -71,18 +71,23 @@ def write_report(directory: str | os.PathLike, results: dict[str, Any]) -> dict[
     `results["systems"]` maps each system's name to its scores and timings; everything else in `results`
     (settings, timings, ...) is written as given. Each file appears whole or not at all.
     """
-    if not results.get("systems"):
-        raise ReportError(f"{directory}: no systems to report")
+    systems = results.get("systems")
+    if not systems or not all(isinstance(system, dict) for system in systems.values()):
+        raise ReportError(f"{directory}: no systems to report (results['systems'] must map names to dicts)")
     folder = Path(directory)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ReportError(f"{folder}: cannot create the report directory ({exc.strerror or exc})") from exc
     document = {**results, "versions": {**library_versions(), **results.get("versions", {})}}
-    text = json.dumps(_json_safe(document), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    text = json.dumps(_json_safe(document), indent=2, allow_nan=False) + "\n"
     paths = {"results": folder / RESULTS_FILE, "chart": folder / CHART_FILE}
-    _write_atomically(paths["results"], lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    _write_atomically(paths["chart"], lambda tmp: _draw_chart(results["systems"], tmp))
+    write_atomically(
+        {
+            paths["results"]: lambda temporary: temporary.write_text(text, encoding="utf-8"),
+            paths["chart"]: lambda temporary: _draw_chart(systems, temporary),
+        }
+    )
     return paths
 
 
@@ -143,19 +148,23 @@ def _draw_latencies(axes: Any, systems: dict[str, dict[str, Any]], colors: dict[
     axes.set_title("Latency per batch")
 
 
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
+def write_atomically(writers: dict[Path, Callable[[Path], object]]) -> None:
+    """Write each file through a temporary file in its folder, renaming them all only once all are written."""
+    temporaries: dict[Path, Path] = {}
     try:
-        write(Path(temporary))
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; a report is for everyone to read
-        os.replace(temporary, path)
+        for path, write in writers.items():
+            descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(descriptor)
+            temporaries[path] = Path(temporary)
+            write(temporaries[path])
+            os.chmod(temporary, 0o644)  # mkstemp creates 0600; a report is for everyone to read
+        for path, temporary in temporaries.items():
+            os.replace(temporary, path)
     except OSError as exc:
-        Path(temporary).unlink(missing_ok=True)
-        raise ReportError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        raise ReportError(f"{exc.filename or path}: cannot write ({exc.strerror or exc})") from exc
+    finally:
+        for temporary in temporaries.values():
+            temporary.unlink(missing_ok=True)
 
 
 def _json_safe(value: Any) -> Any:
