@@ -62,6 +62,7 @@ def format_table(systems: dict[str, dict[str, Any]]) -> str:
 
 
 def print_table(systems: dict[str, dict[str, Any]], file: TextIO | None = None) -> None:
+    """Print `format_table(systems)` to `file` (standard output by default)."""
     print(format_table(systems), file=file or sys.stdout)
 
 
@@ -69,7 +70,8 @@ def write_report(directory: str | os.PathLike, results: dict[str, Any]) -> dict[
     """Write `results.json` (results plus library versions) and `rouge.png` into `directory`.
 
     `results["systems"]` maps each system's name to its scores and timings; everything else in `results`
-    (settings, timings, ...) is written as given. Each file appears whole or not at all.
+    (settings, timings, ...) is written as given. Both files are renamed into place only once both are
+    fully written, so a failure leaves any earlier report as it was.
     """
     systems = results.get("systems")
     if not systems or not all(isinstance(system, dict) for system in systems.values()):
@@ -105,8 +107,11 @@ def library_versions() -> dict[str, str]:
 
 
 def _draw_chart(systems: dict[str, dict[str, Any]], path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ReportError(f"{path.parent / CHART_FILE}: the chart needs matplotlib (pip install matplotlib)") from exc
 
     figure = Figure(figsize=(11, 4.5), layout="constrained")
     FigureCanvasAgg(figure)
