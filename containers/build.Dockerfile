@@ -1,0 +1,41 @@
+# ckpt-build: TensorRT-LLM checkpoint -> TensorRT engine(s).
+# Build context: the repository root (see .dockerignore). Classic builder compatible.
+#   docker build -f containers/build.Dockerfile -t ckpt-suite/build .
+# Standalone on a cluster:
+#   docker run --gpus all -v $PWD:/work ckpt-suite/build --checkpoint_dir /work/ckpt --output_dir /work/engines
+# The base must provide python3 (>= 3.10) with venv and pip. NVIDIA's TensorRT image provides full TensorRT
+# (default); on a machine without it, build with EXTRAS=rtx to install TensorRT-RTX from PyPI instead.
+ARG BASE_IMAGE=nvcr.io/nvidia/tensorrt:25.10-py3
+
+FROM ${BASE_IMAGE} AS install
+ARG EXTRAS=""
+ARG EXTRA_CA_CERTS=""
+ARG PIP_INDEX_URL=""
+ARG PIP_EXTRA_INDEX_URL=""
+ARG PIP_FIND_LINKS=""
+ARG PIP_CONSTRAINT=""
+COPY containers/install-tool.sh /tmp/ckpt-src/
+COPY shared/pyproject.toml /tmp/ckpt-src/shared/
+COPY tools/build/pyproject.toml /tmp/ckpt-src/tool/
+RUN sh /tmp/ckpt-src/install-tool.sh deps "${EXTRAS}"
+COPY shared /tmp/ckpt-src/shared
+COPY tools/build /tmp/ckpt-src/tool
+RUN sh /tmp/ckpt-src/install-tool.sh code "${EXTRAS}"
+
+FROM ${BASE_IMAGE}
+ARG CKPT_UID=1000
+ARG CKPT_GID=1000
+COPY containers/create-user.sh /tmp/create-user.sh
+RUN sh /tmp/create-user.sh "${CKPT_UID}" "${CKPT_GID}" && rm /tmp/create-user.sh
+COPY --from=install /opt/ckpt /opt/ckpt
+ENV PATH=/opt/ckpt/bin:${PATH} \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    XDG_CACHE_HOME=/tmp/cache
+RUN ckpt-build --help > /dev/null
+USER ${CKPT_UID}:${CKPT_GID}
+WORKDIR /data
+LABEL org.opencontainers.image.title="ckpt-build" \
+      org.opencontainers.image.description="Build TensorRT or TensorRT-RTX engines from a TensorRT-LLM checkpoint"
+ENTRYPOINT ["ckpt-build"]
+CMD ["--help"]

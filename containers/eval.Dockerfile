@@ -1,0 +1,41 @@
+# ckpt-summarize: run a checkpoint or engine on a summarization data set, report ROUGE and speed.
+# Build context: the repository root (see .dockerignore). Classic builder compatible.
+#   docker build -f containers/eval.Dockerfile -t ckpt-suite/eval .
+# The base must provide python3 (>= 3.10) with venv and pip. NVIDIA's PyTorch image provides PyTorch,
+# TensorRT and an MPI with its compiler wrappers (for mpi4py); without them, build with EXTRAS=torch
+# (torch backend only).
+ARG BASE_IMAGE=nvcr.io/nvidia/pytorch:25.10-py3
+
+FROM ${BASE_IMAGE} AS install
+ARG EXTRAS=trt,torch,mpi
+ARG EXTRA_CA_CERTS=""
+ARG PIP_INDEX_URL=""
+ARG PIP_EXTRA_INDEX_URL=""
+ARG PIP_FIND_LINKS=""
+ARG PIP_CONSTRAINT=""
+COPY containers/install-tool.sh /tmp/ckpt-src/
+COPY shared/pyproject.toml /tmp/ckpt-src/shared/
+COPY tools/eval/pyproject.toml /tmp/ckpt-src/tool/
+RUN sh /tmp/ckpt-src/install-tool.sh deps "${EXTRAS}"
+COPY shared /tmp/ckpt-src/shared
+COPY tools/eval /tmp/ckpt-src/tool
+RUN sh /tmp/ckpt-src/install-tool.sh code "${EXTRAS}"
+
+FROM ${BASE_IMAGE}
+ARG CKPT_UID=1000
+ARG CKPT_GID=1000
+COPY containers/create-user.sh /tmp/create-user.sh
+RUN sh /tmp/create-user.sh "${CKPT_UID}" "${CKPT_GID}" && rm /tmp/create-user.sh
+COPY --from=install /opt/ckpt /opt/ckpt
+ENV PATH=/opt/ckpt/bin:${PATH} \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    XDG_CACHE_HOME=/tmp/cache \
+    HF_HUB_OFFLINE=1
+RUN ckpt-summarize --help > /dev/null
+USER ${CKPT_UID}:${CKPT_GID}
+WORKDIR /data
+LABEL org.opencontainers.image.title="ckpt-summarize" \
+      org.opencontainers.image.description="Evaluate TensorRT-LLM checkpoints and engines (ROUGE, latency)"
+ENTRYPOINT ["ckpt-summarize"]
+CMD ["--help"]

@@ -1,0 +1,59 @@
+#!/bin/sh
+# Install ckptfmt and one tool into the virtual environment /opt/ckpt (build stage of every image).
+#
+#   install-tool.sh deps EXTRAS   pyproject.toml files only: installs every dependency (cacheable layer)
+#   install-tool.sh code EXTRAS   full sources: installs ckptfmt and the tool themselves, without deps
+#
+# Sources are expected in /tmp/ckpt-src/shared and /tmp/ckpt-src/tool. The venv sees the base image's
+# site-packages, so the NVIDIA images' own torch/TensorRT/mpi4py satisfy the requirements instead of being
+# downloaded again. pip runs from the base interpreter (no pip inside the venv, nothing left behind).
+# Build arguments honoured through the environment: PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS,
+# PIP_CONSTRAINT and EXTRA_CA_CERTS (PEM text added to the CA bundle pip uses, for this stage only).
+set -eu
+
+VENV=/opt/ckpt
+SRC=/tmp/ckpt-src
+stage=${1:?usage: install-tool.sh deps|code EXTRAS}
+extras=${2-}
+
+# Build arguments that were not given arrive empty; pip would read an empty setting as a value.
+for name in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_CONSTRAINT; do
+    eval "value=\${$name-}"
+    [ -n "$value" ] || unset "$name"
+done
+
+if [ -n "${EXTRA_CA_CERTS-}" ]; then
+    bundle=/tmp/ckpt-ca-bundle.pem
+    cat /etc/ssl/certs/ca-certificates.crt > "$bundle"
+    printf '%s\n' "$EXTRA_CA_CERTS" >> "$bundle"
+    export PIP_CERT="$bundle"
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv --system-site-packages --without-pip "$VENV"
+fi
+
+tool_spec="$SRC/tool"
+if [ -n "$extras" ]; then
+    tool_spec="$SRC/tool[$extras]"
+fi
+
+pip_install() {
+    "$VENV/bin/python" -m pip install --no-cache-dir --no-input --disable-pip-version-check "$@"
+}
+
+case "$stage" in
+    deps)
+        # Empty distributions of both projects pull in every dependency; the code layer replaces them.
+        pip_install "$SRC/shared" "$tool_spec"
+        ;;
+    code)
+        pip_install --no-deps --force-reinstall "$SRC/shared" "$SRC/tool"
+        ;;
+    *)
+        echo "install-tool.sh: unknown stage '$stage' (expected deps or code)" >&2
+        exit 2
+        ;;
+esac
+
+rm -f /tmp/ckpt-ca-bundle.pem
