@@ -166,3 +166,16 @@ def test_hub_name_fails_in_one_line_when_the_hub_is_unreachable(monkeypatch: pyt
     with pytest.raises(DatasetError, match=r"^cnn_dailymail: cannot reach the dataset hub") as error:
         load_summarization_dataset("cnn_dailymail")
     assert "\n" not in str(error.value)
+
+
+def test_wrong_fields_in_a_directory_name_the_file(tmp_path: Path) -> None:
+    _write_jsonl(tmp_path / "part-1.jsonl", RECORDS)
+    _write_jsonl(tmp_path / "part-2.jsonl", [{"article": "text", "summary": "short"}])
+    with pytest.raises(DatasetError, match=r"part-2\.jsonl: record 0 is missing field highlights"):
+        load_summarization_dataset(tmp_path)
+
+
+def test_save_to_disk_state_without_data_files(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text('{"_data_files": []}', encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"state\.json: `_data_files` does not list the data files"):
+        load_summarization_dataset(tmp_path)

@@ -34,7 +34,7 @@ class DatasetError(Exception):
 def load_summarization_dataset(path: str | os.PathLike | None, split: str = "test") -> list[dict]:
     """Return the records of a summarization set, each a dict with at least `article` and `highlights`."""
     if path is None:
-        shipped = resources.files("ckpt_eval").joinpath("data", SHIPPED_FILE)
+        shipped = resources.files("ckpt_eval") / "data" / SHIPPED_FILE
         with resources.as_file(shipped) as shipped_path:
             return _validated(_read_jsonl(shipped_path), str(shipped_path))
     local = Path(path)
@@ -52,11 +52,13 @@ def _read_file(path: Path) -> list[dict]:
     if reader is None:
         raise DatasetError(f"{path}: unsupported dataset file type (use one of {', '.join(DATA_SUFFIXES)})")
     try:
-        return reader(path)
+        records = reader(path)
     except DatasetError:
         raise
     except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
         raise DatasetError(f"{path}: cannot read ({_one_line(exc)})") from exc
+    _check_fields(records, str(path))
+    return records
 
 
 def _read_json(path: Path) -> list[dict]:
@@ -137,10 +139,11 @@ def _read_dataset_dict(directory: Path, split: str) -> list[dict]:
 
 def _read_saved_dataset(directory: Path) -> list[dict]:
     """Read a `datasets.save_to_disk` folder: state.json lists its Arrow stream shards."""
-    shards = _read_json_object(directory / "state.json").get("_data_files", [])
-    if not shards:
-        raise DatasetError(f"{directory / 'state.json'}: lists no data files")
-    return [record for shard in shards for record in _read_file(directory / shard["filename"])]
+    shards = _read_json_object(directory / "state.json").get("_data_files")
+    names = [shard.get("filename") for shard in shards or [] if isinstance(shard, dict)]
+    if not names or None in names:
+        raise DatasetError(f"{directory / 'state.json'}: `_data_files` does not list the data files")
+    return [record for name in names for record in _read_file(directory / name)]
 
 
 def _read_json_object(path: Path) -> dict:
@@ -187,6 +190,11 @@ def _reachable(url: str, timeout_s: float = 5.0) -> bool:
 def _validated(records: list, source: str) -> list[dict]:
     if not records:
         raise DatasetError(f"{source}: the dataset has no records")
+    _check_fields(records, source)
+    return records
+
+
+def _check_fields(records: list, source: str) -> None:
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             raise DatasetError(f"{source}: record {index} is a {type(record).__name__}, not an object")
@@ -200,7 +208,6 @@ def _validated(records: list, source: str) -> list[dict]:
             if not isinstance(record[field], str):
                 kind = type(record[field]).__name__
                 raise DatasetError(f"{source}: record {index} field '{field}' is a {kind}, not text")
-    return records
 
 
 def _one_line(exc: BaseException) -> str:
