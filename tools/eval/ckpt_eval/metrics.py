@@ -3,9 +3,10 @@
 Scores come from `rouge_score` (Porter stemming on, no hub script, no NLTK data). Each metric is the mean
 F-measure over the set, ×100. `summarize.py` calls `evaluate`'s rouge, which reports the `mid` F-measure of
 `rouge_score`'s BootstrapAggregator: the median of resampled means, an estimate of this same mean that
-differs from it only by resampling noise (a few hundredths of a point).
+differs from it only by resampling noise (up to about 0.15 point on the 28-article shipped set).
 
-ROUGE-Lsum needs one sentence per line; `split_sentences` does that with a regex instead of NLTK's punkt.
+ROUGE-Lsum needs one sentence per line: predictions and references are both split by `split_sentences`, a
+regex splitter standing in for NLTK's punkt (whose data cannot be downloaded here).
 """
 
 from __future__ import annotations
