@@ -1,0 +1,163 @@
+"""Checkpoint directory -> engine directory: validate, build one plan per rank, write config + manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ckptfmt import __version__ as ckptfmt_version
+from ckptfmt.config import CheckpointConfig
+from ckptfmt.constants import ENGINE_FILE, RANK_FILE
+from ckptfmt.engine import BoundTo, BuildConfig, EngineConfig
+from ckptfmt.errors import CheckpointError
+from ckptfmt.io import RankFileReader, atomic_output_dir, write_manifest
+from ckptfmt.validate import check_checkpoint
+
+from . import __version__
+from .contract import io_contract, make_plan
+from .limits import Limits, check_supported, resolve_limits
+from .lower_trt import TrtBuildError, TrtOps
+from .network import define_rank_network
+from .trt_api import TrtModule, load_trt, resolve_targets
+from .weights import RankWeights
+
+log = logging.getLogger("ckpt_build")
+
+
+@dataclass
+class BuildRequest:
+    checkpoint_dir: Path
+    output_dir: Path
+    limits: Limits
+    backend: str = "auto"
+    targets: list[str] | None = None
+    workers: int = 1
+    overwrite: bool = False
+
+
+def make_logger(trt):
+    """A TensorRT logger forwarding to ``logging`` that remembers the last error (and drops CPU-only noise)."""
+
+    class Logger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg):
+            if "cudaError 35" in msg or "CUDA driver version is insufficient" in msg:
+                return
+            S = trt.ILogger.Severity
+            if severity in (S.INTERNAL_ERROR, S.ERROR):
+                self.errors.append(msg)
+                log.error("TensorRT: %s", msg)
+            elif severity == S.WARNING:
+                log.warning("TensorRT: %s", msg)
+            else:
+                log.debug("TensorRT: %s", msg)
+
+        def last_error(self) -> str:
+            return self.errors[-1] if self.errors else ""
+
+    return Logger()
+
+
+def _stream_writer(trt, path: Path):
+    class FileWriter(trt.IStreamWriter):
+        """Streams the plan to disk (no in-memory copy of the whole plan), hashing as it goes."""
+
+        def __init__(self):
+            trt.IStreamWriter.__init__(self)
+            self.file = open(path, "wb")  # noqa: SIM115 (closed by the caller)
+            self.sha, self.size = hashlib.sha256(), 0
+
+        def write(self, data) -> int:
+            self.file.write(data)
+            self.sha.update(data)
+            self.size += len(data)
+            return len(data)
+
+    return FileWriter()
+
+
+def build_rank(module: TrtModule, config: CheckpointConfig, rank: int, build: BuildConfig, checkpoint_dir: Path,
+               targets: list[str], engine_path: Path) -> dict:
+    """Build one rank's plan into ``engine_path``; returns its manifest entry (size, sha256) and seconds."""
+    trt, start = module.trt, time.perf_counter()
+    plan = make_plan(config, rank, build)
+    logger = make_logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    builder_config = builder.create_builder_config()
+    module.set_targets(builder_config, targets)
+    profile = builder.create_optimization_profile()
+    ops = TrtOps(trt, network, profile, io_contract(config, build).dims, logger)
+    ops.tp_size = plan.tp_size
+    with RankFileReader(checkpoint_dir / RANK_FILE.format(rank=rank)) as reader:
+        define_rank_network(ops, plan, RankWeights(reader, plan))
+        if builder_config.add_optimization_profile(profile) < 0:
+            raise TrtBuildError(f"rank {rank}: invalid optimization profile: {logger.last_error()}")
+        writer = _stream_writer(trt, engine_path)
+        try:
+            ok = builder.build_serialized_network_to_stream(network, builder_config, writer)
+        finally:
+            writer.file.close()
+        del network, ops  # release the weight references before the next rank
+    if not ok or writer.size == 0:
+        raise TrtBuildError(f"rank {rank}: TensorRT build failed: {logger.last_error() or 'no plan returned'}")
+    seconds = time.perf_counter() - start
+    log.info("rank %d: %s (%.1f MB) in %.1f s", rank, engine_path.name, writer.size / 1e6, seconds)
+    return {"size": writer.size, "sha256": writer.sha.hexdigest(), "seconds": seconds}
+
+
+def _build_rank_in_worker(args: tuple) -> dict:
+    backend, config_dict, rank, build, checkpoint_dir, targets, engine_path, level = args
+    logging.basicConfig(level=level, format="[ckpt-build] %(levelname)s %(message)s")
+    module = load_trt(backend)
+    return build_rank(module, CheckpointConfig.from_dict(config_dict), rank, build, checkpoint_dir, targets,
+                      engine_path)
+
+
+def prepare(request: BuildRequest) -> tuple[TrtModule, CheckpointConfig, BuildConfig, list[str]]:
+    """Every check that can fail before building: checkpoint, support, limits, TensorRT module, targets."""
+    config = check_checkpoint(request.checkpoint_dir, hash_files=False)
+    check_supported(config)
+    build = resolve_limits(config, request.limits)
+    module = load_trt(request.backend)
+    needs = [config.dtype] + ([config.quantization.weight_only] if config.quantization.weight_only else [])
+    targets = resolve_targets(module, request.targets, needs)
+    if not targets:
+        raise CheckpointError(f"--target: no target of {module.name} supports {', '.join(needs)}")
+    if request.workers < 1:
+        raise CheckpointError(f"--workers: must be >= 1 (got {request.workers})")
+    return module, config, build, targets
+
+
+def build_engines(request: BuildRequest) -> EngineConfig:
+    """Build every rank's engine into ``request.output_dir`` (atomically: all or nothing)."""
+    module, config, build, targets = prepare(request)
+    world = config.mapping.world_size
+    engine = EngineConfig(
+        pretrained_config=config.to_dict(), build_config=build, io=io_contract(config, build),
+        bound_to=BoundTo(module=module.name, module_version=module.version, compute_capabilities=targets,
+                         builder="ckpt-build", builder_version=f"{__version__} (ckptfmt {ckptfmt_version})"))
+    log.info("building %d rank(s) of %s with %s %s for %s", world, config.architecture, module.name, module.version,
+             ",".join(targets))
+    with atomic_output_dir(request.output_dir, overwrite=request.overwrite) as tmp:
+        jobs = [(request.backend if request.backend != "auto" else module.name, config.to_dict(), rank, build,
+                 request.checkpoint_dir, targets, tmp / ENGINE_FILE.format(rank=rank), log.getEffectiveLevel())
+                for rank in range(world)]
+        if request.workers > 1 and world > 1:
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(min(request.workers, world)) as pool:
+                results = pool.map(_build_rank_in_worker, jobs)
+        else:
+            results = [build_rank(module, config, rank, build, request.checkpoint_dir, targets, job[6])
+                       for rank, job in zip(range(world), jobs)]
+        engine.save(tmp)
+        write_manifest(tmp, {ENGINE_FILE.format(rank=r): {"size": res["size"], "sha256": res["sha256"]}
+                             for r, res in enumerate(results)})
+    return engine

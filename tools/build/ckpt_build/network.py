@@ -1,0 +1,219 @@
+"""The one decoder network definition, for every architecture and every rank, over the ``Ops`` interface.
+
+Architectures differ only through ``ModelSpec`` fields (norm kind, gated MLP, biases, rotary layout and
+width, learned positions, parallel residual, OPT post-norm and projections, GQA). Tensor parallelism:
+column-parallel q/k/v, fc, gate and lm_head; row-parallel dense and proj followed by an all-reduce, their
+bias added once after it; the vocab-split lm_head is all-gathered. Pipeline stages take and return hidden
+states.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ckptfmt.names import DENSE, FC, GATE, PROJ, QKV
+
+from .contract import (
+    HIDDEN_IN,
+    HIDDEN_OUT,
+    INPUT_IDS,
+    KEY_IN,
+    KEY_OUT,
+    LAST_TOKEN_INDEX,
+    LOGITS,
+    POSITION_IDS,
+    VALUE_IN,
+    VALUE_OUT,
+    RankPlan,
+    stage_io,
+)
+from .ops import Ops, Tensor
+from .weights import Linear, RankWeights, rope_tables
+
+F32 = "float32"
+
+
+def define_rank_network(ops: Ops, plan: RankPlan, weights: RankWeights) -> None:
+    """Declare one rank's inputs, layers and outputs on ``ops``."""
+    io = stage_io(plan.config, plan.pp_rank, plan.build)
+    positions = ops.input(io.tensor(POSITION_IDS))
+    if plan.first_stage:
+        h = embed(ops, plan, weights, ops.input(io.tensor(INPUT_IDS)), positions)
+    else:
+        h = ops.input(io.tensor(HIDDEN_IN))
+    ctx = _StepContext(ops, plan, positions)
+    for local, layer in enumerate(plan.layers):
+        caches = [ops.input(io.tensor(t.format(layer=layer))) for t in (KEY_IN, VALUE_IN)]
+        h, present = decoder_layer(ctx, weights, local, h, caches)
+        for name, tensor in zip((KEY_OUT, VALUE_OUT), present):
+            ops.output(io.tensor(name.format(layer=layer)), tensor)
+    if plan.last_stage:
+        last = ops.gather_batched(h, ops.input(io.tensor(LAST_TOKEN_INDEX)))  # [B, H]
+        ops.output(io.tensor(LOGITS), logits(ops, plan, weights, last))
+    else:
+        ops.output(io.tensor(HIDDEN_OUT), h)
+
+
+class _StepContext:
+    """Per-step tensors every layer shares: positions, attention mask, KV write index, rope tables."""
+
+    def __init__(self, ops: Ops, plan: RankPlan, positions: Tensor):
+        self.ops, self.plan, self.positions = ops, plan, positions
+        smax = plan.build.max_seq_len
+        slots = ops.constant("key_slots", np.arange(smax, dtype=np.int32).reshape(1, 1, 1, smax))
+        last_visible = ops.add(ops.reshape(positions, (0, 1, -1, 1)), ops.scalar(1, "int32", 4))
+        self.mask = ops.less(slots, last_visible)  # [B, 1, S, Smax]: slot <= position
+        self.write_index = ops.gather(positions, ops.constant("zero_index", np.array(0, dtype=np.int32)), axis=1)
+        self.rope = None
+        if plan.spec.rotary:
+            cos, sin = rope_tables(plan)
+            self.rope = (ops.constant("rope_cos", cos), ops.constant("rope_sin", sin))
+
+
+def embed(ops: Ops, plan: RankPlan, w: RankWeights, ids: Tensor, positions: Tensor) -> Tensor:
+    spec = plan.spec
+    h = embedding_lookup(ops, plan, "vocab_embedding", w.vocab_embedding(), ids, spec.vocab_size)
+    proj = w.project_in()
+    if proj is not None:
+        h = ops.matmul(h, ops.constant("project_in", proj.reshape(1, *proj.shape)), transpose_b=True)
+    if spec.learned_positions:
+        table = w.position_embedding()
+        h = ops.add(h, embedding_lookup(ops, plan, "position_embedding", table, positions,
+                                        spec.max_position_embeddings or table.shape[0]))
+    return h
+
+
+def embedding_lookup(ops: Ops, plan: RankPlan, key: str, table, ids: Tensor, rows: int) -> Tensor:
+    """Gather rows of a replicated or tensor-parallel (split on rows or on width) embedding table."""
+    tp = plan.tp_size
+    const = ops.constant(key, table)
+    if tp == 1 or (table.shape[0] >= rows and not _split_width(plan, table)):
+        return ops.gather(const, ids, axis=0)
+    if _split_width(plan, table):  # [rows, width / tp] on each rank: gather, then concatenate the widths
+        part = ops.transpose(ops.gather(const, ids, axis=0), (2, 0, 1))  # [W/tp, B, S]
+        return ops.transpose(ops.all_gather(part), (1, 2, 0))
+    per_rank = table.shape[0]
+    local = ops.sub(ids, ops.scalar(plan.tp_rank * per_rank, "int32", 2))
+    inside = ops.logical_and(ops.less(ops.scalar(-1, "int32", 2), local),
+                             ops.less(local, ops.scalar(per_rank, "int32", 2)))
+    rows_here = ops.gather(const, ops.where(inside, local, ops.scalar(0, "int32", 2)), axis=0)
+    keep = ops.cast(ops.reshape(inside, (0, 0, 1)), plan.dtype)
+    return ops.all_reduce(ops.mul(rows_here, keep))
+
+
+def _split_width(plan: RankPlan, table) -> bool:
+    return plan.config.use_parallel_embedding and plan.config.embedding_sharding_dim == 1 and plan.tp_size > 1
+
+
+def linear(ops: Ops, plan: RankPlan, x: Tensor, lin: Linear, reduce: bool = False) -> Tensor:
+    """``x @ W.T + b`` for x ``[B, S, in]``; row-parallel (``reduce``) all-reduces before the bias."""
+    if lin.precision is None:
+        y = ops.matmul(x, ops.constant(lin.key + ".weight", lin.weight.reshape(1, *lin.weight.shape)),
+                       transpose_b=True)
+    else:
+        k, n = lin.in_features, lin.out_features
+        q = ops.constant(lin.key + ".weight", lin.weight, dtype=lin.precision, shape=(1, k, n))
+        if lin.group_size:
+            scale = ops.constant(lin.key + ".scale", lin.scale.reshape(1, *lin.scale.shape))
+            w = ops.dequantize(q, scale, plan.dtype)
+        else:
+            w = ops.dequantize(q, ops.constant(lin.key + ".scale", lin.scale), plan.dtype, axis=2)
+        y = ops.matmul(x, w)
+    if reduce and plan.tp_size > 1:
+        y = ops.all_reduce(y)
+    if lin.bias is not None:
+        y = ops.add(y, ops.constant(lin.key + ".bias", lin.bias.reshape(1, 1, -1)))
+    return y
+
+
+def norm(ops: Ops, plan: RankPlan, x: Tensor, key: str, params) -> Tensor:
+    """LayerNorm or RMSNorm computed in fp32; RMSNorm scales in the model dtype like transformers."""
+    weight, bias = params
+    x32 = ops.cast(x, F32) if plan.dtype != F32 else x
+    if plan.spec.norm == "rmsnorm":
+        var = ops.reduce_mean_last(ops.mul(x32, x32))
+        y = ops.div(x32, ops.sqrt(ops.add(var, ops.scalar(plan.spec.norm_epsilon, F32, 3))))
+        y = ops.cast(y, plan.dtype) if plan.dtype != F32 else y
+        return ops.mul(y, ops.constant(key + ".weight", weight.reshape(1, 1, -1)))
+    w = ops.constant(key + ".weight", weight.astype(np.float32).reshape(1, 1, -1))
+    b = ops.constant(key + ".bias", bias.astype(np.float32).reshape(1, 1, -1))
+    y = ops.layer_norm(x32, w, b, plan.spec.norm_epsilon)
+    return ops.cast(y, plan.dtype) if plan.dtype != F32 else y
+
+
+def activation(ops: Ops, x: Tensor, kind: str) -> Tensor:
+    if kind in ("silu", "swish", "swiglu"):
+        return ops.mul(x, ops.activation(x, "sigmoid"))
+    if kind in ("gelu", "geglu"):
+        return ops.activation(x, "gelu_erf")
+    if kind in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "openai-gelu"):
+        return ops.activation(x, "gelu_tanh")
+    if kind == "relu":
+        return ops.activation(x, "relu")
+    raise ValueError(f"hidden_act: unsupported {kind!r}")
+
+
+def attention(ctx: _StepContext, w: RankWeights, local: int, x: Tensor, caches) -> tuple[Tensor, list]:
+    ops, plan = ctx.ops, ctx.plan
+    d, nq, nkv = plan.spec.head_size, plan.heads, plan.kv_heads
+    qkv = linear(ops, plan, x, w.linear(local, QKV))  # [B, S, (nq + 2 nkv) d], q pre-scaled
+
+    def heads(start: int, n: int) -> Tensor:  # -> [B, n, S, d]
+        part = ops.slice_last(qkv, start * d, n * d)
+        return ops.transpose(ops.reshape(part, (0, 0, n, d)), (0, 2, 1, 3))
+
+    q, k, v = heads(0, nq), heads(nq, nkv), heads(nq + nkv, nkv)
+    if ctx.rope is not None:
+        cos, sin = ctx.rope
+        rd, inter = plan.spec.rotary_dim, plan.spec.rotary_interleaved
+        q = ops.rope(q, cos, sin, ctx.positions, inter, rd)
+        k = ops.rope(k, cos, sin, ctx.positions, inter, rd)
+    k_all = ops.kv_cache_update(caches[0], k, ctx.write_index)
+    v_all = ops.kv_cache_update(caches[1], v, ctx.write_index)
+    o = ops.attention(q, k_all, v_all, ctx.mask)  # [B, nq, S, d]
+    o = ops.reshape(ops.transpose(o, (0, 2, 1, 3)), (0, 0, nq * d))
+    return linear(ops, plan, o, w.linear(local, DENSE), reduce=True), [k_all, v_all]
+
+
+def mlp(ops: Ops, plan: RankPlan, w: RankWeights, local: int, x: Tensor) -> Tensor:
+    h = activation(ops, linear(ops, plan, x, w.linear(local, FC)), plan.spec.hidden_act)
+    if plan.spec.gated_mlp:
+        h = ops.mul(h, linear(ops, plan, x, w.linear(local, GATE)))
+    return linear(ops, plan, h, w.linear(local, PROJ), reduce=True)
+
+
+def decoder_layer(ctx: _StepContext, w: RankWeights, local: int, h: Tensor, caches) -> tuple[Tensor, list]:
+    ops, plan, spec = ctx.ops, ctx.plan, ctx.plan.spec
+    attn_norm = f"layers.{local}.{spec.attn_norm}"
+    if not spec.pre_norm:  # OPT post-norm: x = norm(x + attn(x)); x = norm(x + mlp(x))
+        a, present = attention(ctx, w, local, h, caches)
+        h = norm(ops, plan, ops.add(h, a), attn_norm, w.layer_norm(local, spec.attn_norm))
+        m = mlp(ops, plan, w, local, h)
+        return norm(ops, plan, ops.add(h, m), f"layers.{local}.{spec.mlp_norm}",
+                    w.layer_norm(local, spec.mlp_norm)), present
+    x1 = norm(ops, plan, h, attn_norm, w.layer_norm(local, spec.attn_norm))
+    a, present = attention(ctx, w, local, x1, caches)
+    if spec.parallel_residual:  # x + attn(n1(x)) + mlp(n2(x)); Falcon-7B: one norm feeds both
+        x2 = x1 if spec.mlp_norm is None else norm(ops, plan, h, f"layers.{local}.{spec.mlp_norm}",
+                                                   w.layer_norm(local, spec.mlp_norm))
+        return ops.add(ops.add(h, a), mlp(ops, plan, w, local, x2)), present
+    h = ops.add(h, a)
+    x2 = norm(ops, plan, h, f"layers.{local}.{spec.mlp_norm}", w.layer_norm(local, spec.mlp_norm))
+    return ops.add(h, mlp(ops, plan, w, local, x2)), present
+
+
+def logits(ops: Ops, plan: RankPlan, w: RankWeights, last: Tensor) -> Tensor:
+    """[B, H] hidden of the last tokens -> [B, vocab] logits in logits_dtype (gathered over tp ranks)."""
+    if plan.spec.has_ln_f:
+        last = ops.reshape(norm(ops, plan, ops.reshape(last, (0, 1, -1)), "ln_f", w.final_norm()), (0, -1))
+    proj = w.project_out()
+    if proj is not None:
+        last = ops.matmul(last, ops.constant("project_out", proj), transpose_b=True)
+    head, bias = w.lm_head()
+    out = ops.matmul(last, ops.constant("lm_head", head), transpose_b=True)  # [B, V/tp]
+    if bias is not None:
+        out = ops.add(out, ops.constant("lm_head.bias", bias.reshape(1, -1)))
+    if plan.tp_size > 1:
+        out = ops.transpose(ops.all_gather(ops.transpose(out, (1, 0))), (1, 0))  # [B, padded V]
+    if plan.padded_vocab != plan.spec.vocab_size:
+        out = ops.slice_last(out, 0, plan.spec.vocab_size)
+    return ops.cast(out, plan.build.logits_dtype) if plan.build.logits_dtype != plan.dtype else out

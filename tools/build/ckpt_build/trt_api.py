@@ -1,0 +1,117 @@
+"""The calls that differ between full TensorRT (``tensorrt``) and TensorRT-RTX (``tensorrt_rtx_bindings``).
+
+Everything else in the builder uses the API surface both modules share.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from types import ModuleType
+
+from ckptfmt.errors import CheckpointError
+
+log = logging.getLogger("ckpt_build")
+
+RTX_MODULES = ("tensorrt_rtx_bindings", "tensorrt_rtx")
+INSTALL_HINT = ("pip install 'ckpt-build[rtx]' (tensorrt-rtx-cu13-libs==1.7.1.116 tensorrt-rtx-cu13-bindings==1.7.1.116, "
+                "builds on CPU) or pip install tensorrt (full TensorRT, needs the target GPU)")
+# smallest compute capability (x10) each precision needs
+MIN_SM = {"bfloat16": 80, "int4": 80, "fp8": 89}
+
+
+@dataclass
+class TrtModule:
+    """A loaded TensorRT module and what it can target."""
+
+    trt: ModuleType
+    name: str  # "tensorrt" | "tensorrt_rtx"
+
+    @property
+    def version(self) -> str:
+        return str(getattr(self.trt, "__version__", "unknown"))
+
+    @property
+    def is_rtx(self) -> bool:
+        return self.name == "tensorrt_rtx"
+
+    def supported_targets(self) -> list[str]:
+        """Compute capabilities a plan can be built for (``sm80``...); full TensorRT: the local GPU only."""
+        if not self.is_rtx:
+            return [local_gpu_target()]
+        return [n.lower() for n in self.trt.ComputeCapability.__members__ if n.startswith("SM")]
+
+    def set_targets(self, builder_config, targets: list[str]) -> None:
+        if not self.is_rtx:
+            return  # full TensorRT always builds for the GPU it runs on
+        cc = self.trt.ComputeCapability
+        builder_config.num_compute_capabilities = len(targets)
+        for i, target in enumerate(targets):
+            builder_config.set_compute_capability(cc.__members__[target.upper()], i)
+
+
+def _import_first(names: tuple[str, ...]) -> ModuleType | None:
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "Builder"):
+            return module
+    return None
+
+
+def load_trt(backend: str = "auto") -> TrtModule:
+    """``auto``: full TensorRT when importable (users' GPU images), else TensorRT-RTX."""
+    if backend not in ("auto", "tensorrt", "tensorrt_rtx"):
+        raise CheckpointError(f"--backend: unknown {backend!r} (auto, tensorrt, tensorrt_rtx)")
+    if backend in ("auto", "tensorrt"):
+        module = _import_first(("tensorrt",))
+        if module is not None:
+            return TrtModule(module, "tensorrt")
+        if backend == "tensorrt":
+            raise CheckpointError("--backend tensorrt: module 'tensorrt' is not installed (pip install tensorrt)")
+    module = _import_first(RTX_MODULES)
+    if module is None:
+        what = "no TensorRT module installed" if backend == "auto" else "module tensorrt_rtx_bindings not installed"
+        raise CheckpointError(f"{what}: {INSTALL_HINT}")
+    return TrtModule(module, "tensorrt_rtx")
+
+
+def local_gpu_target() -> str:
+    """``smXY`` of GPU 0 (full TensorRT binds plans to it), via torch when available."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            return f"sm{major}{minor}"
+    except ImportError:
+        pass
+    return "local-gpu"
+
+
+def target_sm(target: str) -> int:
+    return int(target[2:]) if target.startswith("sm") and target[2:].isdigit() else 0
+
+
+def resolve_targets(module: TrtModule, requested: list[str] | None, needs: list[str]) -> list[str]:
+    """Targets to build for: the requested ones (each must support ``needs``), else every supported one
+    that does. Errors name the offending target."""
+    supported = module.supported_targets()
+    if not module.is_rtx:
+        if requested:
+            log.warning("--target is ignored with full TensorRT: it builds for the local GPU")
+        return supported
+    floor = max((MIN_SM.get(n, 0) for n in needs), default=0)
+    if requested:
+        for t in requested:
+            if t not in supported:
+                raise CheckpointError(f"--target: {t} not supported by {module.name} {module.version} "
+                                      f"(supported: {','.join(supported)})")
+            for need in needs:
+                if target_sm(t) < MIN_SM.get(need, 0):
+                    raise CheckpointError(f"--target: {t} cannot run {need} (needs sm{MIN_SM[need]} or newer)")
+        return list(requested)
+    return [t for t in supported if target_sm(t) >= floor]

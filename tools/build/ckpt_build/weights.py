@@ -1,0 +1,132 @@
+"""Weights of one rank, read lazily from its rank file and prepared for the network.
+
+Every array is a view of the memory-mapped rank file unless a transform needs a copy (q rows pre-scaled by
+1/sqrt(head_size), norm parameters in fp32, a shared embedding split for tensor parallelism). Arrays stay
+referenced by the network until the build ends, so their memory is read once and never duplicated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from ckptfmt.constants import DTYPES
+from ckptfmt.io import RankFileReader
+from ckptfmt.names import LAYER, LM_HEAD, LN_F, POSITION_EMBEDDING, PROJECT_IN, PROJECT_OUT, QKV, VOCAB_EMBEDDING
+from ckptfmt.sharding import split_padded
+
+from .contract import RankPlan
+
+
+@dataclass
+class Linear:
+    """A linear layer's tensors: ``weight`` ``[out, in]``, or weight-only ``[in, out(/2)]`` + ``scale``."""
+
+    key: str
+    weight: np.ndarray
+    bias: np.ndarray | None
+    scale: np.ndarray | None = None
+    precision: str | None = None  # None | "int8" | "int4"
+    group_size: int | None = None
+
+    @property
+    def out_features(self) -> int:
+        if self.precision is None:
+            return self.weight.shape[0]
+        return self.weight.shape[1] * (2 if self.precision == "int4" else 1)
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1] if self.precision is None else self.weight.shape[0]
+
+
+class RankWeights:
+    """Prepared tensors of one rank, by role (layer indices are local to the pipeline stage)."""
+
+    def __init__(self, reader: RankFileReader, plan: RankPlan):
+        self.reader, self.plan = reader, plan
+        self.dtype = DTYPES[plan.dtype]
+        quant = plan.config.quantization
+        self.precision = quant.weight_only
+        self.group_size = quant.group_size if quant.per_group else None
+
+    def get(self, name: str) -> np.ndarray:
+        return self.reader[name]
+
+    def optional(self, name: str) -> np.ndarray | None:
+        return self.reader[name] if name in self.reader else None
+
+    def linear(self, local: int, module: str) -> Linear:
+        prefix = LAYER.format(i=local) + module
+        bias = self.optional(prefix + ".bias")
+        if self.precision:
+            lin = Linear(prefix, self.get(prefix + ".weight"), bias, self.get(prefix + ".per_channel_scale"),
+                         self.precision, self.group_size)
+        else:
+            lin = Linear(prefix, self.get(prefix + ".weight"), bias)
+        return self._prescale_q(lin) if module == QKV else lin
+
+    def _prescale_q(self, lin: Linear) -> Linear:
+        """Fold attention's 1/sqrt(head_size) into the q rows (weight or quant scale, and bias)."""
+        factor = 1.0 / np.sqrt(self.plan.spec.head_size)
+        q_rows = self.plan.heads * self.plan.spec.head_size
+
+        def scaled(a: np.ndarray, axis: int) -> np.ndarray:
+            out = np.array(a, dtype=a.dtype)
+            index = [slice(None)] * a.ndim
+            index[axis] = slice(0, q_rows)
+            out[tuple(index)] = (a[tuple(index)].astype(np.float32) * factor).astype(a.dtype)
+            return out
+
+        bias = scaled(lin.bias, 0) if lin.bias is not None else None
+        if lin.precision:
+            return Linear(lin.key, lin.weight, bias, scaled(lin.scale, lin.scale.ndim - 1), lin.precision,
+                          lin.group_size)
+        return Linear(lin.key, scaled(lin.weight, 0), bias)
+
+    def norm(self, prefix: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """(weight, bias) of a norm, as stored (bias None for RMSNorm)."""
+        return self.get(prefix + ".weight"), self.optional(prefix + ".bias")
+
+    def layer_norm(self, local: int, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.norm(LAYER.format(i=local) + name)
+
+    def final_norm(self) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.norm(LN_F)
+
+    def vocab_embedding(self) -> np.ndarray:
+        return self.get(VOCAB_EMBEDDING)
+
+    def position_embedding(self) -> np.ndarray:
+        return self.get(POSITION_EMBEDDING)
+
+    def project_in(self) -> np.ndarray | None:
+        return self.optional(PROJECT_IN)
+
+    def project_out(self) -> np.ndarray | None:
+        return self.optional(PROJECT_OUT)
+
+    def lm_head(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """This rank's vocab rows of the output projection (padded vocab / tp) and its bias."""
+        bias = self.optional("lm_head.bias")
+        if LM_HEAD in self.reader:
+            return self.get(LM_HEAD), bias
+        table = self.get(VOCAB_EMBEDDING)  # shared embedding table (pp 1 only)
+        plan = self.plan
+        if table.shape[0] == plan.padded_vocab // plan.tp_size:  # already vocab-parallel
+            return table, bias
+        return split_padded(table, plan.tp_size, plan.tp_rank), bias
+
+
+def rope_tables(plan: RankPlan) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin ``[max_seq_len, rotary_dim / 2]`` in the model dtype, computed in fp32 like transformers."""
+    spec = plan.spec
+    rd = spec.rotary_dim
+    inv_freq = 1.0 / (spec.rotary_base ** (np.arange(0, rd, 2, dtype=np.int64).astype(np.float32) / rd))
+    positions = np.arange(plan.build.max_seq_len, dtype=np.float32)
+    scaling = spec.rotary_scaling or {}
+    if scaling.get("type", scaling.get("rope_type")) == "linear":
+        positions = positions / np.float32(scaling["factor"])
+    angles = np.outer(positions, inv_freq.astype(np.float32)).astype(np.float32)
+    dt = DTYPES[plan.dtype]
+    return np.cos(angles).astype(dt), np.sin(angles).astype(dt)
