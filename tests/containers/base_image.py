@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from docker_daemon import DockerDaemon
+from .docker_daemon import DockerDaemon
 
 SUITE = "bookworm"
 MIRROR = os.environ.get("CKPT_DEBIAN_MIRROR", "http://deb.debian.org/debian")

@@ -1,0 +1,65 @@
+"""Fixtures for the container tests: dev tools, a private Docker daemon, a local base image, built images."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .base_image import ensure_base_image
+from .compose import Compose
+from .docker_daemon import DockerDaemon, running_daemon
+from .wheel_server import local_wheels, serving
+
+REPO = Path(__file__).resolve().parents[2]
+TORCH_WHEEL = "torch-2.13.0+cpu-"  # the pin in constraints.txt, CPU build
+
+
+def dev_tool(name: str) -> str:
+    """Path of a command-line dev tool, preferring the running interpreter's venv (`make test` installs them)."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} not found next to {sys.executable} or on PATH; `make test` installs it")
+    return found
+
+
+def cache_dir() -> Path:
+    """Kept between runs on one machine: the base rootfs tarball and the daemon's image store."""
+    return Path(os.environ.get("CKPT_SUITE_CACHE", Path.home() / ".cache" / "ckpt-suite"))
+
+
+@pytest.fixture(scope="session")
+def docker_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerDaemon]:
+    if shutil.which("dockerd") is None:
+        pytest.skip("dockerd not installed (Debian package docker.io); the end-to-end container tests need it")
+    if shutil.which("docker") is None:
+        pytest.fail("dockerd is installed but the docker CLI is not (Debian package docker.io)")
+    compose_plugin = Path(dev_tool("docker-compose"))
+    with running_daemon(cache_dir() / "docker", tmp_path_factory.mktemp("dockerd"), compose_plugin) as daemon:
+        yield daemon
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_daemon: DockerDaemon) -> str:
+    if shutil.which("debootstrap") is None:
+        pytest.fail("debootstrap not installed (Debian package debootstrap): needed once to make the base image")
+    return ensure_base_image(docker_daemon, cache_dir() / "base")
+
+
+@pytest.fixture(scope="session")
+def compose(docker_daemon: DockerDaemon, base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Compose:
+    """The CPU pipeline (compose.yaml + compose.cpu.yaml) with its three images built on the local base."""
+    wheels = local_wheels(TORCH_WHEEL)
+    if not wheels:
+        pytest.fail(f"no local {TORCH_WHEEL}*.whl in pip's find-links folders: test images would pull CUDA torch")
+    work = tmp_path_factory.mktemp("compose")
+    project = Compose(REPO, work, docker_daemon.env, project="ckpt-suite-test")
+    with serving(wheels[:1] + [REPO / "constraints.txt"], work / "wheels") as url:
+        project.build(base_image=base_image, find_links=url, constraint=f"{url}constraints.txt")
+    yield project
+    project.down()

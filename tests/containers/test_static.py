@@ -1,0 +1,176 @@
+"""Static checks of the Dockerfiles and compose files: no Docker daemon needed, a few seconds in all."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, dev_tool
+
+DOCKERFILES = sorted((REPO / "containers").glob("*.Dockerfile"))
+SCRIPTS = sorted((REPO / "containers").glob("*.sh"))
+COMPOSE = REPO / "compose.yaml"
+COMPOSE_CPU = REPO / "compose.cpu.yaml"
+# Dockerfile -> (tool folder, CLI that is the entrypoint, NVIDIA image family of the default base)
+TOOLS = {
+    "convert.Dockerfile": ("convert", "ckpt-convert", "nvcr.io/nvidia/pytorch:"),
+    "build.Dockerfile": ("build", "ckpt-build", "nvcr.io/nvidia/tensorrt:"),
+    "eval.Dockerfile": ("eval", "ckpt-summarize", "nvcr.io/nvidia/pytorch:"),
+}
+SERVICE_DOCKERFILE = {
+    "convert-hf": "convert.Dockerfile",
+    "convert-nemo": "convert.Dockerfile",
+    "build": "build.Dockerfile",
+    "eval": "eval.Dockerfile",
+}
+
+
+def _run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+
+
+def _resolved(*files: Path, env: dict[str, str] | None = None) -> dict:
+    argv = [dev_tool("docker-compose")]
+    for file in files:
+        argv += ["-f", str(file)]
+    done = _run(*argv, "config", "--format", "json", env=env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _clean_env(**settings: str) -> dict[str, str]:
+    """No CKPT_* or other compose variables from the caller: defaults are what is checked."""
+    return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), **settings}
+
+
+def test_every_tool_has_a_dockerfile() -> None:
+    assert sorted(path.name for path in DOCKERFILES) == sorted(TOOLS)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
+def test_hadolint(dockerfile: Path) -> None:
+    done = _run(dev_tool("hadolint"), str(dockerfile))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.name)
+def test_shellcheck(script: Path) -> None:
+    done = _run(dev_tool("shellcheck"), "--shell=sh", str(script))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("files", [(COMPOSE,), (COMPOSE, COMPOSE_CPU)], ids=["gpu", "cpu"])
+def test_compose_config_is_valid(files: tuple[Path, ...]) -> None:
+    argv = [dev_tool("docker-compose")]
+    for file in files:
+        argv += ["-f", str(file)]
+    done = _run(*argv, "config", "-q", env=_clean_env())
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("files", [(COMPOSE,), (COMPOSE, COMPOSE_CPU)], ids=["gpu", "cpu"])
+def test_compose_spec_schema(files: tuple[Path, ...], tmp_path: Path) -> None:
+    """compose.yaml as written, and each merged configuration (the override's `!reset` tag is Compose-only)."""
+    merged = tmp_path / "merged.json"
+    merged.write_text(json.dumps(_resolved(*files, env=_clean_env())))
+    checked = [str(merged)] + ([str(COMPOSE)] if files == (COMPOSE,) else [])
+    done = _run(dev_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", *checked)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_schema_check_rejects_an_unknown_key(tmp_path: Path) -> None:
+    bad = tmp_path / "compose.yaml"
+    bad.write_text("services:\n  convert-hf:\n    image: x\n    gpus_reserved: 1\n")
+    done = _run(dev_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(bad))
+    assert done.returncode != 0 and "gpus_reserved" in done.stdout
+
+
+def _mounts(service: dict) -> dict[str, dict]:
+    return {mount["target"]: mount for mount in service["volumes"]}
+
+
+def test_services_share_one_volume_and_mount_sources_read_only() -> None:
+    config = _resolved(COMPOSE, env=_clean_env())
+    assert set(config["services"]) == set(SERVICE_DOCKERFILE)
+    assert list(config["volumes"]) == ["ckpt-data"]
+    for name, service in config["services"].items():
+        mounts = _mounts(service)
+        assert mounts["/data"]["type"] == "volume" and mounts["/data"]["source"] == "ckpt-data", name
+        for target, mount in mounts.items():
+            if target != "/data":
+                assert mount.get("read_only") is True, f"{name}: {target} must be read-only"
+        assert service["read_only"] is True, name
+        assert service["network_mode"] == "none", name
+        assert Path(service["build"]["dockerfile"]).name == SERVICE_DOCKERFILE[name], name
+
+
+def test_host_directory_replaces_the_named_volume(tmp_path: Path) -> None:
+    config = _resolved(COMPOSE, env=_clean_env(CKPT_VOLUME=str(tmp_path)))
+    for name, service in config["services"].items():
+        mount = _mounts(service)["/data"]
+        assert (mount["type"], mount["source"]) == ("bind", str(tmp_path)), name
+
+
+def test_commands_follow_environment_settings() -> None:
+    settings = {"MODEL_NAME": "m7", "DTYPE": "bfloat16", "TP_SIZE": "2", "PP_SIZE": "3", "MAX_BATCH_SIZE": "5"}
+    services = _resolved(COMPOSE, env=_clean_env(**settings))["services"]
+    convert = services["convert-nemo"]["command"]
+    assert convert[0] == "nemo"
+    for flag, value in [("--dtype", "bfloat16"), ("--tp_size", "2"), ("--pp_size", "3")]:
+        assert convert[convert.index(flag) + 1] == value
+    assert convert[convert.index("--output_dir") + 1] == "/data/checkpoints/m7"
+    build = services["build"]["command"]
+    assert build[build.index("--checkpoint_dir") + 1] == "/data/checkpoints/m7"
+    assert build[build.index("--max_batch_size") + 1] == "5"
+    evaluate = services["eval"]["command"]
+    assert evaluate[evaluate.index("--engine_dir") + 1] == "/data/engines/m7"
+
+
+def test_gpu_reservations_only_without_the_cpu_override() -> None:
+    gpu = _resolved(COMPOSE, env=_clean_env())["services"]
+    cpu = _resolved(COMPOSE, COMPOSE_CPU, env=_clean_env())["services"]
+    for name in ("build", "eval"):
+        devices = gpu[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices and devices[0]["capabilities"] == ["gpu"], name
+        assert "deploy" not in cpu[name], name
+    assert "--backend" in cpu["build"]["command"] and "tensorrt_rtx" in cpu["build"]["command"]
+    assert cpu["eval"]["command"][cpu["eval"]["command"].index("--backend") + 1] == "torch"
+
+
+def _pyproject(tool: str) -> dict:
+    return tomllib.loads((REPO / "tools" / tool / "pyproject.toml").read_text())
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
+def test_dockerfile_installs_only_its_tool_as_non_root(dockerfile: Path) -> None:
+    tool, cli, base_family = TOOLS[dockerfile.name]
+    text = dockerfile.read_text()
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.MULTILINE)
+    assert base and base.group(1).startswith(base_family)
+    copied = re.findall(r"^COPY (?!--from)(\S+)", text, re.MULTILINE)
+    assert {src.split("/")[0] for src in copied} <= {"containers", "shared", "tools"}
+    assert {src for src in copied if src.startswith("tools/")} <= {f"tools/{tool}", f"tools/{tool}/pyproject.toml"}
+    users = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
+    assert users and users[-1] not in ("root", "0", "0:0")
+    assert re.search(rf'^ENTRYPOINT \["{cli}"\]$', text, re.MULTILINE)
+    assert cli in _pyproject(tool)["project"]["scripts"], f"{cli} is not a script of tools/{tool}"
+
+
+@pytest.mark.parametrize("files", [(COMPOSE,), (COMPOSE, COMPOSE_CPU)], ids=["gpu", "cpu"])
+def test_image_extras_exist_in_the_tools(files: tuple[Path, ...]) -> None:
+    """Every extra an image installs (Dockerfile default or compose build arg) is one its tool declares."""
+    services = _resolved(*files, env=_clean_env())["services"]
+    for name, service in services.items():
+        dockerfile = REPO / service["build"]["dockerfile"]
+        tool = TOOLS[dockerfile.name][0]
+        default = re.search(r'^ARG EXTRAS="?([^"\n]*)"?$', dockerfile.read_text(), re.MULTILINE)
+        extras = service["build"].get("args", {}).get("EXTRAS", default.group(1) if default else "")
+        declared = set(_pyproject(tool)["project"].get("optional-dependencies", {}))
+        missing = {extra for extra in extras.split(",") if extra} - declared
+        assert not missing, f"{name}: tools/{tool} declares no extra {sorted(missing)}"
