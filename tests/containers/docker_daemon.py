@@ -36,9 +36,7 @@ class DockerDaemon:
 
     def docker(self, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
         """Run the docker CLI against this daemon, capturing text output."""
-        return subprocess.run(
-            ["docker", *args], env=self.env, check=check, text=True, capture_output=True, **kwargs
-        )
+        return subprocess.run(["docker", *args], env=self.env, check=check, text=True, capture_output=True, **kwargs)
 
 
 def _wait_for_socket(socket: Path, log: Path, proc: subprocess.Popen) -> None:

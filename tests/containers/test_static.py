@@ -6,10 +6,10 @@ import json
 import os
 import re
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from .conftest import REPO, dev_tool
 
