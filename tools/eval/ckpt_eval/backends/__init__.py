@@ -1,0 +1,32 @@
+"""Backends by name. Each module exposes ``open_backend(path, device, **options) -> Stepper``."""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import RunnerError, Stepper
+
+BACKENDS = {
+    "torch": "ckpt_eval.backends.torch_backend",  # checkpoint directory, our model definition
+    "hf": "ckpt_eval.backends.hf_backend",  # Hugging Face model directory, transformers (reference)
+    "trt": None,  # TensorRT engine directory: a later issue
+}
+
+
+def open_backend(name: str, path: str, device: str, **options) -> Stepper:
+    if name not in BACKENDS:
+        raise RunnerError(f"backend {name!r} is unknown (choose from {', '.join(BACKENDS)})")
+    if BACKENDS[name] is None:
+        raise RunnerError(
+            f"backend {name!r} is not available yet: running TensorRT engines needs the TensorRT "
+            "runtime backend (ckpt_eval.backends.trt_backend), which this version does not have; run "
+            "the checkpoint the engine was built from with backend 'torch' instead"
+        )
+    try:
+        module = importlib.import_module(BACKENDS[name])
+    except ImportError as err:
+        raise RunnerError(f"backend {name!r} needs {err.name}: pip install 'ckpt-eval[torch]'") from None
+    return module.open_backend(path, device, **options)
+
+
+__all__ = ["BACKENDS", "RunnerError", "Stepper", "open_backend"]

@@ -1,0 +1,66 @@
+"""The ``hf`` backend: a Hugging Face model run by transformers, stepped like ours (reference for comparisons)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .base import RunnerError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
+
+
+class HFStepper:
+    """``AutoModelForCausalLM`` with a dynamic cache; left padding via attention mask and position ids."""
+
+    is_sampler = True
+
+    def __init__(self, model_dir: str, device: str = "cpu", dtype: str = "auto"):
+        from transformers import AutoModelForCausalLM
+
+        if not (Path(model_dir) / "config.json").is_file():
+            raise RunnerError(f"{model_dir}: not a Hugging Face model directory (no config.json)")
+        if dtype not in DTYPES:
+            raise RunnerError(f"dtype {dtype!r}: choose from {', '.join(DTYPES)}")
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise RunnerError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype]).to(device).eval()
+        except (OSError, ValueError) as err:
+            raise RunnerError(f"{model_dir}: cannot load with transformers ({str(err).splitlines()[0]})") from None
+        cfg = self.model.config
+        self.device = torch.device(device)
+        self.vocab_size = cfg.vocab_size
+        self.max_positions = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        self.cache = None
+        self.key_mask = None
+
+    def reset(self, batch: int, max_seq: int) -> None:
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache()
+        self.key_mask = torch.zeros(batch, max_seq, dtype=torch.long, device=self.device)
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor, slots: torch.Tensor, pad: torch.Tensor, all_logits: bool = False):
+        end = int(slots[-1]) + 1
+        self.key_mask[:, slots] = (slots.unsqueeze(0) >= pad.unsqueeze(1)).long()
+        positions = (slots.unsqueeze(0) - pad.unsqueeze(1)).clamp(min=0)
+        out = self.model(
+            input_ids=tokens,
+            attention_mask=self.key_mask[:, :end],
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.cache = out.past_key_values
+        logits = out.logits if all_logits else out.logits[:, -1:]
+        return logits.float()
+
+    def share(self, x, shape, dtype):
+        return x
+
+
+def open_backend(path: str, device: str = "cpu", **options) -> HFStepper:
+    return HFStepper(path, device, **options)

@@ -1,0 +1,58 @@
+"""The ``torch`` backend: our model definition run from a checkpoint directory, on one or tp x pp ranks."""
+
+from __future__ import annotations
+
+import torch
+from ckptfmt import CheckpointError, check_checkpoint, load_config, model_spec
+
+from ..distributed import init_parallel
+from ..weights import TORCH_DTYPES, load_model
+from .base import RunnerError
+
+
+class TorchStepper:
+    """This rank's slice of the model; pipeline stages hand hidden states to the next stage."""
+
+    def __init__(self, directory: str, device: str = "cpu", verify_hashes: bool = False, compile: bool = False):
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise RunnerError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
+        config = load_config(directory)
+        self.config, self.spec = config, model_spec(config)
+        self.par = init_parallel(config.mapping, device)
+        error = None
+        try:
+            check_checkpoint(directory, hash_files=verify_hashes)
+            self.model = load_model(directory, config, self.par)
+        except (CheckpointError, OSError, RuntimeError, ValueError) as err:
+            error = str(err).splitlines()[0] if str(err) else type(err).__name__
+        self.par.agree(error)
+        self.dtype = TORCH_DTYPES[config.dtype]
+        self.device = self.par.device
+        self.vocab_size = self.spec.vocab_size
+        self.max_positions = self.spec.max_position_embeddings
+        self.is_sampler = self.par.is_sampler
+        self.decode = self.model
+        if compile and not self.par.distributed:
+            self.decode = torch.compile(self.model, mode="reduce-overhead", fullgraph=True)
+
+    def reset(self, batch: int, max_seq: int) -> None:
+        self.model.setup_cache(batch, max_seq)
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor, slots: torch.Tensor, pad: torch.Tensor, all_logits: bool = False):
+        par = self.par
+        b, t = tokens.shape
+        x = tokens if par.is_first_stage else par.recv_prev((b, t, self.spec.hidden_size), self.dtype)
+        run = self.decode if t == 1 and not all_logits else self.model
+        out = run(x, slots, pad, last_only=not all_logits)
+        if not par.is_last_stage:
+            par.send_next(out)
+            return None
+        return out.clone() if par.is_sampler else None
+
+    def share(self, x, shape, dtype):
+        return self.par.share(x, shape, dtype)
+
+
+def open_backend(path: str, device: str = "cpu", **options) -> TorchStepper:
+    return TorchStepper(path, device, **options)

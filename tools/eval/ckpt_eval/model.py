@@ -1,0 +1,327 @@
+"""One decoder for every architecture of ``ckptfmt.names.FAMILIES`` (gpt-fast style), at one rank's shapes.
+
+Module and parameter names mirror the checkpoint's tensor names (``transformer.layers.0.attention.qkv.weight``),
+so loading is a name-for-name copy. Architecture differences come from ``ckptfmt.ModelSpec`` fields, never
+from the architecture name. Tensor parallelism is in the shapes (each rank builds its own slice) plus the
+collectives of ``Parallel``; a pipeline stage holds only its layers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from ckptfmt import CheckpointError, ModelSpec
+from ckptfmt.names import kv_heads_per_rank, pad_to_multiple
+from torch import nn
+
+from .distributed import Parallel
+
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "geglu": F.gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "swiglu": F.silu,
+}
+
+
+@dataclass(frozen=True)
+class RankShapes:
+    """What one rank holds: its layers, and how embedding and lm_head are split."""
+
+    layers: range
+    first_stage: bool
+    last_stage: bool
+    embedding_split: str  # "none" | "rows" (vocab rows, padded) | "cols" (hidden columns)
+    head_from_embedding: bool  # share_embedding_table without an lm_head tensor
+
+
+class RMSNorm(nn.Module):
+    """Normalized in float32, scaled in the model dtype (as the reference implementations do)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def make_norm(spec: ModelSpec) -> nn.Module:
+    if spec.norm == "rmsnorm":
+        return RMSNorm(spec.hidden_size, spec.norm_epsilon)
+    return nn.LayerNorm(spec.hidden_size, eps=spec.norm_epsilon, bias=spec.norm_bias)
+
+
+class RowLinear(nn.Module):
+    """Row-parallel linear: partial products summed over tp ranks, then the (unsplit) bias added once."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, par: Parallel):
+        super().__init__()
+        self.par = par
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.par.all_reduce(F.linear(x, self.weight))
+        return y + self.bias if self.bias is not None else y
+
+
+class ParallelEmbedding(nn.Module):
+    """A lookup table, whole, split on vocab rows (masked lookup + sum) or on hidden columns (gather)."""
+
+    def __init__(self, rows: int, width: int, split: str, par: Parallel):
+        super().__init__()
+        self.split, self.par = split, par
+        if split == "rows":
+            rows = pad_to_multiple(rows, par.tp_size) // par.tp_size
+        elif split == "cols":
+            width //= par.tp_size
+        self.weight = nn.Parameter(torch.empty(rows, width))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.split == "rows":
+            rows = self.weight.shape[0]
+            local = ids - self.par.tp_rank * rows
+            inside = (local >= 0) & (local < rows)
+            out = F.embedding(local.clamp(0, rows - 1), self.weight) * inside.unsqueeze(-1).to(self.weight.dtype)
+            return self.par.all_reduce(out)
+        out = F.embedding(ids, self.weight)
+        return self.par.all_gather(out, dim=-1) if self.split == "cols" else out
+
+
+class KVCache(nn.Module):
+    """Static cache [batch, kv_heads, max_seq, head_size]; ``slots`` are the sequence indices written."""
+
+    def __init__(self, batch: int, kv_heads: int, max_seq: int, head_size: int, dtype, device):
+        super().__init__()
+        shape = (batch, kv_heads, max_seq, head_size)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k.index_copy_(2, slots, k)
+        self.v.index_copy_(2, slots, v)
+        return self.k, self.v
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding on the first ``rotary_dim`` channels: rotate-half (NeoX) or interleaved (GPT-J)."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.dim, self.interleaved = spec.rotary_dim, spec.rotary_interleaved
+        exponents = torch.arange(0, self.dim, 2, dtype=torch.int64, device="cpu").float() / self.dim
+        inv_freq = 1.0 / (spec.rotary_base**exponents)  # real even under a meta-device context
+        self.register_buffer("inv_freq", scale_inv_freq(inv_freq, spec.rotary_scaling), persistent=False)
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [batch, seq, 1, rotary_dim] for integer ``positions`` [batch, seq], computed in float32."""
+        freqs = positions.float().unsqueeze(-1) * self.inv_freq
+        freqs = freqs.repeat_interleave(2, -1) if self.interleaved else torch.cat([freqs, freqs], -1)
+        return freqs.cos().to(dtype).unsqueeze(2), freqs.sin().to(dtype).unsqueeze(2)
+
+    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """``x`` [batch, seq, heads, head_size]."""
+        rot, rest = x[..., : self.dim], x[..., self.dim :]
+        if self.interleaved:
+            turned = torch.stack([-rot[..., 1::2], rot[..., 0::2]], -1).flatten(-2)
+        else:
+            half = self.dim // 2
+            turned = torch.cat([-rot[..., half:], rot[..., :half]], -1)
+        return torch.cat([rot * cos + turned * sin, rest], -1)
+
+
+def scale_inv_freq(inv_freq: torch.Tensor, scaling: dict | None) -> torch.Tensor:
+    """Apply the config's ``rotary_scaling`` (linear, llama3) to the rotary frequencies."""
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type")) or "default"
+    if kind == "default":
+        return inv_freq
+    factor = float(scaling.get("factor", 1.0))
+    if kind == "linear":
+        return inv_freq / factor
+    if kind == "llama3":
+        low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
+        old_len = float(scaling.get("original_max_position_embeddings", 8192))
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return torch.where(medium, smoothed, scaled)
+    raise CheckpointError(
+        f"config.json: rotary_scaling type {kind!r} is not supported by the torch backend (supported: linear, llama3)"
+    )
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: ModelSpec, par: Parallel):
+        super().__init__()
+        self.heads = spec.num_heads // par.tp_size
+        self.kv_heads = kv_heads_per_rank(spec.num_kv_heads, par.tp_size)
+        self.head_size = spec.head_size
+        out = (self.heads + 2 * self.kv_heads) * self.head_size
+        self.qkv = nn.Linear(spec.hidden_size, out, bias=spec.qkv_bias)
+        self.dense = RowLinear(self.heads * self.head_size, spec.hidden_size, spec.bias, par)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x, slots, mask, rotary: Rotary | None, cos_sin) -> torch.Tensor:
+        b, t, _ = x.shape
+        q_size, kv_size = self.heads * self.head_size, self.kv_heads * self.head_size
+        q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(b, t, self.heads, self.head_size)
+        k = k.view(b, t, self.kv_heads, self.head_size)
+        v = v.view(b, t, self.kv_heads, self.head_size)
+        if rotary is not None:
+            q, k = rotary.apply(q, *cos_sin), rotary.apply(k, *cos_sin)
+        q, k, v = (z.transpose(1, 2) for z in (q, k, v))
+        k, v = self.kv_cache.update(slots, k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.heads)
+        return self.dense(y.transpose(1, 2).reshape(b, t, q_size))
+
+
+class MLP(nn.Module):
+    """``proj(act(fc(x)) [* gate(x)])``; ``fc`` is the activated branch of a gated MLP."""
+
+    def __init__(self, spec: ModelSpec, par: Parallel):
+        super().__init__()
+        if spec.hidden_act not in ACTIVATIONS:
+            raise CheckpointError(
+                f"config.json: hidden_act {spec.hidden_act!r} is not supported by the torch "
+                f"backend (supported: {', '.join(ACTIVATIONS)})"
+            )
+        self.act = ACTIVATIONS[spec.hidden_act]
+        ffn = spec.intermediate_size // par.tp_size
+        self.fc = nn.Linear(spec.hidden_size, ffn, bias=spec.bias)
+        self.gate = nn.Linear(spec.hidden_size, ffn, bias=spec.bias) if spec.gated_mlp else None
+        self.proj = RowLinear(ffn, spec.hidden_size, spec.bias, par)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.fc(x))
+        return self.proj(h * self.gate(x) if self.gate is not None else h)
+
+
+class Block(nn.Module):
+    """One decoder layer; norms are registered under the checkpoint's names (``input_layernorm``, ...)."""
+
+    def __init__(self, spec: ModelSpec, par: Parallel):
+        super().__init__()
+        self.spec = spec
+        self.add_module(spec.attn_norm, make_norm(spec))
+        if spec.mlp_norm:
+            self.add_module(spec.mlp_norm, make_norm(spec))
+        self.attention = Attention(spec, par)
+        self.mlp = MLP(spec, par)
+
+    def forward(self, x, slots, mask, rotary, cos_sin) -> torch.Tensor:
+        spec = self.spec
+        attn_norm = getattr(self, spec.attn_norm)
+        mlp_norm = getattr(self, spec.mlp_norm) if spec.mlp_norm else None
+        if not spec.pre_norm:  # OPT post-norm: normalize after each residual add
+            x = attn_norm(x + self.attention(x, slots, mask, rotary, cos_sin))
+            return mlp_norm(x + self.mlp(x))
+        h = attn_norm(x)
+        a = self.attention(h, slots, mask, rotary, cos_sin)
+        if spec.parallel_residual:  # Falcon with mlp_norm None: the MLP reads the attention norm's output
+            return x + a + self.mlp(mlp_norm(x) if mlp_norm is not None else h)
+        x = x + a
+        return x + self.mlp(mlp_norm(x))
+
+
+class Backbone(nn.Module):
+    """``transformer.*``: embeddings, this stage's layers, final norm."""
+
+    def __init__(self, spec: ModelSpec, shapes: RankShapes, par: Parallel):
+        super().__init__()
+        if shapes.first_stage:
+            self.vocab_embedding = ParallelEmbedding(spec.vocab_size, spec.embed_dim, shapes.embedding_split, par)
+            if spec.learned_positions:
+                self.position_embedding = ParallelEmbedding(
+                    spec.max_position_embeddings or 0, spec.hidden_size, shapes.embedding_split, par
+                )
+            if spec.embed_proj_dim:
+                self.project_in = nn.Linear(spec.embed_proj_dim, spec.hidden_size, bias=False)
+        self.layers = nn.ModuleList(Block(spec, par) for _ in shapes.layers)
+        if shapes.last_stage:
+            if spec.has_ln_f:
+                self.ln_f = make_norm(spec)
+            if spec.embed_proj_dim:
+                self.project_out = nn.Linear(spec.hidden_size, spec.embed_proj_dim, bias=False)
+
+
+class Transformer(nn.Module):
+    """One rank's part of the model: ``forward`` runs token ids (or the previous stage's hidden states)
+    through this stage and returns hidden states, or float32 logits on the last stage."""
+
+    def __init__(self, spec: ModelSpec, shapes: RankShapes, par: Parallel):
+        super().__init__()
+        self.spec, self.shapes, self.par = spec, shapes, par
+        self.transformer = Backbone(spec, shapes, par)
+        if shapes.last_stage:
+            rows = pad_to_multiple(spec.vocab_size, par.tp_size) // par.tp_size
+            self.lm_head = nn.Linear(spec.embed_dim, rows, bias=spec.lm_head_bias)
+        self.rotary = Rotary(spec) if spec.rotary else None
+        self.window = None
+
+    def setup_cache(self, batch: int, max_seq: int) -> None:
+        p = next(self.parameters())
+        for layer in self.transformer.layers:
+            a = layer.attention
+            a.kv_cache = KVCache(batch, a.kv_heads, max_seq, a.head_size, p.dtype, p.device)
+
+    def embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        t = self.transformer
+        x = t.vocab_embedding(tokens)
+        if self.spec.embed_proj_dim:
+            x = t.project_in(x)
+        if self.spec.learned_positions:
+            x = x + t.position_embedding(positions)
+        return x
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.transformer
+        if self.spec.has_ln_f:
+            x = t.ln_f(x)
+        if self.spec.embed_proj_dim:
+            x = t.project_out(x)
+        logits = self.par.all_gather(self.lm_head(x), dim=-1)
+        return logits[..., : self.spec.vocab_size].float()
+
+    def forward(
+        self, inputs: torch.Tensor, slots: torch.Tensor, pad: torch.Tensor, last_only: bool = False
+    ) -> torch.Tensor:
+        """``inputs``: token ids [batch, seq] on the first stage, else hidden states [batch, seq, hidden];
+        ``slots``: cache indices [seq] of these positions; ``pad``: left-padding length per sequence [batch];
+        ``last_only``: logits of the last position only."""
+        positions = (slots.unsqueeze(0) - pad.unsqueeze(1)).clamp(min=0)
+        x = self.embed(inputs, positions) if self.shapes.first_stage else inputs
+        mask = attention_mask(slots, pad, self.transformer.layers[0].attention.kv_cache.k.shape[2], self.window)
+        cos_sin = self.rotary.cos_sin(positions, x.dtype) if self.rotary is not None else None
+        for layer in self.transformer.layers:
+            x = layer(x, slots, mask, self.rotary, cos_sin)
+        if not self.shapes.last_stage:
+            return x
+        return self.head(x[:, -1:] if last_only else x)
+
+
+def attention_mask(slots: torch.Tensor, pad: torch.Tensor, max_seq: int, window: int | None) -> torch.Tensor:
+    """Boolean [batch, 1, seq, max_seq]: causal, no left padding, optional sliding window.
+
+    A padding query may always see itself, so that no row is empty (its output is never used).
+    """
+    keys = torch.arange(max_seq, device=slots.device)
+    q = slots.view(1, -1, 1)
+    allowed = (keys <= q) & (keys >= pad.view(-1, 1, 1))
+    if window:
+        allowed &= keys > q - window
+    return (allowed | (keys == q)).unsqueeze(1)

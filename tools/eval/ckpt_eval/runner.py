@@ -1,0 +1,146 @@
+"""``ModelRunner``: TensorRT-LLM's runner API (token lists in, ``[batch, beams, seq]`` out) over any backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from .backends import RunnerError, Stepper, open_backend
+from .generate import Step, check_prompts, generate_steps
+from .sampling import SamplingConfig
+
+
+class Outputs:
+    """Accumulates steps into TensorRT-LLM's output layout.
+
+    ``output_ids[b, 0]`` holds prompt b (unpadded), then its generated tokens, the end token if one came,
+    then ``pad_id``; ``sequence_lengths[b, 0]`` counts prompt + generated tokens without the end token.
+    """
+
+    def __init__(self, prompts: list[torch.Tensor], max_new_tokens: int, pad_id: int, end_id: int | None):
+        self.input_lengths = torch.tensor([p.numel() for p in prompts])
+        self.width, self.end_id = int(self.input_lengths.max()), end_id
+        self.ids = torch.full((len(prompts), 1, self.width + max_new_tokens), pad_id, dtype=torch.long)
+        for row, p in enumerate(prompts):
+            self.ids[row, 0, : p.numel()] = p.cpu()
+        self.lengths = self.input_lengths.clone()
+        self.log_probs = torch.zeros(len(prompts), 1, max_new_tokens)
+        self.generation_logits: list[torch.Tensor] = []
+        self.context_logits = None
+
+    def add(self, step: Step) -> None:
+        tokens, active = step.tokens.cpu(), step.active.cpu()
+        rows = torch.nonzero(active).flatten()
+        self.ids[rows, 0, self.lengths[rows]] = tokens[rows]
+        grows = active if self.end_id is None else active & (tokens != self.end_id)
+        if step.log_probs is not None:
+            self.log_probs[rows, 0, step.index] = step.log_probs.cpu()[rows]
+        if step.logits is not None:
+            self.generation_logits.append(step.logits.cpu())
+        if step.context_logits is not None:  # left padded -> aligned at 0 like output_ids
+            ctx = step.context_logits.cpu()
+            self.context_logits = torch.zeros_like(ctx)
+            for row, n in enumerate(self.input_lengths.tolist()):
+                self.context_logits[row, :n] = ctx[row, self.width - n :]
+        self.lengths += grows.long()
+
+    def result(self, return_dict: bool, sequence_lengths: bool, log_probs: bool):
+        if not return_dict:
+            return (self.ids.clone(), self.lengths[:, None].clone()) if sequence_lengths else self.ids.clone()
+        out = {
+            "output_ids": self.ids.clone(),
+            "sequence_lengths": self.lengths[:, None].clone(),
+            "input_lengths": self.input_lengths.clone(),
+        }
+        if log_probs:
+            out["log_probs"] = self.log_probs.clone()
+            out["cum_log_probs"] = self.log_probs.sum(-1)
+        if self.generation_logits:
+            out["generation_logits"] = torch.stack(self.generation_logits, 1).unsqueeze(1)  # [b, 1, steps, vocab]
+        if self.context_logits is not None:
+            out["context_logits"] = self.context_logits
+        return out
+
+
+class ModelRunner:
+    """Runs a model through one backend. Build with ``ModelRunner.from_dir``."""
+
+    def __init__(self, model: Stepper, backend: str):
+        self.model, self.backend = model, backend
+
+    @classmethod
+    def from_dir(cls, model_dir: str, backend: str = "torch", device: str | None = None, **options) -> ModelRunner:
+        """``model_dir``: a checkpoint directory (torch), a Hugging Face model directory (hf) or an engine
+        directory (trt). Under mpirun/torchrun each process loads its own rank."""
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(open_backend(backend, str(model_dir), device, **options), backend)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.vocab_size
+
+    @property
+    def max_seq_len(self) -> int | None:
+        return self.model.max_positions
+
+    @property
+    def rank(self) -> int:
+        par = getattr(self.model, "par", None)
+        return par.rank if par is not None else 0
+
+    def generate(
+        self,
+        batch_input_ids: Sequence[torch.Tensor],
+        max_new_tokens: int = 1,
+        end_id: int | None = None,
+        pad_id: int | None = None,
+        temperature: float = 1.0,
+        top_k: int = 1,
+        top_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        random_seed: int | None = None,
+        num_beams: int = 1,
+        streaming: bool = False,
+        return_dict: bool = False,
+        output_sequence_lengths: bool = False,
+        output_log_probs: bool = False,
+        output_generation_logits: bool = False,
+        output_context_logits: bool = False,
+    ):
+        """Generate for a list of 1-D token tensors of any lengths.
+
+        Returns ``output_ids`` [batch, 1, max_input_len + max_new_tokens]; with ``output_sequence_lengths``
+        also ``sequence_lengths`` [batch, 1]; with ``return_dict`` a dict (``output_ids``, ``sequence_lengths``,
+        ``input_lengths``, ``log_probs`` [batch, 1, max_new_tokens], ``cum_log_probs``, ``generation_logits``
+        [batch, 1, steps, vocab], ``context_logits`` [batch, max_input_len, vocab]). With ``streaming`` an
+        iterator yielding that result after every step.
+        """
+        if num_beams != 1:
+            raise RunnerError(f"num_beams {num_beams}: beam search is not supported (only num_beams 1)")
+        sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty, random_seed)
+        pad_id = pad_id if pad_id is not None else (end_id if end_id is not None else 0)
+        prompts = check_prompts(batch_input_ids, self.model.vocab_size, self.model.max_positions, max_new_tokens)
+        steps = generate_steps(
+            self.model,
+            prompts,
+            max_new_tokens,
+            sampling,
+            end_id,
+            output_log_probs,
+            output_generation_logits,
+            output_context_logits,
+        )
+        outputs = Outputs(prompts, max_new_tokens, pad_id, end_id)
+        shape = (return_dict, output_sequence_lengths, output_log_probs)
+        if streaming:
+            return self._stream(steps, outputs, shape)
+        for step in steps:
+            outputs.add(step)
+        return outputs.result(*shape)
+
+    @staticmethod
+    def _stream(steps: Iterator[Step], outputs: Outputs, shape: tuple) -> Iterator:
+        for step in steps:
+            outputs.add(step)
+            yield outputs.result(*shape)

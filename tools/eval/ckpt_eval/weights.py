@@ -1,0 +1,112 @@
+"""Build one rank's ``Transformer`` on the meta device and fill it from its rank file, a tensor at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import torch
+from ckptfmt import RANK_FILE, CheckpointConfig, CheckpointError, RankFileReader, model_spec
+from ckptfmt.names import LM_HEAD, VOCAB_EMBEDDING
+from ckptfmt.quant import dequantize_weight_only
+from ckptfmt.sharding import split_padded
+
+from .distributed import Parallel
+from .model import RankShapes, Transformer
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SCALE = "per_channel_scale"
+
+
+def supported_quantization(config: CheckpointConfig) -> None:
+    """Weight-only int8/int4 is dequantized at load; KV-cache scales are ignored (the cache stays in the model
+    dtype). Other modes would compute a different function here, so they are refused."""
+    q = config.quantization
+    unsupported = q.enable_fp8 or q.use_smooth_quant or q.extra.get("has_zero_point") or q.extra.get("pre_quant_scale")
+    if unsupported:
+        raise CheckpointError(
+            f"config.json: quantization {q.quant_algo or q.to_dict()} is not supported by the "
+            "torch backend (supported: none, weight-only int8/int4 W8A16/W4A16)"
+        )
+
+
+def rank_shapes(config: CheckpointConfig, rank: int) -> RankShapes:
+    m = config.mapping
+    split = "none"
+    if config.use_parallel_embedding and m.tp_size > 1:
+        split = "rows" if config.embedding_sharding_dim == 0 else "cols"
+    return RankShapes(
+        layers=m.layers_of_rank(config.num_hidden_layers, rank),
+        first_stage=m.is_first_stage(rank),
+        last_stage=m.is_last_stage(rank),
+        embedding_split=split,
+        head_from_embedding=config.share_embedding_table,
+    )
+
+
+def to_torch(a: np.ndarray) -> torch.Tensor:
+    """A torch copy of a (memory-mapped, read-only) numpy array; bfloat16 included."""
+    if a.dtype == ml_dtypes.bfloat16:
+        return torch.from_numpy(np.array(a.view(np.int16))).view(torch.bfloat16)
+    return torch.from_numpy(np.array(a))
+
+
+def read_tensor(reader: RankFileReader, name: str, config: CheckpointConfig) -> torch.Tensor:
+    """Tensor ``name`` as stored, or dequantized to ``[out, in]`` when it is a weight-only quantized weight."""
+    scale_name = name[: -len("weight")] + SCALE
+    if name.endswith(".weight") and scale_name in reader and reader.spec(name)[0] == np.int8:
+        q = config.quantization
+        w = dequantize_weight_only(
+            reader[name], reader[scale_name], q.weight_only_precision, q.group_size if q.per_group else None
+        )
+        return torch.from_numpy(np.ascontiguousarray(w))
+    return to_torch(reader[name])
+
+
+def head_from_embedding(reader: RankFileReader, config: CheckpointConfig, par: Parallel) -> torch.Tensor:
+    """lm_head rows of this rank taken from a shared vocab embedding (whole, row-split or column-split)."""
+    table = to_torch(reader[VOCAB_EMBEDDING])
+    split = rank_shapes(config, par.rank).embedding_split
+    if split == "rows" or par.tp_size == 1:
+        return table
+    if split == "cols":
+        table = par.all_gather(table.to(par.device), dim=1).cpu()
+    return torch.from_numpy(np.ascontiguousarray(split_padded(table.numpy(), par.tp_size, par.tp_rank)))
+
+
+def set_param(model: torch.nn.Module, name: str, value: torch.Tensor) -> None:
+    module_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    old = getattr(module, attr)
+    if tuple(old.shape) != tuple(value.shape):
+        raise CheckpointError(f"tensor {name}: shape {list(value.shape)}, the model expects {list(old.shape)}")
+    module._parameters[attr] = torch.nn.Parameter(value, requires_grad=False)
+
+
+def load_model(directory: str | Path, config: CheckpointConfig, par: Parallel) -> Transformer:
+    """This rank's model with its weights in the checkpoint dtype on ``par.device``."""
+    supported_quantization(config)
+    spec = model_spec(config)
+    shapes = rank_shapes(config, par.rank)
+    dtype = TORCH_DTYPES[config.dtype]
+    with torch.device("meta"):
+        model = Transformer(spec, shapes, par)
+    path = Path(directory) / RANK_FILE.format(rank=par.rank)
+    with RankFileReader(path) as reader:
+        for name, _ in list(model.named_parameters()):
+            if name not in reader and name == LM_HEAD and shapes.head_from_embedding:
+                value = head_from_embedding(reader, config, par)
+            elif name not in reader:
+                raise CheckpointError(f"{path}: missing tensor {name}")
+            else:
+                value = read_tensor(reader, name, config)
+            try:
+                set_param(model, name, value.to(device=par.device, dtype=dtype))
+            except CheckpointError as err:
+                raise CheckpointError(f"{path}: {err}") from None
+    if model.rotary is not None:
+        model.rotary.inv_freq = model.rotary.inv_freq.to(par.device)
+    if config.get("sliding_window") and config.get("use_sliding_window", True):
+        model.window = int(config.get("sliding_window"))
+    return model.eval()
