@@ -42,7 +42,8 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
         num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=MAX_POS,
         tie_word_embeddings=False)),
     "gpt2": ("GPT2Config", dict(
-        vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=MAX_POS)),
+        vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=MAX_POS,
+        bos_token_id=0, eos_token_id=0)),
     "opt": ("OPTConfig", dict(
         vocab_size=VOCAB, hidden_size=HIDDEN, ffn_dim=FFN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
         max_position_embeddings=MAX_POS, word_embed_proj_dim=HIDDEN, do_layer_norm_before=True)),

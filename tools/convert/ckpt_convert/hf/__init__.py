@@ -1,0 +1,62 @@
+"""``ckpt-convert hf``: a local HuggingFace transformers directory -> checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from pathlib import Path
+
+from ckptfmt import CheckpointConfig, CheckpointError
+
+from .. import options
+from ..stream import Summary, convert_checkpoint
+from .architectures import ARCHITECTURES, HFArchitecture, architecture_of
+from .files import open_hf_source
+from .hf_config import HFConfig
+
+DESCRIPTION = "HuggingFace transformers directory (config.json + safetensors or pytorch_model*.bin)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model_dir", required=True, help="HuggingFace model directory")
+    options.add_arguments(parser)
+
+
+def model_config(model_dir: str | Path) -> tuple[CheckpointConfig, HFConfig, HFArchitecture]:
+    """The checkpoint config (tp 1, pp 1, source dtype) that describes the HF model in ``model_dir``."""
+    hf = HFConfig.load(model_dir)
+    arch = architecture_of(hf)
+    fields = {k: v for k, v in arch.translate(hf).items() if v is not None or k == "max_position_embeddings"}
+    fields["dtype"] = hf.dtype if hf.dtype in ("float32", "float16", "bfloat16") else "float16"
+    config = CheckpointConfig.from_dict(fields)
+    config.check(str(hf.path))
+    return config, hf, arch
+
+
+def convert_hf(model_dir: str | Path, args: argparse.Namespace) -> Summary:
+    """Convert with the shared conversion flags in ``args`` (see ``options.add_arguments``)."""
+    model_config_, hf, arch = model_config(model_dir)
+    _check_output_dir(Path(model_dir), Path(args.output_dir))
+    config, warnings = options.apply_arguments(model_config_, args, hf.dtype, arch.tied(hf))
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    opener = functools.partial(open_hf_source, Path(model_dir))
+    return convert_checkpoint(opener, arch.table, config, args.output_dir, overwrite=args.overwrite,
+                              workers=args.workers, quiet=args.quiet, label=str(model_dir))
+
+
+def _check_output_dir(model_dir: Path, output_dir: Path) -> None:
+    source, target = model_dir.resolve(), output_dir.resolve()
+    if target == source or target in source.parents:
+        raise CheckpointError(f"{output_dir}: --output_dir must not be the model directory or contain it")
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = convert_hf(args.model_dir, args)
+    if not args.quiet:
+        print(summary.line(args.output_dir))
+    return 0
+
+
+__all__ = ["ARCHITECTURES", "DESCRIPTION", "add_arguments", "convert_hf", "model_config", "run"]

@@ -1,0 +1,66 @@
+"""A HuggingFace model directory: its ``config.json`` and its weight files (single, sharded + index, .bin)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ckptfmt import CheckpointError
+
+from ..sources import TensorSource
+
+# (index file, single file) in order of preference
+WEIGHT_LAYOUTS = (
+    ("model.safetensors.index.json", "model.safetensors"),
+    ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        line = f" (line {err.lineno}: {err.msg})" if isinstance(err, json.JSONDecodeError) else ""
+        raise CheckpointError(f"{path}: not valid JSON{line}") from None
+
+
+def model_directory(model_dir: str | Path) -> Path:
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory (--model_dir must be a HuggingFace model directory)")
+    return path
+
+
+def weight_files(model_dir: Path) -> dict[Path, list[str] | None]:
+    """Weight files of the directory, each with the tensor names its index promises (None: no index)."""
+    for index_name, single_name in WEIGHT_LAYOUTS:
+        index_path = model_dir / index_name
+        if index_path.exists():
+            return _indexed_files(index_path)
+        if (model_dir / single_name).exists():
+            return {model_dir / single_name: None}
+    raise CheckpointError(f"{model_dir}: no weights found (expected model.safetensors, "
+                          "model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json)")
+
+
+def _indexed_files(index_path: Path) -> dict[Path, list[str] | None]:
+    index = read_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path}: no weight_map")
+    files: dict[Path, list[str] | None] = {}
+    for name, file in weight_map.items():
+        if not isinstance(file, str) or "/" in file or file.startswith("."):
+            raise CheckpointError(f"{index_path}: weight_map entry {name}: bad file name {file!r}")
+        files.setdefault(index_path.parent / file, []).append(name)
+    return files
+
+
+def open_hf_source(model_dir: str | Path) -> TensorSource:
+    """Lazy tensors of a HuggingFace directory (files are opened on first use)."""
+    return TensorSource(weight_files(model_directory(model_dir)))

@@ -1,0 +1,86 @@
+"""Reading a transformers ``config.json`` written by transformers 4.x or 5.x."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ckptfmt import CheckpointError
+
+from .files import model_directory, read_json
+
+_MISSING = object()
+
+
+class HFConfig:
+    """A transformers config as a dict, with the lookups that differ between transformers versions."""
+
+    def __init__(self, data: dict, path: Path):
+        self.data, self.path = data, path
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> HFConfig:
+        path = model_directory(model_dir) / "config.json"
+        if not path.exists():
+            raise CheckpointError(f"{path}: missing (not a HuggingFace model directory?)")
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{path}: top level must be a JSON object")
+        return cls(data, path)
+
+    def get(self, *names: str, default: Any = None) -> Any:
+        """The first of ``names`` present (and not null)."""
+        for name in names:
+            if self.data.get(name) is not None:
+                return self.data[name]
+        return default
+
+    def require(self, *names: str, kind: type = int) -> Any:
+        value = self.get(*names, default=_MISSING)
+        if value is _MISSING:
+            raise CheckpointError(f"{self.path}: missing field {names[0]}")
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            raise CheckpointError(f"{self.path}: field {names[0]} must be {kind.__name__}, got {value!r}")
+        return value
+
+    def unsupported(self, field: str, why: str) -> CheckpointError:
+        return CheckpointError(f"{self.path}: {field}={self.data.get(field)!r} is not supported ({why})")
+
+    @property
+    def model_type(self) -> str:
+        return self.require("model_type", kind=str)
+
+    @property
+    def dtype(self) -> str | None:
+        """Weight dtype: ``dtype`` (transformers 5) or ``torch_dtype`` (4.x)."""
+        value = self.get("dtype", "torch_dtype")
+        return value.removeprefix("torch.") if isinstance(value, str) else None
+
+    @property
+    def rope_parameters(self) -> dict:
+        """transformers 5 ``rope_parameters`` merged over 4.x ``rope_scaling`` (either may be absent)."""
+        out = dict(self.get("rope_scaling", default={}) or {})
+        out.update(self.get("rope_parameters", default={}) or {})
+        return out
+
+    def rope_theta(self, *legacy: str, default: float = 10000.0) -> float:
+        value = self.rope_parameters.get("rope_theta")
+        if value is None:
+            value = self.get("rope_theta", *legacy, default=default)
+        return float(value)
+
+    def partial_rotary_factor(self, *legacy: str, default: float = 1.0) -> float:
+        value = self.rope_parameters.get("partial_rotary_factor")
+        if value is None:
+            value = self.get("partial_rotary_factor", *legacy, default=default)
+        return float(value)
+
+    def rope_scaling(self) -> dict | None:
+        """The rope scaling settings (TensorRT-LLM ``rotary_scaling``: ``type`` + ``factor`` + extras), or None."""
+        params = {k: v for k, v in self.rope_parameters.items() if k not in ("rope_theta", "partial_rotary_factor")}
+        kind = params.get("rope_type", params.get("type", "default"))
+        if kind == "default":
+            return None
+        return {**params, "type": kind, "rope_type": kind}

@@ -1,0 +1,208 @@
+"""The source-independent conversion run: plan, then read -> transform -> shard -> write, one tensor at a time.
+
+``convert_checkpoint`` takes a source opener, a mapping table and the target ``CheckpointConfig``; the
+rank files are streamed through ``RankFileWriter`` into a temp dir that is renamed into place only
+when config, every rank file and the manifest (written last) are complete.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ckptfmt import (
+    CONFIG_FILE,
+    DTYPES,
+    RANK_FILE,
+    CheckpointConfig,
+    CheckpointError,
+    RankFileWriter,
+    atomic_output_dir,
+    expected_tensors,
+    write_manifest,
+)
+from ckptfmt.sharding import shard
+
+from .mapping import Table
+from .plan import TensorProducer, canonical_name, check_coverage, check_quantizable
+from .sources import TensorSource
+
+SourceOpener = Callable[[], TensorSource]  # picklable (module-level function or functools.partial)
+
+
+@dataclass(frozen=True)
+class RankGroup:
+    """Ranks converted together in one pass over the source (the tp ranks of one pipeline stage)."""
+
+    opener: SourceOpener
+    table: Table
+    config: dict
+    ranks: tuple[int, ...]
+    directory: Path
+
+
+@dataclass
+class Summary:
+    ranks: int
+    tensors: int
+    bytes: int
+    seconds: float
+    peak_rss_mb: float
+
+    def line(self, output_dir: str | Path) -> str:
+        return (f"{output_dir}: {self.ranks} rank file(s), {self.tensors} tensors, {self.bytes / 1e6:.1f} MB "
+                f"in {self.seconds:.1f} s, peak RSS {self.peak_rss_mb:.0f} MB")
+
+
+def convert_ranks(group: RankGroup, progress: Callable[[int], None]) -> dict[str, dict]:
+    """Write the rank files of ``group``; returns their manifest entries."""
+    config = CheckpointConfig.from_dict(group.config)
+    specs = {r: expected_tensors(config, r) for r in group.ranks}
+    order = list(specs[group.ranks[0]])
+    with group.opener() as source:
+        producer = TensorProducer(group.table, source, config)
+        writers = {r: RankFileWriter(group.directory / RANK_FILE.format(rank=r),
+                                     {n: (_np_dtype(s.dtype), s.shape) for n, s in specs[r].items()})
+                   for r in group.ranks}
+        try:
+            for name in order:
+                full = producer.get(*canonical_name(config, group.ranks[0], name))
+                for rank, writer in writers.items():
+                    writer.write(name, shard(name, full, config, rank))
+                del full
+                progress(len(writers))
+            return {w.path.name: w.close() for w in writers.values()}
+        finally:
+            for w in writers.values():
+                w.__exit__(RuntimeError, None, None)  # closes the file if close() did not run
+
+
+def _np_dtype(name: str) -> np.dtype:
+    return DTYPES.get(name, None) or np.dtype(name)
+
+
+def rank_groups(config: CheckpointConfig, workers: int) -> list[tuple[int, ...]]:
+    """One group per pipeline stage (each source tensor read once for all its tp ranks); one per rank when
+    there are more workers than stages."""
+    m = config.mapping
+    stages = [tuple(m.rank(t, p) for t in range(m.tp_size)) for p in range(m.pp_size)]
+    if workers > len(stages):
+        return [(r,) for stage in stages for r in stage]
+    return stages
+
+
+def convert_checkpoint(opener: SourceOpener, table: Table, config: CheckpointConfig, output_dir: str | Path, *,
+                       overwrite: bool = False, workers: int = 1, quiet: bool = False,
+                       label: str = "source") -> Summary:
+    """Check everything that can be checked up front, then stream the checkpoint into ``output_dir``.
+
+    ``label`` names the source in error messages (e.g. the model directory).
+    """
+    start = time.monotonic()
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not overwrite:
+        raise CheckpointError(f"{output_dir}: output directory already exists (pass --overwrite to replace it)")
+    config.check(f"{label}: converted config")
+    with opener() as source:
+        source.open_all()  # every file exists and has a sound header
+        check_coverage(table, source, config)
+    check_quantizable(config)
+    groups = rank_groups(config, workers)
+    total = sum(len(expected_tensors(config, r)) for r in range(config.mapping.world_size))
+    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp, _progress_bar(total, quiet) as bar:
+        jobs = [RankGroup(opener, table, config.to_dict(), ranks, tmp) for ranks in groups]
+        entries = _run(jobs, workers, bar.update)
+        config.save(tmp / CONFIG_FILE)
+        write_manifest(tmp, entries)
+        size = sum(e["size"] for e in entries.values())
+    return Summary(config.mapping.world_size, total, size, time.monotonic() - start, peak_rss_mb())
+
+
+def _run(jobs: list[RankGroup], workers: int, progress: Callable[[int], None]) -> dict[str, dict]:
+    if workers <= 1 or len(jobs) == 1:
+        entries: dict[str, dict] = {}
+        for job in jobs:
+            entries.update(convert_ranks(job, progress))
+        return entries
+    return _run_in_processes(jobs, min(workers, len(jobs)), progress)
+
+
+def _run_in_processes(jobs: list[RankGroup], workers: int, progress: Callable[[int], None]) -> dict[str, dict]:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    entries: dict[str, dict] = {}
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,))
+    try:
+        pending = {pool.submit(_convert_in_worker, job) for job in jobs}
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(queue, progress)
+            for future in done:
+                entries.update(future.result())  # re-raises the worker's error
+        _drain(queue, progress)
+    except BaseException:
+        for child in multiprocessing.active_children():
+            child.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return entries
+
+
+_QUEUE = None
+
+
+def _init_worker(queue) -> None:
+    global _QUEUE
+    _QUEUE = queue
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates the workers
+
+
+def _convert_in_worker(job: RankGroup) -> dict[str, dict]:
+    return convert_ranks(job, _QUEUE.put)
+
+
+def _drain(queue, progress: Callable[[int], None]) -> None:
+    while True:
+        try:
+            progress(queue.get_nowait())
+        except Exception:  # queue.Empty
+            return
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process and of its finished workers (MB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 1024 / 1024
+    return max(own, children) * scale
+
+
+class _progress_bar:  # noqa: N801 (used like a function)
+    """tqdm on a terminal; a no-op when quiet or when stderr is not a TTY."""
+
+    def __init__(self, total: int, quiet: bool):
+        self._bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="tensor", desc="converting", leave=False)
+
+    def update(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def __enter__(self) -> _progress_bar:
+        return self
+
+    def __exit__(self, *_) -> None:
+        if self._bar is not None:
+            self._bar.close()
