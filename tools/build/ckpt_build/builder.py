@@ -131,6 +131,8 @@ def prepare(request: BuildRequest) -> tuple[TrtModule, CheckpointConfig, BuildCo
     targets = resolve_targets(module, request.targets, needs)
     if not targets:
         raise CheckpointError(f"--target: no target of {module.name} supports {', '.join(needs)}")
+    if request.output_dir.exists() and not request.overwrite:
+        raise CheckpointError(f"{request.output_dir}: output directory already exists (pass --overwrite to replace it)")
     if request.workers < 1:
         raise CheckpointError(f"--workers: must be >= 1 (got {request.workers})")
     return module, config, build, targets
