@@ -49,10 +49,9 @@ LEVELS = {"verbose": logging.DEBUG, "info": logging.INFO, "warning": logging.WAR
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=LEVELS[args.log_level], format="[ckpt-build] %(levelname)s %(message)s")
-    log = logging.getLogger("ckpt_build")
     plugins = {k: getattr(args, k) for k in PLUGIN_FLAGS if getattr(args, k) not in (None, False)}
     if plugins:
-        log.warning(NATIVE_NOTICE.format(flags=", ".join(f"--{k}" for k in plugins)))
+        print("ckpt-build: note: " + NATIVE_NOTICE.format(flags=", ".join(f"--{k}" for k in plugins)), file=sys.stderr)
     from .builder import BuildRequest, build_engines  # after logging is set up
 
     request = BuildRequest(
