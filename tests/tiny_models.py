@@ -25,43 +25,141 @@ MAX_POS = 128
 
 # variant -> (transformers config class name, kwargs)
 TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "llama-gqa": ("LlamaConfig", dict(
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=MAX_POS,
-        tie_word_embeddings=False)),
-    "llama-tied": ("LlamaConfig", dict(  # multi-query (1 KV head) and tied embeddings, like SmolLM2
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_key_value_heads=1, max_position_embeddings=MAX_POS,
-        tie_word_embeddings=True)),
-    "mistral": ("MistralConfig", dict(
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=MAX_POS,
-        sliding_window=None, tie_word_embeddings=False)),
-    "qwen2": ("Qwen2Config", dict(  # q/k/v biases
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=MAX_POS,
-        tie_word_embeddings=False)),
-    "gpt2": ("GPT2Config", dict(
-        vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=MAX_POS,
-        bos_token_id=0, eos_token_id=0)),
-    "opt": ("OPTConfig", dict(
-        vocab_size=VOCAB, hidden_size=HIDDEN, ffn_dim=FFN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-        max_position_embeddings=MAX_POS, word_embed_proj_dim=HIDDEN, do_layer_norm_before=True)),
-    "opt-postnorm-proj": ("OPTConfig", dict(  # OPT-350m layout: post-norm, 32-wide embeddings projected to 64
-        vocab_size=VOCAB, hidden_size=HIDDEN, ffn_dim=FFN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-        max_position_embeddings=MAX_POS, word_embed_proj_dim=32, do_layer_norm_before=False)),
-    "gptneox": ("GPTNeoXConfig", dict(  # partial rotary, parallel residual, untied embed_out
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, max_position_embeddings=MAX_POS, rotary_pct=0.25,
-        use_parallel_residual=True, tie_word_embeddings=False)),
-    "falcon-old": ("FalconConfig", dict(  # Falcon-7B layout: multi-query, parallel attention, one norm
-        vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-        multi_query=True, parallel_attn=True, new_decoder_architecture=False, bias=False, alibi=False,
-        max_position_embeddings=MAX_POS)),
-    "falcon-new": ("FalconConfig", dict(  # Falcon-40B layout: grouped KV, two norms per layer
-        vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-        num_kv_heads=2, new_decoder_architecture=True, parallel_attn=True, bias=False, alibi=False,
-        max_position_embeddings=MAX_POS)),
+    "llama-gqa": (
+        "LlamaConfig",
+        dict(
+            vocab_size=VOCAB,
+            hidden_size=HIDDEN,
+            intermediate_size=FFN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_key_value_heads=2,
+            max_position_embeddings=MAX_POS,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "llama-tied": (
+        "LlamaConfig",
+        dict(  # multi-query (1 KV head) and tied embeddings, like SmolLM2
+            vocab_size=VOCAB,
+            hidden_size=HIDDEN,
+            intermediate_size=FFN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_key_value_heads=1,
+            max_position_embeddings=MAX_POS,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "mistral": (
+        "MistralConfig",
+        dict(
+            vocab_size=VOCAB,
+            hidden_size=HIDDEN,
+            intermediate_size=FFN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_key_value_heads=2,
+            max_position_embeddings=MAX_POS,
+            sliding_window=None,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "qwen2": (
+        "Qwen2Config",
+        dict(  # q/k/v biases
+            vocab_size=VOCAB,
+            hidden_size=HIDDEN,
+            intermediate_size=FFN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_key_value_heads=2,
+            max_position_embeddings=MAX_POS,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "gpt2": (
+        "GPT2Config",
+        dict(
+            vocab_size=VOCAB,
+            n_embd=HIDDEN,
+            n_layer=LAYERS,
+            n_head=HEADS,
+            n_positions=MAX_POS,
+            bos_token_id=0,
+            eos_token_id=0,
+        ),
+    ),
+    "opt": (
+        "OPTConfig",
+        dict(
+            vocab_size=VOCAB,
+            hidden_size=HIDDEN,
+            ffn_dim=FFN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            max_position_embeddings=MAX_POS,
+            word_embed_proj_dim=HIDDEN,
+            do_layer_norm_before=True,
+        ),
+    ),
+    "opt-postnorm-proj": (
+        "OPTConfig",
+        dict(  # OPT-350m layout: post-norm, 32-wide embeddings projected to 64
+            vocab_size=VOCAB,
+            hidden_size=HIDDEN,
+            ffn_dim=FFN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            max_position_embeddings=MAX_POS,
+            word_embed_proj_dim=32,
+            do_layer_norm_before=False,
+        ),
+    ),
+    "gptneox": (
+        "GPTNeoXConfig",
+        dict(  # partial rotary, parallel residual, untied embed_out
+            vocab_size=VOCAB,
+            hidden_size=HIDDEN,
+            intermediate_size=FFN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            max_position_embeddings=MAX_POS,
+            rotary_pct=0.25,
+            use_parallel_residual=True,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "falcon-old": (
+        "FalconConfig",
+        dict(  # Falcon-7B layout: multi-query, parallel attention, one norm
+            vocab_size=VOCAB,
+            hidden_size=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            multi_query=True,
+            parallel_attn=True,
+            new_decoder_architecture=False,
+            bias=False,
+            alibi=False,
+            max_position_embeddings=MAX_POS,
+        ),
+    ),
+    "falcon-new": (
+        "FalconConfig",
+        dict(  # Falcon-40B layout: grouped KV, two norms per layer
+            vocab_size=VOCAB,
+            hidden_size=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_kv_heads=2,
+            new_decoder_architecture=True,
+            parallel_attn=True,
+            bias=False,
+            alibi=False,
+            max_position_embeddings=MAX_POS,
+        ),
+    ),
 }
 
 SOURCE_FORMATS = ("safetensors", "sharded", "bin", "sharded-bin")
@@ -88,8 +186,9 @@ def _randomize(model, seed: int) -> None:
             p.copy_(base + scale * noise)
 
 
-def make_tiny_hf(name: str, path: str | Path, dtype: str = "float32", fmt: str = "safetensors",
-                 seed: int = 0, **overrides) -> Path:
+def make_tiny_hf(
+    name: str, path: str | Path, dtype: str = "float32", fmt: str = "safetensors", seed: int = 0, **overrides
+) -> Path:
     """Write tiny random model ``name`` as a HuggingFace directory at ``path``; returns ``path``.
 
     ``fmt``: ``safetensors`` (one file), ``sharded`` (several safetensors + index), ``bin``
@@ -144,8 +243,15 @@ def hf_state_dict(path: str | Path) -> dict:
         return {name: src.load(name) for name in src.names()}
 
 
-def convert_tiny(name: str, out: str | Path, tp: int = 1, pp: int = 1, dtype: str = "float32",
-                 hf_dir: str | Path | None = None, **flags) -> Path:
+def convert_tiny(
+    name: str,
+    out: str | Path,
+    tp: int = 1,
+    pp: int = 1,
+    dtype: str = "float32",
+    hf_dir: str | Path | None = None,
+    **flags,
+) -> Path:
     """Make (or reuse) tiny model ``name`` and convert it with ``ckpt-convert hf``; returns ``out``.
 
     ``hf_dir`` defaults to ``<out's parent>/hf-<name>`` (created if missing, fp32). ``flags`` become CLI
@@ -161,8 +267,20 @@ def convert_tiny(name: str, out: str | Path, tp: int = 1, pp: int = 1, dtype: st
     hf = Path(hf_dir) if hf_dir is not None else out.parent / f"hf-{name}"
     if not (hf / "config.json").exists():
         make_tiny_hf(name, hf)
-    argv = ["hf", "--model_dir", str(hf), "--output_dir", str(out), "--dtype", dtype,
-            "--tp_size", str(tp), "--pp_size", str(pp), "--quiet"]
+    argv = [
+        "hf",
+        "--model_dir",
+        str(hf),
+        "--output_dir",
+        str(out),
+        "--dtype",
+        dtype,
+        "--tp_size",
+        str(tp),
+        "--pp_size",
+        str(pp),
+        "--quiet",
+    ]
     for key, value in flags.items():
         if value is True:
             argv.append(f"--{key}")

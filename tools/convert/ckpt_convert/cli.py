@@ -20,8 +20,9 @@ SOURCES: dict[str, str] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ckpt-convert",
-                                     description="Convert model weights into a TensorRT-LLM compatible checkpoint.")
+    parser = argparse.ArgumentParser(
+        prog="ckpt-convert", description="Convert model weights into a TensorRT-LLM compatible checkpoint."
+    )
     sub = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
     for name, module_name in SOURCES.items():
         module = importlib.import_module(module_name)
@@ -43,8 +44,10 @@ def run_reporting_errors(run, args: argparse.Namespace) -> int:
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
     except KeyboardInterrupt:
-        print(f"error: interrupted; nothing written to {getattr(args, 'output_dir', 'the output directory')}",
-              file=sys.stderr)
+        print(
+            f"error: interrupted; nothing written to {getattr(args, 'output_dir', 'the output directory')}",
+            file=sys.stderr,
+        )
         return 130
     except MemoryError:
         print("error: out of memory", file=sys.stderr)

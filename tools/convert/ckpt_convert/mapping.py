@@ -29,8 +29,13 @@ class Rule:
     transform: Transform = transforms.identity
     fallback: tuple[str, ...] = ()
 
-    def __init__(self, target: str, sources: str | tuple[str, ...], transform: Transform = transforms.identity,
-                 fallback: str | tuple[str, ...] = ()):
+    def __init__(
+        self,
+        target: str,
+        sources: str | tuple[str, ...],
+        transform: Transform = transforms.identity,
+        fallback: str | tuple[str, ...] = (),
+    ):
         object.__setattr__(self, "target", target)
         object.__setattr__(self, "sources", (sources,) if isinstance(sources, str) else tuple(sources))
         object.__setattr__(self, "transform", transform)

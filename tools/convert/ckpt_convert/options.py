@@ -11,18 +11,33 @@ from ckptfmt import DTYPES, CheckpointConfig, CheckpointError, QuantConfig
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Output, dtype, parallelism, embedding, weight-only and run flags."""
     parser.add_argument("--output_dir", required=True, help="checkpoint directory to create")
-    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
-                        help="weight dtype (auto: the source's dtype; float16 when unknown)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", *DTYPES),
+        help="weight dtype (auto: the source's dtype; float16 when unknown)",
+    )
     par = parser.add_argument_group("parallelism")
     par.add_argument("--world_size", type=int, help="number of ranks (= tp_size when --tp_size is not given)")
     par.add_argument("--tp_size", type=int, help="tensor-parallel size (default 1, or world_size / pp_size)")
     par.add_argument("--pp_size", type=int, help="pipeline-parallel size (default 1, or world_size / tp_size)")
-    par.add_argument("--use_parallel_embedding", action="store_true",
-                     help="split the embedding across tp ranks (default: replicated)")
-    par.add_argument("--embedding_sharding_dim", type=int, default=0, choices=(0, 1),
-                     help="0: split vocab rows, 1: split hidden columns")
-    par.add_argument("--use_embedding_sharing", action="store_true",
-                     help="tied models: write no lm_head, share the embedding (pp 1; tp 1 or dim-0 parallel embedding)")
+    par.add_argument(
+        "--use_parallel_embedding",
+        action="store_true",
+        help="split the embedding across tp ranks (default: replicated)",
+    )
+    par.add_argument(
+        "--embedding_sharding_dim",
+        type=int,
+        default=0,
+        choices=(0, 1),
+        help="0: split vocab rows, 1: split hidden columns",
+    )
+    par.add_argument(
+        "--use_embedding_sharing",
+        action="store_true",
+        help="tied models: write no lm_head, share the embedding (pp 1; tp 1 or dim-0 parallel embedding)",
+    )
     quant = parser.add_argument_group("weight-only quantization")
     quant.add_argument("--use_weight_only", action="store_true", help="store linear weights as int8/int4 + scales")
     quant.add_argument("--weight_only_precision", default="int8", choices=("int8", "int4"))
@@ -49,13 +64,15 @@ def parallel_sizes(args: argparse.Namespace) -> tuple[int, int]:
     elif pp is None:
         pp = world // tp
     if tp * pp != world:
-        raise CheckpointError(f"--world_size {world}: must equal --tp_size x --pp_size "
-                              f"({args.tp_size} x {args.pp_size})")
+        raise CheckpointError(
+            f"--world_size {world}: must equal --tp_size x --pp_size ({args.tp_size} x {args.pp_size})"
+        )
     return tp, pp
 
 
-def apply_arguments(config: CheckpointConfig, args: argparse.Namespace, source_dtype: str | None,
-                    tied: bool) -> tuple[CheckpointConfig, list[str]]:
+def apply_arguments(
+    config: CheckpointConfig, args: argparse.Namespace, source_dtype: str | None, tied: bool
+) -> tuple[CheckpointConfig, list[str]]:
     """The target config: ``config`` (the model) with the flags applied; also returns warnings."""
     if args.workers < 1:
         raise CheckpointError(f"--workers: must be >= 1 (got {args.workers})")
@@ -73,8 +90,12 @@ def apply_arguments(config: CheckpointConfig, args: argparse.Namespace, source_d
             warnings.append(f"--use_embedding_sharing ignored: {reason}; lm_head written separately")
         out.share_embedding_table = reason is None
     out.quantization = dataclasses.replace(
-        QuantConfig(), use_weight_only=args.use_weight_only, weight_only_precision=args.weight_only_precision,
-        per_group=args.use_weight_only and args.per_group, group_size=args.group_size)
+        QuantConfig(),
+        use_weight_only=args.use_weight_only,
+        weight_only_precision=args.weight_only_precision,
+        per_group=args.use_weight_only and args.per_group,
+        group_size=args.group_size,
+    )
     return out, warnings
 
 

@@ -60,8 +60,8 @@ def _present(table: Table, source: TensorSource, name: str) -> str | None:
     if name in source:
         return name
     for prefix in table.optional_prefixes:
-        if name.startswith(prefix) and name[len(prefix):] in source:
-            return name[len(prefix):]
+        if name.startswith(prefix) and name[len(prefix) :] in source:
+            return name[len(prefix) :]
     return None
 
 
@@ -72,8 +72,10 @@ def check_coverage(table: Table, source: TensorSource, config: CheckpointConfig)
         used.update(resolve_sources(table, source, canonical)[1])
     unused = [n for n in source.names() if n not in used and not table.ignored(n)]
     if unused:
-        raise CheckpointError(f"source weights: tensor {unused[0]} is not used by the mapping for this config "
-                              f"({len(unused)} unused; unsupported model variant?)")
+        raise CheckpointError(
+            f"source weights: tensor {unused[0]} is not used by the mapping for this config "
+            f"({len(unused)} unused; unsupported model variant?)"
+        )
 
 
 def check_quantizable(config: CheckpointConfig) -> None:
@@ -88,11 +90,15 @@ def check_quantizable(config: CheckpointConfig) -> None:
             weight = expected_tensors(config, rank)[name[: -len(SCALE_SUFFIX)] + ".weight"]
             rows = spec.shape[-1]
             if quant.per_group and spec.shape[0] * quant.group_size != weight.shape[0]:
-                raise CheckpointError(f"--group_size {quant.group_size}: does not divide the input size "
-                                      f"{weight.shape[0]} of {name[: -len(SCALE_SUFFIX)]} (rank {rank})")
+                raise CheckpointError(
+                    f"--group_size {quant.group_size}: does not divide the input size "
+                    f"{weight.shape[0]} of {name[: -len(SCALE_SUFFIX)]} (rank {rank})"
+                )
             if quant.weight_only_precision == "int4" and rows % 2:
-                raise CheckpointError(f"--weight_only_precision int4: output size {rows} of "
-                                      f"{name[: -len(SCALE_SUFFIX)]} is odd (rank {rank})")
+                raise CheckpointError(
+                    f"--weight_only_precision int4: output size {rows} of "
+                    f"{name[: -len(SCALE_SUFFIX)]} is odd (rank {rank})"
+                )
 
 
 class TensorProducer:
@@ -118,8 +124,9 @@ class TensorProducer:
             out = None
         if out is None or tuple(out.shape) != want:
             shapes = ", ".join(f"{t.name} {list(t.shape)}" for t in lazy)
-            raise CheckpointError(f"{lazy[0].file}: {shapes} does not match config.json "
-                                  f"({canonical} needs {list(want)})")
+            raise CheckpointError(
+                f"{lazy[0].file}: {shapes} does not match config.json ({canonical} needs {list(want)})"
+            )
         return out
 
     def get(self, canonical: str, part: str) -> np.ndarray:

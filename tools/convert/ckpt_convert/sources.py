@@ -30,8 +30,9 @@ class LazyTensor:
     def load(self) -> np.ndarray:
         array = self._load()
         if tuple(array.shape) != self.shape:
-            raise CheckpointError(f"{self.file}: tensor {self.name}: read shape {list(array.shape)}, "
-                                  f"header says {list(self.shape)}")
+            raise CheckpointError(
+                f"{self.file}: tensor {self.name}: read shape {list(array.shape)}, header says {list(self.shape)}"
+            )
         return array
 
 

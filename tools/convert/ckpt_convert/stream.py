@@ -58,8 +58,10 @@ class Summary:
     peak_rss_mb: float
 
     def line(self, output_dir: str | Path) -> str:
-        return (f"{output_dir}: {self.ranks} rank file(s), {self.tensors} tensors, {self.bytes / 1e6:.1f} MB "
-                f"in {self.seconds:.1f} s, peak RSS {self.peak_rss_mb:.0f} MB")
+        return (
+            f"{output_dir}: {self.ranks} rank file(s), {self.tensors} tensors, {self.bytes / 1e6:.1f} MB "
+            f"in {self.seconds:.1f} s, peak RSS {self.peak_rss_mb:.0f} MB"
+        )
 
 
 def convert_ranks(group: RankGroup, progress: Callable[[int], None]) -> dict[str, dict]:
@@ -69,9 +71,13 @@ def convert_ranks(group: RankGroup, progress: Callable[[int], None]) -> dict[str
     order = list(specs[group.ranks[0]])
     with group.opener() as source:
         producer = TensorProducer(group.table, source, config)
-        writers = {r: RankFileWriter(group.directory / RANK_FILE.format(rank=r),
-                                     {n: (_np_dtype(s.dtype), s.shape) for n, s in specs[r].items()})
-                   for r in group.ranks}
+        writers = {
+            r: RankFileWriter(
+                group.directory / RANK_FILE.format(rank=r),
+                {n: (_np_dtype(s.dtype), s.shape) for n, s in specs[r].items()},
+            )
+            for r in group.ranks
+        }
         try:
             for name in order:
                 full = producer.get(*canonical_name(config, group.ranks[0], name))
@@ -99,9 +105,17 @@ def rank_groups(config: CheckpointConfig, workers: int) -> list[tuple[int, ...]]
     return stages
 
 
-def convert_checkpoint(opener: SourceOpener, table: Table, config: CheckpointConfig, output_dir: str | Path, *,
-                       overwrite: bool = False, workers: int = 1, quiet: bool = False,
-                       label: str = "source") -> Summary:
+def convert_checkpoint(
+    opener: SourceOpener,
+    table: Table,
+    config: CheckpointConfig,
+    output_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    workers: int = 1,
+    quiet: bool = False,
+    label: str = "source",
+) -> Summary:
     """Check everything that can be checked up front, then stream the checkpoint into ``output_dir``.
 
     ``label`` names the source in error messages (e.g. the model directory).

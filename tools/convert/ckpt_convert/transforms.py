@@ -65,4 +65,4 @@ class DropRows:
 
     def __call__(self, arrays: list[np.ndarray], spec: ModelSpec) -> np.ndarray:
         (a,) = arrays
-        return a[self.count:]
+        return a[self.count :]

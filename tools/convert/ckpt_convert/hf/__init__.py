@@ -42,8 +42,16 @@ def convert_hf(model_dir: str | Path, args: argparse.Namespace) -> Summary:
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
     opener = functools.partial(open_hf_source, Path(model_dir))
-    return convert_checkpoint(opener, arch.table, config, args.output_dir, overwrite=args.overwrite,
-                              workers=args.workers, quiet=args.quiet, label=str(model_dir))
+    return convert_checkpoint(
+        opener,
+        arch.table,
+        config,
+        args.output_dir,
+        overwrite=args.overwrite,
+        workers=args.workers,
+        quiet=args.quiet,
+        label=str(model_dir),
+    )
 
 
 def _check_output_dir(model_dir: Path, output_dir: Path) -> None:

@@ -44,8 +44,10 @@ def weight_files(model_dir: Path) -> dict[Path, list[str] | None]:
             return _indexed_files(index_path)
         if (model_dir / single_name).exists():
             return {model_dir / single_name: None}
-    raise CheckpointError(f"{model_dir}: no weights found (expected model.safetensors, "
-                          "model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json)")
+    raise CheckpointError(
+        f"{model_dir}: no weights found (expected model.safetensors, "
+        "model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json)"
+    )
 
 
 def _indexed_files(index_path: Path) -> dict[Path, list[str] | None]:

@@ -22,8 +22,9 @@ def architecture_of(hf: HFConfig) -> HFArchitecture:
     try:
         return ARCHITECTURES[hf.model_type]
     except KeyError:
-        raise CheckpointError(f"{hf.path}: model_type {hf.model_type!r} is not supported "
-                              f"(supported: {', '.join(sorted(ARCHITECTURES))})") from None
+        raise CheckpointError(
+            f"{hf.path}: model_type {hf.model_type!r} is not supported (supported: {', '.join(sorted(ARCHITECTURES))})"
+        ) from None
 
 
 __all__ = ["ARCHITECTURES", "HFArchitecture", "architecture_of"]

@@ -23,9 +23,15 @@ class HFArchitecture:
         return bool(hf.get("tie_word_embeddings", default=self.tied_default))
 
 
-def sizes(hf: HFConfig, architecture: str, *, hidden: tuple[str, ...] = ("hidden_size",),
-          layers: tuple[str, ...] = ("num_hidden_layers",), heads: tuple[str, ...] = ("num_attention_heads",),
-          positions: tuple[str, ...] = ("max_position_embeddings",)) -> dict:
+def sizes(
+    hf: HFConfig,
+    architecture: str,
+    *,
+    hidden: tuple[str, ...] = ("hidden_size",),
+    layers: tuple[str, ...] = ("num_hidden_layers",),
+    heads: tuple[str, ...] = ("num_attention_heads",),
+    positions: tuple[str, ...] = ("max_position_embeddings",),
+) -> dict:
     """The fields every decoder has (alternative HF field names as tuples)."""
     return {
         "architecture": architecture,

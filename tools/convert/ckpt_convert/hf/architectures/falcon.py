@@ -19,22 +19,31 @@ TABLE = Table(
         Rule(VOCAB_EMBEDDING, "transformer.word_embeddings.weight"),
         Rule(LM_HEAD, "lm_head.weight", fallback="transformer.word_embeddings.weight"),
         *(Rule(f"{LN_F}.{k}", f"transformer.ln_f.{k}") for k in ("weight", "bias")),
-        *(Rule(LAYER + f"attention.qkv.{k}", H + f"self_attention.query_key_value.{k}", ungroup_qkv_per_kv_head)
-          for k in ("weight", "bias")),
-        *(Rule(LAYER + f"input_layernorm.{k}", H + f"ln_attn.{k}", fallback=H + f"input_layernorm.{k}")
-          for k in ("weight", "bias")),
-        *(Rule(LAYER + f"{target}.{k}", H + f"{source}.{k}")
-          for target, source in (("mlp_layernorm", "ln_mlp"), ("post_layernorm", "post_attention_layernorm"),
-                                 ("attention.dense", "self_attention.dense"), ("mlp.fc", "mlp.dense_h_to_4h"),
-                                 ("mlp.proj", "mlp.dense_4h_to_h"))
-          for k in ("weight", "bias")),
+        *(
+            Rule(LAYER + f"attention.qkv.{k}", H + f"self_attention.query_key_value.{k}", ungroup_qkv_per_kv_head)
+            for k in ("weight", "bias")
+        ),
+        *(
+            Rule(LAYER + f"input_layernorm.{k}", H + f"ln_attn.{k}", fallback=H + f"input_layernorm.{k}")
+            for k in ("weight", "bias")
+        ),
+        *(
+            Rule(LAYER + f"{target}.{k}", H + f"{source}.{k}")
+            for target, source in (
+                ("mlp_layernorm", "ln_mlp"),
+                ("post_layernorm", "post_attention_layernorm"),
+                ("attention.dense", "self_attention.dense"),
+                ("mlp.fc", "mlp.dense_h_to_4h"),
+                ("mlp.proj", "mlp.dense_4h_to_h"),
+            )
+            for k in ("weight", "bias")
+        ),
     ),
     ignore=(r"transformer\.h\.\d+\.self_attention\.(maybe_rotary|rotary_emb)\..*",),
 )
 
 # RefinedWeb*: the configs of the original remote-code Falcon checkpoints (same tensor names)
-MODEL_TYPES = {"falcon": "FalconForCausalLM", "RefinedWeb": "FalconForCausalLM",
-               "RefinedWebModel": "FalconForCausalLM"}
+MODEL_TYPES = {"falcon": "FalconForCausalLM", "RefinedWeb": "FalconForCausalLM", "RefinedWebModel": "FalconForCausalLM"}
 
 
 def translate(hf: HFConfig) -> dict:
@@ -49,8 +58,12 @@ def translate(hf: HFConfig) -> dict:
         kv_heads = 1 if hf.get("multi_query", default=True) else heads
     alibi = bool(hf.get("alibi", default=False))
     out = {
-        **sizes(hf, MODEL_TYPES[hf.model_type], heads=("num_attention_heads", "n_head"),
-                layers=("num_hidden_layers", "n_layer")),
+        **sizes(
+            hf,
+            MODEL_TYPES[hf.model_type],
+            heads=("num_attention_heads", "n_head"),
+            layers=("num_hidden_layers", "n_layer"),
+        ),
         "num_key_value_heads": kv_heads,
         "hidden_act": hf.get("activation", default="gelu"),
         "intermediate_size": hf.get("ffn_hidden_size", default=4 * hidden),

@@ -16,14 +16,21 @@ TABLE = Table(
         Rule(VOCAB_EMBEDDING, "gpt_neox.embed_in.weight"),
         Rule(LM_HEAD, "embed_out.weight", fallback="gpt_neox.embed_in.weight"),
         *(Rule(f"{LN_F}.{k}", f"gpt_neox.final_layer_norm.{k}") for k in ("weight", "bias")),
-        *(Rule(LAYER + f"attention.qkv.{k}", L + f"attention.query_key_value.{k}", ungroup_qkv_per_head)
-          for k in ("weight", "bias")),
-        *(Rule(LAYER + f"{target}.{k}", L + f"{source}.{k}")
-          for target, source in (("input_layernorm", "input_layernorm"),
-                                 ("post_attention_layernorm", "post_attention_layernorm"),
-                                 ("attention.dense", "attention.dense"), ("mlp.fc", "mlp.dense_h_to_4h"),
-                                 ("mlp.proj", "mlp.dense_4h_to_h"))
-          for k in ("weight", "bias")),
+        *(
+            Rule(LAYER + f"attention.qkv.{k}", L + f"attention.query_key_value.{k}", ungroup_qkv_per_head)
+            for k in ("weight", "bias")
+        ),
+        *(
+            Rule(LAYER + f"{target}.{k}", L + f"{source}.{k}")
+            for target, source in (
+                ("input_layernorm", "input_layernorm"),
+                ("post_attention_layernorm", "post_attention_layernorm"),
+                ("attention.dense", "attention.dense"),
+                ("mlp.fc", "mlp.dense_h_to_4h"),
+                ("mlp.proj", "mlp.dense_4h_to_h"),
+            )
+            for k in ("weight", "bias")
+        ),
     ),
     ignore=(r"gpt_neox\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)",),
 )

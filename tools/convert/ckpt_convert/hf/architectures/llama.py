@@ -19,12 +19,20 @@ TABLE = Table(
         Rule(LN_F + ".weight", "model.norm.weight"),
         Rule(LAYER + "input_layernorm.weight", L + "input_layernorm.weight"),
         Rule(LAYER + "post_layernorm.weight", L + "post_attention_layernorm.weight"),
-        *(Rule(LAYER + f"attention.qkv.{kind}", tuple(ATTN + f"{p}_proj.{kind}" for p in "qkv"), concat_rows)
-          for kind in ("weight", "bias")),
-        *(Rule(LAYER + f"{target}.{kind}", L + f"{source}.{kind}")
-          for target, source in (("attention.dense", "self_attn.o_proj"), ("mlp.fc", "mlp.gate_proj"),
-                                 ("mlp.gate", "mlp.up_proj"), ("mlp.proj", "mlp.down_proj"))
-          for kind in ("weight", "bias")),
+        *(
+            Rule(LAYER + f"attention.qkv.{kind}", tuple(ATTN + f"{p}_proj.{kind}" for p in "qkv"), concat_rows)
+            for kind in ("weight", "bias")
+        ),
+        *(
+            Rule(LAYER + f"{target}.{kind}", L + f"{source}.{kind}")
+            for target, source in (
+                ("attention.dense", "self_attn.o_proj"),
+                ("mlp.fc", "mlp.gate_proj"),
+                ("mlp.gate", "mlp.up_proj"),
+                ("mlp.proj", "mlp.down_proj"),
+            )
+            for kind in ("weight", "bias")
+        ),
     ),
     ignore=(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",),
 )

@@ -21,12 +21,21 @@ TABLE = Table(
         Rule(PROJECT_OUT, D + "project_out.weight"),
         Rule(LM_HEAD, "lm_head.weight", fallback=D + "embed_tokens.weight"),
         *(Rule(f"{LN_F}.{k}", D + f"final_layer_norm.{k}") for k in ("weight", "bias")),
-        *(Rule(LAYER + f"attention.qkv.{k}", tuple(L + f"self_attn.{p}_proj.{k}" for p in "qkv"), concat_rows)
-          for k in ("weight", "bias")),
-        *(Rule(LAYER + f"{target}.{k}", L + f"{source}.{k}")
-          for target, source in (("input_layernorm", "self_attn_layer_norm"), ("post_layernorm", "final_layer_norm"),
-                                 ("attention.dense", "self_attn.out_proj"), ("mlp.fc", "fc1"), ("mlp.proj", "fc2"))
-          for k in ("weight", "bias")),
+        *(
+            Rule(LAYER + f"attention.qkv.{k}", tuple(L + f"self_attn.{p}_proj.{k}" for p in "qkv"), concat_rows)
+            for k in ("weight", "bias")
+        ),
+        *(
+            Rule(LAYER + f"{target}.{k}", L + f"{source}.{k}")
+            for target, source in (
+                ("input_layernorm", "self_attn_layer_norm"),
+                ("post_layernorm", "final_layer_norm"),
+                ("attention.dense", "self_attn.out_proj"),
+                ("mlp.fc", "fc1"),
+                ("mlp.proj", "fc2"),
+            )
+            for k in ("weight", "bias")
+        ),
     ),
     optional_prefixes=("model.",),  # facebook/opt-* .bin files name tensors "decoder.…"
 )
