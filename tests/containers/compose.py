@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -74,11 +75,27 @@ class Compose:
             "CKPT_PIP_CONSTRAINT": constraint,
             "CKPT_EXTRA_CA_CERTS": _local_ca_certificates(),
         }
+        replaced = self._image_ids()
         argv = self.command("build", *BUILT_SERVICES, extra_files=(host_network,))
         done = self._run(argv, env, BUILD_TIMEOUT_S)
         if done.returncode != 0:
             output = (done.stdout + done.stderr)[-6000:]
             raise RuntimeError(f"compose build failed ({done.returncode}):\n{output}")
+        self._remove_images(replaced - self._image_ids())
+
+    def images(self) -> set[str]:
+        """The image names the services use."""
+        return {service["image"] for service in json.loads(self.config())["services"].values()}
+
+    def _image_ids(self) -> set[str]:
+        argv = ["docker", "image", "inspect", "--format", "{{.Id}}", *sorted(self.images())]
+        done = self._run(argv, {}, 60)  # names not built yet are skipped (non-zero exit, ids of the others)
+        return set(done.stdout.split())
+
+    def _remove_images(self, image_ids: set[str]) -> None:
+        """Drop images a rebuild replaced, so the kept image store does not grow with every source change."""
+        if image_ids:
+            self._run(["docker", "image", "rm", *sorted(image_ids)], {}, 120)
 
     def down(self) -> None:
         """Remove the project's containers and named volumes; the images stay cached."""

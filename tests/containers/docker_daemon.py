@@ -106,12 +106,34 @@ def running_daemon(
             "--ip6tables=false",
             *extra_args,
         ]  # fmt: skip
-        with log.open("wb") as log_handle:
-            proc = subprocess.Popen(command, stdout=log_handle, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = _start(command, socket, log)
         try:
-            _wait_for_socket(socket, log, proc)
             yield DockerDaemon(pid=proc.pid, socket=socket, config_dir=config_dir, log=log)
         finally:
             _stop_pid(proc.pid)
             proc.wait(timeout=STOP_TIMEOUT_S)
             shutil.rmtree(run_dir / "exec", ignore_errors=True)
+
+
+def _start_once(command: list[str], socket: Path, log: Path) -> subprocess.Popen:
+    with log.open("wb") as log_handle:
+        proc = subprocess.Popen(command, stdout=log_handle, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_socket(socket, log, proc)
+    except RuntimeError:
+        _stop_pid(proc.pid)
+        proc.wait(timeout=STOP_TIMEOUT_S)
+        raise
+    return proc
+
+
+def _start(command: list[str], socket: Path, log: Path) -> subprocess.Popen:
+    """Start dockerd; if it does not come up on the kept data root (say, left corrupt by a kill), start afresh."""
+    data_root = Path(command[command.index("--data-root") + 1])
+    try:
+        return _start_once(command, socket, log)
+    except RuntimeError:
+        if not data_root.exists():
+            raise
+    shutil.rmtree(data_root)
+    return _start_once(command, socket, log)

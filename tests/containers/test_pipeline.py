@@ -29,7 +29,6 @@ NEMO_FIXTURE = REPO / "tests/fixtures/nemo/llama_tp2.nemo"  # NeMo 1 archive, so
 SERVICES = ("convert-hf", "convert-nemo", "build", "eval")
 SETTINGS = {  # small limits: a tiny model, a 2-core CI machine
     "MODEL_NAME": "tiny",
-    "DTYPE": "float32",
     "MAX_BATCH_SIZE": "1",
     "MAX_INPUT_LEN": "256",
     "MAX_OUTPUT_LEN": "16",
@@ -62,7 +61,9 @@ def _shared_dir(path: Path) -> Path:
 def _tiny_hf_model(path: Path) -> Path:
     make_tiny_hf("llama-gqa", path, max_position_embeddings=1024)
     save_tiny_tokenizer(path, DATASET, vocab_size=250)
-    path.chmod(0o755)  # pytest's temp dirs are private; the containers' user reads the mount
+    path.chmod(0o755)  # private temp dirs and 0600 safetensors: make the source readable by the containers' user
+    for file in path.iterdir():
+        file.chmod(0o644)
     return path
 
 
