@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -35,6 +36,8 @@ class HFStepper:
         self.max_positions = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
         self.cache = None
         self.key_mask = None
+        params = inspect.signature(self.model.forward).parameters  # newer transformers renamed the argument
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
 
     def reset(self, batch: int, max_seq: int) -> None:
         from transformers import DynamicCache
@@ -51,10 +54,9 @@ class HFStepper:
             input_ids=tokens,
             attention_mask=self.key_mask[:, :end],
             position_ids=positions,
-            past_key_values=self.cache,
             use_cache=True,
+            **{self.cache_arg: self.cache},  # the cache object is updated in place
         )
-        self.cache = out.past_key_values
         logits = out.logits if all_logits else out.logits[:, -1:]
         return logits.float()
 
