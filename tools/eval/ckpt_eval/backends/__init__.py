@@ -9,7 +9,7 @@ from .base import RunnerError, Stepper
 BACKENDS = {
     "torch": "ckpt_eval.backends.torch_backend",  # checkpoint directory, our model definition
     "hf": "ckpt_eval.backends.hf_backend",  # Hugging Face model directory, transformers (reference)
-    "trt": None,  # TensorRT engine directory: a later issue
+    "trt": "ckpt_eval.backends.trt_backend",  # TensorRT engine directory (needs a GPU + TensorRT)
 }
 
 
