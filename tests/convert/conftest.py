@@ -62,6 +62,7 @@ def run_cli(*argv: str, capsys) -> tuple[int, str, str]:
     """Run ``ckpt-convert`` in-process; returns (exit code, stdout, stderr)."""
     from ckpt_convert.cli import main
 
+    capsys.readouterr()  # drop output of fixtures that ran before
     try:
         rc = main([str(a) for a in argv])
     except SystemExit as exit_:  # argparse usage errors

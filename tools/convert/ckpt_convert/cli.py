@@ -16,6 +16,7 @@ from ckptfmt import CheckpointError
 # subcommand -> module implementing it
 SOURCES: dict[str, str] = {
     "hf": "ckpt_convert.hf",
+    "nemo": "ckpt_convert.nemo",
 }
 
 
@@ -52,8 +53,8 @@ def run_reporting_errors(run, args: argparse.Namespace) -> int:
     except MemoryError:
         print("error: out of memory", file=sys.stderr)
     except OSError as err:  # disk full, permissions, ...
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        where = err.filename or f"writing {getattr(args, 'output_dir', 'the output')}"
+        print(f"error: {where}: {err.strerror or err}", file=sys.stderr)
     return 1
 
 

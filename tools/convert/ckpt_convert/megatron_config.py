@@ -1,0 +1,177 @@
+"""Megatron / NeMo model hyper-parameters -> the checkpoint ``CheckpointConfig``.
+
+Three spellings reach here as a dict: NeMo 1 ``model_config.yaml`` (``activation: fast-swiglu``,
+``normalization: rmsnorm``, ``bias``), NeMo 2 ``context/model.yaml``'s ``config`` section
+(``activation_func: {_target_: torch.nn.functional.silu}`` + ``gated_linear_unit``, ``add_bias_linear``)
+and a bare Megatron-core YAML/JSON with TransformerConfig field names. Which architecture a variant
+becomes is a table entry; a variant nothing here supports is named in the error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ckptfmt import CheckpointConfig, CheckpointError
+
+# activation spelling -> (base activation, gated)
+ACTIVATIONS: dict[str, tuple[str, bool]] = {
+    "gelu": ("gelu", False),
+    "relu": ("relu", False),
+    "silu": ("silu", False),
+    "approx-gelu": ("gelu_new", False),
+    "openai-gelu": ("gelu_new", False),
+    "quick_gelu": ("gelu_new", False),
+    "swiglu": ("silu", True),
+    "fast-swiglu": ("silu", True),
+    "geglu": ("gelu", True),
+    "fast-geglu": ("gelu", True),
+    "reglu": ("relu", True),
+    "fast-reglu": ("relu", True),
+}
+NORMS = {"rmsnorm": "rmsnorm", "layernorm": "layernorm"}
+POSITIONS = {"rope": "rope_gpt_neox", "learned_absolute": "learned_absolute"}
+
+# (norm, gated) -> (architecture, hidden_act for a base activation)
+ARCHITECTURES: dict[tuple[str, bool], tuple[str, dict[str, str]]] = {
+    ("rmsnorm", True): ("LlamaForCausalLM", {"silu": "silu"}),
+    ("layernorm", False): ("GPTForCausalLM", {"gelu": "gelu", "gelu_new": "gelu_new", "relu": "relu"}),
+    ("layernorm", True): ("GPTForCausalLM", {"silu": "swiglu", "gelu": "geglu"}),
+}
+# features whose presence makes a variant unsupported: field -> value that is fine
+UNSUPPORTED_FEATURES: dict[str, Any] = {
+    "num_moe_experts": None,
+    "qk_layernorm": False,
+    "multi_latent_attention": False,
+    "layernorm_zero_centered_gamma": False,
+    "apply_residual_connection_post_layernorm": False,
+    "rope_scaling": False,
+    "seq_len_interpolation_factor": None,
+    "mtp_num_layers": None,
+    "window_size": None,
+    "moe_layer_freq_list": None,
+}
+
+
+@dataclass(frozen=True)
+class MegatronModel:
+    """The hyper-parameters that decide the checkpoint layout (read from any of the spellings)."""
+
+    num_layers: int
+    hidden_size: int
+    ffn_hidden_size: int
+    num_heads: int
+    num_query_groups: int
+    head_size: int
+    max_positions: int | None
+    norm: str
+    norm_epsilon: float
+    activation: str
+    gated: bool
+    bias: bool
+    qkv_bias: bool
+    positions: str
+    rotary_percent: float
+    rotary_base: float
+    tied: bool
+
+
+def _get(h: dict, source: str, *names: str, default: Any = ..., kind: type | tuple = object) -> Any:
+    for name in names:
+        if h.get(name) is not None:
+            value = h[name]
+            if not isinstance(value, kind) or isinstance(value, bool) and kind in (int, float, (int, float)):
+                raise CheckpointError(f"{source}: field {name} has an unexpected value {value!r}")
+            return value
+    if default is ...:
+        raise CheckpointError(f"{source}: missing field {names[0]}")
+    return default
+
+
+def _activation(h: dict, source: str) -> tuple[str, bool]:
+    if h.get("activation") is not None:
+        name = str(h["activation"])
+    elif isinstance(h.get("activation_func"), dict):
+        base = str(h["activation_func"].get("_target_", "")).rsplit(".", 1)[-1]
+        gated = bool(h.get("gated_linear_unit", False))
+        name = {"silu": "swiglu", "gelu": "geglu", "relu": "reglu"}.get(base, base) if gated else base
+    else:
+        name = "gelu"  # Megatron-core's default activation_func
+    if name not in ACTIVATIONS:
+        raise CheckpointError(
+            f"{source}: unsupported Megatron variant: activation {name!r} (supported: {', '.join(sorted(ACTIVATIONS))})"
+        )
+    return ACTIVATIONS[name]
+
+
+def read_model(h: dict, source: str) -> MegatronModel:
+    """Parse and check hyper-parameters; ``source`` names the file in errors."""
+    for name, fine in UNSUPPORTED_FEATURES.items():
+        if h.get(name) not in (fine, None, False, 0):
+            raise CheckpointError(f"{source}: unsupported Megatron variant: {name}: {h[name]!r}")
+    norm = str(_get(h, source, "normalization", default="LayerNorm")).lower()
+    if norm not in NORMS:
+        raise CheckpointError(
+            f"{source}: unsupported Megatron variant: normalization {norm!r} (supported: RMSNorm, LayerNorm)"
+        )
+    positions = str(_get(h, source, "position_embedding_type", default="learned_absolute"))
+    if positions not in POSITIONS:
+        raise CheckpointError(
+            f"{source}: unsupported Megatron variant: position_embedding_type {positions!r} "
+            f"(supported: {', '.join(POSITIONS)})"
+        )
+    activation, gated = _activation(h, source)
+    hidden = _get(h, source, "hidden_size", kind=int)
+    heads = _get(h, source, "num_attention_heads", kind=int)
+    bias = bool(_get(h, source, "add_bias_linear", "bias", default=True))
+    return MegatronModel(
+        num_layers=_get(h, source, "num_layers", kind=int),
+        hidden_size=hidden,
+        ffn_hidden_size=_get(h, source, "ffn_hidden_size", default=4 * hidden, kind=int),
+        num_heads=heads,
+        num_query_groups=_get(h, source, "num_query_groups", default=heads, kind=int),
+        head_size=_get(h, source, "kv_channels", default=hidden // heads, kind=int),
+        max_positions=_get(
+            h, source, "max_position_embeddings", "seq_length", "encoder_seq_length", default=None, kind=int
+        ),
+        norm=NORMS[norm],
+        norm_epsilon=float(_get(h, source, "layernorm_epsilon", default=1e-5, kind=(int, float))),
+        activation=activation,
+        gated=gated,
+        bias=bias,
+        qkv_bias=bool(_get(h, source, "add_qkv_bias", "qkv_bias", default=bias)),
+        positions=POSITIONS[positions],
+        rotary_percent=float(_get(h, source, "rotary_percent", "rotary_percentage", default=1.0, kind=(int, float))),
+        rotary_base=float(_get(h, source, "rotary_base", default=10000, kind=(int, float))),
+        tied=bool(_get(h, source, "share_embeddings_and_output_weights", default=True)),
+    )
+
+
+def checkpoint_config(model: MegatronModel, vocab_size: int, source: str) -> CheckpointConfig:
+    """The (unsharded) checkpoint config of ``model``; dtype and mapping are set by the caller."""
+    entry = ARCHITECTURES.get((model.norm, model.gated))
+    hidden_act = entry[1].get(model.activation) if entry else None
+    if hidden_act is None:
+        mlp = f"{'gated ' if model.gated else ''}{model.activation}"
+        raise CheckpointError(f"{source}: unsupported Megatron variant: {model.norm} with a {mlp} MLP")
+    extra: dict[str, Any] = {"bias": model.bias, "qkv_bias": model.qkv_bias}
+    if model.head_size * model.num_heads != model.hidden_size:
+        extra["head_size"] = model.head_size
+    if model.positions.startswith("rope"):
+        extra.update(rotary_base=model.rotary_base, rotary_pct=model.rotary_percent)
+    config = CheckpointConfig(
+        architecture=entry[0],
+        dtype="float32",
+        vocab_size=vocab_size,
+        hidden_size=model.hidden_size,
+        num_hidden_layers=model.num_layers,
+        num_attention_heads=model.num_heads,
+        hidden_act=hidden_act,
+        max_position_embeddings=model.max_positions,
+        num_key_value_heads=model.num_query_groups,
+        intermediate_size=model.ffn_hidden_size,
+        norm_epsilon=model.norm_epsilon,
+        position_embedding_type=model.positions,
+        extra=extra,
+    )
+    return config

@@ -1,0 +1,62 @@
+"""Megatron-core GPT tensor names: normalization and tensor-parallel layout, as tables.
+
+Checkpoints prefix names differently (Megatron-core ``model.``, NeMo 2 ``module.``, NeMo 1
+``model.``) and the local (non-TE) layer spec names its norms on their own; ``normalize_name`` maps
+every spelling onto one (``decoder.layers.{i}.self_attention.linear_qkv.layer_norm_weight``, ...)
+and drops entries that hold no weights (``_extra_state``, rotary caches).
+"""
+
+from __future__ import annotations
+
+import re
+
+LAYER_TEMPLATE = "decoder.layers.{i}."
+PREFIXES = ("model.module.", "module.", "model.")
+ALIASES = {  # local-spec names -> the TE-fused names megatron itself maps them to in checkpoints
+    ".input_layernorm.": ".self_attention.linear_qkv.layer_norm_",
+    ".pre_mlp_layernorm.": ".mlp.linear_fc1.layer_norm_",
+}
+NO_WEIGHTS = re.compile(r"(^|\.)_extra_state(/.*)?$|rotary_pos_emb\.inv_freq$")
+_LAYER = re.compile(r"^decoder\.layers\.(?:(\d+)\.)?(.+)$")
+
+# tensor-parallel layout of the layers (suffix -> dim split across tp ranks; absent: replicated)
+COLUMN = (
+    "linear_qkv.weight",
+    "linear_qkv.bias",
+    "linear_fc1.weight",
+    "linear_fc1.bias",
+    "word_embeddings.weight",
+    "output_layer.weight",
+)
+ROW = ("linear_proj.weight", "linear_fc2.weight")
+GATED = ("linear_fc1.weight", "linear_fc1.bias")  # each rank holds [its gate rows; its up rows]
+
+
+def normalize_name(name: str) -> str | None:
+    """The canonical Megatron name of a stored tensor, or None for entries without weights."""
+    if NO_WEIGHTS.search(name):
+        return None
+    for prefix in PREFIXES:
+        if name.startswith(prefix):
+            name = name[len(prefix) :]
+            break
+    for old, new in ALIASES.items():
+        name = name.replace(old, new)
+    return name
+
+
+def split_layer_name(name: str) -> tuple[int | None, str | None]:
+    """(layer index or None when stacked, rest) for ``decoder.layers.*`` names; (None, None) otherwise."""
+    m = _LAYER.match(name)
+    if not m:
+        return None, None
+    return (int(m.group(1)) if m.group(1) is not None else None), m.group(2)
+
+
+def tp_split_dim(name: str) -> int | None:
+    """Dim along which Megatron splits ``name`` across tensor-parallel ranks (None: replicated)."""
+    if name.endswith(COLUMN):
+        return 0
+    if name.endswith(ROW):
+        return 1
+    return None

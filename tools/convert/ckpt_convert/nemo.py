@@ -1,0 +1,125 @@
+"""``ckpt-convert nemo``: NeMo 1 ``.nemo`` archives, NeMo 2 directories and Megatron-core torch_dist checkpoints.
+
+Nothing from nemo_toolkit or megatron is imported: tar + YAML for the archive, ``torch.load(weights_only=True)``
+for NeMo 1 pickles, ``torch.distributed.checkpoint`` for torch_dist (one tensor, or one layer of a stacked
+tensor, at a time). The shared streaming machinery (``stream.convert_checkpoint``) writes the checkpoint;
+tokenizer files are carried into ``<output_dir>/tokenizer/`` inside the same atomic output directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ckptfmt import MANIFEST_FILE, CheckpointError, atomic_output_dir, write_manifest
+
+from . import options
+from .megatron_config import MegatronModel, checkpoint_config, read_model
+from .megatron_dist import DistSource
+from .megatron_shards import ShardedSource
+from .megatron_table import MEGATRON_GPT
+from .nemo_archive import Located, extract, locate
+from .stream import convert_checkpoint
+
+DESCRIPTION = "NeMo 1 .nemo (archive or directory), NeMo 2 checkpoint directory or Megatron-core torch_dist directory"
+TOKENIZER_DIR = "tokenizer"
+EMBEDDING = "embedding.word_embeddings.weight"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nemo_ckpt_path", required=True,
+                        help=".nemo file, its extracted directory, a NeMo 2 or a Megatron-core checkpoint directory")
+    parser.add_argument("--model_config", type=Path,
+                        help="YAML/JSON of Megatron hyper-parameters (required for bare Megatron-core checkpoints; "
+                             "overrides the checkpoint's own otherwise)")
+    options.add_arguments(parser)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Picklable description of the weights (workers reopen the source from it)."""
+
+    dist_dir: Path | None
+    shard_files: dict = field(default_factory=dict)
+    num_layers: int = 0
+    gated: bool = False
+
+
+def open_source(spec: SourceSpec) -> DistSource | ShardedSource:
+    if spec.dist_dir is not None:
+        return DistSource(spec.dist_dir, spec.num_layers)
+    return ShardedSource(spec.shard_files, spec.gated)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.nemo_ckpt_path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not args.overwrite:
+        raise CheckpointError(f"{output_dir}: output directory already exists (pass --overwrite to replace it)")
+    work = None
+    try:
+        if path.is_dir():
+            root = path
+        else:
+            output_dir.parent.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.nemo-", dir=output_dir.parent))
+            root = extract(path, work)
+        summary = convert_located(locate(root, args.model_config, str(path)), args, str(path))
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+    if not args.quiet:
+        print(summary, file=sys.stderr)
+    return 0
+
+
+def convert_located(found: Located, args: argparse.Namespace, label: str) -> str:
+    model = read_model(found.hparams, found.config_file)
+    spec = SourceSpec(found.dist_dir, found.shard_files, model.num_layers, model.gated)
+    with open_source(spec) as source:
+        vocab, dtypes = _vocab_size(source, label), source.dtypes
+    config = checkpoint_config(model, vocab, found.config_file)
+    source_dtype = next(iter(dtypes)) if len(dtypes) == 1 else None
+    config, warnings = options.apply_arguments(config, args, source_dtype, tied=_tied(model, spec))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    output_dir = Path(args.output_dir)
+    with atomic_output_dir(output_dir, overwrite=args.overwrite) as tmp:
+        inner = tmp / "checkpoint"
+        summary = convert_checkpoint(functools.partial(open_source, spec), MEGATRON_GPT, config, inner,
+                                     workers=args.workers, quiet=args.quiet, label=label)
+        _lift(inner, tmp, found.tokenizer_files)
+    return summary.line(output_dir)
+
+
+def _vocab_size(source, label: str) -> int:
+    if EMBEDDING not in source:
+        raise CheckpointError(f"{label}: no tensor {EMBEDDING} (not a Megatron GPT checkpoint?)")
+    return source.get(EMBEDDING).shape[0]
+
+
+def _tied(model: MegatronModel, spec: SourceSpec) -> bool:
+    with open_source(spec) as source:
+        return model.tied or "output_layer.weight" not in source
+
+
+def _lift(inner: Path, out: Path, tokenizer_files: dict[str, Path]) -> None:
+    """Move the converted checkpoint up into ``out``, add the tokenizer files, rewrite the manifest."""
+    entries = json.loads((inner / MANIFEST_FILE).read_text())["files"]
+    for item in inner.iterdir():
+        if item.name != MANIFEST_FILE:
+            item.rename(out / item.name)
+    shutil.rmtree(inner)
+    for name, src in tokenizer_files.items():
+        dest = out / TOKENIZER_DIR / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+    write_manifest(out, entries)

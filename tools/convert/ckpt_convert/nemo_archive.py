@@ -1,0 +1,163 @@
+"""Find what a NeMo / Megatron checkpoint holds: hyper-parameters, weights layout, tokenizer files.
+
+Accepted inputs (``locate``):
+- NeMo 1 ``.nemo``: an (uncompressed) tar, or its extracted directory, with ``model_config.yaml`` and
+  ``model_weights.ckpt`` | ``mp_rank_XX/model_weights.ckpt`` | ``tp_rank_XX_pp_rank_XXX/model_weights.ckpt``
+  | ``model_weights/`` (torch_dist), plus tokenizer artifacts;
+- NeMo 2 directory: ``context/model.yaml`` (+ ``context/nemo_tokenizer/``) and ``weights/`` (torch_dist);
+- Megatron-core torch_dist directory (``.metadata``; Megatron-LM ``iter_*`` folders resolved through
+  ``latest_checkpointed_iteration.txt``); its hyper-parameters come from ``--model_config``.
+Tar members are extracted (regular files only, tarfile's ``data`` filter) into a work directory that
+the caller removes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from ckptfmt import CheckpointError
+
+NEMO1_CONFIG = "model_config.yaml"
+NEMO1_WEIGHTS = "model_weights.ckpt"
+NEMO2_CONFIG = "context/model.yaml"
+DIST_METADATA = ".metadata"
+TOKENIZER_NAMES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "generation_config.json")
+_RANK_DIR = re.compile(r"^(?:mp_rank_(\d+)|tp_rank_(\d+)_pp_rank_(\d+))$")
+_HASH_PREFIX = re.compile(r"^[0-9a-f]{6,}_")
+
+
+@dataclass(frozen=True)
+class Located:
+    """What was found: the hyper-parameter dict, where the weights are, and tokenizer files to carry."""
+
+    kind: str  # "nemo1" | "nemo2" | "mcore"
+    hparams: dict | None
+    config_file: str  # named in errors
+    dist_dir: Path | None = None  # torch_dist weights
+    shard_files: dict[tuple[int, int], Path] = field(default_factory=dict)  # (tp, pp) -> model_weights.ckpt
+    tokenizer_files: dict[str, Path] = field(default_factory=dict)  # name in <out>/tokenizer -> file
+
+
+def extract(archive: Path, work: Path) -> Path:
+    """Extract ``archive`` (tar) into ``work``; one-line errors for non-tar and truncated archives."""
+    if not tarfile.is_tarfile(archive):
+        raise CheckpointError(f"{archive}: not a .nemo archive (neither a tar file nor a directory)")
+    try:
+        with tarfile.open(archive, "r|*") as tar:
+            for member in tar:
+                if member.isfile():
+                    tar.extract(member, work, filter="data")
+    except (tarfile.TarError, EOFError) as err:
+        raise CheckpointError(f"{archive}: truncated or corrupt tar archive ({err})") from None
+    return work
+
+
+def locate(root: Path, model_config: Path | None, label: str) -> Located:
+    """Identify the checkpoint layout under ``root`` (an extracted archive or a directory)."""
+    override = read_hparams(model_config) if model_config else None
+    cfg_label = str(model_config) if model_config else None
+    if (root / NEMO2_CONFIG).is_file() and (root / "weights").is_dir():
+        model_yaml = read_yaml(root / NEMO2_CONFIG, f"{label}: {NEMO2_CONFIG}")
+        hparams = override or (model_yaml.get("config") if isinstance(model_yaml, dict) else None)
+        if not isinstance(hparams, dict):
+            raise CheckpointError(f"{label}: {NEMO2_CONFIG}: no 'config' section")
+        tok_dir = root / "context" / "nemo_tokenizer"
+        tokens = {p.relative_to(tok_dir).as_posix(): p for p in sorted(tok_dir.rglob("*")) if p.is_file()} \
+            if tok_dir.is_dir() else {}
+        return Located("nemo2", hparams, cfg_label or f"{label}: {NEMO2_CONFIG}", dist_dir=root / "weights",
+                       tokenizer_files=tokens)
+    if (root / NEMO1_CONFIG).is_file():
+        hparams = override or read_yaml(root / NEMO1_CONFIG, f"{label}: {NEMO1_CONFIG}")
+        if not isinstance(hparams, dict):
+            raise CheckpointError(f"{label}: {NEMO1_CONFIG}: not a mapping")
+        return _nemo1(root, hparams, cfg_label or f"{label}: {NEMO1_CONFIG}", label)
+    dist = _megatron_dir(root)
+    if dist is not None:
+        if override is None:
+            raise CheckpointError(f"{label}: a Megatron-core checkpoint carries no model hyper-parameters: "
+                                  "pass them with --model_config FILE.yaml|json")
+        return Located("mcore", override, cfg_label, dist_dir=dist)
+    if any(root.glob("*.distcp")) or any(root.glob("*/" + NEMO1_WEIGHTS)) or (root / NEMO1_WEIGHTS).exists():
+        raise CheckpointError(f"{label}: missing {NEMO1_CONFIG} (NeMo 1) or {NEMO2_CONFIG} (NeMo 2)")
+    raise CheckpointError(f"{label}: not a NeMo or Megatron checkpoint (no {NEMO1_CONFIG}, {NEMO2_CONFIG} "
+                          f"or {DIST_METADATA} found)")
+
+
+def _nemo1(root: Path, hparams: dict, cfg_label: str, label: str) -> Located:
+    tokens = _nemo1_tokenizer(root, hparams)
+    if (root / "model_weights" / DIST_METADATA).is_file():
+        return Located("nemo1", hparams, cfg_label, dist_dir=root / "model_weights", tokenizer_files=tokens)
+    shards: dict[tuple[int, int], Path] = {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        m = _RANK_DIR.match(d.name)
+        if m and (d / NEMO1_WEIGHTS).is_file():
+            tp, pp = (int(m.group(1)), 0) if m.group(1) is not None else (int(m.group(2)), int(m.group(3)))
+            shards[(tp, pp)] = d / NEMO1_WEIGHTS
+    if not shards and (root / NEMO1_WEIGHTS).is_file():
+        shards[(0, 0)] = root / NEMO1_WEIGHTS
+    if not shards:
+        raise CheckpointError(f"{label}: no weights ({NEMO1_WEIGHTS}, mp_rank_XX/, tp_rank_XX_pp_rank_XXX/ "
+                              "or model_weights/)")
+    return Located("nemo1", hparams, cfg_label, shard_files=shards, tokenizer_files=tokens)
+
+
+def _nemo1_tokenizer(root: Path, hparams: dict) -> dict[str, Path]:
+    """Tokenizer artifacts: files the YAML names as ``nemo:<file>`` and well-known tokenizer file names."""
+    named = set()
+    tok = hparams.get("tokenizer")
+    if isinstance(tok, dict):
+        named = {v[len("nemo:"):] for v in tok.values() if isinstance(v, str) and v.startswith("nemo:")}
+    out = {}
+    for p in sorted(root.iterdir()):
+        plain = _HASH_PREFIX.sub("", p.name)
+        if p.is_file() and (p.name in named or plain in TOKENIZER_NAMES):
+            out[plain] = p
+    return out
+
+
+def _megatron_dir(root: Path) -> Path | None:
+    if (root / DIST_METADATA).is_file():
+        return root
+    latest = root / "latest_checkpointed_iteration.txt"
+    if latest.is_file():
+        text = latest.read_text().strip()
+        step = root / (text if text == "release" else f"iter_{int(text):07d}") if text.isdigit() or \
+            text == "release" else None
+        if step is not None and (step / DIST_METADATA).is_file():
+            return step
+    return None
+
+
+def read_yaml(path: Path, label: str):
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        raise CheckpointError(f"{label}: not valid YAML{line}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{label}: cannot read ({err})") from None
+
+
+def read_hparams(path: Path) -> dict:
+    """``--model_config``: YAML or JSON (a NeMo ``model.yaml`` may be given whole: its ``config`` is used)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: --model_config file missing")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    else:
+        data = read_yaml(path, str(path))
+    if isinstance(data, dict) and isinstance(data.get("config"), dict) and "num_layers" not in data:
+        data = data["config"]
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: --model_config must hold a mapping of hyper-parameters")
+    return data
