@@ -67,8 +67,9 @@ def models(tmp_path_factory):
 
 
 def run_ours(runner: ModelRunner, batch: list[torch.Tensor]) -> dict:
-    return runner.generate(batch, max_new_tokens=STEPS, return_dict=True, output_context_logits=True,
-                           output_generation_logits=True)
+    return runner.generate(
+        batch, max_new_tokens=STEPS, return_dict=True, output_context_logits=True, output_generation_logits=True
+    )
 
 
 @torch.inference_mode()
@@ -77,8 +78,9 @@ def reference(hf, batch: list[torch.Tensor]) -> list[dict]:
     out = []
     for p in batch:
         tokens = hf.generate(p[None], max_new_tokens=STEPS, do_sample=False)[0]
-        out.append({"context_logits": hf(p[None]).logits[0], "tokens": tokens,
-                    "sequence_logits": hf(tokens[None]).logits[0]})
+        out.append(
+            {"context_logits": hf(p[None]).logits[0], "tokens": tokens, "sequence_logits": hf(tokens[None]).logits[0]}
+        )
     return out
 
 
@@ -137,6 +139,5 @@ def test_weight_only_matches_dequantized_reference(models, precision, group_size
 def test_hf_backend_gives_the_same_tokens_as_torch_backend(models):
     batch = prompts()
     torch_out = ModelRunner.from_dir(models.checkpoint("qwen2"), device="cpu").generate(batch, max_new_tokens=16)
-    hf_out = ModelRunner.from_dir(models.hf_dir("qwen2"), backend="hf", device="cpu").generate(batch,
-                                                                                               max_new_tokens=16)
+    hf_out = ModelRunner.from_dir(models.hf_dir("qwen2"), backend="hf", device="cpu").generate(batch, max_new_tokens=16)
     assert torch.equal(torch_out, hf_out)
