@@ -132,8 +132,13 @@ class EngineConfig:
         return self.io.stage(self.checkpoint_config.mapping.pp_rank(rank))
 
     def to_dict(self) -> dict:
-        return {"version": self.version, "pretrained_config": self.pretrained_config,
-                "build_config": asdict(self.build_config), "io": asdict(self.io), "bound_to": asdict(self.bound_to)}
+        return {
+            "version": self.version,
+            "pretrained_config": self.pretrained_config,
+            "build_config": asdict(self.build_config),
+            "io": asdict(self.io),
+            "bound_to": asdict(self.bound_to),
+        }
 
     @classmethod
     def from_dict(cls, src: dict, source: str = CONFIG_FILE) -> EngineConfig:
@@ -144,19 +149,33 @@ class EngineConfig:
             if key not in src:
                 raise CheckpointError(f"{source}: {key}: missing (not an engine directory built by ckpt-build?)")
         if src["version"] != ENGINE_FORMAT_VERSION:
-            raise CheckpointError(f"{source}: version: unsupported {src['version']!r} (expected "
-                                  f"{ENGINE_FORMAT_VERSION!r}); rebuild the engines with this ckpt-build")
+            raise CheckpointError(
+                f"{source}: version: unsupported {src['version']!r} (expected "
+                f"{ENGINE_FORMAT_VERSION!r}); rebuild the engines with this ckpt-build"
+            )
         try:
             io = src["io"]
             contract = IoContract(
                 dims={k: list(v) for k, v in io["dims"].items()},
                 kv_cache=KvCacheLayout(**io["kv_cache"]),
-                stages=[StageIo(pp_rank=s["pp_rank"], layers=list(s["layers"]),
-                                inputs=[IoTensor(**t) for t in s["inputs"]],
-                                outputs=[IoTensor(**t) for t in s["outputs"]]) for s in io["stages"]],
-                notes=list(io.get("notes", [])))
-            config = cls(pretrained_config=src["pretrained_config"], build_config=BuildConfig(**src["build_config"]),
-                         io=contract, bound_to=BoundTo(**src["bound_to"]), version=src["version"])
+                stages=[
+                    StageIo(
+                        pp_rank=s["pp_rank"],
+                        layers=list(s["layers"]),
+                        inputs=[IoTensor(**t) for t in s["inputs"]],
+                        outputs=[IoTensor(**t) for t in s["outputs"]],
+                    )
+                    for s in io["stages"]
+                ],
+                notes=list(io.get("notes", [])),
+            )
+            config = cls(
+                pretrained_config=src["pretrained_config"],
+                build_config=BuildConfig(**src["build_config"]),
+                io=contract,
+                bound_to=BoundTo(**src["bound_to"]),
+                version=src["version"],
+            )
         except (KeyError, TypeError, AttributeError) as err:
             raise CheckpointError(f"{source}: malformed engine config ({type(err).__name__}: {err})") from None
         config.check(source)
@@ -172,8 +191,9 @@ class EngineConfig:
         if b.max_seq_len < b.max_input_len:
             raise CheckpointError(f"{source}: build_config.max_seq_len: {b.max_seq_len} < max_input_len")
         if len(self.io.stages) != ckpt.mapping.pp_size:
-            raise CheckpointError(f"{source}: io.stages: {len(self.io.stages)} stages for pp_size "
-                                  f"{ckpt.mapping.pp_size}")
+            raise CheckpointError(
+                f"{source}: io.stages: {len(self.io.stages)} stages for pp_size {ckpt.mapping.pp_size}"
+            )
         for stage in self.io.stages:
             names = [t.name for t in stage.inputs + stage.outputs]
             if len(names) != len(set(names)):

@@ -29,9 +29,17 @@ def make_llama(path: Path, kv_heads: int = 2, layers: int = 2, seed: int = 0, ti
     import torch
     import transformers
 
-    cfg = transformers.LlamaConfig(vocab_size=250, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                                   num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=128,
-                                   tie_word_embeddings=tie, rope_theta=10000.0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=250,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=128,
+        tie_word_embeddings=tie,
+        rope_theta=10000.0,
+    )
     torch.manual_seed(seed)
     model = transformers.LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
@@ -41,19 +49,41 @@ def make_llama(path: Path, kv_heads: int = 2, layers: int = 2, seed: int = 0, ti
     return model
 
 
-def llama_checkpoint(model, out: Path, tp: int = 1, pp: int = 1, dtype: str = "float32", quant: str | None = None,
-                     group_size: int | None = None, parallel_embedding: bool = False) -> Path:
+def llama_checkpoint(
+    model,
+    out: Path,
+    tp: int = 1,
+    pp: int = 1,
+    dtype: str = "float32",
+    quant: str | None = None,
+    group_size: int | None = None,
+    parallel_embedding: bool = False,
+) -> Path:
     hf = model.config
-    src = {"architecture": "LlamaForCausalLM", "dtype": dtype, "vocab_size": hf.vocab_size,
-           "hidden_size": hf.hidden_size, "num_hidden_layers": hf.num_hidden_layers,
-           "num_attention_heads": hf.num_attention_heads, "num_key_value_heads": hf.num_key_value_heads,
-           "intermediate_size": hf.intermediate_size, "hidden_act": "silu", "norm_epsilon": hf.rms_norm_eps,
-           "max_position_embeddings": hf.max_position_embeddings, "position_embedding_type": "rope_gpt_neox",
-           "rotary_base": 10000.0, "use_parallel_embedding": parallel_embedding,
-           "mapping": {"world_size": tp * pp, "tp_size": tp, "pp_size": pp}}
+    src = {
+        "architecture": "LlamaForCausalLM",
+        "dtype": dtype,
+        "vocab_size": hf.vocab_size,
+        "hidden_size": hf.hidden_size,
+        "num_hidden_layers": hf.num_hidden_layers,
+        "num_attention_heads": hf.num_attention_heads,
+        "num_key_value_heads": hf.num_key_value_heads,
+        "intermediate_size": hf.intermediate_size,
+        "hidden_act": "silu",
+        "norm_epsilon": hf.rms_norm_eps,
+        "max_position_embeddings": hf.max_position_embeddings,
+        "position_embedding_type": "rope_gpt_neox",
+        "rotary_base": 10000.0,
+        "use_parallel_embedding": parallel_embedding,
+        "mapping": {"world_size": tp * pp, "tp_size": tp, "pp_size": pp},
+    }
     if quant:
-        src["quantization"] = {"use_weight_only": True, "weight_only_precision": quant,
-                               "per_group": bool(group_size), "group_size": group_size or 64}
+        src["quantization"] = {
+            "use_weight_only": True,
+            "weight_only_precision": quant,
+            "per_group": bool(group_size),
+            "group_size": group_size or 64,
+        }
     config = CheckpointConfig.from_dict(src).check()
     state = {k: to_numpy(v).astype(np.float32) for k, v in model.state_dict().items()}
     full = _canonical(state, hf.num_hidden_layers)
@@ -89,13 +119,16 @@ def _global(name: str, first: int) -> str:
 
 
 def _canonical(state: dict, layers: int) -> dict:
-    out = {"transformer.vocab_embedding.weight": state["model.embed_tokens.weight"],
-           "transformer.ln_f.weight": state["model.norm.weight"],
-           "lm_head.weight": state.get("lm_head.weight", state["model.embed_tokens.weight"])}
+    out = {
+        "transformer.vocab_embedding.weight": state["model.embed_tokens.weight"],
+        "transformer.ln_f.weight": state["model.norm.weight"],
+        "lm_head.weight": state.get("lm_head.weight", state["model.embed_tokens.weight"]),
+    }
     for i in range(layers):
         p = f"transformer.layers.{i}."
         out[p + "attention.qkv.weight"] = np.concatenate(
-            [state[f"model.layers.{i}.self_attn.{n}_proj.weight"] for n in "qkv"], axis=0)
+            [state[f"model.layers.{i}.self_attn.{n}_proj.weight"] for n in "qkv"], axis=0
+        )
         for suffix, tmpl in HF_NAMES.items():
             out[p + suffix] = state[tmpl.format(i=i)]
     return out

@@ -68,8 +68,7 @@ def test_parallel_embedding_and_int4_tp2(tmp_path):
 
 
 def test_engine_config_records_build_and_binding(tmp_path):
-    out = build(tmp_path, layout_config("llama-gqa", tp=2), "--use_gemm_plugin", "float16", "--logits_dtype",
-                "float16")
+    out = build(tmp_path, layout_config("llama-gqa", tp=2), "--use_gemm_plugin", "float16", "--logits_dtype", "float16")
     engine = check_engine_dir(out)
     assert engine.bound_to.module == "tensorrt_rtx"
     assert engine.bound_to.compute_capabilities == ["sm86", "sm89"]

@@ -63,9 +63,14 @@ def test_unsupported_architecture(tmp_path, ckpt):
     assert_one_line_error(tmp_path, rc, err, "architecture", "MambaForCausalLM")
 
 
-@pytest.mark.parametrize("quant,word", [({"quant_algo": "FP8"}, "FP8"),
-                                        ({"quant_algo": "W8A8_SQ_PER_CHANNEL"}, "SmoothQuant"),
-                                        ({"kv_cache_quant_algo": "INT8"}, "KV cache")])
+@pytest.mark.parametrize(
+    "quant,word",
+    [
+        ({"quant_algo": "FP8"}, "FP8"),
+        ({"quant_algo": "W8A8_SQ_PER_CHANNEL"}, "SmoothQuant"),
+        ({"kv_cache_quant_algo": "INT8"}, "KV cache"),
+    ],
+)
 def test_unsupported_quantization(tmp_path, ckpt, quant, word):
     bad = edit_config(ckpt, tmp_path / "bad", quantization=quant)
     rc, _, err = run_cli("--checkpoint_dir", bad, "--output_dir", tmp_path / "out", *LIMITS)
@@ -74,18 +79,22 @@ def test_unsupported_quantization(tmp_path, ckpt, quant, word):
 
 def test_learned_positions_limit(tmp_path):
     ck = random_checkpoint(tmp_path / "gpt2", layout_config("gpt2"))  # max_position_embeddings 128
-    rc, _, err = run_cli("--checkpoint_dir", ck, "--output_dir", tmp_path / "out", "--max_input_len", "100",
-                         "--max_output_len", "29")
+    rc, _, err = run_cli(
+        "--checkpoint_dir", ck, "--output_dir", tmp_path / "out", "--max_input_len", "100", "--max_output_len", "29"
+    )
     assert_one_line_error(tmp_path, rc, err, "100 + 29 = 129", "max_position_embeddings 128")
 
 
-@pytest.mark.parametrize("flags,fragment", [
-    (["--max_beam_width", "4"], "--max_beam_width: only 1"),
-    (["--max_batch_size", "0"], "--max_batch_size: must be >= 1"),
-    (["--max_seq_len", "40"], "--max_seq_len: 40 != max_input_len 16 + max_output_len 16"),
-    (["--target", "sm90"], "--target: sm90 not supported"),
-    (["--workers", "0"], "--workers"),
-])
+@pytest.mark.parametrize(
+    "flags,fragment",
+    [
+        (["--max_beam_width", "4"], "--max_beam_width: only 1"),
+        (["--max_batch_size", "0"], "--max_batch_size: must be >= 1"),
+        (["--max_seq_len", "40"], "--max_seq_len: 40 != max_input_len 16 + max_output_len 16"),
+        (["--target", "sm90"], "--target: sm90 not supported"),
+        (["--workers", "0"], "--workers"),
+    ],
+)
 def test_impossible_limits(tmp_path, ckpt, flags, fragment):
     rc, _, err = run_cli("--checkpoint_dir", ckpt, "--output_dir", tmp_path / "out", *LIMITS, *flags)
     assert_one_line_error(tmp_path, rc, err, fragment)
@@ -111,22 +120,50 @@ def test_existing_output_needs_overwrite(tmp_path, ckpt):
 
 def test_no_tensorrt_module_names_the_packages(tmp_path, ckpt):
     """In a fresh interpreter where neither TensorRT module can be imported."""
-    code = ("import sys\n"
-            "for m in ('tensorrt', 'tensorrt_rtx', 'tensorrt_rtx_bindings'): sys.modules[m] = None\n"
-            "from ckpt_build.cli import main\n"
-            f"sys.exit(main(['--checkpoint_dir', {str(ckpt)!r}, '--output_dir', {str(tmp_path / 'out')!r}]))\n")
+    code = (
+        "import sys\n"
+        "for m in ('tensorrt', 'tensorrt_rtx', 'tensorrt_rtx_bindings'): sys.modules[m] = None\n"
+        "from ckpt_build.cli import main\n"
+        f"sys.exit(main(['--checkpoint_dir', {str(ckpt)!r}, '--output_dir', {str(tmp_path / 'out')!r}]))\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert_one_line_error(tmp_path, proc.returncode, proc.stderr, "no TensorRT module installed",
-                          "tensorrt-rtx-cu13-libs==1.7.1.116", "tensorrt-rtx-cu13-bindings==1.7.1.116")
+    assert_one_line_error(
+        tmp_path,
+        proc.returncode,
+        proc.stderr,
+        "no TensorRT module installed",
+        "tensorrt-rtx-cu13-libs==1.7.1.116",
+        "tensorrt-rtx-cu13-bindings==1.7.1.116",
+    )
 
 
 @pytest.mark.trt
 def test_plugin_flags_accepted_with_one_notice(tmp_path, ckpt):
     pytest.importorskip("tensorrt_rtx_bindings")
-    rc, out, err = run_cli("--checkpoint_dir", ckpt, "--output_dir", tmp_path / "out", *LIMITS, "--target", "sm89",
-                           "--gemm_plugin", "float16", "--gpt_attention_plugin", "float16", "--context_fmha",
-                           "enable", "--paged_kv_cache", "enable", "--remove_input_padding", "enable",
-                           "--strongly_typed", "--max_num_tokens", "64", "--log_level", "warning")
+    rc, out, err = run_cli(
+        "--checkpoint_dir",
+        ckpt,
+        "--output_dir",
+        tmp_path / "out",
+        *LIMITS,
+        "--target",
+        "sm89",
+        "--gemm_plugin",
+        "float16",
+        "--gpt_attention_plugin",
+        "float16",
+        "--context_fmha",
+        "enable",
+        "--paged_kv_cache",
+        "enable",
+        "--remove_input_padding",
+        "enable",
+        "--strongly_typed",
+        "--max_num_tokens",
+        "64",
+        "--log_level",
+        "warning",
+    )
     assert rc == 0, err
     notices = [line for line in err.splitlines() if "native layers" in line]
     assert len(notices) == 1 and "--gemm_plugin" in notices[0] and "--paged_kv_cache" in notices[0]

@@ -25,7 +25,7 @@ def hf_last_logits(model, prompt) -> torch.Tensor:
 
 def hf_greedy(model, prompt, steps: int) -> list[int]:
     out = model.generate(torch.tensor([prompt]), max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
-    return out[0, len(prompt):].tolist()
+    return out[0, len(prompt) :].tolist()
 
 
 @pytest.fixture(scope="module")

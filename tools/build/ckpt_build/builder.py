@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import mmap
 import multiprocessing
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,8 +87,44 @@ def _stream_writer(trt, path: Path):
     return FileWriter()
 
 
-def build_rank(module: TrtModule, config: CheckpointConfig, rank: int, build: BuildConfig, checkpoint_dir: Path,
-               targets: list[str], engine_path: Path) -> dict:
+@contextlib.contextmanager
+def release_mapped_pages(reader: RankFileReader, interval: float = 0.5) -> Iterator[None]:
+    """While TensorRT builds, drop the rank file's pages from this process every ``interval`` seconds.
+
+    The mapping is read-only and file-backed: a dropped page that TensorRT reads again faults back in from
+    the page cache with the same bytes, so this is always correct. Without it the whole checkpoint stays
+    mapped into the process (RSS) next to TensorRT's own copy of the weights.
+    """
+    mapping = getattr(getattr(reader, "_mm", None), "_mmap", None)  # np.memmap's mmap.mmap
+    advise = getattr(mapping, "madvise", None)
+    dont_need = getattr(mmap, "MADV_DONTNEED", None)
+    if advise is None or dont_need is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            advise(dont_need)
+
+    thread = threading.Thread(target=loop, name="release-pages", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def build_rank(
+    module: TrtModule,
+    config: CheckpointConfig,
+    rank: int,
+    build: BuildConfig,
+    checkpoint_dir: Path,
+    targets: list[str],
+    engine_path: Path,
+) -> dict:
     """Build one rank's plan into ``engine_path``; returns its manifest entry (size, sha256) and seconds."""
     trt, start = module.trt, time.perf_counter()
     plan = make_plan(config, rank, build)
@@ -102,7 +142,8 @@ def build_rank(module: TrtModule, config: CheckpointConfig, rank: int, build: Bu
             raise TrtBuildError(f"rank {rank}: invalid optimization profile: {logger.last_error()}")
         writer = _stream_writer(trt, engine_path)
         try:
-            ok = builder.build_serialized_network_to_stream(network, builder_config, writer)
+            with release_mapped_pages(reader):
+                ok = builder.build_serialized_network_to_stream(network, builder_config, writer)
         finally:
             writer.file.close()
         del network, ops  # release the weight references before the next rank
@@ -117,8 +158,9 @@ def _build_rank_in_worker(args: tuple) -> dict:
     backend, config_dict, rank, build, checkpoint_dir, targets, engine_path, level = args
     logging.basicConfig(level=level, format="[ckpt-build] %(levelname)s %(message)s")
     module = load_trt(backend)
-    return build_rank(module, CheckpointConfig.from_dict(config_dict), rank, build, checkpoint_dir, targets,
-                      engine_path)
+    return build_rank(
+        module, CheckpointConfig.from_dict(config_dict), rank, build, checkpoint_dir, targets, engine_path
+    )
 
 
 def prepare(request: BuildRequest) -> tuple[TrtModule, CheckpointConfig, BuildConfig, list[str]]:
@@ -143,23 +185,54 @@ def build_engines(request: BuildRequest) -> EngineConfig:
     module, config, build, targets = prepare(request)
     world = config.mapping.world_size
     engine = EngineConfig(
-        pretrained_config=config.to_dict(), build_config=build, io=io_contract(config, build),
-        bound_to=BoundTo(module=module.name, module_version=module.version, compute_capabilities=targets,
-                         builder="ckpt-build", builder_version=f"{__version__} (ckptfmt {ckptfmt_version})"))
-    log.info("building %d rank(s) of %s with %s %s for %s", world, config.architecture, module.name, module.version,
-             ",".join(targets))
+        pretrained_config=config.to_dict(),
+        build_config=build,
+        io=io_contract(config, build),
+        bound_to=BoundTo(
+            module=module.name,
+            module_version=module.version,
+            compute_capabilities=targets,
+            builder="ckpt-build",
+            builder_version=f"{__version__} (ckptfmt {ckptfmt_version})",
+        ),
+    )
+    log.info(
+        "building %d rank(s) of %s with %s %s for %s",
+        world,
+        config.architecture,
+        module.name,
+        module.version,
+        ",".join(targets),
+    )
     with atomic_output_dir(request.output_dir, overwrite=request.overwrite) as tmp:
-        jobs = [(request.backend if request.backend != "auto" else module.name, config.to_dict(), rank, build,
-                 request.checkpoint_dir, targets, tmp / ENGINE_FILE.format(rank=rank), log.getEffectiveLevel())
-                for rank in range(world)]
+        jobs = [
+            (
+                request.backend if request.backend != "auto" else module.name,
+                config.to_dict(),
+                rank,
+                build,
+                request.checkpoint_dir,
+                targets,
+                tmp / ENGINE_FILE.format(rank=rank),
+                log.getEffectiveLevel(),
+            )
+            for rank in range(world)
+        ]
         if request.workers > 1 and world > 1:
             ctx = multiprocessing.get_context("spawn")
             with ctx.Pool(min(request.workers, world)) as pool:
                 results = pool.map(_build_rank_in_worker, jobs)
         else:
-            results = [build_rank(module, config, rank, build, request.checkpoint_dir, targets, job[6])
-                       for rank, job in zip(range(world), jobs)]
+            results = [
+                build_rank(module, config, rank, build, request.checkpoint_dir, targets, job[6])
+                for rank, job in zip(range(world), jobs)
+            ]
         engine.save(tmp)
-        write_manifest(tmp, {ENGINE_FILE.format(rank=r): {"size": res["size"], "sha256": res["sha256"]}
-                             for r, res in enumerate(results)})
+        write_manifest(
+            tmp,
+            {
+                ENGINE_FILE.format(rank=r): {"size": res["size"], "sha256": res["sha256"]}
+                for r, res in enumerate(results)
+            },
+        )
     return engine

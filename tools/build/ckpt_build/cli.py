@@ -12,10 +12,20 @@ from ckptfmt.errors import CheckpointError
 from .limits import Limits
 
 # plugin-style flags of trtllm-build: accepted and recorded, never required (we use native layers)
-PLUGIN_FLAGS = ("gemm_plugin", "gpt_attention_plugin", "use_gemm_plugin", "use_gpt_attention_plugin",
-                "context_fmha", "paged_kv_cache", "remove_input_padding", "strongly_typed")
-NATIVE_NOTICE = ("plugin flags ({flags}) need no plugins here: engines use TensorRT's native layers "
-                 "(attention with a padded KV cache, matmul, normalization) and are always strongly typed")
+PLUGIN_FLAGS = (
+    "gemm_plugin",
+    "gpt_attention_plugin",
+    "use_gemm_plugin",
+    "use_gpt_attention_plugin",
+    "context_fmha",
+    "paged_kv_cache",
+    "remove_input_padding",
+    "strongly_typed",
+)
+NATIVE_NOTICE = (
+    "plugin flags ({flags}) need no plugins here: engines use TensorRT's native layers "
+    "(attention with a padded KV cache, matmul, normalization) and are always strongly typed"
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,20 +40,35 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max_num_tokens", type=int, default=None, help="recorded in the engine config")
     p.add_argument("--logits_dtype", default=None, choices=("float32", "float16", "bfloat16"))
     p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "tensorrt_rtx"))
-    p.add_argument("--target", default=None, help="TensorRT-RTX compute capabilities, e.g. sm80,sm86,sm89,sm120 "
-                                                   "(default: every supported one)")
+    p.add_argument(
+        "--target",
+        default=None,
+        help="TensorRT-RTX compute capabilities, e.g. sm80,sm86,sm89,sm120 (default: every supported one)",
+    )
     p.add_argument("--workers", type=int, default=1, help="build ranks in parallel processes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--log_level", default="info", choices=("verbose", "info", "warning", "error", "internal_error"))
-    for name in ("gemm_plugin", "gpt_attention_plugin", "use_gemm_plugin", "use_gpt_attention_plugin",
-                 "context_fmha", "paged_kv_cache", "remove_input_padding"):
+    for name in (
+        "gemm_plugin",
+        "gpt_attention_plugin",
+        "use_gemm_plugin",
+        "use_gpt_attention_plugin",
+        "context_fmha",
+        "paged_kv_cache",
+        "remove_input_padding",
+    ):
         p.add_argument(f"--{name}", nargs="?", const="enable", default=None, help="accepted; native layers are used")
     p.add_argument("--strongly_typed", action="store_true", help="accepted; networks are always strongly typed")
     return p
 
 
-LEVELS = {"verbose": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
-          "internal_error": logging.CRITICAL}
+LEVELS = {
+    "verbose": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "internal_error": logging.CRITICAL,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,29 +80,42 @@ def main(argv: list[str] | None = None) -> int:
     from .builder import BuildRequest, build_engines  # after logging is set up
 
     request = BuildRequest(
-        checkpoint_dir=args.checkpoint_dir, output_dir=args.output_dir, backend=args.backend,
+        checkpoint_dir=args.checkpoint_dir,
+        output_dir=args.output_dir,
+        backend=args.backend,
         targets=[t.strip().lower() for t in args.target.split(",") if t.strip()] if args.target else None,
-        workers=args.workers, overwrite=args.overwrite,
-        limits=Limits(max_batch_size=args.max_batch_size, max_input_len=args.max_input_len,
-                      max_output_len=args.max_output_len, max_seq_len=args.max_seq_len,
-                      max_beam_width=args.max_beam_width, max_num_tokens=args.max_num_tokens,
-                      logits_dtype=args.logits_dtype, plugin_config=plugins))
+        workers=args.workers,
+        overwrite=args.overwrite,
+        limits=Limits(
+            max_batch_size=args.max_batch_size,
+            max_input_len=args.max_input_len,
+            max_output_len=args.max_output_len,
+            max_seq_len=args.max_seq_len,
+            max_beam_width=args.max_beam_width,
+            max_num_tokens=args.max_num_tokens,
+            logits_dtype=args.logits_dtype,
+            plugin_config=plugins,
+        ),
+    )
     try:
         engine = build_engines(request)
     except CheckpointError as err:
         print(f"ckpt-build: error: {err}", file=sys.stderr)
         return 1
     except Exception as err:  # TensorRT refusals and OS errors: one line, no traceback
-        print(f"ckpt-build: error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
-              file=sys.stderr)
+        print(
+            f"ckpt-build: error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", file=sys.stderr
+        )
         return 1
     except KeyboardInterrupt:
         print("ckpt-build: interrupted; no output written", file=sys.stderr)
         return 130
     b = engine.build_config
-    print(f"built {engine.world_size} engine(s) into {args.output_dir} for {engine.bound_to.module} "
-          f"{engine.bound_to.module_version} ({','.join(engine.bound_to.compute_capabilities)}); "
-          f"max_batch_size {b.max_batch_size}, max_input_len {b.max_input_len}, max_seq_len {b.max_seq_len}")
+    print(
+        f"built {engine.world_size} engine(s) into {args.output_dir} for {engine.bound_to.module} "
+        f"{engine.bound_to.module_version} ({','.join(engine.bound_to.compute_capabilities)}); "
+        f"max_batch_size {b.max_batch_size}, max_input_len {b.max_input_len}, max_seq_len {b.max_seq_len}"
+    )
     return 0
 
 

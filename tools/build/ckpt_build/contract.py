@@ -83,44 +83,93 @@ def stage_io(config: CheckpointConfig, pp_rank: int, build: BuildConfig) -> Stag
     dt, spec = plan.dtype, plan.spec
     inputs, outputs = [], []
     if plan.first_stage:
-        inputs.append(IoTensor(INPUT_IDS, "int32", ["batch", "seq"],
-                               "token ids, right-padded to the longest sequence of the step"))
+        inputs.append(
+            IoTensor(
+                INPUT_IDS, "int32", ["batch", "seq"], "token ids, right-padded to the longest sequence of the step"
+            )
+        )
     else:
-        inputs.append(IoTensor(HIDDEN_IN, dt, ["batch", "seq", spec.hidden_size],
-                               "hidden states from the previous pipeline stage"))
-    inputs.append(IoTensor(POSITION_IDS, "int32", ["batch", "seq"],
-                           "position of each token = its KV-cache slot (past length + index); the step writes "
-                           "cache slots position_ids[b, 0] ... and attends to slots <= position_ids[b, s]"))
+        inputs.append(
+            IoTensor(
+                HIDDEN_IN, dt, ["batch", "seq", spec.hidden_size], "hidden states from the previous pipeline stage"
+            )
+        )
+    inputs.append(
+        IoTensor(
+            POSITION_IDS,
+            "int32",
+            ["batch", "seq"],
+            "position of each token = its KV-cache slot (past length + index); the step writes "
+            "cache slots position_ids[b, 0] ... and attends to slots <= position_ids[b, s]",
+        )
+    )
     if plan.last_stage:
-        inputs.append(IoTensor(LAST_TOKEN_INDEX, "int32", ["batch"],
-                               "index along seq of each sequence's last real token (its logits are returned)"))
+        inputs.append(
+            IoTensor(
+                LAST_TOKEN_INDEX,
+                "int32",
+                ["batch"],
+                "index along seq of each sequence's last real token (its logits are returned)",
+            )
+        )
     cache_shape: list[int | str] = ["batch", plan.kv_heads, build.max_seq_len, spec.head_size]
     for layer in plan.layers:
         for tmpl_in, tmpl_out, what in ((KEY_IN, KEY_OUT, "key"), (VALUE_IN, VALUE_OUT, "value")):
-            inputs.append(IoTensor(tmpl_in.format(layer=layer), dt, cache_shape,
-                                   f"{what} cache of layer {layer} (read and updated in place)"))
-            outputs.append(IoTensor(tmpl_out.format(layer=layer), dt, cache_shape,
-                                    f"updated {what} cache of layer {layer}; bind the same buffer as the input",
-                                    alias_of=tmpl_in.format(layer=layer)))
+            inputs.append(
+                IoTensor(
+                    tmpl_in.format(layer=layer),
+                    dt,
+                    cache_shape,
+                    f"{what} cache of layer {layer} (read and updated in place)",
+                )
+            )
+            outputs.append(
+                IoTensor(
+                    tmpl_out.format(layer=layer),
+                    dt,
+                    cache_shape,
+                    f"updated {what} cache of layer {layer}; bind the same buffer as the input",
+                    alias_of=tmpl_in.format(layer=layer),
+                )
+            )
     if plan.last_stage:
-        outputs.insert(0, IoTensor(LOGITS, build.logits_dtype, ["batch", spec.vocab_size],
-                                   "logits of the token at last_token_index of each sequence (full vocab)"))
+        outputs.insert(
+            0,
+            IoTensor(
+                LOGITS,
+                build.logits_dtype,
+                ["batch", spec.vocab_size],
+                "logits of the token at last_token_index of each sequence (full vocab)",
+            ),
+        )
     else:
-        outputs.insert(0, IoTensor(HIDDEN_OUT, dt, ["batch", "seq", spec.hidden_size],
-                                   "hidden states for the next pipeline stage"))
+        outputs.insert(
+            0, IoTensor(HIDDEN_OUT, dt, ["batch", "seq", spec.hidden_size], "hidden states for the next pipeline stage")
+        )
     return StageIo(pp_rank=pp_rank, layers=list(plan.layers), inputs=inputs, outputs=outputs)
 
 
 def io_contract(config: CheckpointConfig, build: BuildConfig) -> IoContract:
     spec = model_spec(config)
-    kv = KvCacheLayout(axes=CACHE_AXES, kv_heads_per_rank=kv_heads_per_rank(spec.num_kv_heads, config.mapping.tp_size),
-                       head_size=spec.head_size, max_seq_len=build.max_seq_len, dtype=config.dtype,
-                       key_input=KEY_IN, value_input=VALUE_IN, key_output=KEY_OUT, value_output=VALUE_OUT)
+    kv = KvCacheLayout(
+        axes=CACHE_AXES,
+        kv_heads_per_rank=kv_heads_per_rank(spec.num_kv_heads, config.mapping.tp_size),
+        head_size=spec.head_size,
+        max_seq_len=build.max_seq_len,
+        dtype=config.dtype,
+        key_input=KEY_IN,
+        value_input=VALUE_IN,
+        key_output=KEY_OUT,
+        value_output=VALUE_OUT,
+    )
     return IoContract(
         dims={"batch": [1, build.max_batch_size], "seq": [1, build.max_input_len]},
         kv_cache=kv,
         stages=[stage_io(config, p, build) for p in range(config.mapping.pp_size)],
-        notes=["padded layout: every sequence of a step is right-padded to seq; padding tokens write cache slots "
-               "that later steps overwrite or mask",
-               "prefill and decode use the same engine: decode is seq = 1 with position_ids = past length",
-               "tensor parallel: every rank gets the same inputs and returns the same full-vocab logits"])
+        notes=[
+            "padded layout: every sequence of a step is right-padded to seq; padding tokens write cache slots "
+            "that later steps overwrite or mask",
+            "prefill and decode use the same engine: decode is seq = 1 with position_ids = past length",
+            "tensor parallel: every rank gets the same inputs and returns the same full-vocab logits",
+        ],
+    )

@@ -34,8 +34,10 @@ class TorchRanks:
         self._stack = ExitStack()
         m = self.config.mapping
         self.plans = [make_plan(self.config, r, self.build) for r in range(m.world_size)]
-        readers = [self._stack.enter_context(RankFileReader(Path(checkpoint_dir) / RANK_FILE.format(rank=r)))
-                   for r in range(m.world_size)]
+        readers = [
+            self._stack.enter_context(RankFileReader(Path(checkpoint_dir) / RANK_FILE.format(rank=r)))
+            for r in range(m.world_size)
+        ]
         self.weights = [RankWeights(readers[r], self.plans[r]) for r in range(m.world_size)]
         self.constants: list[dict] = [{} for _ in range(m.world_size)]
         self.stages = [stage_io(self.config, p, self.build) for p in range(m.pp_size)]
@@ -50,8 +52,13 @@ class TorchRanks:
         for rank, plan in enumerate(self.plans):
             dims = {"batch": batch}
             stage = self.stages[plan.pp_rank]
-            self.caches.append({t.name: torch.zeros(t.concrete_shape(dims), dtype=TORCH_DTYPES[t.dtype])
-                                for t in stage.inputs if t.name.startswith("past_")})
+            self.caches.append(
+                {
+                    t.name: torch.zeros(t.concrete_shape(dims), dtype=TORCH_DTYPES[t.dtype])
+                    for t in stage.inputs
+                    if t.name.startswith("past_")
+                }
+            )
             del rank
 
     def _run_stage(self, pp_rank: int, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -84,8 +91,13 @@ class TorchRanks:
         return results  # type: ignore[return-value]
 
     @torch.no_grad()
-    def step(self, input_ids: torch.Tensor, position_ids: torch.Tensor, last_token_index: torch.Tensor,
-             all_ranks: bool = False):
+    def step(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        last_token_index: torch.Tensor,
+        all_ranks: bool = False,
+    ):
         """One engine step over every stage; returns rank 0 of the last stage's logits (or all tp ranks')."""
         feed = {INPUT_IDS: input_ids.to(torch.int32), POSITION_IDS: position_ids.to(torch.int32)}
         pp = self.config.mapping.pp_size

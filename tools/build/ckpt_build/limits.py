@@ -10,8 +10,18 @@ from ckptfmt.engine import BuildConfig
 from ckptfmt.errors import CheckpointError
 from ckptfmt.names import model_spec
 
-SUPPORTED_ACTIVATIONS = ("relu", "gelu", "geglu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "openai-gelu",
-                         "silu", "swish", "swiglu")
+SUPPORTED_ACTIVATIONS = (
+    "relu",
+    "gelu",
+    "geglu",
+    "gelu_new",
+    "gelu_pytorch_tanh",
+    "gelu_fast",
+    "openai-gelu",
+    "silu",
+    "swish",
+    "swiglu",
+)
 DEFAULT_INPUT_LEN = 1024
 DEFAULT_OUTPUT_LEN = 1024
 
@@ -37,12 +47,20 @@ def _positive(name: str, value: int | None) -> None:
 
 def resolve_limits(config: CheckpointConfig, limits: Limits) -> BuildConfig:
     """The build config for ``config``: defaults filled in, every limit checked against the model."""
-    for name in ("max_batch_size", "max_input_len", "max_output_len", "max_seq_len", "max_beam_width",
-                 "max_num_tokens"):
+    for name in (
+        "max_batch_size",
+        "max_input_len",
+        "max_output_len",
+        "max_seq_len",
+        "max_beam_width",
+        "max_num_tokens",
+    ):
         _positive(name, getattr(limits, name))
     if limits.max_beam_width != 1:
-        raise CheckpointError(f"--max_beam_width: only 1 is supported (got {limits.max_beam_width}); "
-                              "beam search is not implemented by these engines")
+        raise CheckpointError(
+            f"--max_beam_width: only 1 is supported (got {limits.max_beam_width}); "
+            "beam search is not implemented by these engines"
+        )
     max_pos = config.max_position_embeddings
     learned = config.position_embedding_type == "learned_absolute"
     inp = limits.max_input_len
@@ -60,26 +78,38 @@ def resolve_limits(config: CheckpointConfig, limits: Limits) -> BuildConfig:
     if out is None:
         out = min(DEFAULT_OUTPUT_LEN, max(max_pos - inp, 1)) if max_pos else DEFAULT_OUTPUT_LEN
     if learned and max_pos is not None and inp + out > max_pos:
-        raise CheckpointError(f"--max_input_len + --max_output_len: {inp} + {out} = {inp + out} exceeds "
-                              f"max_position_embeddings {max_pos} of this model (learned positions)")
+        raise CheckpointError(
+            f"--max_input_len + --max_output_len: {inp} + {out} = {inp + out} exceeds "
+            f"max_position_embeddings {max_pos} of this model (learned positions)"
+        )
     logits_dtype = limits.logits_dtype or config.logits_dtype
     if logits_dtype not in DTYPES:
         raise CheckpointError(f"--logits_dtype: must be one of {list(DTYPES)}, got {logits_dtype!r}")
     num_tokens = limits.max_num_tokens or limits.max_batch_size * inp
-    return BuildConfig(max_batch_size=limits.max_batch_size, max_input_len=inp, max_output_len=out,
-                       max_seq_len=inp + out, max_beam_width=1, max_num_tokens=num_tokens, logits_dtype=logits_dtype,
-                       plugin_config=dict(limits.plugin_config))
+    return BuildConfig(
+        max_batch_size=limits.max_batch_size,
+        max_input_len=inp,
+        max_output_len=out,
+        max_seq_len=inp + out,
+        max_beam_width=1,
+        max_num_tokens=num_tokens,
+        logits_dtype=logits_dtype,
+        plugin_config=dict(limits.plugin_config),
+    )
 
 
 def check_supported(config: CheckpointConfig) -> None:
     """Reject what the network cannot express, naming the config field."""
     q = config.quantization
     if q.use_smooth_quant:
-        raise CheckpointError("config.json: quantization: SmoothQuant (W8A8) is not supported by ckpt-build; "
-                              "supported: none, weight-only int8/int4")
+        raise CheckpointError(
+            "config.json: quantization: SmoothQuant (W8A8) is not supported by ckpt-build; "
+            "supported: none, weight-only int8/int4"
+        )
     if q.enable_fp8:
-        raise CheckpointError("config.json: quantization: FP8 is not supported by ckpt-build; "
-                              "supported: none, weight-only int8/int4")
+        raise CheckpointError(
+            "config.json: quantization: FP8 is not supported by ckpt-build; supported: none, weight-only int8/int4"
+        )
     if q.kv_cache:
         raise CheckpointError(f"config.json: quantization: {q.kv_cache} KV cache is not supported by ckpt-build")
     if q.use_weight_only and q.extra.get("has_zero_point"):
@@ -89,16 +119,21 @@ def check_supported(config: CheckpointConfig) -> None:
     if config.use_prompt_tuning:
         raise CheckpointError("config.json: use_prompt_tuning: prompt tuning is not supported by ckpt-build")
     if config.position_embedding_type.startswith("alibi"):
-        raise CheckpointError(f"config.json: position_embedding_type: {config.position_embedding_type!r} is not "
-                              "supported by ckpt-build")
+        raise CheckpointError(
+            f"config.json: position_embedding_type: {config.position_embedding_type!r} is not supported by ckpt-build"
+        )
     spec = model_spec(config)
     if spec.hidden_act not in SUPPORTED_ACTIVATIONS:
-        raise CheckpointError(f"config.json: hidden_act: unsupported {spec.hidden_act!r} "
-                              f"(supported: {', '.join(SUPPORTED_ACTIVATIONS)})")
+        raise CheckpointError(
+            f"config.json: hidden_act: unsupported {spec.hidden_act!r} (supported: {', '.join(SUPPORTED_ACTIVATIONS)})"
+        )
     scaling = spec.rotary_scaling
     if scaling and scaling.get("type", scaling.get("rope_type")) not in ("linear", "default", None):
-        raise CheckpointError(f"config.json: rotary_scaling: type {scaling.get('type', scaling.get('rope_type'))!r} "
-                              "is not supported (supported: linear)")
+        raise CheckpointError(
+            f"config.json: rotary_scaling: type {scaling.get('type', scaling.get('rope_type'))!r} "
+            "is not supported (supported: linear)"
+        )
     if spec.rotary and (spec.rotary_dim <= 0 or spec.rotary_dim % 2 or spec.rotary_dim > spec.head_size):
-        raise CheckpointError(f"config.json: rotary_dim: {spec.rotary_dim} must be even and within head_size "
-                              f"{spec.head_size}")
+        raise CheckpointError(
+            f"config.json: rotary_dim: {spec.rotary_dim} must be even and within head_size {spec.head_size}"
+        )

@@ -10,8 +10,15 @@ import torch
 from ckptfmt.engine import IoTensor
 from ckptfmt.quant import unpack_int4
 
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-                "int32": torch.int32, "int64": torch.int64, "int8": torch.int8, "bool": torch.bool}
+TORCH_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "int8": torch.int8,
+    "bool": torch.bool,
+}
 
 
 def from_numpy(array: np.ndarray) -> torch.Tensor:
@@ -155,11 +162,11 @@ class TorchOps:
         return x.permute(*perm)
 
     def slice_last(self, x, start, size):
-        return x[..., start:start + size]
+        return x[..., start : start + size]
 
     def gather(self, table, indices, axis):
         flat = torch.index_select(table, axis, indices.reshape(-1).long())
-        return flat.reshape(*table.shape[:axis], *indices.shape, *table.shape[axis + 1:])
+        return flat.reshape(*table.shape[:axis], *indices.shape, *table.shape[axis + 1 :])
 
     def gather_batched(self, x, indices):
         return x[torch.arange(x.shape[0]), indices.long()]
@@ -173,7 +180,7 @@ class TorchOps:
             x1, x2 = rot[..., 0::2], rot[..., 1::2]
             out = torch.stack((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).flatten(-2)
         else:
-            x1, x2 = rot[..., :rd // 2], rot[..., rd // 2:]
+            x1, x2 = rot[..., : rd // 2], rot[..., rd // 2 :]
             out = torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
         return torch.cat((out, rest), dim=-1)
 
@@ -191,7 +198,7 @@ class TorchOps:
         for b, start in enumerate(write_index.tolist()):
             if start < 0 or start + steps > cache.shape[2]:
                 raise IndexError(f"KV cache write at {start}..{start + steps} outside max_seq_len {cache.shape[2]}")
-            cache[b, :, start:start + steps] = update[b]
+            cache[b, :, start : start + steps] = update[b]
         return cache  # aliased: the engine's output is the input buffer
 
     def dequantize(self, q, scale, dtype, axis=None):

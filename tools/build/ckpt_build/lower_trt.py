@@ -21,9 +21,16 @@ class TrtOps:
     def __init__(self, trt, network, profile, dims: dict[str, list[int]], logger):
         self.trt, self.net, self.profile, self.dims, self.logger = trt, network, profile, dims, logger
         self.keep_alive: list[np.ndarray] = []
-        self._dtypes = {"float32": trt.float32, "float16": trt.float16, "bfloat16": trt.bfloat16,
-                        "int32": trt.int32, "int64": trt.int64, "int8": trt.int8, "int4": trt.int4,
-                        "bool": trt.bool}
+        self._dtypes = {
+            "float32": trt.float32,
+            "float16": trt.float16,
+            "bfloat16": trt.bfloat16,
+            "int32": trt.int32,
+            "int64": trt.int64,
+            "int8": trt.int8,
+            "int4": trt.int4,
+            "bool": trt.bool,
+        }
         self._constants: dict[str, Tensor] = {}
 
     # ---- helpers ----------------------------------------------------------------------------------
@@ -59,8 +66,9 @@ class TrtOps:
             raise TrtBuildError(f"output {spec.name}: dtype {x.dtype}, contract says {spec.dtype}")
 
     # ---- constants --------------------------------------------------------------------------------
-    def constant(self, key: str, array: np.ndarray, dtype: str | None = None,
-                 shape: tuple[int, ...] | None = None) -> Tensor:
+    def constant(
+        self, key: str, array: np.ndarray, dtype: str | None = None, shape: tuple[int, ...] | None = None
+    ) -> Tensor:
         if key in self._constants:
             return self._constants[key]
         dtype = dtype or _dtype_name(array.dtype)
@@ -72,14 +80,17 @@ class TrtOps:
 
     def scalar(self, value, dtype: str, rank: int) -> Tensor:
         np_dtype = np.dtype(_NUMPY[dtype])
-        return self._out(self.net.add_constant((1,) * rank, self._weights(np.full((1,) * rank, value, np_dtype),
-                                                                           dtype, 1)), f"scalar {value}")
+        return self._out(
+            self.net.add_constant((1,) * rank, self._weights(np.full((1,) * rank, value, np_dtype), dtype, 1)),
+            f"scalar {value}",
+        )
 
     # ---- math -------------------------------------------------------------------------------------
     def matmul(self, a, b, transpose_b: bool = False):
         op = self.trt.MatrixOperation
-        return self._out(self.net.add_matrix_multiply(a, op.NONE, b, op.TRANSPOSE if transpose_b else op.NONE),
-                         "matmul")
+        return self._out(
+            self.net.add_matrix_multiply(a, op.NONE, b, op.TRANSPOSE if transpose_b else op.NONE), "matmul"
+        )
 
     def _elementwise(self, a, b, op: str):
         return self._out(self.net.add_elementwise(a, b, self.trt.ElementWiseOperation.__members__[op]), op)
@@ -161,15 +172,18 @@ class TrtOps:
 
     def attention(self, q, k, v, mask):
         trt = self.trt
-        layer = self._check(self.net.add_attention_v2(q, k, v, trt.AttentionNormalizationOp.SOFTMAX,
-                                                      trt.CausalMaskKind.NONE), "attention")
+        layer = self._check(
+            self.net.add_attention_v2(q, k, v, trt.AttentionNormalizationOp.SOFTMAX, trt.CausalMaskKind.NONE),
+            "attention",
+        )
         layer.mask = mask
         layer.decomposable = True
         return layer.get_output(0)
 
     def kv_cache_update(self, cache, update, write_index):
-        return self._out(self.net.add_kv_cache_update(cache, update, write_index, self.trt.KVCacheMode.LINEAR),
-                         "kv cache update")
+        return self._out(
+            self.net.add_kv_cache_update(cache, update, write_index, self.trt.KVCacheMode.LINEAR), "kv cache update"
+        )
 
     def dequantize(self, q, scale, dtype: str, axis: int | None = None):
         layer = self._check(self.net.add_dequantize(q, scale, self._dtypes[dtype]), "dequantize")
@@ -180,8 +194,9 @@ class TrtOps:
     def _collective(self, x, op: str):
         trt = self.trt
         reduce = trt.ReduceOperation.SUM if op == "ALL_REDUCE" else trt.ReduceOperation.NONE
-        layer = self._check(self.net.add_dist_collective(x, trt.CollectiveOperation.__members__[op], reduce, -1, None),
-                            op.lower())
+        layer = self._check(
+            self.net.add_dist_collective(x, trt.CollectiveOperation.__members__[op], reduce, -1, None), op.lower()
+        )
         return layer
 
     def all_reduce(self, x):
@@ -195,8 +210,14 @@ class TrtOps:
     tp_size = 1
 
 
-_NUMPY = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64, "int8": np.int8,
-          "bool": np.bool_}
+_NUMPY = {
+    "float32": np.float32,
+    "float16": np.float16,
+    "int32": np.int32,
+    "int64": np.int64,
+    "int8": np.int8,
+    "bool": np.bool_,
+}
 
 
 def _dtype_name(dtype: np.dtype) -> str:

@@ -77,8 +77,12 @@ def embed(ops: Ops, plan: RankPlan, w: RankWeights, ids: Tensor, positions: Tens
         h = ops.matmul(h, ops.constant("project_in", proj.reshape(1, *proj.shape)), transpose_b=True)
     if spec.learned_positions:
         table = w.position_embedding()
-        h = ops.add(h, embedding_lookup(ops, plan, "position_embedding", table, positions,
-                                        spec.max_position_embeddings or table.shape[0]))
+        h = ops.add(
+            h,
+            embedding_lookup(
+                ops, plan, "position_embedding", table, positions, spec.max_position_embeddings or table.shape[0]
+            ),
+        )
     return h
 
 
@@ -93,8 +97,9 @@ def embedding_lookup(ops: Ops, plan: RankPlan, key: str, table, ids: Tensor, row
         return ops.transpose(ops.all_gather(part), (1, 2, 0))
     per_rank = table.shape[0]
     local = ops.sub(ids, ops.scalar(plan.tp_rank * per_rank, "int32", 2))
-    inside = ops.logical_and(ops.less(ops.scalar(-1, "int32", 2), local),
-                             ops.less(local, ops.scalar(per_rank, "int32", 2)))
+    inside = ops.logical_and(
+        ops.less(ops.scalar(-1, "int32", 2), local), ops.less(local, ops.scalar(per_rank, "int32", 2))
+    )
     rows_here = ops.gather(const, ops.where(inside, local, ops.scalar(0, "int32", 2)), axis=0)
     keep = ops.cast(ops.reshape(inside, (0, 0, 1)), plan.dtype)
     return ops.all_reduce(ops.mul(rows_here, keep))
@@ -107,8 +112,7 @@ def _split_width(plan: RankPlan, table) -> bool:
 def linear(ops: Ops, plan: RankPlan, x: Tensor, lin: Linear, reduce: bool = False) -> Tensor:
     """``x @ W.T + b`` for x ``[B, S, in]``; row-parallel (``reduce``) all-reduces before the bias."""
     if lin.precision is None:
-        y = ops.matmul(x, ops.constant(lin.key + ".weight", lin.weight.reshape(1, *lin.weight.shape)),
-                       transpose_b=True)
+        y = ops.matmul(x, ops.constant(lin.key + ".weight", lin.weight.reshape(1, *lin.weight.shape)), transpose_b=True)
     else:
         k, n = lin.in_features, lin.out_features
         q = ops.constant(lin.key + ".weight", lin.weight, dtype=lin.precision, shape=(1, k, n))
@@ -188,13 +192,17 @@ def decoder_layer(ctx: _StepContext, w: RankWeights, local: int, h: Tensor, cach
         a, present = attention(ctx, w, local, h, caches)
         h = norm(ops, plan, ops.add(h, a), attn_norm, w.layer_norm(local, spec.attn_norm))
         m = mlp(ops, plan, w, local, h)
-        return norm(ops, plan, ops.add(h, m), f"layers.{local}.{spec.mlp_norm}",
-                    w.layer_norm(local, spec.mlp_norm)), present
+        return norm(
+            ops, plan, ops.add(h, m), f"layers.{local}.{spec.mlp_norm}", w.layer_norm(local, spec.mlp_norm)
+        ), present
     x1 = norm(ops, plan, h, attn_norm, w.layer_norm(local, spec.attn_norm))
     a, present = attention(ctx, w, local, x1, caches)
     if spec.parallel_residual:  # x + attn(n1(x)) + mlp(n2(x)); Falcon-7B: one norm feeds both
-        x2 = x1 if spec.mlp_norm is None else norm(ops, plan, h, f"layers.{local}.{spec.mlp_norm}",
-                                                   w.layer_norm(local, spec.mlp_norm))
+        x2 = (
+            x1
+            if spec.mlp_norm is None
+            else norm(ops, plan, h, f"layers.{local}.{spec.mlp_norm}", w.layer_norm(local, spec.mlp_norm))
+        )
         return ops.add(ops.add(h, a), mlp(ops, plan, w, local, x2)), present
     h = ops.add(h, a)
     x2 = norm(ops, plan, h, f"layers.{local}.{spec.mlp_norm}", w.layer_norm(local, spec.mlp_norm))

@@ -34,8 +34,9 @@ class Ops(Protocol):
 
     def output(self, spec: IoTensor, x: Tensor) -> None: ...
 
-    def constant(self, key: str, array: np.ndarray, dtype: str | None = None,
-                 shape: tuple[int, ...] | None = None) -> Tensor:
+    def constant(
+        self, key: str, array: np.ndarray, dtype: str | None = None, shape: tuple[int, ...] | None = None
+    ) -> Tensor:
         """A constant from ``array`` (kept alive, not copied); ``dtype='int4'`` + logical ``shape`` for packed
         int4. ``key`` names the weight (lowerings may cache on it)."""
 
@@ -85,8 +86,9 @@ class Ops(Protocol):
     def gather_batched(self, x: Tensor, indices: Tensor) -> Tensor:
         """``x[b, indices[b], ...]`` for x ``[B, S, ...]``, indices ``[B]`` -> ``[B, ...]``."""
 
-    def rope(self, x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, interleaved: bool,
-             rotary_dim: int) -> Tensor: ...
+    def rope(
+        self, x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, interleaved: bool, rotary_dim: int
+    ) -> Tensor: ...
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor: ...
 

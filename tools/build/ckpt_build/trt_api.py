@@ -15,8 +15,11 @@ from ckptfmt.errors import CheckpointError
 log = logging.getLogger("ckpt_build")
 
 RTX_MODULES = ("tensorrt_rtx_bindings", "tensorrt_rtx")
-INSTALL_HINT = ("pip install 'ckpt-build[rtx]' (tensorrt-rtx-cu13-libs==1.7.1.116 tensorrt-rtx-cu13-bindings==1.7.1.116, "
-                "builds on CPU) or pip install tensorrt (full TensorRT, needs the target GPU)")
+INSTALL_HINT = (
+    "pip install 'ckpt-build[rtx]' (= tensorrt-rtx-cu13-libs==1.7.1.116 "
+    "tensorrt-rtx-cu13-bindings==1.7.1.116, builds on CPU) or pip install tensorrt (full TensorRT, "
+    "needs the target GPU)"
+)
 # smallest compute capability (x10) each precision needs
 MIN_SM = {"bfloat16": 80, "int4": 80, "fp8": 89}
 
@@ -108,8 +111,9 @@ def resolve_targets(module: TrtModule, requested: list[str] | None, needs: list[
     if requested:
         for t in requested:
             if t not in supported:
-                raise CheckpointError(f"--target: {t} not supported by {module.name} {module.version} "
-                                      f"(supported: {','.join(supported)})")
+                raise CheckpointError(
+                    f"--target: {t} not supported by {module.name} {module.version} (supported: {','.join(supported)})"
+                )
             for need in needs:
                 if target_sm(t) < MIN_SM.get(need, 0):
                     raise CheckpointError(f"--target: {t} cannot run {need} (needs sm{MIN_SM[need]} or newer)")

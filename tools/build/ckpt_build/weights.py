@@ -54,14 +54,20 @@ class RankWeights:
         return self.reader[name]
 
     def optional(self, name: str) -> np.ndarray | None:
-        return self.reader[name] if name in self.reader else None
+        return self.reader[name] if name in self.reader else None  # noqa: SIM401 (reader.get raises)
 
     def linear(self, local: int, module: str) -> Linear:
         prefix = LAYER.format(i=local) + module
         bias = self.optional(prefix + ".bias")
         if self.precision:
-            lin = Linear(prefix, self.get(prefix + ".weight"), bias, self.get(prefix + ".per_channel_scale"),
-                         self.precision, self.group_size)
+            lin = Linear(
+                prefix,
+                self.get(prefix + ".weight"),
+                bias,
+                self.get(prefix + ".per_channel_scale"),
+                self.precision,
+                self.group_size,
+            )
         else:
             lin = Linear(prefix, self.get(prefix + ".weight"), bias)
         return self._prescale_q(lin) if module == QKV else lin
@@ -80,8 +86,9 @@ class RankWeights:
 
         bias = scaled(lin.bias, 0) if lin.bias is not None else None
         if lin.precision:
-            return Linear(lin.key, lin.weight, bias, scaled(lin.scale, lin.scale.ndim - 1), lin.precision,
-                          lin.group_size)
+            return Linear(
+                lin.key, lin.weight, bias, scaled(lin.scale, lin.scale.ndim - 1), lin.precision, lin.group_size
+            )
         return Linear(lin.key, scaled(lin.weight, 0), bias)
 
     def norm(self, prefix: str) -> tuple[np.ndarray, np.ndarray | None]:
