@@ -56,7 +56,7 @@ def check_prompts(prompts: Sequence, vocab_size: int, max_positions: int | None,
         if max_positions and p.numel() + max_new_tokens > max_positions:
             raise RunnerError(
                 f"prompt {i}: {p.numel()} tokens + {max_new_tokens} new tokens exceed the model's "
-                f"max_position_embeddings {max_positions} (shorten the prompt or --max_output_len)"
+                f"max_position_embeddings {max_positions} (shorten the prompt or ask for fewer new tokens)"
             )
         out.append(p.long())
     return out
