@@ -9,6 +9,7 @@ becomes is a table entry; a variant nothing here supports is named in the error.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,9 @@ def _get(h: dict, source: str, *names: str, default: Any = ..., kind: type | tup
     for name in names:
         if h.get(name) is not None:
             value = h[name]
+            if isinstance(value, str) and kind in (float, (int, float)):  # PyYAML reads 1e-05 as a string
+                with contextlib.suppress(ValueError):
+                    value = float(value)
             if not isinstance(value, kind) or isinstance(value, bool) and kind in (int, float, (int, float)):
                 raise CheckpointError(f"{source}: field {name} has an unexpected value {value!r}")
             return value

@@ -15,6 +15,7 @@ import numpy as np
 from ckptfmt import CheckpointError, to_numpy
 
 from .megatron_names import LAYER_TEMPLATE, normalize_name, split_layer_name
+from .megatron_source import LazyTensorSource
 from .sources import LazyTensor
 
 METADATA_FILE = ".metadata"
@@ -161,7 +162,7 @@ class DistCheckpoint:
         return to_numpy(target)
 
 
-class DistSource:
+class DistSource(LazyTensorSource):
     """A ``TensorSource`` over a torch_dist checkpoint with Megatron names normalized.
 
     Stacked per-layer tensors (``decoder.layers.X`` of shape ``[layers, ...]``) appear as one tensor
@@ -170,7 +171,8 @@ class DistSource:
 
     def __init__(self, directory: Path, num_layers: int):
         self.checkpoint = DistCheckpoint(directory)
-        self._tensors: dict[str, LazyTensor] = {}
+        self.location = directory
+        self.tensors: dict[str, LazyTensor] = {}
         self.dtypes: set[str] = set()
         for key, (shape, dtype) in self.checkpoint.tensors().items():
             name = normalize_name(key)
@@ -199,28 +201,4 @@ class DistSource:
         def load() -> np.ndarray:
             return self.checkpoint.read(key, offsets, sizes).reshape(out_shape)
 
-        self._tensors[name] = LazyTensor(name, tuple(out_shape), self.checkpoint.directory, load)
-
-    def names(self) -> list[str]:
-        return sorted(self._tensors)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._tensors
-
-    def get(self, name: str) -> LazyTensor:
-        try:
-            return self._tensors[name]
-        except KeyError:
-            raise CheckpointError(f"{self.checkpoint.directory}: no tensor {name}") from None
-
-    def load(self, name: str) -> np.ndarray:
-        return self.get(name).load()
-
-    def close(self) -> None:
-        self.checkpoint._reader = None
-
-    def __enter__(self) -> DistSource:
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.close()
+        self.tensors[name] = LazyTensor(name, tuple(out_shape), self.checkpoint.directory, load)

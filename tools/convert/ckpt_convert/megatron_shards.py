@@ -15,6 +15,7 @@ import numpy as np
 from ckptfmt import CheckpointError, to_numpy
 
 from .megatron_names import GATED, LAYER_TEMPLATE, normalize_name, split_layer_name, tp_split_dim
+from .megatron_source import LazyTensorSource
 from .sources import LazyTensor
 
 ShardKey = tuple[int, int]  # (tp rank, pp rank)
@@ -42,7 +43,7 @@ def load_state_dict(path: Path) -> dict:
     return state
 
 
-class ShardedSource:
+class ShardedSource(LazyTensorSource):
     """A ``TensorSource`` over per-rank Megatron state dicts (any source tp x pp)."""
 
     def __init__(self, files: dict[ShardKey, Path], gated_mlp: bool):
@@ -57,7 +58,7 @@ class ShardedSource:
                 f"{next(iter(files.values())).parent.parent}: incomplete set of rank folders ({sorted(files)})"
             )
         self.tp, self.gated = len(tps), gated_mlp
-        self.file = files[(0, 0)]
+        self.file = self.location = files[(0, 0)]
         states = {key: self._tensors_of(path, load_state_dict(path)) for key, path in files.items()}
         self._parts: dict[str, list] = {}
         offset = 0
@@ -72,7 +73,7 @@ class ShardedSource:
                 try:
                     parts = [s[name] for s in stage]
                 except KeyError:
-                    raise CheckpointError(f"{files[(1, pp)].parent}: tensor {name} missing in some tp ranks") from None
+                    raise CheckpointError(f"{files[(0, pp)].parent}: tensor {name} missing in some tp ranks") from None
                 if glob in self._parts:
                     continue  # replicated on several pipeline stages (tied embedding copy)
                 self._parts[glob] = parts
@@ -114,28 +115,3 @@ class ShardedSource:
     @property
     def dtypes(self) -> set[str]:
         return {str(p[0].dtype).removeprefix("torch.") for p in self._parts.values()}
-
-    def names(self) -> list[str]:
-        return sorted(self.tensors)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.tensors
-
-    def get(self, name: str) -> LazyTensor:
-        try:
-            return self.tensors[name]
-        except KeyError:
-            raise CheckpointError(f"{self.file}: no tensor {name}") from None
-
-    def load(self, name: str) -> np.ndarray:
-        return self.get(name).load()
-
-    def close(self) -> None:
-        self._parts.clear()
-        self.tensors.clear()
-
-    def __enter__(self) -> ShardedSource:
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.close()

@@ -52,6 +52,6 @@ MEGATRON_GPT = Table(
         *_linear("mlp.proj", "mlp.linear_fc2"),
         Rule("transformer.ln_f.weight", "decoder.final_layernorm.weight"),
         Rule("transformer.ln_f.bias", "decoder.final_layernorm.bias"),
-        Rule("lm_head.weight", "output_layer.weight", tied="embedding.word_embeddings.weight"),
+        Rule("lm_head.weight", "output_layer.weight", fallback="embedding.word_embeddings.weight"),
     ),
 )

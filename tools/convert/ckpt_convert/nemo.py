@@ -33,11 +33,17 @@ EMBEDDING = "embedding.word_embeddings.weight"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--nemo_ckpt_path", required=True,
-                        help=".nemo file, its extracted directory, a NeMo 2 or a Megatron-core checkpoint directory")
-    parser.add_argument("--model_config", type=Path,
-                        help="YAML/JSON of Megatron hyper-parameters (required for bare Megatron-core checkpoints; "
-                             "overrides the checkpoint's own otherwise)")
+    parser.add_argument(
+        "--nemo_ckpt_path",
+        required=True,
+        help=".nemo file, its extracted directory, a NeMo 2 or a Megatron-core checkpoint directory",
+    )
+    parser.add_argument(
+        "--model_config",
+        type=Path,
+        help="YAML/JSON of Megatron hyper-parameters (required for bare Megatron-core checkpoints; "
+        "overrides the checkpoint's own otherwise)",
+    )
     options.add_arguments(parser)
 
 
@@ -94,8 +100,15 @@ def convert_located(found: Located, args: argparse.Namespace, label: str) -> str
     output_dir = Path(args.output_dir)
     with atomic_output_dir(output_dir, overwrite=args.overwrite) as tmp:
         inner = tmp / "checkpoint"
-        summary = convert_checkpoint(functools.partial(open_source, spec), MEGATRON_GPT, config, inner,
-                                     workers=args.workers, quiet=args.quiet, label=label)
+        summary = convert_checkpoint(
+            functools.partial(open_source, spec),
+            MEGATRON_GPT,
+            config,
+            inner,
+            workers=args.workers,
+            quiet=args.quiet,
+            label=label,
+        )
         _lift(inner, tmp, found.tokenizer_files)
     return summary.line(output_dir)
 

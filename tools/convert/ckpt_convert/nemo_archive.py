@@ -26,8 +26,17 @@ NEMO1_CONFIG = "model_config.yaml"
 NEMO1_WEIGHTS = "model_weights.ckpt"
 NEMO2_CONFIG = "context/model.yaml"
 DIST_METADATA = ".metadata"
-TOKENIZER_NAMES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "generation_config.json")
+TOKENIZER_NAMES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "added_tokens.json",
+    "generation_config.json",
+)
 _RANK_DIR = re.compile(r"^(?:mp_rank_(\d+)|tp_rank_(\d+)_pp_rank_(\d+))$")
 _HASH_PREFIX = re.compile(r"^[0-9a-f]{6,}_")
 
@@ -68,10 +77,14 @@ def locate(root: Path, model_config: Path | None, label: str) -> Located:
         if not isinstance(hparams, dict):
             raise CheckpointError(f"{label}: {NEMO2_CONFIG}: no 'config' section")
         tok_dir = root / "context" / "nemo_tokenizer"
-        tokens = {p.relative_to(tok_dir).as_posix(): p for p in sorted(tok_dir.rglob("*")) if p.is_file()} \
-            if tok_dir.is_dir() else {}
-        return Located("nemo2", hparams, cfg_label or f"{label}: {NEMO2_CONFIG}", dist_dir=root / "weights",
-                       tokenizer_files=tokens)
+        tokens = (
+            {p.relative_to(tok_dir).as_posix(): p for p in sorted(tok_dir.rglob("*")) if p.is_file()}
+            if tok_dir.is_dir()
+            else {}
+        )
+        return Located(
+            "nemo2", hparams, cfg_label or f"{label}: {NEMO2_CONFIG}", dist_dir=root / "weights", tokenizer_files=tokens
+        )
     if (root / NEMO1_CONFIG).is_file():
         hparams = override or read_yaml(root / NEMO1_CONFIG, f"{label}: {NEMO1_CONFIG}")
         if not isinstance(hparams, dict):
@@ -80,13 +93,16 @@ def locate(root: Path, model_config: Path | None, label: str) -> Located:
     dist = _megatron_dir(root)
     if dist is not None:
         if override is None:
-            raise CheckpointError(f"{label}: a Megatron-core checkpoint carries no model hyper-parameters: "
-                                  "pass them with --model_config FILE.yaml|json")
+            raise CheckpointError(
+                f"{label}: a Megatron-core checkpoint carries no model hyper-parameters: "
+                "pass them with --model_config FILE.yaml|json"
+            )
         return Located("mcore", override, cfg_label, dist_dir=dist)
     if any(root.glob("*.distcp")) or any(root.glob("*/" + NEMO1_WEIGHTS)) or (root / NEMO1_WEIGHTS).exists():
         raise CheckpointError(f"{label}: missing {NEMO1_CONFIG} (NeMo 1) or {NEMO2_CONFIG} (NeMo 2)")
-    raise CheckpointError(f"{label}: not a NeMo or Megatron checkpoint (no {NEMO1_CONFIG}, {NEMO2_CONFIG} "
-                          f"or {DIST_METADATA} found)")
+    raise CheckpointError(
+        f"{label}: not a NeMo or Megatron checkpoint (no {NEMO1_CONFIG}, {NEMO2_CONFIG} or {DIST_METADATA} found)"
+    )
 
 
 def _nemo1(root: Path, hparams: dict, cfg_label: str, label: str) -> Located:
@@ -102,8 +118,9 @@ def _nemo1(root: Path, hparams: dict, cfg_label: str, label: str) -> Located:
     if not shards and (root / NEMO1_WEIGHTS).is_file():
         shards[(0, 0)] = root / NEMO1_WEIGHTS
     if not shards:
-        raise CheckpointError(f"{label}: no weights ({NEMO1_WEIGHTS}, mp_rank_XX/, tp_rank_XX_pp_rank_XXX/ "
-                              "or model_weights/)")
+        raise CheckpointError(
+            f"{label}: no weights ({NEMO1_WEIGHTS}, mp_rank_XX/, tp_rank_XX_pp_rank_XXX/ or model_weights/)"
+        )
     return Located("nemo1", hparams, cfg_label, shard_files=shards, tokenizer_files=tokens)
 
 
@@ -112,7 +129,7 @@ def _nemo1_tokenizer(root: Path, hparams: dict) -> dict[str, Path]:
     named = set()
     tok = hparams.get("tokenizer")
     if isinstance(tok, dict):
-        named = {v[len("nemo:"):] for v in tok.values() if isinstance(v, str) and v.startswith("nemo:")}
+        named = {v[len("nemo:") :] for v in tok.values() if isinstance(v, str) and v.startswith("nemo:")}
     out = {}
     for p in sorted(root.iterdir()):
         plain = _HASH_PREFIX.sub("", p.name)
@@ -127,8 +144,11 @@ def _megatron_dir(root: Path) -> Path | None:
     latest = root / "latest_checkpointed_iteration.txt"
     if latest.is_file():
         text = latest.read_text().strip()
-        step = root / (text if text == "release" else f"iter_{int(text):07d}") if text.isdigit() or \
-            text == "release" else None
+        step = (
+            root / (text if text == "release" else f"iter_{int(text):07d}")
+            if text.isdigit() or text == "release"
+            else None
+        )
         if step is not None and (step / DIST_METADATA).is_file():
             return step
     return None

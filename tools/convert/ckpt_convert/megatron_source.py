@@ -1,0 +1,44 @@
+"""The ``TensorSource`` protocol over a dict of lazy tensors, shared by the two Megatron readers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from ckptfmt import CheckpointError
+
+from .sources import LazyTensor
+
+
+class LazyTensorSource:
+    """Name -> ``LazyTensor`` (``tensors``, filled by the subclass); everything is opened up front."""
+
+    location: Path
+    tensors: dict[str, LazyTensor]
+
+    def names(self) -> list[str]:
+        return sorted(self.tensors)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def get(self, name: str) -> LazyTensor:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise CheckpointError(f"{self.location}: no tensor {name}") from None
+
+    def load(self, name: str) -> np.ndarray:
+        return self.get(name).load()
+
+    def open_all(self) -> None:
+        """Every file was opened (and checked) on construction."""
+
+    def close(self) -> None:
+        self.tensors = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
