@@ -17,7 +17,6 @@ from ckptfmt import CheckpointError
 SOURCES: dict[str, str] = {
     "hf": "ckpt_convert.hf",
     "nemo": "ckpt_convert.nemo",
-    "nemo": "ckpt_convert.nemo",
 }
 
 
