@@ -64,7 +64,7 @@ class StagePlan:
 
     def __init__(self, config: EngineConfig, pp_rank: int, source: str = "config.json"):
         stage = config.io.stage(pp_rank)
-        self.source, self.pp_rank = source, pp_rank
+        self.source, self.pp_rank, self.layers = source, pp_rank, list(stage.layers)
         self.first = pp_rank == 0
         self.last = pp_rank == len(config.io.stages) - 1
         self.build, self.kv = config.build_config, config.io.kv_cache
@@ -83,6 +83,8 @@ class StagePlan:
     def _check(self, inputs: list[IoTensor]) -> None:
         names = {t.name for t in self.step_inputs}
         for t in self.step_inputs:
+            if self._layer_of(t.name) is not None:
+                self._fail(f"KV cache input {t.name!r} has no output aliasing it (its updated cache)")
             if t.name not in STEP_INPUTS:
                 self._fail(
                     f"input {t.name!r} is not one this ckpt-eval knows how to feed (known: "
@@ -119,25 +121,24 @@ class StagePlan:
                     f"KV cache {cache.name!r}: shape {cache.shape} is not [batch, kv_heads, max_seq_len, "
                     "head_size] with static sizes"
                 )
-        if len(self.caches) != 2 * len(set(self._layers())):
-            self._fail(
-                f"{len(self.caches)} aliased KV caches for {len(self._layers())} layers (expected a key and "
-                "a value cache per layer)"
-            )
+        expected = {t.format(layer=i) for i in self.layers for t in (self.kv.key_input, self.kv.value_input)}
+        missing = sorted(expected - {c.name for c in self.caches})
+        if missing:
+            self._fail(f"no aliased KV cache {missing[0]!r} for layer {self._layer_of(missing[0])} of this stage")
+        self._layers()
+
+    def _layer_of(self, name: str) -> int | None:
+        """The layer index in a cache input name made from the layout's templates, else None."""
+        for template in (self.kv.key_input, self.kv.value_input):
+            prefix, _, suffix = template.partition("{layer}")
+            middle = name[len(prefix) : len(name) - len(suffix)] if len(name) > len(prefix) + len(suffix) else ""
+            if name.startswith(prefix) and name.endswith(suffix) and middle.isdigit():
+                return int(middle)
+        return None
 
     def _layers(self) -> list[int]:
-        layers = []
-        for cache in self.caches:
-            for template in (self.kv.key_input, self.kv.value_input):
-                prefix, _, suffix = template.partition("{layer}")
-                name = cache.name
-                if (
-                    name.startswith(prefix)
-                    and name.endswith(suffix)
-                    and name[len(prefix) : len(name) - len(suffix)].isdigit()
-                ):
-                    layers.append(int(name[len(prefix) : len(name) - len(suffix)]))
-        if len(layers) != len(self.caches):
+        layers = [self._layer_of(cache.name) for cache in self.caches]
+        if None in layers:
             self._fail(f"KV cache names do not follow {self.kv.key_input!r} / {self.kv.value_input!r}")
         return layers
 
