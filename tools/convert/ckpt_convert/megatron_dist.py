@@ -155,7 +155,8 @@ class DistCheckpoint:
         except FileNotFoundError as err:
             raise CheckpointError(f"{self.directory}: {Path(err.filename).name} missing (tensor {key})") from None
         except Exception as err:  # truncated or corrupt .distcp file: torch raises many kinds
-            raise CheckpointError(f"{self.directory}: cannot read tensor {key} ({str(err).splitlines()[0]})") from None
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"{self.directory}: cannot read tensor {key} ({detail})") from None
         covered = sum(int(np.prod(i.lengths)) for i in items)
         if covered != int(np.prod(sizes)):
             raise CheckpointError(f"{self.directory}: tensor {key} is incomplete in the checkpoint")
