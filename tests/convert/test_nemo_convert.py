@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -33,6 +34,7 @@ HF_MADE = {
     "nemo1-tp1": [NEMO / "llama_tp1.nemo"],
     "nemo1-tp2": [NEMO / "llama_tp2.nemo"],
     "nemo1-pp2": [NEMO / "llama_pp2.nemo"],
+    "nemo1-tp2pp2": [NEMO / "llama_tp2pp2.nemo"],
     "nemo2": [NEMO / "nemo2_llama"],
 }
 MCORE = {
@@ -40,6 +42,7 @@ MCORE = {
     for v in MCORE_VARIANTS
     for par in ("tp1", "tp2", "pp2")
 }
+MCORE["nemo1-dist"] = [NEMO / "mcore_llama_dist.nemo"]  # model_weights/ torch_dist inside a .nemo
 ALL = {**HF_MADE, **MCORE}
 
 
@@ -133,6 +136,22 @@ def test_source_tp1_tp2_pp2_give_identical_checkpoints(converted, capsys, model,
     tp1, tp2, pp2 = (converted.nemo(f"{model}-{par}", tp, pp, capsys) for par in ("tp1", "tp2", "pp2"))
     assert_same_checkpoint(tp1, tp2)
     assert_same_checkpoint(tp1, pp2)
+    if model == "nemo1":
+        assert_same_checkpoint(tp1, converted.nemo("nemo1-tp2pp2", tp, pp, capsys))
+    if model == "mcore-llama":
+        assert_same_checkpoint(tp1, converted.nemo("nemo1-dist", tp, pp, capsys))
+
+
+def test_megatron_lm_iteration_folder(converted, capsys, tmp_path):
+    """A Megatron-LM save folder: latest_checkpointed_iteration.txt names the iter_XXXXXXX folder to read."""
+    root = tmp_path / "megatron-lm"
+    shutil.copytree(MEGATRON / "llama_tp2", root / "iter_0000100")
+    (root / "latest_checkpointed_iteration.txt").write_text("100\n")
+    out = tmp_path / "out"
+    argv = ["nemo", "--nemo_ckpt_path", root, "--model_config", MEGATRON / "llama.yaml", "--output_dir", out]
+    rc, _, err = run_cli(*argv, "--dtype", "float32", "--quiet", capsys=capsys)
+    assert rc == 0, err
+    assert_same_checkpoint(out, converted.nemo("mcore-llama-tp1", 1, 1, capsys))
 
 
 def test_extracted_nemo_directory_and_workers_give_the_same_checkpoint(converted, capsys, tmp_path):

@@ -105,6 +105,7 @@ def test_invalid_yaml(tmp_path, capsys):
         ({"num_moe_experts": 8}, "num_moe_experts"),
         ({"position_embedding_type": "alibi"}, "position_embedding_type 'alibi'"),
         ({"activation": "gelu"}, "rmsnorm with a gelu MLP"),
+        ({"mcore_gpt": False}, "mcore_gpt: false"),
     ],
 )
 def test_unknown_megatron_variant_is_named(tmp_path, capsys, changes, named):

@@ -110,6 +110,11 @@ def _activation(h: dict, source: str) -> tuple[str, bool]:
 
 def read_model(h: dict, source: str) -> MegatronModel:
     """Parse and check hyper-parameters; ``source`` names the file in errors."""
+    if h.get("mcore_gpt") is False:
+        raise CheckpointError(
+            f"{source}: unsupported Megatron variant: mcore_gpt: false (legacy NeMo GPT "
+            "naming, model.language_model.*; only Megatron-core naming is supported)"
+        )
     for name, fine in UNSUPPORTED_FEATURES.items():
         if h.get(name) not in (fine, None, False, 0):
             raise CheckpointError(f"{source}: unsupported Megatron variant: {name}: {h[name]!r}")

@@ -8,6 +8,7 @@ neither megatron nor arbitrary code is needed. Tensor data is read through torch
 
 from __future__ import annotations
 
+import functools
 import pickle
 from pathlib import Path
 
@@ -75,6 +76,7 @@ def read_metadata(directory: Path):
         raise CheckpointError(f"{path}: unreadable checkpoint metadata ({err})") from None
 
 
+@functools.cache
 def _reader_and_planner():
     """torch's FileSystemReader without its pickle-based ``read_metadata``, and a one-box load planner."""
     import torch

@@ -20,7 +20,7 @@ from pathlib import Path
 from ckptfmt import MANIFEST_FILE, CheckpointError, atomic_output_dir, write_manifest
 
 from . import options
-from .megatron_config import MegatronModel, checkpoint_config, read_model
+from .megatron_config import checkpoint_config, read_model
 from .megatron_dist import DistSource
 from .megatron_shards import ShardedSource
 from .megatron_table import MEGATRON_GPT
@@ -30,6 +30,7 @@ from .stream import convert_checkpoint
 DESCRIPTION = "NeMo 1 .nemo (archive or directory), NeMo 2 checkpoint directory or Megatron-core torch_dist directory"
 TOKENIZER_DIR = "tokenizer"
 EMBEDDING = "embedding.word_embeddings.weight"
+OUTPUT_LAYER = "output_layer.weight"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,10 +92,13 @@ def convert_located(found: Located, args: argparse.Namespace, label: str) -> str
     model = read_model(found.hparams, found.config_file)
     spec = SourceSpec(found.dist_dir, found.shard_files, model.num_layers, model.gated)
     with open_source(spec) as source:
-        vocab, dtypes = _vocab_size(source, label), source.dtypes
+        if EMBEDDING not in source:
+            raise CheckpointError(f"{label}: no tensor {EMBEDDING} (not a Megatron-core GPT checkpoint?)")
+        vocab, dtypes = source.get(EMBEDDING).shape[0], source.dtypes
+        tied = model.tied or OUTPUT_LAYER not in source
     config = checkpoint_config(model, vocab, found.config_file)
     source_dtype = next(iter(dtypes)) if len(dtypes) == 1 else None
-    config, warnings = options.apply_arguments(config, args, source_dtype, tied=_tied(model, spec))
+    config, warnings = options.apply_arguments(config, args, source_dtype, tied=tied)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     output_dir = Path(args.output_dir)
@@ -111,17 +115,6 @@ def convert_located(found: Located, args: argparse.Namespace, label: str) -> str
         )
         _lift(inner, tmp, found.tokenizer_files)
     return summary.line(output_dir)
-
-
-def _vocab_size(source, label: str) -> int:
-    if EMBEDDING not in source:
-        raise CheckpointError(f"{label}: no tensor {EMBEDDING} (not a Megatron GPT checkpoint?)")
-    return source.get(EMBEDDING).shape[0]
-
-
-def _tied(model: MegatronModel, spec: SourceSpec) -> bool:
-    with open_source(spec) as source:
-        return model.tied or "output_layer.weight" not in source
 
 
 def _lift(inner: Path, out: Path, tokenizer_files: dict[str, Path]) -> None:

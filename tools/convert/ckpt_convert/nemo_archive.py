@@ -76,14 +76,12 @@ def locate(root: Path, model_config: Path | None, label: str) -> Located:
         hparams = override or (model_yaml.get("config") if isinstance(model_yaml, dict) else None)
         if not isinstance(hparams, dict):
             raise CheckpointError(f"{label}: {NEMO2_CONFIG}: no 'config' section")
-        tok_dir = root / "context" / "nemo_tokenizer"
-        tokens = (
-            {p.relative_to(tok_dir).as_posix(): p for p in sorted(tok_dir.rglob("*")) if p.is_file()}
-            if tok_dir.is_dir()
-            else {}
-        )
         return Located(
-            "nemo2", hparams, cfg_label or f"{label}: {NEMO2_CONFIG}", dist_dir=root / "weights", tokenizer_files=tokens
+            "nemo2",
+            hparams,
+            cfg_label or f"{label}: {NEMO2_CONFIG}",
+            dist_dir=root / "weights",
+            tokenizer_files=_nemo2_tokenizer(root / "context"),
         )
     if (root / NEMO1_CONFIG).is_file():
         hparams = override or read_yaml(root / NEMO1_CONFIG, f"{label}: {NEMO1_CONFIG}")
@@ -122,6 +120,16 @@ def _nemo1(root: Path, hparams: dict, cfg_label: str, label: str) -> Located:
             f"{label}: no weights ({NEMO1_WEIGHTS}, mp_rank_XX/, tp_rank_XX_pp_rank_XXX/ or model_weights/)"
         )
     return Located("nemo1", hparams, cfg_label, shard_files=shards, tokenizer_files=tokens)
+
+
+def _nemo2_tokenizer(context: Path) -> dict[str, Path]:
+    """``context/nemo_tokenizer/`` (HF tokenizer files), else tokenizer files among ``context/artifacts/``."""
+    tok_dir = context / "nemo_tokenizer"
+    if tok_dir.is_dir():
+        return {p.relative_to(tok_dir).as_posix(): p for p in sorted(tok_dir.rglob("*")) if p.is_file()}
+    artifacts = context / "artifacts"
+    found = sorted(artifacts.rglob("*")) if artifacts.is_dir() else []
+    return {p.name: p for p in found if p.is_file() and p.name in TOKENIZER_NAMES}
 
 
 def _nemo1_tokenizer(root: Path, hparams: dict) -> dict[str, Path]:
