@@ -78,9 +78,11 @@ class Compose:
         replaced = self._image_ids()
         argv = self.command("build", *BUILT_SERVICES, extra_files=(host_network,))
         done = self._run(argv, env, BUILD_TIMEOUT_S)
+        log = self.work / "build.log"
+        log.write_text(done.stdout + done.stderr)
         if done.returncode != 0:
-            output = (done.stdout + done.stderr)[-6000:]
-            raise RuntimeError(f"compose build failed ({done.returncode}):\n{output}")
+            errors = [line for line in log.read_text().splitlines() if "error" in line.lower()]
+            raise RuntimeError(f"compose build failed ({done.returncode}), log {log}:\n" + "\n".join(errors[-20:]))
         self._remove_images(replaced - self._image_ids())
 
     def images(self) -> set[str]:

@@ -112,7 +112,16 @@ def running_daemon(
         finally:
             _stop_pid(proc.pid)
             proc.wait(timeout=STOP_TIMEOUT_S)
+            _unmount_under(run_dir)
             shutil.rmtree(run_dir / "exec", ignore_errors=True)
+
+
+def _unmount_under(root: Path) -> None:
+    """Unmount what dockerd leaves mounted in its exec root (the host network namespace file)."""
+    with open("/proc/self/mountinfo") as mountinfo:
+        points = [line.split()[4].replace("\\040", " ") for line in mountinfo]
+    for point in sorted((p for p in points if Path(p).is_relative_to(root)), key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", point], capture_output=True)
 
 
 def _start_once(command: list[str], socket: Path, log: Path) -> subprocess.Popen:
