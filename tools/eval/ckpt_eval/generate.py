@@ -97,13 +97,12 @@ def generate_steps(
             seen[row, p.to(model.device)] = True
     active = torch.ones(b, dtype=torch.bool, device=model.device)
     out = model.step(batch.tokens, torch.arange(width, device=model.device), batch.pad, all_logits=context_logits)
+    slot = torch.tensor([width], device=model.device)  # advanced on the device: no host sync per step
     for i in range(max_new_tokens):
         tokens = lp = last = None
         if model.is_sampler:
             last = out[:, -1]
-            tokens, lp = choose(
-                last, seen if seen is not None else torch.zeros_like(last, dtype=torch.bool), sampling, generator
-            )
+            tokens, lp = choose(last, seen, sampling, generator, log_probs)
             if end_id is not None:
                 tokens = torch.where(active, tokens, torch.full_like(tokens, end_id))
         step = Step(i, model.share(tokens, (b,), torch.long), active.clone())
@@ -114,11 +113,13 @@ def generate_steps(
         if context_logits and i == 0:
             step.context_logits = model.share(out, (b, width, model.vocab_size), torch.float32)
         yield step
-        if end_id is not None:
-            active &= step.tokens != end_id
-        if i == max_new_tokens - 1 or not bool(active.any()):
+        if i == max_new_tokens - 1:
             return
+        if end_id is not None:  # the only host sync of a step, and only when sequences can end
+            active &= step.tokens != end_id
+            if not bool(active.any()):
+                return
         if seen is not None:
             seen.scatter_(1, step.tokens[:, None], True)
-        slot = torch.tensor([width + i], device=model.device)
         out = model.step(step.tokens[:, None], slot, batch.pad, all_logits=False)
+        slot += 1

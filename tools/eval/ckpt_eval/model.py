@@ -277,7 +277,11 @@ class Transformer(nn.Module):
         p = next(self.parameters())
         for layer in self.transformer.layers:
             a = layer.attention
-            a.kv_cache = KVCache(batch, a.kv_heads, max_seq, a.head_size, p.dtype, p.device)
+            if a.kv_cache is not None and a.kv_cache.k.shape == (batch, a.kv_heads, max_seq, a.head_size):
+                a.kv_cache.k.zero_()  # same buffers: compiled decode graphs stay valid
+                a.kv_cache.v.zero_()
+            else:
+                a.kv_cache = KVCache(batch, a.kv_heads, max_seq, a.head_size, p.dtype, p.device)
 
     def embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         t = self.transformer

@@ -28,8 +28,13 @@ class Outputs:
         self.log_probs = torch.zeros(len(prompts), 1, max_new_tokens)
         self.generation_logits: list[torch.Tensor] = []
         self.context_logits = None
+        self.pending: list[Step] = []
 
     def add(self, step: Step) -> None:
+        """Keep the step (on its device: no host sync until ``result``)."""
+        self.pending.append(step)
+
+    def _apply(self, step: Step) -> None:
         tokens, active = step.tokens.cpu(), step.active.cpu()
         rows = torch.nonzero(active).flatten()
         self.ids[rows, 0, self.lengths[rows]] = tokens[rows]
@@ -46,6 +51,9 @@ class Outputs:
         self.lengths += grows.long()
 
     def result(self, return_dict: bool, sequence_lengths: bool, log_probs: bool):
+        for step in self.pending:
+            self._apply(step)
+        self.pending.clear()
         if not return_dict:
             return (self.ids.clone(), self.lengths[:, None].clone()) if sequence_lengths else self.ids.clone()
         out = {

@@ -56,15 +56,23 @@ def truncate(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
 
 
 def choose(
-    logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next tokens [batch] and their log probabilities (after penalty and temperature) from ``logits``."""
-    scores = penalize(logits.float(), seen, cfg.repetition_penalty)
+    logits: torch.Tensor,
+    seen: torch.Tensor | None,
+    cfg: SamplingConfig,
+    generator: torch.Generator | None,
+    log_probs: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Next tokens [batch] from ``logits`` [batch, vocab]; with ``log_probs`` also their log probabilities
+    (after penalty and temperature). ``seen`` [batch, vocab] marks tokens for the repetition penalty."""
+    scores = logits.float()
+    if seen is not None:
+        scores = penalize(scores, seen, cfg.repetition_penalty)
     if cfg.greedy:
         tokens = scores.argmax(-1)
     else:
         scores = scores / cfg.temperature
         probs = truncate(scores, cfg.top_k, cfg.top_p).softmax(-1)
         tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    log_probs = scores.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    return tokens, log_probs
+    if not log_probs:
+        return tokens, None
+    return tokens, scores.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
