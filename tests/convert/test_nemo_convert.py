@@ -240,3 +240,16 @@ def test_logits_match_megatron_forward(converted, capsys, variant):
     ids = saved["input_ids"][0].tolist()
     ours = context_logits(converted.nemo(f"mcore-{variant}-pp2", 1, 1, capsys), ids)
     assert rel_err(ours, saved["logits"][0]) <= FP32_TOL
+
+
+def test_embedding_sharing_follows_the_tensors(capsys, tmp_path):
+    """The tied gpt save has no output_layer: --use_embedding_sharing drops lm_head; the llama one keeps it."""
+    for variant, shared in (("gpt", True), ("llama", False)):
+        out = tmp_path / variant
+        argv = ["nemo", "--nemo_ckpt_path", MEGATRON / f"{variant}_tp1", "--model_config", MEGATRON / f"{variant}.yaml"]
+        rc, _, err = run_cli(*argv, "--output_dir", out, "--use_embedding_sharing", "--quiet", capsys=capsys)
+        assert rc == 0, err
+        assert load_config(out).share_embedding_table is shared
+        assert ("lm_head.weight" in RankFileReader(out / "rank0.safetensors")) is not shared
+        assert ("--use_embedding_sharing ignored" in err) is not shared
+        check_checkpoint(out)

@@ -74,7 +74,6 @@ class MegatronModel:
     positions: str
     rotary_percent: float
     rotary_base: float
-    tied: bool
 
 
 def _get(h: dict, source: str, *names: str, default: Any = ..., kind: type | tuple = object) -> Any:
@@ -152,7 +151,6 @@ def read_model(h: dict, source: str) -> MegatronModel:
         positions=POSITIONS[positions],
         rotary_percent=float(_get(h, source, "rotary_percent", "rotary_percentage", default=1.0, kind=(int, float))),
         rotary_base=float(_get(h, source, "rotary_base", default=10000, kind=(int, float))),
-        tied=bool(_get(h, source, "share_embeddings_and_output_weights", default=True)),
     )
 
 

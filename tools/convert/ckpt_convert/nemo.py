@@ -12,8 +12,10 @@ import argparse
 import functools
 import json
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
     if output_dir.exists() and not args.overwrite:
         raise CheckpointError(f"{output_dir}: output directory already exists (pass --overwrite to replace it)")
     work = None
+    previous = (
+        signal.signal(signal.SIGTERM, _interrupted) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
         if path.is_dir():
             root = path
@@ -83,9 +88,15 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if not args.quiet:
         print(summary, file=sys.stderr)
     return 0
+
+
+def _interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt("terminated")  # unwinds through the cleanup of the work and temp directories
 
 
 def convert_located(found: Located, args: argparse.Namespace, label: str) -> str:
@@ -95,7 +106,7 @@ def convert_located(found: Located, args: argparse.Namespace, label: str) -> str
         if EMBEDDING not in source:
             raise CheckpointError(f"{label}: no tensor {EMBEDDING} (not a Megatron-core GPT checkpoint?)")
         vocab, dtypes = source.get(EMBEDDING).shape[0], source.dtypes
-        tied = model.tied or OUTPUT_LAYER not in source
+        tied = OUTPUT_LAYER not in source  # the tensors decide, not share_embeddings_and_output_weights
     config = checkpoint_config(model, vocab, found.config_file)
     source_dtype = next(iter(dtypes)) if len(dtypes) == 1 else None
     config, warnings = options.apply_arguments(config, args, source_dtype, tied=tied)
