@@ -67,6 +67,7 @@ def open_source(spec: SourceSpec) -> DistSource | ShardedSource:
 
 
 def run(args: argparse.Namespace) -> int:
+    _require_extra()
     path = Path(args.nemo_ckpt_path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
@@ -93,6 +94,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(summary, file=sys.stderr)
     return 0
+
+
+def _require_extra() -> None:
+    import importlib.util
+
+    missing = [
+        dist for module, dist in (("yaml", "PyYAML"), ("torch", "torch")) if importlib.util.find_spec(module) is None
+    ]
+    if missing:
+        raise CheckpointError(f"ckpt-convert nemo needs {' and '.join(missing)}: pip install 'ckpt-convert[nemo]'")
 
 
 def _interrupted(signum, frame) -> None:

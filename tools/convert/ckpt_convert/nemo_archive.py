@@ -19,7 +19,6 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from ckptfmt import CheckpointError
 
 NEMO1_CONFIG = "model_config.yaml"
@@ -163,6 +162,8 @@ def _megatron_dir(root: Path) -> Path | None:
 
 
 def read_yaml(path: Path, label: str):
+    import yaml  # the [nemo] extra; checked by nemo.run
+
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
