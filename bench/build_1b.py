@@ -1,6 +1,6 @@
 """Build time and peak RSS of ckpt-build for a ~1B-parameter LLaMA-shaped checkpoint (random fp16, TensorRT-RTX, CPU).
 
-    python bench/build_1b.py [--workdir DIR] [--keep]
+    python bench/build_1b.py [--workdir DIR] [--keep]    # --keep: leave DIR (its checkpoint is reused next time)
 
 Writes the checkpoint with ckptfmt's streaming writer (one tensor in memory at a time), then runs
 ``ckpt-build`` in a child process and reads its peak RSS (``ru_maxrss`` of the child). Target: peak RSS
@@ -62,6 +62,21 @@ def write_random_checkpoint(path: Path) -> tuple[int, int]:
     return params, entry["size"]
 
 
+def watch_rss(proc: subprocess.Popen, period: float = 0.05) -> tuple[int, int]:
+    """Peak RssAnon and RssFile (bytes) of a running child, sampled from /proc until it exits."""
+    anon = mapped = 0
+    status = Path(f"/proc/{proc.pid}/status")
+    while proc.poll() is None:
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+            anon = max(anon, int(fields["RssAnon"].split()[0]) * 1024)
+            mapped = max(mapped, int(fields["RssFile"].split()[0]) * 1024)
+        except (OSError, KeyError, ValueError):
+            pass
+        time.sleep(period)
+    return anon, mapped
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", type=Path, default=None)
@@ -72,11 +87,14 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         t0 = time.perf_counter()
-        params, ckpt_bytes = write_random_checkpoint(work / "ckpt")
-        print(
-            f"checkpoint: {params / 1e9:.2f} B params, {ckpt_bytes / 1e9:.2f} GB, written in "
-            f"{time.perf_counter() - t0:.0f} s"
-        )
+        if (work / "ckpt" / "manifest.json").exists():  # kept from an earlier --keep run
+            print(f"checkpoint: reusing {work / 'ckpt'}")
+        else:
+            params, ckpt_bytes = write_random_checkpoint(work / "ckpt")
+            print(
+                f"checkpoint: {params / 1e9:.2f} B params, {ckpt_bytes / 1e9:.2f} GB, written in "
+                f"{time.perf_counter() - t0:.0f} s"
+            )
         cmd = [
             sys.executable,
             "-m",
@@ -98,10 +116,12 @@ def main() -> int:
             "warning",
         ]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        anon, mapped = watch_rss(proc)
+        _, stderr = proc.communicate()
         seconds = time.perf_counter() - t0
         if proc.returncode:
-            print(proc.stderr, file=sys.stderr)
+            print(stderr, file=sys.stderr)
             return 1
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
         engine = (work / "engine" / "rank0.engine").stat().st_size
