@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,6 @@ from ckptfmt import (
     RANK_FILE,
     CheckpointConfig,
     CheckpointError,
-    RankFileWriter,
     atomic_output_dir,
     expected_tensors,
     write_manifest,
@@ -34,6 +33,7 @@ from ckptfmt.sharding import shard
 from .mapping import Table
 from .plan import TensorProducer, canonical_name, check_coverage, check_quantizable
 from .sources import TensorSource
+from .writer import BackgroundRankFileWriter
 
 SourceOpener = Callable[[], TensorSource]  # picklable (module-level function or functools.partial)
 
@@ -65,28 +65,37 @@ class Summary:
 
 
 def convert_ranks(group: RankGroup, progress: Callable[[int], None]) -> dict[str, dict]:
-    """Write the rank files of ``group``; returns their manifest entries."""
+    """Write the rank files of ``group``; returns their manifest entries.
+
+    The next tensor is read and transformed in a background thread while the current one is sharded,
+    hashed and written, so reading overlaps writing; at most two full tensors are in memory.
+    """
     config = CheckpointConfig.from_dict(group.config)
     specs = {r: expected_tensors(config, r) for r in group.ranks}
     order = list(specs[group.ranks[0]])
-    with group.opener() as source:
+    parts = [canonical_name(config, group.ranks[0], name) for name in order]
+    with group.opener() as source, ThreadPoolExecutor(1, thread_name_prefix="prefetch") as prefetch:
         producer = TensorProducer(group.table, source, config)
         writers = {
-            r: RankFileWriter(
+            r: BackgroundRankFileWriter(
                 group.directory / RANK_FILE.format(rank=r),
                 {n: (_np_dtype(s.dtype), s.shape) for n, s in specs[r].items()},
             )
             for r in group.ranks
         }
         try:
-            for name in order:
-                full = producer.get(*canonical_name(config, group.ranks[0], name))
+            upcoming = prefetch.submit(producer.get, *parts[0]) if order else None
+            for index, name in enumerate(order):
+                full = upcoming.result()
+                upcoming = prefetch.submit(producer.get, *parts[index + 1]) if index + 1 < len(order) else None
                 for rank, writer in writers.items():
                     writer.write(name, shard(name, full, config, rank))
                 del full
                 progress(len(writers))
             return {w.path.name: w.close() for w in writers.values()}
         finally:
+            if upcoming is not None:
+                upcoming.cancel()
             for w in writers.values():
                 w.__exit__(RuntimeError, None, None)  # closes the file if close() did not run
 
