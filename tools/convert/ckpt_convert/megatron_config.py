@@ -31,7 +31,7 @@ ACTIVATIONS: dict[str, tuple[str, bool]] = {
     "fast-reglu": ("relu", True),
 }
 NORMS = {"rmsnorm": "rmsnorm", "layernorm": "layernorm"}
-POSITIONS = {"rope": "rope_gpt_neox", "learned_absolute": "learned_absolute"}
+POSITIONS = {"rope": "rope_gpt_neox", "learned_absolute": "learned_absolute"}  # rope_gptj: rotary_interleaved
 
 # (norm, gated) -> (architecture, hidden_act for a base activation)
 ARCHITECTURES: dict[tuple[str, bool], tuple[str, dict[str, str]]] = {
@@ -46,8 +46,6 @@ UNSUPPORTED_FEATURES: dict[str, Any] = {
     "multi_latent_attention": False,
     "layernorm_zero_centered_gamma": False,
     "apply_residual_connection_post_layernorm": False,
-    "rope_scaling": False,
-    "seq_len_interpolation_factor": None,
     "mtp_num_layers": None,
     "window_size": None,
     "moe_layer_freq_list": None,
@@ -73,6 +71,7 @@ class MegatronModel:
     qkv_bias: bool
     positions: str
     rotary_percent: float
+    rotary_scaling: dict | None
     rotary_base: float
 
 
@@ -148,10 +147,44 @@ def read_model(h: dict, source: str) -> MegatronModel:
         gated=gated,
         bias=bias,
         qkv_bias=bool(_get(h, source, "add_qkv_bias", "qkv_bias", default=bias)),
-        positions=POSITIONS[positions],
+        positions="rope_gptj" if positions == "rope" and h.get("rotary_interleaved") else POSITIONS[positions],
         rotary_percent=float(_get(h, source, "rotary_percent", "rotary_percentage", default=1.0, kind=(int, float))),
         rotary_base=float(_get(h, source, "rotary_base", default=10000, kind=(int, float))),
+        rotary_scaling=_rotary_scaling(h, source),
     )
+
+
+def _rotary_scaling(h: dict, source: str) -> dict | None:
+    """TensorRT-LLM ``rotary_scaling`` from the three spellings of rope scaling (or None)."""
+    found = []
+    if h.get("scale_factor") is not None and h.get("old_context_len") is not None:  # NeMo 2 Llama31Config
+        found.append(
+            _llama3(
+                _get(h, source, "scale_factor", kind=(int, float)),
+                _get(h, source, "low_freq_factor", default=1.0, kind=(int, float)),
+                _get(h, source, "high_freq_factor", default=4.0, kind=(int, float)),
+                _get(h, source, "old_context_len", kind=int),
+            )
+        )
+    if h.get("rope_scaling") or h.get("scale_positional_embedding"):  # Megatron-core / NeMo 1: fixed 1, 4, 8192
+        found.append(_llama3(_get(h, source, "rope_scaling_factor", default=8.0, kind=(int, float)), 1.0, 4.0, 8192))
+    factor = _get(h, source, "seq_len_interpolation_factor", default=None, kind=(int, float))
+    if factor not in (None, 1):  # positions divided by factor == frequencies divided by factor
+        found.append({"type": "linear", "rope_type": "linear", "factor": float(factor)})
+    if len(found) > 1:
+        raise CheckpointError(f"{source}: unsupported Megatron variant: two kinds of rope scaling at once")
+    return found[0] if found else None
+
+
+def _llama3(factor: float, low: float, high: float, old_len: int) -> dict:
+    return {
+        "type": "llama3",
+        "rope_type": "llama3",
+        "factor": float(factor),
+        "low_freq_factor": float(low),
+        "high_freq_factor": float(high),
+        "original_max_position_embeddings": int(old_len),
+    }
 
 
 def checkpoint_config(model: MegatronModel, vocab_size: int, source: str) -> CheckpointConfig:
@@ -166,6 +199,8 @@ def checkpoint_config(model: MegatronModel, vocab_size: int, source: str) -> Che
         extra["head_size"] = model.head_size
     if model.positions.startswith("rope"):
         extra.update(rotary_base=model.rotary_base, rotary_pct=model.rotary_percent)
+        if model.rotary_scaling:
+            extra["rotary_scaling"] = model.rotary_scaling
     config = CheckpointConfig(
         architecture=entry[0],
         dtype="float32",
