@@ -276,3 +276,18 @@ def test_embedding_sharing_follows_the_tensors(capsys, tmp_path):
         assert ("lm_head.weight" in RankFileReader(out / "rank0.safetensors")) is not shared
         assert ("--use_embedding_sharing ignored" in err) is not shared
         check_checkpoint(out)
+
+
+def test_legacy_pickle_format_reads_the_same(converted, capsys, tmp_path):
+    """model_weights.ckpt in torch's pre-zip format (cannot be memory-mapped) is read without mmap."""
+    torch = pytest.importorskip("torch")
+    root = tmp_path / "x"
+    with tarfile.open(NEMO / "llama_tp1.nemo") as tar:
+        tar.extractall(root, filter="data")
+    state = torch.load(root / "model_weights.ckpt", weights_only=True)
+    torch.save(state, root / "model_weights.ckpt", _use_new_zipfile_serialization=False)
+    out = tmp_path / "out"
+    argv = ["nemo", "--nemo_ckpt_path", root, "--output_dir", out, "--dtype", "float32", "--quiet"]
+    rc, _, err = run_cli(*argv, capsys=capsys)
+    assert rc == 0, err
+    assert_same_checkpoint(out, converted.nemo("nemo1-tp1", 1, 1, capsys))

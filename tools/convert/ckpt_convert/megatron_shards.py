@@ -27,7 +27,12 @@ def load_state_dict(path: Path) -> dict:
 
     try:
         with torch.serialization.safe_globals([io.BytesIO]):
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as err:  # the legacy (pre-zip) format cannot be memory-mapped
+                if "mmap" not in str(err):
+                    raise
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing") from None
     except Exception as err:  # torch raises many types for corrupt, truncated or unsafe pickles
