@@ -49,6 +49,7 @@ class RankWeights:
         quant = plan.config.quantization
         self.precision = quant.weight_only
         self.group_size = quant.group_size if quant.per_group else None
+        self._prescaled: dict[int, Linear] = {}  # q-scaled qkv copies, made once per layer
 
     def get(self, name: str) -> np.ndarray:
         return self.reader[name]
@@ -70,7 +71,11 @@ class RankWeights:
             )
         else:
             lin = Linear(prefix, self.get(prefix + ".weight"), bias)
-        return self._prescale_q(lin) if module == QKV else lin
+        if module != QKV:
+            return lin
+        if local not in self._prescaled:
+            self._prescaled[local] = self._prescale_q(lin)
+        return self._prescaled[local]
 
     def _prescale_q(self, lin: Linear) -> Linear:
         """Fold attention's 1/sqrt(head_size) into the q rows (weight or quant scale, and bias)."""
