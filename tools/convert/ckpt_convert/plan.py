@@ -84,21 +84,18 @@ def check_quantizable(config: CheckpointConfig) -> None:
     if not quant.use_weight_only:
         return
     for rank in range(config.mapping.world_size):
-        for name, spec in expected_tensors(config, rank).items():
+        tensors = expected_tensors(config, rank)
+        for name, scale in tensors.items():
             if not name.endswith(SCALE_SUFFIX):
                 continue
-            weight = expected_tensors(config, rank)[name[: -len(SCALE_SUFFIX)] + ".weight"]
-            rows = spec.shape[-1]
-            if quant.per_group and spec.shape[0] * quant.group_size != weight.shape[0]:
+            linear = name[: -len(SCALE_SUFFIX)]
+            inputs, outputs = tensors[linear + ".weight"].shape[0], scale.shape[-1]
+            if quant.per_group and scale.shape[0] * quant.group_size != inputs:
                 raise CheckpointError(
-                    f"--group_size {quant.group_size}: does not divide the input size "
-                    f"{weight.shape[0]} of {name[: -len(SCALE_SUFFIX)]} (rank {rank})"
+                    f"--group_size {quant.group_size}: does not divide the input size {inputs} of {linear}"
                 )
-            if quant.weight_only_precision == "int4" and rows % 2:
-                raise CheckpointError(
-                    f"--weight_only_precision int4: output size {rows} of "
-                    f"{name[: -len(SCALE_SUFFIX)]} is odd (rank {rank})"
-                )
+            if quant.weight_only_precision == "int4" and outputs % 2:
+                raise CheckpointError(f"--weight_only_precision int4: output size {outputs} of {linear} is odd")
 
 
 class TensorProducer:

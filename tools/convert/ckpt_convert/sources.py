@@ -79,8 +79,10 @@ class TorchFile:
         self._state = _torch_load(path)
 
     def tensors(self) -> Iterable[LazyTensor]:
+        import torch
+
         for name, value in self._state.items():
-            if type(value).__name__ != "Tensor":
+            if not isinstance(value, torch.Tensor):
                 continue
             yield LazyTensor(name, tuple(value.shape), self.path, lambda v=value: to_numpy(v).copy())
 
