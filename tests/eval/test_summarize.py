@@ -1,0 +1,222 @@
+"""``ckpt-summarize`` on a tiny converted model (torch backend) against transformers, with a tiny tokenizer:
+the accuracy gate both ways, the report files, the tokenizer lookup, one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("ckpt_convert")
+
+from ckpt_eval.summarize import main  # noqa: E402
+
+from tests.eval.summarize_helpers import save_tiny_tokenizer  # noqa: E402
+from tests.tiny_models import convert_tiny  # noqa: E402
+
+SMALL = ["--batch_size", "4", "--max_ite", "2", "--max_input_length", "96", "--output_len", "12", "--data_type", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    base = tmp_path_factory.mktemp("summarize")
+    hf = base / "hf"
+    ckpt = convert_tiny("llama-gqa", base / "ckpt", hf_dir=hf)
+    tok = save_tiny_tokenizer(base / "tok")
+    return {"base": base, "hf": hf, "ckpt": ckpt, "tok": tok}
+
+
+def both(tiny, *extra: str) -> list[str]:
+    return [
+        "--backend",
+        "torch",
+        "--checkpoint_dir",
+        str(tiny["ckpt"]),
+        "--hf_model_dir",
+        str(tiny["hf"]),
+        "--tokenizer_dir",
+        str(tiny["tok"]),
+        "--test_trt_llm",
+        "--test_hf",
+        *SMALL,
+        *extra,
+    ]
+
+
+def run(capsys, argv: list[str]) -> tuple[int, str, str]:
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def first_report(tiny):
+    """One full run (ours + transformers, threshold 0, report) shared by several tests."""
+    report = tiny["base"] / "report"
+    assert main(both(tiny, "--check_accuracy", "--tensorrt_llm_rouge1_threshold", "0", "--report", str(report))) == 0
+    return json.loads((report / "results.json").read_text()), report
+
+
+def test_report_files(first_report):
+    results, report = first_report
+    systems = results["systems"]
+    assert list(systems) == ["ours (torch)", "transformers"]
+    for scores in systems.values():
+        assert set(scores) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "tokens_per_s", "latency_per_batch_s"}
+        assert scores["tokens_per_s"] > 0 and scores["latency_per_batch_s"] > 0
+    assert results["dataset"]["articles"] == 8
+    assert [len(p) for p in results["predictions"].values()] == [8, 8]
+    # fp32 greedy through the same loop: identical summaries, identical scores
+    assert results["predictions"]["ours (torch)"] == results["predictions"]["transformers"]
+    assert systems["ours (torch)"]["rouge1"] == systems["transformers"]["rouge1"]
+    assert len(results["timings"]["ours (torch)"]["seconds_per_batch"]) == 2
+    assert results["settings"]["batch_size"] == 4 and results["settings"]["backend"] == "torch"
+    assert results["accuracy"]["passed"] is True and results["versions"]["torch"]
+    assert (report / "rouge.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gate_fails_just_above_the_score_and_reports_the_difference(tiny, first_report, capsys):
+    rouge1 = first_report[0]["systems"]["ours (torch)"]["rouge1"]
+    assert rouge1 > 0  # otherwise the threshold below could not sit under it
+    rc, out, err = run(capsys, both(tiny, "--check_accuracy", "--tensorrt_llm_rouge1_threshold", f"{rouge1 + 0.01}"))
+    assert rc == 1
+    assert f"accuracy check: ours (torch) ROUGE-1 {rouge1:.2f} < threshold {rouge1 + 0.01:.2f}" in out
+    assert "(transformers " in out and "difference +0.00): FAILED" in out
+    assert "ROUGE-1" in out.splitlines()[1] and "ours (torch) - transformers" in out.splitlines()[0]
+
+
+def test_gate_passes_just_below_the_score(tiny, first_report, capsys):
+    rouge1 = first_report[0]["systems"]["ours (torch)"]["rouge1"]
+    argv = [
+        "--checkpoint_dir",
+        str(tiny["ckpt"]),
+        "--tokenizer_dir",
+        str(tiny["tok"]),
+        "--test_trt_llm",
+        *SMALL,
+        "--check_accuracy",
+        "--tensorrt_llm_rouge1_threshold",
+        f"{rouge1 - 0.01}",
+    ]
+    rc, out, _ = run(capsys, argv)
+    assert rc == 0 and f"ROUGE-1 {rouge1:.2f} >= threshold" in out and out.rstrip().endswith("PASSED")
+    assert "transformers" not in out
+
+
+def test_without_check_accuracy_a_low_score_is_not_an_error(tiny, capsys):
+    argv = ["--checkpoint_dir", str(tiny["ckpt"]), "--tokenizer_dir", str(tiny["tok"]), "--test_trt_llm", *SMALL]
+    rc, out, _ = run(capsys, argv + ["--max_ite", "1"])
+    assert rc == 0 and "accuracy check" not in out and "ROUGE-1" in out
+
+
+def test_tokenizer_comes_from_the_checkpoint_directory(tiny, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny["ckpt"], ckpt)
+    shutil.copytree(tiny["tok"], ckpt / "tokenizer")
+    rc, _, err = run(
+        capsys,
+        ["--checkpoint_dir", str(ckpt), "--test_trt_llm", *SMALL, "--max_ite", "1", "--report", str(tmp_path / "r")],
+    )
+    assert rc == 0, err
+    settings = json.loads((tmp_path / "r" / "results.json").read_text())["settings"]
+    assert settings["tokenizer_dir"] == str(ckpt / "tokenizer")
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tiny):
+    base = tiny["base"] / "bad"
+    base.mkdir()
+    (base / "empty_engine").mkdir()
+    write_jsonl(base / "fields.jsonl", [{"text": "An article.", "summary": "A summary."}])
+    big = save_tiny_tokenizer(base / "tok400", vocab_size=400)
+    return {"base": base, "big_tok": big}
+
+
+BAD = {
+    "missing dataset": (lambda t, b: ["--dataset", str(b["base"] / "nope.jsonl")], "nope.jsonl: no such dataset file"),
+    "wrong fields": (
+        lambda t, b: ["--dataset", str(b["base"] / "fields.jsonl")],
+        "fields.jsonl: record 0 is missing field article, highlights (fields present: summary, text)",
+    ),
+    "tokenizer mismatch": (
+        lambda t, b: ["--tokenizer_dir", str(b["big_tok"])],
+        "tokenizer mismatch: {big_tok} has 400 tokens but {ckpt} has vocab_size 250",
+    ),
+    "beams": (lambda t, b: ["--num_beams", "2"], "--num_beams 2: beam search is not supported"),
+    "nothing to test": (None, "nothing to evaluate: pass --test_trt_llm"),
+    "hf without dir": (lambda t, b: ["--test_hf"], "--test_hf needs --hf_model_dir"),
+    "no tokenizer": (lambda t, b: ["--tokenizer_dir", str(b["base"] / "none")], "tokenizer directory does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_and_exit_1(tiny, bad_inputs, case, capsys):
+    extra, message = BAD[case]
+    report = bad_inputs["base"] / f"report-{case.replace(' ', '-')}"
+    if extra is None:
+        argv = ["--checkpoint_dir", str(tiny["ckpt"]), "--tokenizer_dir", str(tiny["tok"])]
+    else:
+        argv = [
+            "--checkpoint_dir",
+            str(tiny["ckpt"]),
+            "--tokenizer_dir",
+            str(tiny["tok"]),
+            "--test_trt_llm",
+            *extra(tiny, bad_inputs),
+        ]
+    rc, out, err = run(capsys, [*argv, *SMALL, "--report", str(report)])
+    lines = err.strip().splitlines()
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert message.format(big_tok=bad_inputs["big_tok"], ckpt=tiny["ckpt"]) in lines[0]
+    assert not report.exists() and "ROUGE" not in out
+
+
+def test_console_script_engine_dir_without_config(tiny, bad_inputs):
+    script = shutil.which("ckpt-summarize") or str(Path(sys.executable).parent / "ckpt-summarize")
+    done = subprocess.run(
+        [
+            script,
+            "--engine_dir",
+            str(bad_inputs["base"] / "empty_engine"),
+            "--tokenizer_dir",
+            str(tiny["tok"]),
+            "--test_trt_llm",
+            "--max_ite",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert (
+        done.stderr.strip()
+        == f"error: {bad_inputs['base'] / 'empty_engine' / 'config.json'}: missing (not an engine directory?)"
+    )
+
+
+def test_trt_backend_on_this_machine_says_what_is_missing(tiny, tmp_path, capsys):
+    """An engine config whose plans cannot run here (no GPU): one line naming what to do, before TensorRT."""
+    from tests.eval.engine_network import engine_config
+
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    engine_config(tiny["ckpt"]).save(engine)
+    (engine / "rank0.engine").write_bytes(b"plan")
+    rc, _, err = run(
+        capsys, ["--engine_dir", str(engine), "--tokenizer_dir", str(tiny["tok"]), "--test_trt_llm", *SMALL]
+    )
+    assert rc == 1 and len(err.strip().splitlines()) == 1
+    assert f"error: {engine}: engines built by tensorrt_rtx 1.7.1.116 for sm80,sm86 cannot run here: " in err
+    assert "TensorRT engines run only on a CUDA GPU" in err
