@@ -74,6 +74,9 @@ def test_tp2_matches_tp1(tmp_path, hf_models, name):
         ("llama-tied", 2, 1, {"use_parallel_embedding": True}),
         ("opt-postnorm-proj", 1, 2, {}),
         ("falcon-new", 2, 2, {}),
+        ("gpt2", 2, 1, {"use_parallel_embedding": True, "embedding_sharding_dim": 1}),  # width-split: all-gather
+        ("llama-tied", 1, 1, {"use_embedding_sharing": True}),  # no lm_head: the embedding is the head
+        ("llama-tied", 2, 1, {"use_parallel_embedding": True, "use_embedding_sharing": True}),
     ],
 )
 def test_converter_parallel_layouts(tmp_path, hf_models, name, tp, pp, flags):

@@ -81,3 +81,30 @@ def test_engine_config_records_build_and_binding(tmp_path):
     assert stage.aliases()["present_key_1"] == "past_key_1"
     assert stage.tensor("past_key_0").shape == ["batch", 1, 64, 16]  # 2 KV heads over tp 2
     assert engine.pretrained_config["mapping"]["tp_size"] == 2
+
+
+def test_modules_without_stream_serialization_write_the_same_plan(tmp_path):
+    """A TensorRT whose Builder lacks build_serialized_network_to_stream: one in-memory plan, written in chunks."""
+    import hashlib
+
+    from ckpt_build.builder import _stream_writer, make_logger
+    from ckpt_build.trt_api import load_trt
+
+    module = load_trt("tensorrt_rtx")
+    trt = module.trt
+
+    class BuilderWithoutStreaming:
+        def __init__(self, builder):
+            self.build_serialized_network = builder.build_serialized_network
+
+    builder = trt.Builder(make_logger(trt))
+    network = builder.create_network(0)
+    x = network.add_input("x", trt.float32, (2, 3))
+    network.mark_output(network.add_activation(x, trt.ActivationType.RELU).get_output(0))
+    config = builder.create_builder_config()
+    module.set_targets(config, ["sm89"])
+    writer = _stream_writer(trt, tmp_path / "plan")
+    assert module.serialize(BuilderWithoutStreaming(builder), network, config, writer)
+    writer.file.close()
+    data = (tmp_path / "plan").read_bytes()
+    assert writer.size == len(data) > 0 and writer.sha.hexdigest() == hashlib.sha256(data).hexdigest()

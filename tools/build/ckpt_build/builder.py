@@ -143,7 +143,7 @@ def build_rank(
         writer = _stream_writer(trt, engine_path)
         try:
             with release_mapped_pages(reader):
-                ok = builder.build_serialized_network_to_stream(network, builder_config, writer)
+                ok = module.serialize(builder, network, builder_config, writer)
         finally:
             writer.file.close()
         del network, ops  # release the weight references before the next rank

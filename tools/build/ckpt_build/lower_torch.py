@@ -50,22 +50,6 @@ class ThreadGroup:
         return torch.cat(self._exchange(rank, x), dim=0)
 
 
-class DistGroup:
-    """Collectives through an initialized ``torch.distributed`` process group (one process per rank)."""
-
-    size = property(lambda self: torch.distributed.get_world_size())
-
-    def all_reduce(self, rank: int, x: torch.Tensor) -> torch.Tensor:
-        x = x.clone()
-        torch.distributed.all_reduce(x)
-        return x
-
-    def all_gather(self, rank: int, x: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(x) for _ in range(self.size)]
-        torch.distributed.all_gather(parts, x.contiguous())
-        return torch.cat(parts, dim=0)
-
-
 class TorchOps:
     def __init__(self, feed: dict[str, torch.Tensor], group=None, rank: int = 0, constants: dict | None = None):
         self.feed, self.group, self.rank = feed, group, rank

@@ -53,6 +53,19 @@ class TrtModule:
         for i, target in enumerate(targets):
             builder_config.set_compute_capability(cc.__members__[target.upper()], i)
 
+    def serialize(self, builder, network, builder_config, writer) -> bool:
+        """Build the plan into ``writer`` (a ``trt.IStreamWriter``): streamed where the module can, else
+        through one in-memory plan (modules without ``build_serialized_network_to_stream``)."""
+        if hasattr(builder, "build_serialized_network_to_stream"):
+            return bool(builder.build_serialized_network_to_stream(network, builder_config, writer))
+        plan = builder.build_serialized_network(network, builder_config)
+        if plan is None:
+            return False
+        view = memoryview(plan)
+        for start in range(0, len(view), 64 << 20):
+            writer.write(bytes(view[start : start + (64 << 20)]))
+        return True
+
 
 def _import_first(names: tuple[str, ...]) -> ModuleType | None:
     for name in names:
