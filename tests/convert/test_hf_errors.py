@@ -334,3 +334,35 @@ def test_python_m_entry(tiny_hf, tmp_path):
     )
     assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""
     assert (out / "manifest.json").exists()
+
+
+def _run_with_terminal_stderr(cmd: list[str]) -> tuple[int, str]:
+    """Run ``cmd`` with stderr on a pseudo-terminal; returns (exit code, what it wrote there)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # else tqdm sees 0 columns
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=terminal)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            data = os.read(controller, 4096)
+        except OSError:  # EIO: the terminal closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(controller)
+    return proc.wait(timeout=120), b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_progress_bar_only_on_a_terminal(quiet, tiny_hf, tmp_path):
+    cmd = [*cli_command(), "hf", "--model_dir", str(tiny_hf("gpt2")), "--output_dir", str(tmp_path / "out")]
+    rc, terminal = _run_with_terminal_stderr(cmd + (["--quiet"] if quiet else []))
+    assert rc == 0
+    assert ("converting" in terminal and "tensor" in terminal) is not quiet, terminal
