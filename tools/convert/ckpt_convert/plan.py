@@ -34,7 +34,7 @@ def full_tensor_specs(config: CheckpointConfig) -> dict[str, TensorSpec]:
 
 
 def canonical_name(config: CheckpointConfig, rank: int, name: str) -> tuple[str, str]:
-    """(global canonical weight name, part) of a rank file tensor; part: value | qweight | scale."""
+    """(global canonical name, part) of a rank file tensor; part: value (int8 when quantized) or scale."""
     layers = config.mapping.layers_of_rank(config.num_hidden_layers, rank)
     glob = _LOCAL_LAYER.sub(lambda m: f"transformer.layers.{layers[int(m.group(1))]}.", name)
     if glob.endswith(SCALE_SUFFIX):
