@@ -119,7 +119,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the files")
     args = parser.parse_args()
     work, src = args.dir, args.dir / "hf"
-    converter = Path(sys.executable).parent / "ckpt-convert"
+    converter = [sys.executable, "-m", "ckpt_convert.cli"]  # = the ckpt-convert console script
     try:
         start = time.monotonic()
         total = write_source(src, args.layers)
