@@ -83,7 +83,7 @@ def test_engine_config_records_build_and_binding(tmp_path):
     assert engine.pretrained_config["mapping"]["tp_size"] == 2
 
 
-def test_modules_without_stream_serialization_write_the_same_plan(tmp_path):
+def test_modules_without_stream_serialization_still_write_the_plan(tmp_path):
     """A TensorRT whose Builder lacks build_serialized_network_to_stream: one in-memory plan, written in chunks."""
     import hashlib
 
