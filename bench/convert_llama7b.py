@@ -135,7 +135,7 @@ def main() -> int:
         print("converting (the converter's own summary line follows) ...", flush=True)
         conv_s, rss_mb = timed(
             [
-                str(converter),
+                *converter,
                 "hf",
                 "--model_dir",
                 str(src),
