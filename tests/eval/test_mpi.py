@@ -69,11 +69,15 @@ def mpirun(*args: str, n: int = 2, timeout: float = 300) -> subprocess.Completed
     )
 
 
+def result_file(out: Path, ckpt: str | Path, rank: int) -> Path:
+    return out / f"{Path(ckpt).parent.name}-{Path(ckpt).name}.rank{rank}.pt"
+
+
 def worker(out: Path, checkpoints: list[str]) -> None:
     """Run every checkpoint on this rank and save what this rank returns."""
     for ckpt in checkpoints:
         runner = ModelRunner.from_dir(ckpt, device="cpu")
-        torch.save(run_ours(runner, prompts()), out / f"{Path(ckpt).name}.rank{runner.rank}.pt")
+        torch.save(run_ours(runner, prompts()), result_file(out, ckpt, runner.rank))
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +95,7 @@ def results(models, tmp_path_factory):
 
 
 def load(results: Path, ckpt: Path, rank: int) -> dict:
-    return torch.load(results / f"{ckpt.name}.rank{rank}.pt", weights_only=True)
+    return torch.load(result_file(results, ckpt, rank), weights_only=True)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -7,6 +7,7 @@ rank to everyone. A single process gets the same object with every operation a n
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import socket
@@ -199,6 +200,7 @@ def init_parallel(mapping: Mapping, device: str = "cpu") -> Parallel:
     if launch.world_size == 1:
         return Parallel(mapping, 0, dev)
     if not dist.is_initialized():
+        atexit.register(shutdown)  # gloo/NCCL threads must stop before the interpreter does
         dist.init_process_group(
             "nccl" if dev.type == "cuda" else "gloo",
             init_method=_init_method(launch),
