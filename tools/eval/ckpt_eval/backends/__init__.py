@@ -16,12 +16,6 @@ BACKENDS = {
 def open_backend(name: str, path: str, device: str, **options) -> Stepper:
     if name not in BACKENDS:
         raise RunnerError(f"backend {name!r} is unknown (choose from {', '.join(BACKENDS)})")
-    if BACKENDS[name] is None:
-        raise RunnerError(
-            f"backend {name!r} is not available yet: running TensorRT engines needs the TensorRT "
-            "runtime backend (ckpt_eval.backends.trt_backend), which this version does not have; run "
-            "the checkpoint the engine was built from with backend 'torch' instead"
-        )
     try:
         module = importlib.import_module(BACKENDS[name])
     except ImportError as err:
