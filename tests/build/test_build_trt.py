@@ -108,3 +108,11 @@ def test_modules_without_stream_serialization_still_write_the_plan(tmp_path):
     writer.file.close()
     data = (tmp_path / "plan").read_bytes()
     assert writer.size == len(data) > 0 and writer.sha.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_all_token_logits_build(tmp_path):
+    out = build(tmp_path, layout_config("gptneox", tp=2), "--gather_all_token_logits")
+    engine = check_engine_dir(out)
+    assert engine.io.stage(0).tensor("logits").shape == ["batch", "seq", 250]
+    assert not engine.build_config.gather_last_token_logits
+    assert_plans_name_their_io(out)

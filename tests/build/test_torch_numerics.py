@@ -103,3 +103,17 @@ def test_half_precision_graph_runs_and_stays_close(tmp_path, tiny_llama, hf_refe
     tokens, logits = ranks.greedy(PROMPT, 4)
     assert logits[0].dtype == torch.float32  # logits_dtype
     assert rel_err(logits[0][0], hf_reference[0]) <= 0.05
+
+
+def test_all_token_logits(tmp_path, tiny_llama):
+    """--gather_all_token_logits: [batch, seq, vocab] logits of every token, equal to transformers'."""
+    model, _ = tiny_llama
+    limits = Limits(max_batch_size=1, max_input_len=16, max_output_len=16, gather_all_token_logits=True)
+    ranks = TorchRanks(llama_checkpoint(model, tmp_path / "ckpt", tp=2), limits)
+    assert "last_token_index" not in [t.name for t in ranks.stages[0].inputs]
+    ranks.reset(1)
+    got = ranks.step(torch.tensor([PROMPT]), torch.arange(len(PROMPT))[None])
+    with torch.no_grad():
+        ref = model(torch.tensor([PROMPT])).logits
+    assert got.shape == ref.shape == (1, len(PROMPT), 250)
+    assert rel_err(got, ref) <= 1e-4

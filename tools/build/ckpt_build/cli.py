@@ -39,6 +39,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max_beam_width", type=int, default=1, help="only 1 is supported")
     p.add_argument("--max_num_tokens", type=int, default=None, help="recorded in the engine config")
     p.add_argument("--logits_dtype", default=None, choices=("float32", "float16", "bfloat16"))
+    p.add_argument(
+        "--gather_all_token_logits",
+        action="store_true",
+        help="return logits of every token ([batch, seq, vocab]) instead of the last one's",
+    )
     p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "tensorrt_rtx"))
     p.add_argument(
         "--target",
@@ -94,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             max_beam_width=args.max_beam_width,
             max_num_tokens=args.max_num_tokens,
             logits_dtype=args.logits_dtype,
+            gather_all_token_logits=args.gather_all_token_logits,
             plugin_config=plugins,
         ),
     )

@@ -103,7 +103,7 @@ def stage_io(config: CheckpointConfig, pp_rank: int, build: BuildConfig) -> Stag
             "cache slots position_ids[b, 0] ... and attends to slots <= position_ids[b, s]",
         )
     )
-    if plan.last_stage:
+    if plan.last_stage and build.gather_last_token_logits:
         inputs.append(
             IoTensor(
                 LAST_TOKEN_INDEX,
@@ -138,8 +138,10 @@ def stage_io(config: CheckpointConfig, pp_rank: int, build: BuildConfig) -> Stag
             IoTensor(
                 LOGITS,
                 build.logits_dtype,
-                ["batch", spec.vocab_size],
-                "logits of the token at last_token_index of each sequence (full vocab)",
+                ["batch", spec.vocab_size] if build.gather_last_token_logits else ["batch", "seq", spec.vocab_size],
+                "logits of the token at last_token_index of each sequence (full vocab)"
+                if build.gather_last_token_logits
+                else "logits of every token (full vocab)",
             ),
         )
     else:

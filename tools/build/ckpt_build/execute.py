@@ -95,14 +95,16 @@ class TorchRanks:
         self,
         input_ids: torch.Tensor,
         position_ids: torch.Tensor,
-        last_token_index: torch.Tensor,
+        last_token_index: torch.Tensor | None = None,
         all_ranks: bool = False,
     ):
-        """One engine step over every stage; returns rank 0 of the last stage's logits (or all tp ranks')."""
+        """One engine step over every stage; returns rank 0 of the last stage's logits (or all tp ranks').
+
+        ``last_token_index`` is needed unless the engine returns every token's logits."""
         feed = {INPUT_IDS: input_ids.to(torch.int32), POSITION_IDS: position_ids.to(torch.int32)}
         pp = self.config.mapping.pp_size
         for p in range(pp):
-            if p == pp - 1:
+            if p == pp - 1 and self.build.gather_last_token_logits:
                 feed[LAST_TOKEN_INDEX] = last_token_index.to(torch.int32)
             outs = self._run_stage(p, feed)
             if p < pp - 1:

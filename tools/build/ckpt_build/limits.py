@@ -37,6 +37,7 @@ class Limits:
     max_beam_width: int = 1
     max_num_tokens: int | None = None
     logits_dtype: str | None = None
+    gather_all_token_logits: bool = False
     plugin_config: dict = field(default_factory=dict)
 
 
@@ -94,6 +95,7 @@ def resolve_limits(config: CheckpointConfig, limits: Limits) -> BuildConfig:
         max_beam_width=1,
         max_num_tokens=num_tokens,
         logits_dtype=logits_dtype,
+        gather_last_token_logits=not limits.gather_all_token_logits,
         plugin_config=dict(limits.plugin_config),
     )
 

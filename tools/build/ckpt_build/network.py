@@ -47,8 +47,12 @@ def define_rank_network(ops: Ops, plan: RankPlan, weights: RankWeights) -> None:
         for name, tensor in zip((KEY_OUT, VALUE_OUT), present):
             ops.output(io.tensor(name.format(layer=layer)), tensor)
     if plan.last_stage:
-        last = ops.gather_batched(h, ops.input(io.tensor(LAST_TOKEN_INDEX)))  # [B, H]
-        ops.output(io.tensor(LOGITS), logits(ops, plan, weights, last))
+        if plan.build.gather_last_token_logits:
+            last = ops.gather_batched(h, ops.input(io.tensor(LAST_TOKEN_INDEX)))  # [B, H]
+            out = ops.reshape(logits(ops, plan, weights, ops.reshape(last, (0, 1, -1))), (0, -1))
+        else:
+            out = logits(ops, plan, weights, h)
+        ops.output(io.tensor(LOGITS), out)
     else:
         ops.output(io.tensor(HIDDEN_OUT), h)
 
@@ -209,19 +213,19 @@ def decoder_layer(ctx: _StepContext, w: RankWeights, local: int, h: Tensor, cach
     return ops.add(h, mlp(ops, plan, w, local, x2)), present
 
 
-def logits(ops: Ops, plan: RankPlan, w: RankWeights, last: Tensor) -> Tensor:
-    """[B, H] hidden of the last tokens -> [B, vocab] logits in logits_dtype (gathered over tp ranks)."""
+def logits(ops: Ops, plan: RankPlan, w: RankWeights, h: Tensor) -> Tensor:
+    """[B, S, H] hidden states -> [B, S, vocab] logits in logits_dtype (full vocab on every tp rank)."""
     if plan.spec.has_ln_f:
-        last = ops.reshape(norm(ops, plan, ops.reshape(last, (0, 1, -1)), "ln_f", w.final_norm()), (0, -1))
+        h = norm(ops, plan, h, "ln_f", w.final_norm())
     proj = w.project_out()
     if proj is not None:
-        last = ops.matmul(last, ops.constant("project_out", proj), transpose_b=True)
+        h = ops.matmul(h, ops.constant("project_out", proj.reshape(1, *proj.shape)), transpose_b=True)
     head, bias = w.lm_head()
-    out = ops.matmul(last, ops.constant("lm_head", head), transpose_b=True)  # [B, V/tp]
+    out = ops.matmul(h, ops.constant("lm_head", head.reshape(1, *head.shape)), transpose_b=True)  # [B, S, V/tp]
     if bias is not None:
-        out = ops.add(out, ops.constant("lm_head.bias", bias.reshape(1, -1)))
-    if plan.tp_size > 1:
-        out = ops.transpose(ops.all_gather(ops.transpose(out, (1, 0))), (1, 0))  # [B, padded V]
+        out = ops.add(out, ops.constant("lm_head.bias", bias.reshape(1, 1, -1)))
+    if plan.tp_size > 1:  # ranks hold consecutive vocab slices: gather them on dim 0, move it last
+        out = ops.transpose(ops.all_gather(ops.transpose(out, (2, 0, 1))), (1, 2, 0))  # [B, S, padded V]
     if plan.padded_vocab != plan.spec.vocab_size:
         out = ops.slice_last(out, 0, plan.spec.vocab_size)
     return ops.cast(out, plan.build.logits_dtype) if plan.build.logits_dtype != plan.dtype else out
