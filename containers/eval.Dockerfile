@@ -7,7 +7,7 @@
 ARG BASE_IMAGE=nvcr.io/nvidia/pytorch:25.10-py3
 
 FROM ${BASE_IMAGE} AS install
-ARG EXTRAS=trt,torch,mpi
+ARG EXTRAS=torch,mpi
 ARG EXTRA_CA_CERTS=""
 ARG PIP_INDEX_URL=""
 ARG PIP_EXTRA_INDEX_URL=""

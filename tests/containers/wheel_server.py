@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,9 @@ import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+# The URL is a build argument, part of every later build step's cache key: keep it the same between runs.
+PORT = int(os.environ.get("CKPT_WHEEL_PORT", "38519"))
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -52,7 +56,10 @@ def serving(files: list[Path], root: Path) -> Iterator[str]:
             else:
                 shutil.copyfile(file, target)
     handler = functools.partial(_QuietHandler, directory=str(root))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", PORT), handler)
+    except OSError:  # taken: any port works, but the changed URL misses the image build cache
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
