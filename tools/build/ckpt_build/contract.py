@@ -77,77 +77,57 @@ def make_plan(config: CheckpointConfig, rank: int, build: BuildConfig) -> RankPl
     return RankPlan(config=config, spec=model_spec(config), rank=rank, build=build)
 
 
+MEANINGS = {
+    INPUT_IDS: "token ids, right-padded to the longest sequence of the step",
+    HIDDEN_IN: "hidden states from the previous pipeline stage",
+    POSITION_IDS: "position of each token = its KV-cache slot (past length + index); the step writes cache slots "
+    "position_ids[b, 0] ... and attends to slots <= position_ids[b, s]",
+    LAST_TOKEN_INDEX: "index along seq of each sequence's last real token (its logits are returned)",
+    HIDDEN_OUT: "hidden states for the next pipeline stage",
+}
+
+
 def stage_io(config: CheckpointConfig, pp_rank: int, build: BuildConfig) -> StageIo:
     """Inputs and outputs of the engines of pipeline stage ``pp_rank``."""
     plan = make_plan(config, config.mapping.rank(0, pp_rank), build)
-    dt, spec = plan.dtype, plan.spec
-    inputs, outputs = [], []
-    if plan.first_stage:
-        inputs.append(
-            IoTensor(
-                INPUT_IDS, "int32", ["batch", "seq"], "token ids, right-padded to the longest sequence of the step"
-            )
-        )
-    else:
-        inputs.append(
-            IoTensor(
-                HIDDEN_IN, dt, ["batch", "seq", spec.hidden_size], "hidden states from the previous pipeline stage"
-            )
-        )
-    inputs.append(
-        IoTensor(
-            POSITION_IDS,
-            "int32",
-            ["batch", "seq"],
-            "position of each token = its KV-cache slot (past length + index); the step writes "
-            "cache slots position_ids[b, 0] ... and attends to slots <= position_ids[b, s]",
-        )
-    )
+    dt, hidden = plan.dtype, ["batch", "seq", plan.spec.hidden_size]
+    first = IoTensor(INPUT_IDS, "int32", ["batch", "seq"]) if plan.first_stage else IoTensor(HIDDEN_IN, dt, hidden)
+    inputs = [first, IoTensor(POSITION_IDS, "int32", ["batch", "seq"])]
     if plan.last_stage and build.gather_last_token_logits:
-        inputs.append(
+        inputs.append(IoTensor(LAST_TOKEN_INDEX, "int32", ["batch"]))
+    if not plan.last_stage:
+        outputs = [IoTensor(HIDDEN_OUT, dt, hidden)]
+    elif build.gather_last_token_logits:
+        outputs = [
             IoTensor(
-                LAST_TOKEN_INDEX,
-                "int32",
-                ["batch"],
-                "index along seq of each sequence's last real token (its logits are returned)",
+                LOGITS,
+                build.logits_dtype,
+                ["batch", plan.spec.vocab_size],
+                "logits of the token at last_token_index of each sequence (full vocab)",
             )
-        )
-    cache_shape: list[int | str] = ["batch", plan.kv_heads, build.max_seq_len, spec.head_size]
+        ]
+    else:
+        outputs = [
+            IoTensor(
+                LOGITS, build.logits_dtype, ["batch", "seq", plan.spec.vocab_size], "logits of every token (full vocab)"
+            )
+        ]
+    for t in inputs + outputs:
+        t.meaning = t.meaning or MEANINGS[t.name]
+    cache_shape: list[int | str] = ["batch", plan.kv_heads, build.max_seq_len, plan.spec.head_size]
     for layer in plan.layers:
         for tmpl_in, tmpl_out, what in ((KEY_IN, KEY_OUT, "key"), (VALUE_IN, VALUE_OUT, "value")):
-            inputs.append(
-                IoTensor(
-                    tmpl_in.format(layer=layer),
-                    dt,
-                    cache_shape,
-                    f"{what} cache of layer {layer} (read and updated in place)",
-                )
-            )
+            name = tmpl_in.format(layer=layer)
+            inputs.append(IoTensor(name, dt, cache_shape, f"{what} cache of layer {layer} (updated in place)"))
             outputs.append(
                 IoTensor(
                     tmpl_out.format(layer=layer),
                     dt,
                     cache_shape,
-                    f"updated {what} cache of layer {layer}; bind the same buffer as the input",
-                    alias_of=tmpl_in.format(layer=layer),
+                    f"updated {what} cache of layer {layer}: the same buffer as {name}",
+                    alias_of=name,
                 )
             )
-    if plan.last_stage:
-        outputs.insert(
-            0,
-            IoTensor(
-                LOGITS,
-                build.logits_dtype,
-                ["batch", spec.vocab_size] if build.gather_last_token_logits else ["batch", "seq", spec.vocab_size],
-                "logits of the token at last_token_index of each sequence (full vocab)"
-                if build.gather_last_token_logits
-                else "logits of every token (full vocab)",
-            ),
-        )
-    else:
-        outputs.insert(
-            0, IoTensor(HIDDEN_OUT, dt, ["batch", "seq", spec.hidden_size], "hidden states for the next pipeline stage")
-        )
     return StageIo(pp_rank=pp_rank, layers=list(plan.layers), inputs=inputs, outputs=outputs)
 
 

@@ -49,17 +49,15 @@ class TorchRanks:
     def reset(self, batch: int) -> None:
         """Fresh zeroed KV caches for ``batch`` sequences."""
         self.caches = []
-        for rank, plan in enumerate(self.plans):
-            dims = {"batch": batch}
+        for plan in self.plans:
             stage = self.stages[plan.pp_rank]
+            cache_inputs = [stage.tensor(name) for name in stage.aliases().values()]
             self.caches.append(
                 {
-                    t.name: torch.zeros(t.concrete_shape(dims), dtype=TORCH_DTYPES[t.dtype])
-                    for t in stage.inputs
-                    if t.name.startswith("past_")
+                    t.name: torch.zeros(t.concrete_shape({"batch": batch}), dtype=TORCH_DTYPES[t.dtype])
+                    for t in cache_inputs
                 }
             )
-            del rank
 
     def _run_stage(self, pp_rank: int, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         m = self.config.mapping

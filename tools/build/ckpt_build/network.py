@@ -94,9 +94,9 @@ def embedding_lookup(ops: Ops, plan: RankPlan, key: str, table, ids: Tensor, row
     """Gather rows of a replicated or tensor-parallel (split on rows or on width) embedding table."""
     tp = plan.tp_size
     const = ops.constant(key, table)
-    if tp == 1 or (table.shape[0] >= rows and not _split_width(plan, table)):
+    if tp == 1 or (table.shape[0] >= rows and not _split_width(plan)):
         return ops.gather(const, ids, axis=0)
-    if _split_width(plan, table):  # [rows, width / tp] on each rank: gather, then concatenate the widths
+    if _split_width(plan):  # [rows, width / tp] on each rank: gather, then concatenate the widths
         part = ops.transpose(ops.gather(const, ids, axis=0), (2, 0, 1))  # [W/tp, B, S]
         return ops.transpose(ops.all_gather(part), (1, 2, 0))
     per_rank = table.shape[0]
@@ -109,7 +109,7 @@ def embedding_lookup(ops: Ops, plan: RankPlan, key: str, table, ids: Tensor, row
     return ops.all_reduce(ops.mul(rows_here, keep))
 
 
-def _split_width(plan: RankPlan, table) -> bool:
+def _split_width(plan: RankPlan) -> bool:
     return plan.config.use_parallel_embedding and plan.config.embedding_sharding_dim == 1 and plan.tp_size > 1
 
 
