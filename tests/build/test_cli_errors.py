@@ -168,3 +168,16 @@ def test_plugin_flags_accepted_with_one_notice(tmp_path, ckpt):
     notices = [line for line in err.splitlines() if "native layers" in line]
     assert len(notices) == 1 and "--gemm_plugin" in notices[0] and "--paged_kv_cache" in notices[0]
     assert "built 1 engine(s)" in out
+
+
+def test_default_targets_follow_the_checkpoint_precision():
+    pytest.importorskip("tensorrt_rtx_bindings")
+    from ckpt_build.trt_api import load_trt, resolve_targets
+
+    module = load_trt("tensorrt_rtx")
+    every = module.supported_targets()
+    assert {"sm75", "sm80", "sm86", "sm89", "sm120"} <= set(every)
+    assert resolve_targets(module, None, ["float16"]) == every
+    assert "sm75" not in resolve_targets(module, None, ["bfloat16"])
+    assert "sm75" not in resolve_targets(module, None, ["float16", "int4"])
+    assert resolve_targets(module, ["sm80", "sm120"], ["bfloat16", "int4"]) == ["sm80", "sm120"]
