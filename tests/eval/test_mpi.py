@@ -17,7 +17,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("ckpt_convert")
 
+import numpy as np  # noqa: E402
 from ckpt_eval.runner import ModelRunner  # noqa: E402
+from ckptfmt import RANK_FILE, RankFileReader, load_config, save_checkpoint  # noqa: E402
+from ckptfmt.names import LM_HEAD  # noqa: E402
 
 from tests.eval.test_model_parity import (  # noqa: E402
     FP32_TOL,
@@ -46,6 +49,14 @@ CASES: dict[str, tuple[str, int, int, dict]] = {
     ),
     "gpt2-tp2-embedding-cols": ("gpt2", 2, 1, {"use_parallel_embedding": True, "embedding_sharding_dim": 1}),
     "opt-postnorm-proj-tp2-embedding-rows": ("opt-postnorm-proj", 2, 1, {"use_parallel_embedding": True}),
+    # shared table without lm_head: checkpoints valid by ckptfmt's rules that our converter does not write
+    "llama-tied-tp2-embedding-cols-shared": (
+        "llama-tied",
+        2,
+        1,
+        {"use_parallel_embedding": True, "embedding_sharding_dim": 1, "share_table": True},
+    ),
+    "llama-tied-tp2-replicated-shared": ("llama-tied", 2, 1, {"share_table": True}),
     "llama-gqa-tp2-int4-group": (
         "llama-gqa",
         2,
@@ -53,6 +64,27 @@ CASES: dict[str, tuple[str, int, int, dict]] = {
         {"use_weight_only": True, "weight_only_precision": "int4", "per_group": True, "group_size": 32},
     ),
 }
+
+
+def case_checkpoint(models: Models, variant: str, tp: int, pp: int, flags: dict) -> Path:
+    flags = dict(flags)
+    shared = flags.pop("share_table", False)
+    ckpt = models.checkpoint(variant, tp, pp, **flags)
+    return share_embedding_table(ckpt) if shared else ckpt
+
+
+def share_embedding_table(src: Path) -> Path:
+    """A copy of tied-model checkpoint ``src`` without ``lm_head``, sharing the vocab embedding instead."""
+    out = src.with_name(src.name + "-shared")
+    if not out.exists():
+        config = load_config(src)
+        config.share_embedding_table = True
+        ranks = {}
+        for rank in range(config.mapping.world_size):
+            with RankFileReader(src / RANK_FILE.format(rank=rank)) as reader:
+                ranks[rank] = {n: np.array(reader[n]) for n in reader.entries if n != LM_HEAD}
+        save_checkpoint(out, config, ranks)
+    return out
 
 
 def mpirun(*args: str, n: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -88,7 +120,7 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def results(models, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval-mpi-results")
-    dirs = [str(models.checkpoint(v, tp, pp, **flags)) for v, tp, pp, flags in CASES.values()]
+    dirs = [str(case_checkpoint(models, *case)) for case in CASES.values()]
     proc = mpirun(sys.executable, "-m", "tests.eval.test_mpi", str(out), *dirs)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
@@ -101,11 +133,11 @@ def load(results: Path, ckpt: Path, rank: int) -> dict:
 @pytest.mark.parametrize("case", list(CASES))
 def test_multi_rank_equals_single_rank_and_transformers(models, results, case):
     variant, tp, pp, flags = CASES[case]
-    ranks = [load(results, models.checkpoint(variant, tp, pp, **flags), r) for r in range(tp * pp)]
+    ranks = [load(results, case_checkpoint(models, variant, tp, pp, flags), r) for r in range(tp * pp)]
     for other in ranks[1:]:  # every rank returns the same tokens
         assert torch.equal(other["output_ids"], ranks[0]["output_ids"])
     ours = ranks[0]
-    single = run_ours(ModelRunner.from_dir(models.checkpoint(variant, **flags), device="cpu"), prompts())
+    single = run_ours(ModelRunner.from_dir(case_checkpoint(models, variant, 1, 1, flags), device="cpu"), prompts())
     assert torch.equal(ours["output_ids"], single["output_ids"])
     assert torch.equal(ours["sequence_lengths"], single["sequence_lengths"])
     assert rel_err(ours["context_logits"], single["context_logits"]) <= FP32_TOL
