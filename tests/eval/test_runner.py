@@ -89,6 +89,28 @@ def test_log_probs_of_greedy_tokens(greedy):
     assert torch.allclose(greedy["cum_log_probs"][:, 0], expected.sum(-1), atol=1e-4)
 
 
+def test_tensorrt_llm_style_arguments(runner, greedy):
+    class Sampling:  # duck-typed like TensorRT-LLM's SamplingConfig
+        end_id, pad_id, max_new_tokens, top_k, temperature = None, None, STEPS, 1, 1.0
+
+    out = runner.generate(
+        prompts(),
+        sampling_config=Sampling(),
+        stop_words_list=None,
+        bad_words_list=None,
+        length_penalty=1.0,
+        lora_uids=None,
+        output_cum_log_probs=True,
+        return_dict=True,
+    )
+    assert torch.equal(out["output_ids"], greedy["output_ids"])
+    assert torch.allclose(out["cum_log_probs"], greedy["cum_log_probs"])
+    with pytest.raises(RunnerError, match="stop_words_list=.* is not supported"):
+        runner.generate(prompts(), stop_words_list=[[1]])
+    with pytest.raises(RunnerError, match="unknown argument 'max_tokens'"):
+        runner.generate(prompts(), max_tokens=3)
+
+
 # ---- sampling --------------------------------------------------------------------------------------
 def test_sampling_is_seeded_and_stays_in_top_k(runner, greedy):
     kwargs = dict(max_new_tokens=STEPS, temperature=1.5, top_k=5, return_dict=True, output_generation_logits=True)

@@ -10,6 +10,50 @@ from .backends import RunnerError, Stepper, open_backend
 from .generate import Step, check_prompts, generate_steps
 from .sampling import SamplingConfig
 
+# generate() values a SamplingConfig object may carry
+SAMPLING_FIELDS = (
+    "max_new_tokens",
+    "end_id",
+    "pad_id",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+    "random_seed",
+    "num_beams",
+    "return_dict",
+    "output_sequence_lengths",
+    "output_log_probs",
+    "output_cum_log_probs",
+)
+# TensorRT-LLM generate() arguments this runner has no use for: accepted at these values (or None) only
+NEUTRAL_ARGS = {
+    "length_penalty": 1.0,
+    "early_stopping": 1,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "min_p": 0.0,
+    "num_return_sequences": 1,
+    "return_all_generated_tokens": False,
+    "no_repeat_ngram_size": None,
+    "stop_words_list": None,
+    "bad_words_list": None,
+    "lora_uids": None,
+    "prompt_table": None,
+    "prompt_tasks": None,
+    "max_attention_window_size": None,
+    "sink_token_length": None,
+    "encoder_input_ids": None,
+}
+
+
+def check_neutral(other: dict) -> None:
+    for name, value in other.items():
+        if name not in NEUTRAL_ARGS:
+            raise RunnerError(f"generate: unknown argument {name!r}")
+        if value is not None and value != NEUTRAL_ARGS[name]:
+            raise RunnerError(f"generate: {name}={value!r} is not supported (leave it at {NEUTRAL_ARGS[name]!r})")
+
 
 class Outputs:
     """Accumulates steps into TensorRT-LLM's output layout.
@@ -100,6 +144,7 @@ class ModelRunner:
     def generate(
         self,
         batch_input_ids: Sequence[torch.Tensor],
+        sampling_config=None,
         max_new_tokens: int = 1,
         end_id: int | None = None,
         pad_id: int | None = None,
@@ -113,8 +158,10 @@ class ModelRunner:
         return_dict: bool = False,
         output_sequence_lengths: bool = False,
         output_log_probs: bool = False,
+        output_cum_log_probs: bool = False,
         output_generation_logits: bool = False,
         output_context_logits: bool = False,
+        **other,
     ):
         """Generate for a list of 1-D token tensors of any lengths.
 
@@ -122,25 +169,41 @@ class ModelRunner:
         also ``sequence_lengths`` [batch, 1]; with ``return_dict`` a dict (``output_ids``, ``sequence_lengths``,
         ``input_lengths``, ``log_probs`` [batch, 1, max_new_tokens], ``cum_log_probs``, ``generation_logits``
         [batch, 1, steps, vocab], ``context_logits`` [batch, max_input_len, vocab]). With ``streaming`` an
-        iterator yielding that result after every step.
+        iterator yielding that result after every step. ``sampling_config``: an object whose attributes of the
+        same names (TensorRT-LLM's ``SamplingConfig``) replace the keyword values; other TensorRT-LLM arguments
+        are accepted at their neutral values (``stop_words_list=None``, ``length_penalty=1.0``, ...).
         """
-        if num_beams != 1:
-            raise RunnerError(f"num_beams {num_beams}: beam search is not supported (only num_beams 1)")
-        sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty, random_seed)
-        pad_id = pad_id if pad_id is not None else (end_id if end_id is not None else 0)
-        prompts = check_prompts(batch_input_ids, self.model.vocab_size, self.model.max_positions, max_new_tokens)
+        args = dict(locals())
+        if sampling_config is not None:
+            args.update(
+                {
+                    k: getattr(sampling_config, k)
+                    for k in SAMPLING_FIELDS
+                    if getattr(sampling_config, k, None) is not None
+                }
+            )
+        check_neutral(other)
+        if args["num_beams"] != 1:
+            raise RunnerError(f"num_beams {args['num_beams']}: beam search is not supported (only num_beams 1)")
+        sampling = SamplingConfig(
+            *(args[k] for k in ("temperature", "top_k", "top_p", "repetition_penalty", "random_seed"))
+        )
+        end_id, new_tokens = args["end_id"], args["max_new_tokens"]
+        pad_id = args["pad_id"] if args["pad_id"] is not None else (end_id if end_id is not None else 0)
+        log_probs = args["output_log_probs"] or args["output_cum_log_probs"]
+        prompts = check_prompts(batch_input_ids, self.model.vocab_size, self.model.max_positions, new_tokens)
         steps = generate_steps(
             self.model,
             prompts,
-            max_new_tokens,
+            new_tokens,
             sampling,
             end_id,
-            output_log_probs,
+            log_probs,
             output_generation_logits,
             output_context_logits,
         )
-        outputs = Outputs(prompts, max_new_tokens, pad_id, end_id)
-        shape = (return_dict, output_sequence_lengths, output_log_probs)
+        outputs = Outputs(prompts, new_tokens, pad_id, end_id)
+        shape = (args["return_dict"], args["output_sequence_lengths"], log_probs)
         if streaming:
             return self._stream(steps, outputs, shape)
         for step in steps:
