@@ -3,8 +3,6 @@ builder's graph on torch generates what transformers generates."""
 
 from __future__ import annotations
 
-import resource
-import subprocess
 import sys
 import time
 
@@ -13,7 +11,7 @@ import torch
 from ckpt_build.execute import TorchRanks
 from ckpt_build.limits import Limits
 from ckptfmt.engine import check_engine_dir
-from conftest import plan_strings
+from conftest import plan_strings, run_watching_rss
 
 pytestmark = pytest.mark.slow
 
@@ -56,10 +54,9 @@ def test_smollm2_builds(tmp_path, smollm2, capsys):
         "1024",
     ]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc, peak = run_watching_rss(cmd)
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     engine = check_engine_dir(tmp_path / "engine", hash_files=True)
     size = (tmp_path / "engine" / "rank0.engine").stat().st_size
     text = "\n".join(plan_strings(tmp_path / "engine" / "rank0.engine"))
