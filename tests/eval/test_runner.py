@@ -325,3 +325,11 @@ def test_ckpt_run_too_long_prompt(models, tmp_path, capsys):
     assert "prompt 0: 126 tokens + 32 new tokens exceed the model's max_position_embeddings 128" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.slow
+def test_compiled_decode_gives_the_eager_tokens(models, greedy):
+    """``compile=True`` (torch.compile of the one-token decode; CUDA graphs on GPU) changes no token."""
+    compiled = ModelRunner.from_dir(models.checkpoint("llama-gqa"), device="cpu", compile=True)
+    for _ in range(2):  # the second run reuses the cache buffers and the compiled graph
+        assert torch.equal(compiled.generate(prompts(), max_new_tokens=STEPS), greedy["output_ids"])

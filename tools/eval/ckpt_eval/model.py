@@ -108,6 +108,8 @@ class KVCache(nn.Module):
         shape = (batch, kv_heads, max_seq, head_size)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        torch._dynamo.mark_static_address(self.k)  # updated in place: compiled CUDA graphs keep these addresses
+        torch._dynamo.mark_static_address(self.v)
 
     def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.k.index_copy_(2, slots, k)
