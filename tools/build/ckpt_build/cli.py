@@ -52,7 +52,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=1, help="build ranks in parallel processes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    p.add_argument("--log_level", default="info", choices=("verbose", "info", "warning", "error", "internal_error"))
+    p.add_argument(
+        "--log_level", default="info", choices=("debug", "verbose", "info", "warning", "error", "internal_error")
+    )
     for name in (
         "gemm_plugin",
         "gpt_attention_plugin",
@@ -68,6 +70,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 LEVELS = {
+    "debug": logging.DEBUG,
     "verbose": logging.DEBUG,
     "info": logging.INFO,
     "warning": logging.WARNING,
