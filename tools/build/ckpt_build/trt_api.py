@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 from ckptfmt.errors import CheckpointError
@@ -79,20 +80,27 @@ def _import_first(names: tuple[str, ...]) -> ModuleType | None:
 
 
 def load_trt(backend: str = "auto") -> TrtModule:
-    """``auto``: full TensorRT when importable (users' GPU images), else TensorRT-RTX."""
+    """``auto``: full TensorRT when importable and a GPU is visible (users' GPU images), else TensorRT-RTX,
+    else full TensorRT anyway (its own error then says what is missing)."""
     if backend not in ("auto", "tensorrt", "tensorrt_rtx"):
         raise CheckpointError(f"--backend: unknown {backend!r} (auto, tensorrt, tensorrt_rtx)")
-    if backend in ("auto", "tensorrt"):
-        module = _import_first(("tensorrt",))
-        if module is not None:
-            return TrtModule(module, "tensorrt")
-        if backend == "tensorrt":
-            raise CheckpointError("--backend tensorrt: module 'tensorrt' is not installed (pip install tensorrt)")
-    module = _import_first(RTX_MODULES)
-    if module is None:
-        what = "no TensorRT module installed" if backend == "auto" else "module tensorrt_rtx_bindings not installed"
-        raise CheckpointError(f"{what}: {INSTALL_HINT}")
-    return TrtModule(module, "tensorrt_rtx")
+    full = _import_first(("tensorrt",)) if backend in ("auto", "tensorrt") else None
+    if backend == "tensorrt" and full is None:
+        raise CheckpointError("--backend tensorrt: module 'tensorrt' is not installed (pip install tensorrt)")
+    if full is not None and (backend == "tensorrt" or gpu_visible()):
+        return TrtModule(full, "tensorrt")
+    rtx = _import_first(RTX_MODULES)
+    if rtx is not None:
+        return TrtModule(rtx, "tensorrt_rtx")
+    if full is not None:
+        return TrtModule(full, "tensorrt")
+    what = "no TensorRT module installed" if backend == "auto" else "module tensorrt_rtx_bindings not installed"
+    raise CheckpointError(f"{what}: {INSTALL_HINT}")
+
+
+def gpu_visible() -> bool:
+    """An NVIDIA GPU device node exists (no CUDA call needed)."""
+    return Path("/dev/nvidia0").exists() or Path("/dev/dxg").exists()
 
 
 def local_gpu_target() -> str:
