@@ -79,8 +79,9 @@ def load_tokenizer(args):
     except ImportError:
         raise RunnerError("tokenizing needs transformers: pip install 'ckpt-eval[torch]'") from None
     except (OSError, ValueError) as err:
-        raise RunnerError(f"{directory}: no usable tokenizer ({str(err).splitlines()[0]}); "
-                          "pass --tokenizer_dir") from None
+        raise RunnerError(
+            f"{directory}: no usable tokenizer ({str(err).splitlines()[0]}); pass --tokenizer_dir"
+        ) from None
 
 
 def encode(args, tokenizer, texts, ids) -> list:
@@ -88,14 +89,14 @@ def encode(args, tokenizer, texts, ids) -> list:
 
     if ids is None:
         ids = [tokenizer.encode(t, add_special_tokens=not args.no_add_special_tokens) for t in texts]
-    return [torch.tensor(x[-args.max_input_length:], dtype=torch.long) for x in ids]
+    return [torch.tensor(x[-args.max_input_length :], dtype=torch.long) for x in ids]
 
 
 def print_outputs(result, prompts, texts, tokenizer, only: set[int] | None = None) -> None:
     for i, p in enumerate(prompts):
         if only is not None and i not in only:
             continue
-        out = result["output_ids"][i, 0, len(p):int(result["sequence_lengths"][i, 0])].tolist()
+        out = result["output_ids"][i, 0, len(p) : int(result["sequence_lengths"][i, 0])].tolist()
         shown = tokenizer.decode(out, skip_special_tokens=True) if tokenizer else out
         if texts is not None:
             print(f"Input [Text {i}]: {json.dumps(texts[i])}")
@@ -109,9 +110,9 @@ def stream(results, prompts, texts, tokenizer) -> None:
     for final in results:
         lengths = [int(n) for n in final["sequence_lengths"][:, 0]]
         if len(prompts) == 1 and tokenizer is not None:
-            text = tokenizer.decode(final["output_ids"][0, 0, len(prompts[0]):lengths[0]], skip_special_tokens=True)
+            text = tokenizer.decode(final["output_ids"][0, 0, len(prompts[0]) : lengths[0]], skip_special_tokens=True)
             if text.startswith(shown):
-                print(text[len(shown):], end="", flush=True)
+                print(text[len(shown) :], end="", flush=True)
                 shown = text
             continue
         ended = {i for i, n in enumerate(lengths) if n == previous[i]} - done  # no new token: it met end_id
@@ -135,10 +136,20 @@ def run(args) -> None:
     end_id = args.end_id if args.end_id is not None else getattr(tokenizer, "eos_token_id", None)
     pad_id = args.pad_id if args.pad_id is not None else getattr(tokenizer, "pad_token_id", None)
     prompts = encode(args, tokenizer, texts, ids)
-    result = runner.generate(prompts, max_new_tokens=args.max_output_len, end_id=end_id, pad_id=pad_id,
-                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                             repetition_penalty=args.repetition_penalty, random_seed=args.random_seed,
-                             num_beams=args.num_beams, streaming=args.streaming, return_dict=True)
+    result = runner.generate(
+        prompts,
+        max_new_tokens=args.max_output_len,
+        end_id=end_id,
+        pad_id=pad_id,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        random_seed=args.random_seed,
+        num_beams=args.num_beams,
+        streaming=args.streaming,
+        return_dict=True,
+    )
     if runner.rank != 0:
         for _ in result if args.streaming else ():
             pass
