@@ -20,8 +20,8 @@ pytestmark = [pytest.mark.mpi, pytest.mark.skipif(MPIRUN is None, reason="mpirun
 SMALL = ["--batch_size", "3", "--max_ite", "2", "--max_input_length", "80", "--output_len", "10", "--data_type", "fp32"]
 
 
-def summarize(*args: str, n: int):
-    return run_mpi(sys.executable, "-m", "ckpt_eval.summarize", *args, *SMALL, n=n)
+def summarize(*args: str, n: int, extra: tuple[str, ...] = ()):
+    return run_mpi(sys.executable, "-m", "ckpt_eval.summarize", *args, *SMALL, *extra, n=n)
 
 
 def test_tp2_summaries_equal_one_process(tmp_path):
@@ -69,3 +69,23 @@ def test_tp2_error_is_reported_once_and_stops_the_job(tmp_path):
     assert done.returncode != 0 and done.stdout == ""
     errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
     assert errors == [f"error: {tmp_path / 'missing.jsonl'}: no such dataset file or directory"]
+
+
+def test_tp2_error_while_the_model_runs_stops_every_rank(tmp_path):
+    tp2 = convert_tiny("llama-gqa", tmp_path / "tp2", tp=2)
+    tok = save_tiny_tokenizer(tmp_path / "tok")
+    done = summarize(
+        "--checkpoint_dir",
+        str(tp2),
+        "--tokenizer_dir",
+        str(tok),
+        "--test_trt_llm",
+        "--report",
+        str(tmp_path / "r"),
+        n=2,
+        extra=["--output_len", "200"],
+    )
+    assert done.returncode != 0 and "ROUGE" not in done.stdout and not (tmp_path / "r").exists()
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert errors[0].startswith("error: prompt 0: ") and "max_position_embeddings 128" in errors[0]
+    assert all(line.startswith("error (rank 1): prompt 0: ") for line in errors[1:])  # if it spoke before the abort

@@ -273,7 +273,9 @@ def summarize(args) -> int:
     runs: list[SystemRun] = []
     ours = f"ours ({backend})" if model_dir else None
     if model_dir:
+        args.model_running = True
         runs.append(run_system(open_runner(backend, model_dir, args), ours, batches, tokenizer, args))
+        args.model_running = False
         shutdown()
     if rank != 0:
         return 0
@@ -285,7 +287,7 @@ def summarize(args) -> int:
     if args.check_accuracy:
         print(gate_line)
     if args.report:
-        settings = {k: v for k, v in vars(args).items() if k != "report"}
+        settings = {k: v for k, v in vars(args).items() if k not in ("report", "model_running")}
         results = {
             "settings": {**settings, "backend": backend, "tokenizer_dir": tok_dir},
             "dataset": {"source": args.dataset or "shipped cnn_dailymail_mini", "articles": len(references)},
@@ -304,23 +306,32 @@ def summarize(args) -> int:
     return 0 if passed or not args.check_accuracy else 1
 
 
-def fail(message: str) -> int:
-    """One line on stderr. Under mpirun rank 0 speaks; the others only if rank 0 has not stopped the job first."""
+def fail(message: str, peers_print: bool) -> int:
+    """One line on stderr, exit status 1.
+
+    Under mpirun rank 0 prints at once; the other ranks wait a moment first, because mpirun stops the whole
+    job as soon as one rank exits non-zero and rank 0 must have spoken by then. Up to the model run every
+    rank meets the same flags and inputs, so the others stay silent; while the model runs (``peers_print``)
+    a failing peer prints its own line, as rank 0 may instead be waiting for it in a collective, and stops
+    the job.
+    """
     from .distributed import abort, detect_launch
 
     launch = detect_launch()
-    if launch.world_size == 1:
+    if launch.rank == 0:
         print(f"error: {message}", file=sys.stderr)
-        return 1
-    if launch.rank != 0:
-        time.sleep(1.0)
-    print(f"error: {message}" if launch.rank == 0 else f"error (rank {launch.rank}): {message}", file=sys.stderr)
-    abort(1)
+    else:
+        time.sleep(2.0)
+        if peers_print:
+            print(f"error (rank {launch.rank}): {message}", file=sys.stderr)
+    if launch.world_size > 1 and peers_print:
+        abort(1)
     return 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.model_running = False  # set once our model is being opened (see ``fail``)
     from .distributed import detect_launch
 
     log.setLevel(args.log_level.upper() if detect_launch().rank == 0 else "WARNING")
@@ -332,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return summarize(args)
     except (SummarizeError, CheckpointError, RunnerError, DatasetError, ReportError) as err:
-        return fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+        return fail(str(err).splitlines()[0] if str(err) else type(err).__name__, args.model_running)
 
 
 if __name__ == "__main__":
