@@ -276,14 +276,17 @@ class Transformer(nn.Module):
         self.window = None
 
     def setup_cache(self, batch: int, max_seq: int) -> None:
+        """KV caches for ``batch`` sequences of up to ``max_seq`` positions. Buffers are kept while the batch
+        size is the same and they are long enough, so compiled decode graphs stay valid across calls."""
         p = next(self.parameters())
         for layer in self.transformer.layers:
-            a = layer.attention
-            if a.kv_cache is not None and a.kv_cache.k.shape == (batch, a.kv_heads, max_seq, a.head_size):
-                a.kv_cache.k.zero_()  # same buffers: compiled decode graphs stay valid
-                a.kv_cache.v.zero_()
+            a, old = layer.attention, layer.attention.kv_cache
+            if old is not None and old.k.shape[0] == batch and old.k.shape[2] >= max_seq:
+                old.k.zero_()
+                old.v.zero_()
             else:
-                a.kv_cache = KVCache(batch, a.kv_heads, max_seq, a.head_size, p.dtype, p.device)
+                length = max(max_seq, old.k.shape[2] if old is not None else 0)
+                a.kv_cache = KVCache(batch, a.kv_heads, length, a.head_size, p.dtype, p.device)
 
     def embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         t = self.transformer
