@@ -333,3 +333,26 @@ def test_compiled_decode_gives_the_eager_tokens(models, greedy):
     compiled = ModelRunner.from_dir(models.checkpoint("llama-gqa"), device="cpu", compile=True)
     for _ in range(2):  # the second run reuses the cache buffers and the compiled graph
         assert torch.equal(compiled.generate(prompts(), max_new_tokens=STEPS), greedy["output_ids"])
+
+
+def test_ckpt_run_keeps_the_first_max_input_length_tokens(models, runner, tmp_path, capsys):
+    (tmp_path / "p.csv").write_text("11,12,13,14,15,16,17,18\n")
+    assert (
+        main(
+            [
+                "--checkpoint_dir",
+                str(models.checkpoint("llama-gqa")),
+                "--input_file",
+                str(tmp_path / "p.csv"),
+                "--max_input_length",
+                "3",
+                "--max_output_len",
+                "5",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    expected = runner.generate([torch.tensor([11, 12, 13])], max_new_tokens=5)[0, 0, 3:].tolist()
+    assert capsys.readouterr().out.strip() == f"Output [Text 0 Beam 0]: {expected}"

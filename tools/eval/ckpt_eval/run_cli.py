@@ -25,9 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--hf_model_dir", help="Hugging Face model directory (backend hf)")
     p.add_argument("--backend", choices=["torch", "hf", "trt"], help="default: from the directory flag")
     p.add_argument("--tokenizer_dir", help="tokenizer (default: --hf_model_dir, else the checkpoint directory)")
-    p.add_argument("--input_text", nargs="+", help="one or more prompts")
-    p.add_argument("--input_file", help=".txt (a prompt per line), .json (list of strings) or .csv (token ids)")
-    p.add_argument("--max_input_length", type=int, default=923, help="prompts are cut to their last N tokens")
+    inputs = p.add_mutually_exclusive_group()
+    inputs.add_argument("--input_text", nargs="+", help="one or more prompts")
+    inputs.add_argument("--input_file", help=".txt (a prompt per line), .json (list of strings) or .csv (token ids)")
+    p.add_argument("--max_input_length", type=int, default=923, help="prompts keep their first N tokens")
     p.add_argument("--max_output_len", type=int, default=32, help="new tokens per prompt")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top_k", type=int, default=1, help="1: greedy; 0: off")
@@ -89,7 +90,7 @@ def encode(args, tokenizer, texts, ids) -> list:
 
     if ids is None:
         ids = [tokenizer.encode(t, add_special_tokens=not args.no_add_special_tokens) for t in texts]
-    return [torch.tensor(x[-args.max_input_length :], dtype=torch.long) for x in ids]
+    return [torch.tensor(x[: args.max_input_length], dtype=torch.long) for x in ids]
 
 
 def print_outputs(result, prompts, texts, tokenizer, only: set[int] | None = None) -> None:
