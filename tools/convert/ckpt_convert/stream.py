@@ -74,16 +74,14 @@ def convert_ranks(group: RankGroup, progress: Callable[[int], None]) -> dict[str
     specs = {r: expected_tensors(config, r) for r in group.ranks}
     order = list(specs[group.ranks[0]])
     parts = [canonical_name(config, group.ranks[0], name) for name in order]
+    writers: dict[int, BackgroundRankFileWriter] = {}
+    upcoming = None
     with group.opener() as source, ThreadPoolExecutor(1, thread_name_prefix="prefetch") as prefetch:
         producer = TensorProducer(group.table, source, config)
-        writers = {
-            r: BackgroundRankFileWriter(
-                group.directory / RANK_FILE.format(rank=r),
-                {n: (_np_dtype(s.dtype), s.shape) for n, s in specs[r].items()},
-            )
-            for r in group.ranks
-        }
         try:
+            for r in group.ranks:
+                file_specs = {n: (_np_dtype(s.dtype), s.shape) for n, s in specs[r].items()}
+                writers[r] = BackgroundRankFileWriter(group.directory / RANK_FILE.format(rank=r), file_specs)
             upcoming = prefetch.submit(producer.get, *parts[0]) if order else None
             for index, name in enumerate(order):
                 full = upcoming.result()
@@ -92,6 +90,8 @@ def convert_ranks(group: RankGroup, progress: Callable[[int], None]) -> dict[str
                     writer.write(name, shard(name, full, config, rank))
                 del full
                 progress(len(writers))
+            for writer in writers.values():
+                writer.finish()  # all files drain and sync in parallel
             return {w.path.name: w.close() for w in writers.values()}
         finally:
             if upcoming is not None:
