@@ -360,9 +360,9 @@ def test_engine_dir_without_config(tmp_path):
         ModelRunner.from_dir(tmp_path, backend="trt")
 
 
-@pytest.mark.trt
-def test_real_engine_directory_is_checked_before_tensorrt_loads_it(ckpts):
-    """ckpt-build (TensorRT-RTX on CPU) makes a real engine directory; loading it here must stop at the checks."""
+@pytest.fixture(scope="module")
+def rtx_engine(ckpts):
+    """A real engine directory: ckpt-build with TensorRT-RTX on CPU, for sm86."""
     pytest.importorskip("tensorrt_rtx_bindings")
     out = ckpts["base"] / "engine"
     build = shutil.which("ckpt-build") or str(Path(sys.executable).parent / "ckpt-build")
@@ -388,10 +388,29 @@ def test_real_engine_directory_is_checked_before_tensorrt_loads_it(ckpts):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.mark.trt
+def test_real_engine_directory_is_checked_before_tensorrt_loads_it(rtx_engine):
     with pytest.raises(EngineMismatch) as err:
-        ModelRunner.from_dir(out, backend="trt")
-    assert str(err.value).startswith(f"{out}: engines built by tensorrt_rtx ")
+        ModelRunner.from_dir(rtx_engine, backend="trt")
+    assert str(err.value).startswith(f"{rtx_engine}: engines built by tensorrt_rtx ")
     assert "for sm86 cannot run here" in str(err.value) and "TensorRT engines run only on a CUDA GPU" in str(err.value)
+
+
+@pytest.mark.trt
+def test_deserializing_without_a_gpu_is_one_error_not_a_crash(rtx_engine):
+    """The executor's TensorRT calls up to deserialization, on the real plan (TensorRT returns None on CPU)."""
+    import tensorrt_rtx_bindings as trt
+    from ckpt_eval.backends.trt_backend import TrtExecutor
+    from ckpt_eval.distributed import Parallel
+    from ckptfmt.engine import load_engine_config
+
+    config = load_engine_config(rtx_engine)
+    par = Parallel(config.checkpoint_config.mapping, 0, torch.device("cpu"))
+    with pytest.raises(RunnerError, match=r"rank0\.engine: TensorRT could not deserialize the plan \(.+\)"):
+        TrtExecutor(trt, rtx_engine / "rank0.engine", StagePlan(config, 0), par)
 
 
 # ---- NCCL communicator pieces that run without NCCL ----

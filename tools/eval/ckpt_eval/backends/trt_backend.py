@@ -10,8 +10,10 @@ several tp ranks it hands every context an NCCL communicator (``set_communicator
 Executed in this project's tests (CPU): the contract checks, buffer and alias planning, step scheduling, the
 checks against ``bound_to`` (no GPU, no/other TensorRT, wrong version or compute capability), and
 ``EngineStepper`` end to end with the builder's own network executed on torch in place of TensorRT.
-NOT executed anywhere yet: ``TrtExecutor`` (deserializing and running a plan, ``set_communicator``), which
-needs a GPU that the installed TensorRT supports; TensorRT-RTX refuses the H100 this project could borrow.
+``TrtExecutor`` runs here only up to ``deserialize_cuda_engine`` (None without a GPU: one error line).
+NOT executed anywhere yet: ``TrtExecutor`` past deserialization (binding, ``execute_async_v3``,
+``set_communicator``), which needs a GPU the installed TensorRT supports; TensorRT-RTX refuses the H100s
+this project could borrow.
 """
 
 from __future__ import annotations
