@@ -31,7 +31,8 @@ COPY --from=install /opt/ckpt /opt/ckpt
 ENV PATH=/opt/ckpt/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    XDG_CACHE_HOME=/tmp/cache
+    XDG_CACHE_HOME=/tmp/cache \
+    XDG_CONFIG_HOME=/tmp/config
 RUN ckpt-build --help > /dev/null
 USER ${CKPT_UID}:${CKPT_GID}
 WORKDIR /data

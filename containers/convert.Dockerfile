@@ -30,6 +30,7 @@ ENV PATH=/opt/ckpt/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     XDG_CACHE_HOME=/tmp/cache \
+    XDG_CONFIG_HOME=/tmp/config \
     HF_HUB_OFFLINE=1
 RUN ckpt-convert --help > /dev/null
 USER ${CKPT_UID}:${CKPT_GID}

@@ -31,6 +31,8 @@ ENV PATH=/opt/ckpt/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     XDG_CACHE_HOME=/tmp/cache \
+    XDG_CONFIG_HOME=/tmp/config \
+    MPLCONFIGDIR=/tmp/matplotlib \
     HF_HUB_OFFLINE=1
 RUN ckpt-summarize --help > /dev/null
 USER ${CKPT_UID}:${CKPT_GID}

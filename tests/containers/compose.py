@@ -100,5 +100,9 @@ class Compose:
             self._run(["docker", "image", "rm", *sorted(image_ids)], {}, 120)
 
     def down(self) -> None:
-        """Remove the project's containers and named volumes; the images stay cached."""
+        """Remove the project's containers and named volumes, and containers failed build steps left behind.
+
+        The images stay cached. Every container on the test daemon belongs to the tests.
+        """
         self._run(self.command("down", "--volumes", "--remove-orphans"), {}, 120)
+        self._run(["docker", "container", "prune", "--force"], {}, 120)

@@ -55,18 +55,15 @@ def _wait_for_socket(socket: Path, log: Path, proc: subprocess.Popen) -> None:
     raise RuntimeError(f"dockerd did not answer on {socket} within {START_TIMEOUT_S:.0f} s; log {log}")
 
 
-def _stop_pid(pid: int) -> None:
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM by PID (dockerd then stops its containerd), SIGKILL if it has not exited in time."""
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=STOP_TIMEOUT_S)
 
 
 @contextlib.contextmanager
@@ -110,8 +107,7 @@ def running_daemon(
         try:
             yield DockerDaemon(pid=proc.pid, socket=socket, config_dir=config_dir, log=log)
         finally:
-            _stop_pid(proc.pid)
-            proc.wait(timeout=STOP_TIMEOUT_S)
+            _stop(proc)
             _unmount_under(run_dir)
             shutil.rmtree(run_dir / "exec", ignore_errors=True)
 
@@ -130,8 +126,7 @@ def _start_once(command: list[str], socket: Path, log: Path) -> subprocess.Popen
     try:
         _wait_for_socket(socket, log, proc)
     except RuntimeError:
-        _stop_pid(proc.pid)
-        proc.wait(timeout=STOP_TIMEOUT_S)
+        _stop(proc)
         raise
     return proc
 
