@@ -20,7 +20,15 @@ from ckptfmt.quant import dequantize_weight_only, quantize_weight_only  # noqa: 
 
 from tests.tiny_models import TINY_CONFIGS, convert_tiny, make_tiny_hf  # noqa: E402
 
-VARIANTS = list(TINY_CONFIGS)
+# more variants: name -> (tiny_models variant, transformers config overrides)
+EXTRA_VARIANTS = {
+    "falcon-alibi": ("falcon-old", dict(alibi=True, multi_query=False, parallel_attn=False, bias=True)),  # RW-1B
+    "falcon-alibi-6heads": (  # 6 heads: ALiBi slopes beyond a power of two
+        "falcon-old",
+        dict(alibi=True, multi_query=False, parallel_attn=True, num_attention_heads=6, hidden_size=96),
+    ),
+}
+VARIANTS = [*TINY_CONFIGS, *EXTRA_VARIANTS]
 FP32_TOL, FP16_TOL, BF16_TOL = 1e-4, 5e-3, 3e-2
 STEPS = 32
 PROMPT_LENGTHS = (7, 3, 11)
@@ -44,7 +52,8 @@ class Models:
     def hf_dir(self, name: str):
         path = self.root / f"hf-{name}"
         if not (path / "config.json").exists():
-            make_tiny_hf(name, path)
+            base, overrides = EXTRA_VARIANTS.get(name, (name, {}))
+            make_tiny_hf(base, path, **overrides)
         return path
 
     def hf(self, name: str, dtype: str = "float32"):

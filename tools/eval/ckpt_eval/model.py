@@ -31,6 +31,23 @@ ACTIVATIONS = {
     "swiglu": F.silu,
 }
 
+# Families whose ALiBi bias is scaled by 1/sqrt(head_size) like q.k even when the config says plain "alibi"
+# (Falcon; TensorRT-LLM's Falcon model switches to alibi_with_scale itself). "alibi_with_scale" always is.
+ALIBI_SCALED_FAMILIES = frozenset({"falcon"})
+
+
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """Per-head ALiBi slopes: a geometric sequence for the largest power of two <= heads, then odd powers
+    of the next sequence for the remaining heads (Press et al.)."""
+    closest = 2 ** math.floor(math.log2(num_heads))
+    base = 2.0 ** (-(2.0 ** -(math.log2(closest) - 3)))
+    slopes = base ** torch.arange(1, closest + 1, dtype=torch.float32, device="cpu")
+    if closest != num_heads:
+        extra_base = 2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3)))
+        extra = extra_base ** torch.arange(1, 1 + 2 * (num_heads - closest), 2, dtype=torch.float32, device="cpu")
+        slopes = torch.cat([slopes, extra])
+    return slopes
+
 
 @dataclass(frozen=True)
 class RankShapes:
@@ -274,6 +291,13 @@ class Transformer(nn.Module):
             self.lm_head = nn.Linear(spec.embed_dim, rows, bias=spec.lm_head_bias)
         self.rotary = Rotary(spec) if spec.rotary else None
         self.window = None
+        self.alibi = None  # this rank's head slopes, already scaled where the family scales the bias
+        if spec.position_embedding_type.startswith("alibi"):
+            heads = spec.num_heads // par.tp_size
+            slopes = alibi_slopes(spec.num_heads)[par.tp_rank * heads : (par.tp_rank + 1) * heads]
+            if spec.position_embedding_type == "alibi_with_scale" or spec.family in ALIBI_SCALED_FAMILIES:
+                slopes = slopes / math.sqrt(spec.head_size)
+            self.alibi = slopes
 
     def setup_cache(self, batch: int, max_seq: int) -> None:
         """KV caches for ``batch`` sequences of up to ``max_seq`` positions. Buffers are kept while the batch
@@ -315,6 +339,8 @@ class Transformer(nn.Module):
         positions = (slots.unsqueeze(0) - pad.unsqueeze(1)).clamp(min=0)
         x = self.embed(inputs, positions) if self.shapes.first_stage else inputs
         mask = attention_mask(slots, pad, self.transformer.layers[0].attention.kv_cache.k.shape[2], self.window)
+        if self.alibi is not None:
+            mask = alibi_bias(self.alibi, pad, mask, x.dtype)
         cos_sin = self.rotary.cos_sin(positions, x.dtype) if self.rotary is not None else None
         for layer in self.transformer.layers:
             x = layer(x, slots, mask, self.rotary, cos_sin)
@@ -334,3 +360,11 @@ def attention_mask(slots: torch.Tensor, pad: torch.Tensor, max_seq: int, window:
     if window:
         allowed &= keys > q - window
     return (allowed | (keys == q)).unsqueeze(1)
+
+
+def alibi_bias(slopes: torch.Tensor, pad: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask [batch, heads, seq, max_seq]: slope * key position where ``mask`` allows, else -inf."""
+    keys = torch.arange(mask.shape[-1], device=pad.device)
+    positions = (keys.unsqueeze(0) - pad.unsqueeze(1)).clamp(min=0).float()  # [batch, max_seq]
+    bias = slopes.view(1, -1, 1, 1) * positions.view(positions.shape[0], 1, 1, -1)
+    return bias.masked_fill(~mask, float("-inf")).to(dtype)

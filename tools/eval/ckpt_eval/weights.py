@@ -107,6 +107,8 @@ def load_model(directory: str | Path, config: CheckpointConfig, par: Parallel) -
                 raise CheckpointError(f"{path}: {err}") from None
     if model.rotary is not None:
         model.rotary.inv_freq = model.rotary.inv_freq.to(par.device)
+    if model.alibi is not None:
+        model.alibi = model.alibi.to(par.device)
     if config.get("sliding_window") and config.get("use_sliding_window", True):
         model.window = int(config.get("sliding_window"))
     return model.eval()
