@@ -23,6 +23,9 @@ from tests.tiny_models import TINY_CONFIGS, convert_tiny, make_tiny_hf  # noqa: 
 # more variants: name -> (tiny_models variant, transformers config overrides)
 EXTRA_VARIANTS = {
     "falcon-alibi": ("falcon-old", dict(alibi=True, multi_query=False, parallel_attn=False, bias=True)),  # RW-1B
+    "llama-head-dim-32": ("llama-gqa", dict(head_dim=32)),  # head_size != hidden / heads
+    "llama-biases": ("llama-gqa", dict(attention_bias=True, mlp_bias=True)),
+    "mistral-window-8": ("mistral", dict(sliding_window=8)),  # prompts + 32 tokens run far past the window
     "falcon-alibi-6heads": (  # 6 heads: ALiBi slopes beyond a power of two
         "falcon-old",
         dict(alibi=True, multi_query=False, parallel_attn=True, num_attention_heads=6, hidden_size=96),
