@@ -54,6 +54,12 @@ class Compose:
         argv = self.command("run", "--rm", "-T", *options, service, *args)
         return self._run(argv, env or {}, RUN_TIMEOUT_S)
 
+    def pipeline(self, source: str, env: Mapping[str, str]) -> subprocess.CompletedProcess:
+        """`containers/pipeline.sh SOURCE` (convert, build, eval) with this project's compose options."""
+        options = self.command()[2:]  # after `docker compose`
+        argv = [str(self.repo / "containers/pipeline.sh"), source, *options]
+        return self._run(argv, env, 3 * RUN_TIMEOUT_S)
+
     def config(self, env: Mapping[str, str] | None = None) -> str:
         """The resolved configuration as JSON text."""
         done = self._run(self.command("config", "--format", "json"), env or {}, 60)

@@ -30,7 +30,7 @@ SERVICES = ("convert-hf", "convert-nemo", "build", "eval")
 SETTINGS = {  # small limits: a tiny model, a 2-core CI machine
     "MODEL_NAME": "tiny",
     "MAX_BATCH_SIZE": "1",
-    "MAX_INPUT_LEN": "256",
+    "MAX_INPUT_LEN": "96",  # + OUTPUT_LEN within the tiny models' 128 positions
     "MAX_OUTPUT_LEN": "16",
     "MAX_ITE": "2",
     "OUTPUT_LEN": "8",
@@ -59,7 +59,7 @@ def _shared_dir(path: Path) -> Path:
 
 
 def _tiny_hf_model(path: Path) -> Path:
-    make_tiny_hf("llama-gqa", path, max_position_embeddings=1024)
+    make_tiny_hf("llama-gqa", path)
     save_tiny_tokenizer(path, DATASET, vocab_size=250)
     path.chmod(0o755)  # private temp dirs and 0600 safetensors: make the source readable by the containers' user
     for file in path.iterdir():
@@ -126,13 +126,7 @@ def test_failing_convert_stops_the_pipeline_with_its_exit_code(compose: Compose,
     )  # fmt: skip
     assert expected.returncode != 0
     volume = _shared_dir(workspace["root"] / "failing-volume")
-    env = {**SETTINGS, "HF_MODEL_DIR": str(broken), "CKPT_VOLUME": str(volume)}
-    files = [arg for file in compose.files for arg in ("-f", str(file))]
-    done = subprocess.run(
-        [str(REPO / "containers/pipeline.sh"), "hf", "--project-name", compose.project,
-         "--env-file", str(compose.env_file), *files],
-        env={**compose.base_env, **env}, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    done = compose.pipeline("hf", env={**SETTINGS, "HF_MODEL_DIR": str(broken), "CKPT_VOLUME": str(volume)})
     assert done.returncode == expected.returncode, done.stderr[-3000:]
     assert "docker compose run build" not in done.stderr
     assert not (volume / "engines").exists() and not (volume / "checkpoints/tiny").exists()
@@ -160,18 +154,16 @@ def test_container_user_writes_only_the_shared_volume(compose: Compose, env: dic
     assert "/data" in writable and "SOURCE-WRITABLE" not in writable
 
 
-@pytest.mark.skipif(not NEMO_FIXTURE.exists(), reason="no NeMo fixture committed yet (issue 9)")
-def test_convert_nemo_writes_a_valid_checkpoint(compose: Compose, workspace: dict) -> None:
+def test_nemo_pipeline_converts_builds_and_evaluates(compose: Compose, workspace: dict) -> None:
+    """`pipeline.sh nemo` with the defaults: the tokenizer travels inside the checkpoint to eval."""
     from ckptfmt import validate_checkpoint
 
-    env = {
-        **SETTINGS,
-        "MODEL_NAME": "nemo",
-        "NEMO_CKPT_PATH": str(NEMO_FIXTURE),
-        "CKPT_VOLUME": str(workspace["volume"]),
-    }
-    _ok(compose.run("convert-nemo", env=env))
-    validate_checkpoint(workspace["volume"] / "checkpoints/nemo")
+    volume = workspace["volume"]
+    env = {**SETTINGS, "MODEL_NAME": "nemo", "NEMO_CKPT_PATH": str(NEMO_FIXTURE), "CKPT_VOLUME": str(volume)}
+    _ok(compose.pipeline("nemo", env))
+    validate_checkpoint(volume / "checkpoints/nemo")
+    assert (volume / "engines/nemo" / ENGINE_FILE.format(rank=0)).is_file()
+    assert (volume / "reports/nemo/results.json").is_file()
 
 
 def test_read_only_source_is_unchanged(workspace: dict, source_before: dict) -> None:
