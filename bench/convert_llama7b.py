@@ -116,6 +116,7 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=LAYERS, help="decoder layers (32 = LLaMA-7B)")
     parser.add_argument("--tp_size", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--settle", type=float, default=20, help="seconds to wait after deleting the copy")
     parser.add_argument("--keep", action="store_true", help="keep the files")
     args = parser.parse_args()
     work, src = args.dir, args.dir / "hf"
@@ -132,6 +133,7 @@ def main() -> int:
         sync_s, _ = timed(["sync"])
         shutil.rmtree(work / "copy")
         subprocess.run(["sync"], check=True)
+        time.sleep(args.settle)  # let the deletion's discards finish before the next timing
         print("converting (the converter's own summary line follows) ...", flush=True)
         conv_s, rss_mb = timed(
             [
