@@ -77,3 +77,30 @@ def test_falcon_rw_layout(tiny_hf, reference, tmp_path):
     config = load_config(ckpt)
     assert config.position_embedding_type == "alibi" and config.kv_heads == 4
     check_exact(ckpt, reference(hf), "float32")
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "llama-tied", "falcon-new", "falcon-old", "mistral"])
+def test_more_ranks_than_kv_heads(name, tiny_hf, reference, tmp_path):
+    """tp 4 with 2 or 1 KV heads: KV heads are replicated; merging still gives the HF tensors."""
+    hf = tiny_hf(name)
+    ckpt = convert_tiny(name, tmp_path / "ckpt", tp=4, pp=2, hf_dir=hf, use_parallel_embedding=True)
+    check_exact(ckpt, reference(hf), "float32")
+
+
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        ({"world_size": 2}, (2, 1)),
+        ({"world_size": 4, "tp_size": 2}, (2, 2)),
+        ({"world_size": 2, "pp_size": 2}, (1, 2)),
+        ({"tp_size": 2, "pp_size": 2}, (2, 2)),
+        ({}, (1, 1)),
+    ],
+)
+def test_world_size_flags(flags, expected):
+    import argparse
+
+    from ckpt_convert.options import parallel_sizes
+
+    args = argparse.Namespace(**{"world_size": None, "tp_size": None, "pp_size": None, **flags})
+    assert parallel_sizes(args) == expected
