@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("ckpt_convert")
 
@@ -206,6 +206,7 @@ def test_console_script_engine_dir_without_config(tiny, bad_inputs):
     )
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without GPU")
 def test_trt_backend_on_this_machine_says_what_is_missing(tiny, tmp_path, capsys):
     """An engine config whose plans cannot run here (no GPU): one line naming what to do, before TensorRT."""
     from tests.eval.engine_network import engine_config

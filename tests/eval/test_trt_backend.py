@@ -330,6 +330,15 @@ def test_engines_that_cannot_run_say_what_to_do(bound, here, message):
     assert message in text and "\n" not in text
 
 
+def test_nothing_installed_on_a_gpu_machine_is_the_install_line_alone():
+    with pytest.raises(EngineMismatch) as err:
+        check_bound_to(FULL, facts(gpu=H100), "e")
+    assert str(err.value) == (
+        "e: engines built by tensorrt 10.13.0.35 for sm90 cannot run here: tensorrt is not "
+        "installed: pip install tensorrt==10.13.0.35"
+    )
+
+
 def test_every_problem_is_in_the_one_message():
     with pytest.raises(EngineMismatch) as err:
         check_bound_to(FULL, facts(rtx="1.7.1.116"), "e")
@@ -344,8 +353,12 @@ def test_unknown_module_is_refused():
 
 def test_probe_sees_this_machine():
     here = probe_runtime(0)
-    assert here.gpu is None  # no GPU in this project's machines
-    assert "CPU-only build" in here.no_gpu_reason or "no CUDA GPU" in here.no_gpu_reason
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(0)
+        assert here.gpu is not None and here.gpu.target == f"sm{major}{minor}"
+    else:
+        assert here.gpu is None
+        assert "CPU-only build" in here.no_gpu_reason or "no CUDA GPU" in here.no_gpu_reason
     try:
         import tensorrt_rtx_bindings
     except ImportError:
@@ -391,6 +404,7 @@ def rtx_engine(ckpts):
     return out
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without GPU")
 @pytest.mark.trt
 def test_real_engine_directory_is_checked_before_tensorrt_loads_it(rtx_engine):
     with pytest.raises(EngineMismatch) as err:

@@ -107,10 +107,10 @@ def check_bound_to(bound: BoundTo, facts: RuntimeFacts, engine_dir: str = "engin
     install = INSTALL[bound.module].format(version=bound.module_version)
     if installed is None:
         also = f" (only {other} {facts.modules[other]} is installed)" if other else ""
-        problems.append(
-            f"{bound.module} is not installed{also}: {install}, or rebuild the engines with the "
-            f"installed TensorRT (ckpt-build --backend {other or 'auto'})"
+        rebuild = (
+            f", or rebuild the engines with the installed TensorRT (ckpt-build --backend {other})" if other else ""
         )
+        problems.append(f"{bound.module} is not installed{also}: {install}{rebuild}")
     elif not _versions_match(bound.module_version, installed):
         problems.append(
             f"{bound.module} {installed} is installed but plans load only in the release that built "
