@@ -107,3 +107,10 @@ def test_workers_give_identical_files(tp, pp, tiny_hf, tmp_path):
     many = convert_tiny("qwen2", tmp_path / "many", tp=tp, pp=pp, hf_dir=hf, workers=4)
     assert rank_digests(many) == rank_digests(one)
     assert (many / "config.json").read_text() == (one / "config.json").read_text()
+
+
+@pytest.mark.parametrize("fmt", ["bin", "sharded"])
+def test_bfloat16_source_layouts(fmt, tiny_hf, reference, tmp_path):
+    hf = tiny_hf("qwen2", dtype="bfloat16", fmt=fmt)
+    ckpt = convert_tiny("qwen2", tmp_path / "ckpt", tp=2, pp=2, dtype="auto", hf_dir=hf)
+    check_exact(ckpt, reference(hf), "bfloat16")
