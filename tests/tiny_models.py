@@ -208,6 +208,8 @@ def make_tiny_hf(
         model.save_pretrained(path, max_shard_size="40KB")
     elif fmt in ("bin", "sharded-bin"):
         model.config.save_pretrained(path)
+        config = json.loads((path / "config.json").read_text())
+        (path / "config.json").write_text(json.dumps({**config, "dtype": dtype}, indent=2))  # as save_pretrained
         _save_bin(model, path, shards=3 if fmt == "sharded-bin" else 1)
     else:
         raise ValueError(f"unknown fmt {fmt!r} (choose from {SOURCE_FORMATS})")
