@@ -132,6 +132,14 @@ def test_failing_convert_stops_the_pipeline_with_its_exit_code(compose: Compose,
     assert not (volume / "engines").exists() and not (volume / "checkpoints/tiny").exists()
 
 
+def test_default_named_volume_is_writable_and_shared(compose: Compose, workspace: dict) -> None:
+    """Without CKPT_VOLUME: a fresh named volume, owned by the images' user, seen by every service."""
+    env = {**SETTINGS, "MODEL_NAME": "named", "HF_MODEL_DIR": str(workspace["hf"])}
+    _ok(compose.run("convert-hf", env=env))
+    listing = _ok(compose.run("eval", "-c", "ls /data/checkpoints/named", env=env, entrypoint="sh"))
+    assert {"config.json", RANK_FILE.format(rank=0)} <= set(listing.stdout.split())
+
+
 def test_compose_run_returns_the_container_exit_code(compose: Compose, env: dict) -> None:
     assert compose.run("build", "-c", "exit 7", env=env, entrypoint="sh").returncode == 7
 
