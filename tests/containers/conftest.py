@@ -52,7 +52,9 @@ def base_image(docker_daemon: DockerDaemon) -> str:
 
 
 @pytest.fixture(scope="session")
-def compose(docker_daemon: DockerDaemon, base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Compose:
+def compose(
+    docker_daemon: DockerDaemon, base_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Compose]:
     """The CPU pipeline (compose.yaml + compose.cpu.yaml) with its three images built on the local base."""
     wheels = local_wheels(TORCH_WHEEL)
     if not wheels:

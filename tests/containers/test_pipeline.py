@@ -1,7 +1,8 @@
 """End to end, for real: a private dockerd, images built on a local Debian base, the compose pipeline on the CPU.
 
-convert-hf (tiny random LLaMA) -> build (TensorRT-RTX) -> eval (torch backend, the shipped data set), all
-sharing a host directory as the volume; then the failure and isolation guarantees.
+convert-hf (tiny random LLaMA) -> build (TensorRT-RTX) -> eval (torch backend, the shipped data set) on a host
+directory as the volume; the NeMo fixture through `containers/pipeline.sh nemo`; then the failure and isolation
+guarantees and the default named volume.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 CONTAINER_UID = 1000  # CKPT_UID of the images
 DATASET = REPO / "tools/eval/ckpt_eval/data/cnn_dailymail_mini.jsonl"
 NEMO_FIXTURE = REPO / "tests/fixtures/nemo/llama_tp2.nemo"  # NeMo 1 archive, source TP 2
-SERVICES = ("convert-hf", "convert-nemo", "build", "eval")
 SETTINGS = {  # small limits: a tiny model, a 2-core CI machine
     "MODEL_NAME": "tiny",
     "MAX_BATCH_SIZE": "1",
