@@ -9,7 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,9 +76,7 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def running_daemon(
-    data_root: Path, run_dir: Path, compose_plugin: Path | None, extra_args: Sequence[str] = ()
-) -> Iterator[DockerDaemon]:
+def running_daemon(data_root: Path, run_dir: Path, compose_plugin: Path | None) -> Iterator[DockerDaemon]:
     """Start dockerd with images in `data_root` (kept) and sockets/exec state in `run_dir`; stop it by PID.
 
     The daemon runs without a bridge or iptables rules: builds use the host network, services none.
@@ -101,9 +99,8 @@ def running_daemon(
             "--bridge", "none",
             "--iptables=false",
             "--ip6tables=false",
-            *extra_args,
         ]  # fmt: skip
-        proc = _start(command, socket, log)
+        proc = _start(command, data_root, socket, log)
         try:
             yield DockerDaemon(pid=proc.pid, socket=socket, config_dir=config_dir, log=log)
         finally:
@@ -131,9 +128,8 @@ def _start_once(command: list[str], socket: Path, log: Path) -> subprocess.Popen
     return proc
 
 
-def _start(command: list[str], socket: Path, log: Path) -> subprocess.Popen:
+def _start(command: list[str], data_root: Path, socket: Path, log: Path) -> subprocess.Popen:
     """Start dockerd; if it does not come up on the kept data root (say, left corrupt by a kill), start afresh."""
-    data_root = Path(command[command.index("--data-root") + 1])
     try:
         return _start_once(command, socket, log)
     except RuntimeError:
