@@ -184,6 +184,8 @@ def test_bad_input_is_one_line_and_exit_1(tiny, bad_inputs, case, capsys):
 
 def test_console_script_engine_dir_without_config(tiny, bad_inputs):
     script = shutil.which("ckpt-summarize") or str(Path(sys.executable).parent / "ckpt-summarize")
+    if not Path(script).is_file():
+        pytest.skip("ckpt-eval is not installed (no ckpt-summarize script)")
     done = subprocess.run(
         [
             script,

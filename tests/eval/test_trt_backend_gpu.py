@@ -35,7 +35,8 @@ def test_tp_communicator_all_reduces(tmp_path):
     from tests.tiny_models import convert_tiny
 
     ckpt = convert_tiny("llama-gqa", tmp_path / "tp2", tp=2)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "NCCL_NVLS_ENABLE": "0"}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "NCCL_NVLS_ENABLE": "0"}
     done = subprocess.run(
         ["torchrun", "--nproc-per-node", "2", "-m", "tests.eval.test_trt_backend_gpu", str(ckpt)],
         capture_output=True,

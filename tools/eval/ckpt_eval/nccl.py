@@ -6,8 +6,9 @@ another stream), so a dedicated one is created through libnccl's C API with ctyp
 pipeline stage makes an ``ncclUniqueId``, the 128 id bytes go to every rank through torch.distributed, and
 each rank calls ``ncclCommInitRank``. libnccl comes with CUDA builds of torch (the ``nvidia-nccl`` wheel).
 
-Executed here: the capsule, the id (de)serialization and the library search (no libnccl on this machine).
-Not executed: ``ncclGetUniqueId`` / ``ncclCommInitRank`` themselves, which need a GPU.
+Executed in CI (CPU): the capsule, the id (de)serialization, the library search. Executed on 2x H200 by hand
+(``tests/eval/test_trt_backend_gpu.py``): ``tp_communicator`` end to end and an ``ncclAllReduce`` through
+the communicator. Not executed: handing it to TensorRT (``set_communicator``).
 """
 
 from __future__ import annotations
