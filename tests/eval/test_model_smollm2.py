@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,7 @@ def test_ckpt_run_prints_the_same_text(checkpoint, reference, hf_dir, capsys):
 
 
 @pytest.mark.mpi
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed (openmpi-bin)")
 def test_tensor_parallel_3_under_mpirun(checkpoint, reference, hf_dir):
     """9 heads / 3 KV heads split over 3 ranks."""
     _, expected = reference
