@@ -140,7 +140,11 @@ def bad_inputs(tiny):
     (base / "empty_engine").mkdir()
     write_jsonl(base / "fields.jsonl", [{"text": "An article.", "summary": "A summary."}])
     big = save_tiny_tokenizer(base / "tok400", vocab_size=400)
-    return {"base": base, "big_tok": big}
+    other_hf = base / "hf300"
+    shutil.copytree(tiny["hf"], other_hf)
+    config = json.loads((other_hf / "config.json").read_text())
+    (other_hf / "config.json").write_text(json.dumps({**config, "vocab_size": 300}))
+    return {"base": base, "big_tok": big, "other_hf": other_hf}
 
 
 BAD = {
@@ -153,7 +157,12 @@ BAD = {
         lambda t, b: ["--tokenizer_dir", str(b["big_tok"])],
         "tokenizer mismatch: {big_tok} has 400 tokens but {ckpt} has vocab_size 250",
     ),
+    "models disagree": (
+        lambda t, b: ["--test_hf", "--hf_model_dir", str(b["other_hf"])],
+        "vocabulary mismatch between the tested models ({ckpt} 250, {other_hf} 300)",
+    ),
     "beams": (lambda t, b: ["--num_beams", "2"], "--num_beams 2: beam search is not supported"),
+    "sampling": (lambda t, b: ["--top_p", "2"], "top_p must be within [0, 1], got 2.0"),
     "nothing to test": (None, "nothing to evaluate: pass --test_trt_llm"),
     "hf without dir": (lambda t, b: ["--test_hf"], "--test_hf needs --hf_model_dir"),
     "no tokenizer": (lambda t, b: ["--tokenizer_dir", str(b["base"] / "none")], "tokenizer directory does not exist"),
@@ -178,7 +187,7 @@ def test_bad_input_is_one_line_and_exit_1(tiny, bad_inputs, case, capsys):
     rc, out, err = run(capsys, [*argv, *SMALL, "--report", str(report)])
     lines = err.strip().splitlines()
     assert rc == 1 and len(lines) == 1 and lines[0].startswith("error: "), err
-    assert message.format(big_tok=bad_inputs["big_tok"], ckpt=tiny["ckpt"]) in lines[0]
+    assert message.format(big_tok=bad_inputs["big_tok"], ckpt=tiny["ckpt"], other_hf=bad_inputs["other_hf"]) in lines[0]
     assert not report.exists() and "ROUGE" not in out
 
 

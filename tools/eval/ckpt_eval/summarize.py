@@ -23,6 +23,7 @@ from .backends import RunnerError
 from .dataset import DatasetError, load_summarization_dataset
 from .metrics import compute_rouge, encode_prompt
 from .report import ReportError, print_table, write_report
+from .sampling import SamplingConfig
 
 log = logging.getLogger("ckpt_eval")
 
@@ -107,6 +108,7 @@ def check_args(args) -> tuple[str, str | None]:
     for name in ("batch_size", "max_ite", "max_input_length", "output_len"):
         if getattr(args, name) < 1:
             raise SummarizeError(f"--{name}: must be >= 1 (got {getattr(args, name)})")
+    SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.random_seed)
     backend = args.backend or ("trt" if args.engine_dir else "torch")
     model_dir = args.engine_dir if backend == "trt" else args.checkpoint_dir
     if args.test_trt_llm and not model_dir:
