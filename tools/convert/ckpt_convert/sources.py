@@ -1,14 +1,14 @@
-"""Lazy tensors from weight files: safetensors (read with ``pread``, no torch) and torch pickles.
+"""Lazy tensors from weight files: safetensors (mapped per tensor, no torch) and torch pickles.
 
 A ``TensorSource`` maps tensor names to ``LazyTensor``s whose shape and dtype are known from the file
-header; ``load()`` reads that one tensor. Safetensors data is read into a fresh buffer instead of being
-memory-mapped, so pages of tensors already converted do not stay resident (peak memory stays at a few
-tensors, not at the model size).
+header; ``load()`` reads that one tensor. A safetensors tensor is memory-mapped on its own and unmapped
+when its arrays are dropped (not the whole file at once), so pages of tensors already converted do not
+stay resident: peak memory stays at a few tensors, not at the model size, and no copy is made.
 """
 
 from __future__ import annotations
 
-import os
+import mmap
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,7 +37,11 @@ class LazyTensor:
 
 
 class SafetensorsFile:
-    """Tensors of one ``.safetensors`` file (header checked by ckptfmt, data read with ``os.pread``)."""
+    """Tensors of one ``.safetensors`` file (header checked by ckptfmt), each mapped on its own.
+
+    Every ``load()`` maps just that tensor's bytes (read-only, no copy); the mapping is released when
+    the last array using it is dropped, so only tensors in flight stay resident.
+    """
 
     def __init__(self, path: Path):
         self.path = path
@@ -46,29 +50,29 @@ class SafetensorsFile:
         self._dtypes = {name: header.spec(name)[0] for name in header.entries}
         with open(path, "rb") as f:
             self._data_start = 8 + struct.unpack("<Q", f.read(8))[0]
-        self._fd: int | None = None
 
     def tensors(self) -> Iterable[LazyTensor]:
         for name, entry in self._entries.items():
-            yield LazyTensor(name, tuple(entry["shape"]), self.path, lambda n=name: self._read(n))
+            yield LazyTensor(name, tuple(entry["shape"]), self.path, lambda n=name: self._map(n))
 
-    def _read(self, name: str) -> np.ndarray:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
+    def _map(self, name: str) -> np.ndarray:
+        dtype, shape = self._dtypes[name], self._entries[name]["shape"]
         lo, hi = self._entries[name]["data_offsets"]
-        out = np.empty(hi - lo, dtype=np.uint8)
-        view, pos = memoryview(out), 0
-        while pos < hi - lo:
-            got = os.preadv(self._fd, [view[pos:]], self._data_start + lo + pos)
-            if got <= 0:
-                raise CheckpointError(f"{self.path}: tensor {name}: file ends early (truncated?)")
-            pos += got
-        return out.view(self._dtypes[name]).reshape(self._entries[name]["shape"])
+        if hi == lo:
+            return np.empty(shape, dtype)
+        start = self._data_start + lo
+        aligned = start - start % mmap.ALLOCATIONGRANULARITY
+        try:
+            with open(self.path, "rb") as f:
+                mapped = mmap.mmap(f.fileno(), hi - lo + start - aligned, offset=aligned, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{self.path}: tensor {name}: cannot map ({err})") from None
+        mapped.madvise(mmap.MADV_SEQUENTIAL)
+        mapped.madvise(mmap.MADV_WILLNEED)  # start reading ahead now
+        return np.frombuffer(mapped, dtype, count=(hi - lo) // dtype.itemsize, offset=start - aligned).reshape(shape)
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        pass  # mappings close with their arrays
 
 
 class TorchFile:
