@@ -81,6 +81,12 @@ class NetworkExecutor:
         self.tp_rank = par.tp_rank
         self.constants: dict = {}
         self.steps = 0
+        self.connected_ranks: int | None = None
+
+    def connect(self, par) -> None:
+        """Where ``TrtExecutor`` joins its tp group's NCCL communicator; here: prove it is called, once."""
+        assert self.connected_ranks is None
+        self.connected_ranks = par.tp_size
 
     def run(self, tensors: dict[str, torch.Tensor], bindings: list[Buffer]) -> None:
         addresses = {name: address for name, _, _, address in binding_addresses(bindings, tensors)}

@@ -469,6 +469,7 @@ def test_engine_steps_generate_what_the_torch_backend_generates(ckpts, variant):
     assert torch.equal(a["output_ids"], b["output_ids"])
     assert torch.allclose(a["generation_logits"], b["generation_logits"], atol=1e-4)
     assert ours.model.executor.steps == 10  # one prefill + 9 decode steps
+    assert ours.model.executor.connected_ranks == 1
     sampled = dict(max_new_tokens=6, top_k=5, temperature=0.8, random_seed=3)
     assert torch.equal(ours.generate(uneven_prompts(1), **sampled), ref.generate(uneven_prompts(1), **sampled))
 
@@ -482,6 +483,16 @@ def test_engine_steps_stop_at_the_end_token(ckpts):
     a, b = ours.generate(uneven_prompts(), **kw), ref.generate(uneven_prompts(), **kw)
     assert torch.equal(a["output_ids"], b["output_ids"]) and torch.equal(a["sequence_lengths"], b["sequence_lengths"])
     assert int(a["sequence_lengths"][1, 0]) == 11 + 2
+
+
+def test_an_executor_that_cannot_open_is_one_error(ckpts):
+    from ckpt_eval.backends.trt_backend import EngineStepper
+
+    def refuse(plan, par):
+        raise RunnerError("rank0.engine: TensorRT could not deserialize the plan (test)")
+
+    with pytest.raises(CheckpointError, match=r"^rank0\.engine: TensorRT could not deserialize the plan \(test\)$"):
+        EngineStepper(engine_config(ckpts["tp1"]), "cpu", refuse)
 
 
 def test_engine_limits_and_context_logits_are_one_line_errors(ckpts):

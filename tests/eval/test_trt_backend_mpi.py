@@ -39,6 +39,7 @@ def worker(out: Path, ckpt: str) -> None:
 
     runner = ModelRunner(network_stepper(ckpt), "trt")
     result = generate(runner)
+    assert runner.model.executor.connected_ranks == runner.model.par.tp_size
     torch.save({k: result[k] for k in ("output_ids", "generation_logits")}, out / f"rank{runner.rank}.pt")
     shutdown()  # before interpreter exit: gloo's worker threads must not outlive it
 

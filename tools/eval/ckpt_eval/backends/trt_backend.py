@@ -48,7 +48,10 @@ log = logging.getLogger("ckpt_eval")
 
 
 class Executor(Protocol):
-    """Runs one step of a stage: binds every ``Buffer`` to ``tensors[buffer.storage]`` and writes the outputs."""
+    """Runs one step of a stage: binds every ``Buffer`` to ``tensors[buffer.storage]`` and writes the outputs.
+
+    An executor may also have ``connect(par)``, called on every rank once all ranks have opened theirs.
+    """
 
     def run(self, tensors: dict[str, torch.Tensor], bindings: list[Buffer]) -> None: ...
 
@@ -85,17 +88,24 @@ class EngineStepper:
         self.spec = model_spec(ckpt)
         self.par = init_parallel(ckpt.mapping, device)
         self.plan = StagePlan(config, self.par.pp_rank, source)
-        error = None
-        try:
-            self.executor = open_executor(self.plan, self.par)
-        except (RunnerError, CheckpointError, OSError, RuntimeError) as err:
-            error = str(err).splitlines()[0] if str(err) else type(err).__name__
-        self.par.agree(error)
+        self._agree(lambda: setattr(self, "executor", open_executor(self.plan, self.par)))
+        connect = getattr(self.executor, "connect", None)
+        if connect is not None:  # collective: only once every rank has its engine
+            self._agree(lambda: connect(self.par))
         self.device = self.par.device
         self.vocab_size = self.spec.vocab_size
         self.max_positions = self.spec.max_position_embeddings
         self.is_sampler = self.par.is_sampler
         self.caches: dict[str, torch.Tensor] = {}
+
+    def _agree(self, action: Callable[[], object]) -> None:
+        """Run a fallible step on every rank; if any rank failed, every rank raises (no rank left waiting)."""
+        error = None
+        try:
+            action()
+        except (RunnerError, CheckpointError, OSError, RuntimeError) as err:
+            error = str(err).splitlines()[0] if str(err) else type(err).__name__
+        self.par.agree(error)
 
     def reset(self, batch: int, max_seq: int) -> None:
         self.plan.check_batch(batch, max_seq)
@@ -220,12 +230,17 @@ class TrtExecutor:
             raise RunnerError(f"{engine_path}: cannot create an execution context ({self.logger.last()})")
         self.stream = torch.cuda.Stream(self.device)
         self.communicator = None
-        if par.tp_size > 1:
-            from ..nccl import tp_communicator
+        self.engine_path = engine_path
 
-            self.communicator = tp_communicator(par)
-            if not self.context.set_communicator(self.communicator.capsule()):
-                raise RunnerError(f"{engine_path}: set_communicator failed ({self.logger.last()})")
+    def connect(self, par: Parallel) -> None:
+        """Tensor parallel: one NCCL communicator per tp group, handed to the context (collective call)."""
+        if par.tp_size == 1:
+            return
+        from ..nccl import tp_communicator
+
+        self.communicator = tp_communicator(par)
+        if not self.context.set_communicator(self.communicator.capsule()):
+            raise RunnerError(f"{self.engine_path}: set_communicator failed ({self.logger.last()})")
 
     def run(self, tensors: dict[str, torch.Tensor], bindings: list[Buffer]) -> None:
         ctx, stream = self.context, self.stream
