@@ -5,7 +5,7 @@ Writes the source checkpoint tensor by tensor (never more than one tensor in mem
 ``ckpt-convert hf --dtype float16 --tp_size 2`` as a child process and reports its wall time, peak RSS
 and the ratio to ``cp``. Targets (issue 4): peak RSS < 2 GB, wall time within 1.5x of ``cp``.
 
-    python bench/convert_llama7b.py --dir /work/bench-7b            # full size: ~13.5 GB source, ~40 GB peak disk
+    python bench/convert_llama7b.py --dir /work/bench-7b            # full size: 13.5 GB source, ~28 GB peak disk
     python bench/convert_llama7b.py --dir /tmp/bench --layers 4     # quick smoke run
 """
 
