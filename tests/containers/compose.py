@@ -47,10 +47,16 @@ class Compose:
         )
 
     def run(
-        self, service: str, *args: str, env: Mapping[str, str] | None = None, entrypoint: str | None = None
+        self,
+        service: str,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        entrypoint: str | None = None,
+        user: str | None = None,
     ) -> subprocess.CompletedProcess:
         """`compose run --rm -T SERVICE [ARGS]`; returns the finished process (not checked)."""
         options = ["--entrypoint", entrypoint] if entrypoint else []
+        options += ["--user", user] if user else []
         argv = self.command("run", "--rm", "-T", *options, service, *args)
         return self._run(argv, env or {}, RUN_TIMEOUT_S)
 

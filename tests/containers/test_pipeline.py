@@ -8,6 +8,7 @@ guarantees and the default named volume.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from tests.tiny_models import make_tiny_hf
 
 from .compose import Compose
 from .conftest import REPO
+from .docker_daemon import DockerDaemon
 from .tiny_tokenizer import save_tiny_tokenizer
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -142,6 +144,23 @@ def test_default_named_volume_is_writable_and_shared(compose: Compose, workspace
 
 def test_compose_run_returns_the_container_exit_code(compose: Compose, env: dict) -> None:
     assert compose.run("build", "-c", "exit 7", env=env, entrypoint="sh").returncode == 7
+
+
+ENTRYPOINTS = {"convert": ["ckpt-convert"], "build": ["ckpt-build"], "eval": ["ckpt-summarize"]}
+LEFTOVERS_PROBE = "ls -d /tmp/ckpt-src /opt/ckpt/bin/pip* /root/.cache/pip /tmp/*.pem 2>/dev/null || true"
+
+
+@pytest.mark.parametrize("service", ["convert-hf", "build", "eval"])
+def test_images_carry_no_build_inputs(compose: Compose, docker_daemon: DockerDaemon, env: dict, service: str) -> None:
+    """Non-root entrypoint image; no sources, pip caches or pip in the venv; no pip settings in the history."""
+    image = json.loads(compose.config())["services"][service]["image"]
+    config = json.loads(docker_daemon.docker("image", "inspect", image).stdout)[0]["Config"]
+    assert config["User"] == f"{CONTAINER_UID}:{CONTAINER_UID}"
+    assert config["Entrypoint"] == ENTRYPOINTS[image.split("/")[-1].split(":")[0]]
+    history = docker_daemon.docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", image).stdout
+    assert not [word for word in ("127.0.0.1", "CERTIFICATE", "PIP_") if word in history]
+    leftovers = _ok(compose.run(service, "-c", LEFTOVERS_PROBE, env=env, entrypoint="sh", user="0"))
+    assert leftovers.stdout.split() == []
 
 
 # Lists what the user may write: everything except /proc, /sys and /dev (device nodes and IPC shm by design).
