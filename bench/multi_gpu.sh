@@ -6,7 +6,8 @@
 #    all-reduce share of a tp2 decode step; comparison table;
 # 3. with TOKENIZER_DIR (a tokenizer of 49152 tokens, e.g. SmolLM2's): ckpt-summarize on the shipped set at
 #    tp1 and tp2 (random weights: the scores are near zero; what is compared is equality and latency).
-# Env: PYTHON (default python3). Uses mpirun when present, else torchrun. NVLink multicast stays off.
+# Env: PYTHON (default python3), PRESET (1b|tiny), DTYPE (float16; float32 makes tp1/tp2 tokens comparable
+# exactly: in fp16 the split sums of tp 2 flip near-ties of random weights). Uses mpirun when present, else torchrun. NVLink multicast stays off.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/ckpt-multi-gpu}
@@ -20,13 +21,13 @@ else
 fi
 mkdir -p "$WORK"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-$PY bench/eval_tp.py prepare --out "$WORK" --preset "${PRESET:-1b}"
+$PY bench/eval_tp.py prepare --out "$WORK" --preset "${PRESET:-1b}" --dtype "${DTYPE:-float16}"
 $PY bench/eval_tp.py run --ckpt "$WORK/tp1" --json "$WORK/tp1.json"
 "${launch2[@]}" bench/eval_tp.py run --ckpt "$WORK/tp2" --json "$WORK/tp2.json"
 $PY bench/eval_tp.py compare "$WORK/tp1.json" "$WORK/tp2.json"
 if [ -n "$TOK" ]; then
   for tp in 1 2; do
-    args=(--checkpoint_dir "$WORK/tp$tp" --tokenizer_dir "$TOK" --backend torch --test_trt_llm --data_type fp16
+    args=(--checkpoint_dir "$WORK/tp$tp" --tokenizer_dir "$TOK" --backend torch --test_trt_llm
           --batch_size 8 --max_ite 3 --output_len 64 --device cuda --report "$WORK/summarize-tp$tp")
     if [ "$tp" = 1 ]; then $PY -m ckpt_eval.summarize "${args[@]}"; else "${launch2[@]}" -m ckpt_eval.summarize "${args[@]}"; fi
   done
