@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import signal
@@ -149,6 +150,18 @@ class RankFileReader:
         return raw.view(dtype).reshape(shape)
 
     get = __getitem__
+
+    def release_pages(self) -> bool:
+        """Drop the mapped pages from this process's memory (they fault back in from the file when read).
+
+        Safe at any time since the mapping is read-only; returns False where the platform cannot do it.
+        """
+        mapping = getattr(self._mm, "_mmap", None)  # np.memmap's mmap.mmap
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if mapping is None or advice is None or not hasattr(mapping, "madvise"):
+            return False
+        mapping.madvise(advice)
+        return True
 
     def close(self) -> None:
         self._mm = None

@@ -121,7 +121,6 @@ def shard_rule(name: str, config: CheckpointConfig) -> tuple[str, int | None]:
     if column:
         return ("qkv" if module == QKV else "split"), out_dim
     return "split", 1 - out_dim
-    return "replicate", None
 
 
 def shard(name: str, full, config: CheckpointConfig, rank: int):

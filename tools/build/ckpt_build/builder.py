@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import mmap
 import multiprocessing
 import threading
 import time
@@ -95,17 +94,14 @@ def release_mapped_pages(reader: RankFileReader, interval: float = 0.2) -> Itera
     the page cache with the same bytes, so this is always correct. Without it the whole checkpoint stays
     mapped into the process (RSS) next to TensorRT's own copy of the weights.
     """
-    mapping = getattr(getattr(reader, "_mm", None), "_mmap", None)  # np.memmap's mmap.mmap
-    advise = getattr(mapping, "madvise", None)
-    dont_need = getattr(mmap, "MADV_DONTNEED", None)
-    if advise is None or dont_need is None:
+    if not reader.release_pages():  # False: file not mapped yet, or no madvise on this platform
         yield
         return
     stop = threading.Event()
 
     def loop() -> None:
         while not stop.wait(interval):
-            advise(dont_need)
+            reader.release_pages()
 
     thread = threading.Thread(target=loop, name="release-pages", daemon=True)
     thread.start()
