@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from ckptfmt.config import CheckpointConfig
 from ckptfmt.constants import CONFIG_FILE
 from ckptfmt.io import RankFileWriter, atomic_output_dir, write_manifest

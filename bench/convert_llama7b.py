@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from ckptfmt import RankFileWriter
 
 HIDDEN, FFN, HEADS, VOCAB, LAYERS = 4096, 11008, 32, 32000, 32

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from ckptfmt import CheckpointConfig, RankFileWriter, atomic_output_dir, expected_tensors, to_numpy, write_manifest
 
 PRESETS = {

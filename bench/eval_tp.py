@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from ckptfmt import (
     CheckpointConfig,
     RankFileWriter,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from ckptfmt.config import CheckpointConfig
 from ckptfmt.constants import DTYPES
 from ckptfmt.io import save_checkpoint

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from ckptfmt.config import CheckpointConfig
 from ckptfmt.io import save_checkpoint, to_numpy
 from ckptfmt.names import expected_tensors

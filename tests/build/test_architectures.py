@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from ckpt_build.execute import TorchRanks
 from ckpt_build.limits import Limits
-
 from tests.tiny_models import TINY_CONFIGS, convert_tiny, make_tiny_hf
 
 LIMITS = Limits(max_batch_size=2, max_input_len=16, max_output_len=48)
@@ -91,6 +91,7 @@ def dequantized_reference(hf_dir, precision: str, group_size: int | None):
     """transformers with every decoder-layer nn.Linear weight replaced by its weight-only round trip."""
     import numpy as np
     import transformers
+
     from ckptfmt.quant import dequantize_weight_only, quantize_weight_only
 
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()

@@ -6,8 +6,9 @@ import re
 
 import pytest
 from checkpoints import LAYOUTS, layout_config, random_checkpoint
-from ckptfmt.engine import check_engine_dir
 from conftest import plan_strings, run_cli
+
+from ckptfmt.engine import check_engine_dir
 
 pytestmark = pytest.mark.trt
 pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX is not installed (pip install 'ckpt-build[rtx]')")

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from checkpoints import layout_config
+
 from ckpt_build.contract import io_contract
 from ckpt_build.limits import Limits, resolve_limits
 from ckptfmt.engine import BoundTo, EngineConfig, check_engine_dir, load_engine_config

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
+
 from ckpt_build.execute import TorchRanks
 from ckpt_build.limits import Limits
-from conftest import run_cli
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "modelopt"
 EXPORTS = sorted(p for p in FIXTURES.glob("*/tp*") if (p / "config.json").exists())

@@ -8,10 +8,11 @@ import time
 
 import pytest
 import torch
+from conftest import plan_strings, run_watching_rss
+
 from ckpt_build.execute import TorchRanks
 from ckpt_build.limits import Limits
 from ckptfmt.engine import check_engine_dir
-from conftest import plan_strings, run_watching_rss
 
 pytestmark = pytest.mark.slow
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hf_llama import llama_checkpoint
+
 from ckpt_build.execute import TorchRanks
 from ckpt_build.limits import Limits
 from ckptfmt.quant import dequantize_weight_only, quantize_weight_only
-from hf_llama import llama_checkpoint
 
 LIMITS = Limits(max_batch_size=4, max_input_len=16, max_output_len=48)
 PROMPT = [5, 17, 99, 3, 42, 7, 200, 11]

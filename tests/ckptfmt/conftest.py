@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from ckptfmt import DTYPES, CheckpointConfig, expected_tensors, save_checkpoint
 
 OPT_EXAMPLE = {

@@ -1,9 +1,10 @@
 import json
 
 import pytest
-from ckptfmt import CheckpointConfig, CheckpointError, load_config
 from hypothesis import given
 from hypothesis import strategies as st
+
+from ckptfmt import CheckpointConfig, CheckpointError, load_config
 
 from .conftest import OPT_EXAMPLE, llama_dict
 

@@ -7,6 +7,7 @@ import sys
 import ml_dtypes
 import numpy as np
 import pytest
+
 from ckptfmt import (
     CheckpointConfig,
     CheckpointError,

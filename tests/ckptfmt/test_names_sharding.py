@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from ckptfmt import CheckpointConfig, expected_tensors, model_spec
 from ckptfmt.quant import dequantize_weight_only, pack_int4, quantize_weight_only, unpack_int4
 from ckptfmt.sharding import merge_qkv, shard, split_qkv, unshard
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from .conftest import OPT_EXAMPLE, llama_dict
 

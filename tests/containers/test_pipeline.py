@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from ckptfmt.constants import ENGINE_FILE, RANK_FILE
 
+from ckptfmt.constants import ENGINE_FILE, RANK_FILE
 from tests.tiny_models import make_tiny_hf
 
 from .compose import Compose

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ckptfmt import DTYPES
 
+from ckptfmt import DTYPES
 from tests.convert.reference import reference_tensors
 from tests.tiny_models import TINY_CONFIGS, convert_tiny, make_tiny_hf
 

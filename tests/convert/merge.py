@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+
 from ckptfmt import RANK_FILE, RankFileReader, load_config
 from ckptfmt.sharding import unshard
 

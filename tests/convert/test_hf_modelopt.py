@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 import pytest
-from ckptfmt import CheckpointConfig, RankFileReader, load_config
 
+from ckptfmt import CheckpointConfig, RankFileReader, load_config
 from tests.convert.conftest import convert_tiny
 
 FIXTURES = Path(__file__).resolve().parent / "modelopt"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from ckptfmt import load_config
 from ckptfmt.validate import validate_checkpoint
-
 from tests.convert.conftest import PARALLEL, TINY_CONFIGS, as_dtype, assert_same, convert_tiny
 from tests.convert.merge import merged_tensors
 

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+
 from ckptfmt import load_config
 from ckptfmt.validate import validate_checkpoint
-
 from tests.convert.conftest import run_cli
 from tests.convert.test_hf_roundtrip import check_exact
 from tests.smollm2 import smollm2_hf_dir

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from ckpt_convert.hf import model_config
 from ckptfmt import load_config
-
 from tests.convert.conftest import convert_tiny
 from tests.convert.test_hf_roundtrip import check_exact
 

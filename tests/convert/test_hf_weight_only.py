@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from ckptfmt import load_config
 from ckptfmt.names import model_spec
 from ckptfmt.quant import QMAX, dequantize_weight_only, unpack_int4
 from ckptfmt.validate import validate_checkpoint
-
 from tests.convert.conftest import as_dtype, assert_same, convert_tiny, run_cli
 from tests.convert.merge import merged_tensors
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ckptfmt import RankFileReader, load_config, model_spec, validate_checkpoint
 
+from ckptfmt import RankFileReader, load_config, model_spec, validate_checkpoint
 from tests.tiny_models import convert_tiny
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "modelopt"

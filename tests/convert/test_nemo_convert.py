@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ckptfmt import RankFileReader, check_checkpoint, load_config
 
+from ckptfmt import RankFileReader, check_checkpoint, load_config
 from tests.convert.conftest import run_cli
 
 pytest.importorskip("torch")

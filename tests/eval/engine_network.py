@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import torch
+
 from ckpt_build.contract import io_contract, make_plan
 from ckpt_build.limits import Limits, resolve_limits
 from ckpt_build.lower_torch import TorchOps

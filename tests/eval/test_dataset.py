@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from ckpt_eval.dataset import DatasetError, load_summarization_dataset
 
 RECORDS = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from ckpt_eval.metrics import (
     ROUGE_KEYS,
     compute_rouge,

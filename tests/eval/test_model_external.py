@@ -14,12 +14,12 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("ckpt_convert")
 
+from safetensors.torch import load_file  # noqa: E402
+
 from ckpt_convert.cli import main as convert  # noqa: E402
 from ckpt_eval.model import Rotary  # noqa: E402
 from ckpt_eval.runner import ModelRunner  # noqa: E402
 from ckptfmt import CheckpointConfig, model_spec  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-
 from tests.eval.test_model_parity import (  # noqa: E402
     FP16_TOL,
     FP32_TOL,

@@ -17,7 +17,6 @@ pytest.importorskip("ckpt_convert")
 
 from ckpt_eval.runner import ModelRunner  # noqa: E402
 from ckptfmt.quant import dequantize_weight_only, quantize_weight_only  # noqa: E402
-
 from tests.tiny_models import TINY_CONFIGS, convert_tiny, make_tiny_hf  # noqa: E402
 
 # more variants: name -> (tiny_models variant, transformers config overrides)

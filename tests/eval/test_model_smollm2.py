@@ -17,7 +17,6 @@ pytest.importorskip("ckpt_convert")
 from ckpt_convert.cli import main as convert  # noqa: E402
 from ckpt_eval.run_cli import main as ckpt_run  # noqa: E402
 from ckpt_eval.runner import ModelRunner  # noqa: E402
-
 from tests.smollm2 import smollm2_hf_dir  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -18,10 +18,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("ckpt_convert")
 
 import numpy as np  # noqa: E402
+
 from ckpt_eval.runner import ModelRunner  # noqa: E402
 from ckptfmt import RANK_FILE, RankFileReader, load_config, save_checkpoint  # noqa: E402
 from ckptfmt.names import LM_HEAD  # noqa: E402
-
 from tests.eval.test_model_parity import (  # noqa: E402
     FP32_TOL,
     VARIANTS,

@@ -16,7 +16,6 @@ from ckpt_eval.run_cli import main  # noqa: E402
 from ckpt_eval.runner import ModelRunner  # noqa: E402
 from ckpt_eval.sampling import SamplingConfig, penalize, truncate  # noqa: E402
 from ckptfmt import CheckpointError  # noqa: E402
-
 from tests.eval.test_model_parity import Models, prompts  # noqa: E402
 
 STEPS = 12

@@ -16,7 +16,6 @@ pytest.importorskip("transformers")
 pytest.importorskip("ckpt_convert")
 
 from ckpt_eval.summarize import main  # noqa: E402
-
 from tests.eval.summarize_helpers import save_tiny_tokenizer  # noqa: E402
 from tests.tiny_models import convert_tiny  # noqa: E402
 

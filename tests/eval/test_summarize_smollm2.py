@@ -16,7 +16,6 @@ pytest.importorskip("gguf")
 pytest.importorskip("ckpt_convert")
 
 from ckpt_eval.summarize import main  # noqa: E402
-
 from tests.smollm2 import smollm2_hf_dir  # noqa: E402
 
 pytestmark = [

@@ -33,7 +33,6 @@ from ckpt_eval.runner import ModelRunner  # noqa: E402
 from ckpt_eval.trt_runtime import EngineMismatch, Gpu, RuntimeFacts, check_bound_to, probe_runtime  # noqa: E402
 from ckptfmt import CheckpointError  # noqa: E402
 from ckptfmt.engine import BoundTo, IoTensor  # noqa: E402
-
 from tests.eval.engine_network import engine_config, network_stepper  # noqa: E402
 from tests.tiny_models import HEADS, HIDDEN, VOCAB, convert_tiny  # noqa: E402
 
@@ -417,6 +416,7 @@ def test_real_engine_directory_is_checked_before_tensorrt_loads_it(rtx_engine):
 def test_deserializing_without_a_gpu_is_one_error_not_a_crash(rtx_engine):
     """The executor's TensorRT calls up to deserialization, on the real plan (TensorRT returns None on CPU)."""
     import tensorrt_rtx_bindings as trt
+
     from ckpt_eval.backends.trt_backend import TrtExecutor
     from ckpt_eval.distributed import Parallel
     from ckptfmt.engine import load_engine_config

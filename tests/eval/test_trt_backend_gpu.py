@@ -51,6 +51,7 @@ def test_tp_communicator_all_reduces(tmp_path):
 
 def worker(ckpt: str) -> None:
     import torch.distributed as dist
+
     from ckpt_eval.distributed import init_parallel
     from ckpt_eval.nccl import capsule_address, tp_communicator
     from ckptfmt import load_config

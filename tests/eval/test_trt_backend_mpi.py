@@ -16,7 +16,6 @@ pytest.importorskip("ckpt_build")
 pytest.importorskip("ckpt_convert")
 
 from ckpt_eval.runner import ModelRunner  # noqa: E402
-
 from tests.eval.summarize_helpers import MPIRUN, run_mpi  # noqa: E402
 from tests.tiny_models import VOCAB, convert_tiny  # noqa: E402
 
@@ -34,7 +33,6 @@ def generate(runner):
 
 def worker(out: Path, ckpt: str) -> None:
     from ckpt_eval.distributed import shutdown
-
     from tests.eval.engine_network import network_stepper
 
     runner = ModelRunner(network_stepper(ckpt), "trt")

@@ -12,6 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
+
 from ckptfmt.config import load_config
 from ckptfmt.constants import RANK_FILE
 from ckptfmt.engine import BuildConfig

@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import torch
+
 from ckptfmt.engine import IoTensor
 from ckptfmt.quant import unpack_int4
 

@@ -8,6 +8,7 @@ error and returns None instead of raising.
 from __future__ import annotations
 
 import numpy as np
+
 from ckptfmt.engine import IoTensor
 
 from .ops import Tensor

@@ -10,6 +10,7 @@ states.
 from __future__ import annotations
 
 import numpy as np
+
 from ckptfmt.names import DENSE, FC, GATE, PROJ, QKV
 
 from .contract import (

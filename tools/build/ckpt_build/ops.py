@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import numpy as np
+
 from ckptfmt.engine import IoTensor
 
 Tensor = Any  # trt.ITensor or torch.Tensor

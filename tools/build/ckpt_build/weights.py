@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from ckptfmt.constants import DTYPES
 from ckptfmt.io import RankFileReader
 from ckptfmt.names import LAYER, LM_HEAD, LN_F, POSITION_EMBEDDING, PROJECT_IN, PROJECT_OUT, QKV, VOCAB_EMBEDDING

@@ -13,6 +13,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+
 from ckptfmt import CheckpointError, to_numpy
 
 from .megatron_names import LAYER_TEMPLATE, normalize_name, split_layer_name

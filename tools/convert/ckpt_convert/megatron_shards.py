@@ -12,6 +12,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+
 from ckptfmt import CheckpointError, to_numpy
 
 from .megatron_names import GATED, LAYER_TEMPLATE, normalize_name, split_layer_name, tp_split_dim

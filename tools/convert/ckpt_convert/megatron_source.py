@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from ckptfmt import CheckpointError
 
 from .sources import LazyTensor

@@ -7,6 +7,7 @@ positions): rules the config does not need are simply never asked for.
 from __future__ import annotations
 
 import numpy as np
+
 from ckptfmt import ModelSpec
 
 from .mapping import Rule, Table

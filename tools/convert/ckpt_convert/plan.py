@@ -10,6 +10,7 @@ import dataclasses
 import re
 
 import numpy as np
+
 from ckptfmt import DTYPES, CheckpointConfig, CheckpointError, TensorSpec, expected_tensors, model_spec
 from ckptfmt.quant import quantize_weight_only
 

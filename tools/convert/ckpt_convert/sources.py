@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from ckptfmt import CheckpointError, RankFileReader, to_numpy
 
 

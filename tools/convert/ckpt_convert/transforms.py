@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
 from ckptfmt import ModelSpec
 
 Transform = Callable[[list[np.ndarray], ModelSpec], np.ndarray]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
 from ckptfmt import CheckpointError, Mapping
 
 TIMEOUT_ENV = "CKPT_EVAL_TIMEOUT_S"  # seconds a collective may wait for a peer (default 300)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from ckptfmt.engine import EngineConfig, IoTensor
 
 from .backends.base import RunnerError

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from ckptfmt import CheckpointError, ModelSpec
 from ckptfmt.names import kv_heads_per_rank, pad_to_multiple
-from torch import nn
 
 from .distributed import Parallel
 

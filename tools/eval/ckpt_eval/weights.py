@@ -7,6 +7,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import torch
+
 from ckptfmt import RANK_FILE, CheckpointConfig, CheckpointError, RankFileReader, model_spec
 from ckptfmt.names import LM_HEAD, VOCAB_EMBEDDING
 from ckptfmt.quant import dequantize_weight_only

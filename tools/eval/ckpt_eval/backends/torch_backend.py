@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from ckptfmt import CheckpointError, check_checkpoint, load_config, model_spec
 
 from ..distributed import init_parallel

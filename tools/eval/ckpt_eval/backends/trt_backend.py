@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+
 from ckptfmt import ENGINE_FILE, CheckpointError
 from ckptfmt.engine import EngineConfig, check_engine_dir
 from ckptfmt.names import model_spec
