@@ -181,3 +181,13 @@ def test_default_targets_follow_the_checkpoint_precision():
     assert "sm75" not in resolve_targets(module, None, ["bfloat16"])
     assert "sm75" not in resolve_targets(module, None, ["float16", "int4"])
     assert resolve_targets(module, ["sm80", "sm120"], ["bfloat16", "int4"]) == ["sm80", "sm120"]
+    # TensorRT-RTX refuses FP32 GEMMs for Turing: a float32 checkpoint must not target sm75 by default
+    assert "sm75" not in resolve_targets(module, None, ["float32"])
+
+
+@pytest.mark.trt
+def test_float32_checkpoint_builds_with_default_targets(tmp_path):
+    ck = random_checkpoint(tmp_path / "f32", layout_config("llama-gqa", dtype="float32"))
+    rc, _, err = run_cli("--checkpoint_dir", ck, "--output_dir", tmp_path / "out", *LIMITS)
+    assert rc == 0, err
+    assert (tmp_path / "out" / "rank0.engine").stat().st_size > 0

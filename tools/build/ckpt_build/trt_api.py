@@ -21,8 +21,9 @@ INSTALL_HINT = (
     "tensorrt-rtx-cu13-bindings==1.7.1.116, builds on CPU) or pip install tensorrt (full TensorRT, "
     "needs the target GPU)"
 )
-# smallest compute capability (x10) each precision needs
-MIN_SM = {"bfloat16": 80, "int4": 80, "fp8": 89}
+# smallest compute capability (x10) each precision needs. float32: TensorRT-RTX 1.7 refuses FP32 GEMMs for
+# Turing (seen building SmolLM2 in float32: "Cannot compile ... for Turing (SM75): FP32 GEMM is not supported").
+MIN_SM = {"float32": 80, "bfloat16": 80, "int4": 80, "fp8": 89}
 
 
 @dataclass
