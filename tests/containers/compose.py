@@ -74,11 +74,12 @@ class Compose:
         return done.stdout
 
     def build(self, base_image: str, find_links: str, constraint: str) -> None:
-        """Build the images from `base_image`, taking pip's find-links/constraints from a host-local server."""
-        host_network = self.work / "build-on-host-network.yaml"
-        host_network.write_text(
-            "services:\n" + "".join(f"  {name}:\n    build:\n      network: host\n" for name in BUILT_SERVICES)
-        )
+        """Build the images from `base_image`, taking pip's find-links/constraints from a host-local server.
+
+        The install stages are built and tagged first (`<image>-install`), so that after the build every
+        untagged image is a leftover of an earlier build and can go: the kept store does not grow with each
+        source change, and the tagged stages keep the dependency layers cached.
+        """
         env = {
             "CONVERT_BASE_IMAGE": base_image,
             "BUILD_BASE_IMAGE": base_image,
@@ -87,29 +88,24 @@ class Compose:
             "CKPT_PIP_CONSTRAINT": constraint,
             "CKPT_EXTRA_CA_CERTS": _local_ca_certificates(),
         }
-        replaced = self._image_ids()
-        argv = self.command("build", *BUILT_SERVICES, extra_files=(host_network,))
-        done = self._run(argv, env, BUILD_TIMEOUT_S)
-        log = self.work / "build.log"
+        images = {name: service["image"] for name, service in json.loads(self.config())["services"].items()}
+        for stage in ("install", "final"):
+            override = self.work / f"build-{stage}.yaml"
+            override.write_text(json.dumps({"services": {
+                name: {"build": {"network": "host", "target": "install"}, "image": f"{images[name]}-install"}
+                if stage == "install" else {"build": {"network": "host"}}
+                for name in BUILT_SERVICES
+            }}))  # fmt: skip
+            self._build(stage, env, override)
+        self._run(["docker", "image", "prune", "--force"], {}, 300)
+
+    def _build(self, stage: str, env: Mapping[str, str], override: Path) -> None:
+        done = self._run(self.command("build", *BUILT_SERVICES, extra_files=(override,)), env, BUILD_TIMEOUT_S)
+        log = self.work / f"build-{stage}.log"
         log.write_text(done.stdout + done.stderr)
         if done.returncode != 0:
             errors = [line for line in log.read_text().splitlines() if "error" in line.lower()]
             raise RuntimeError(f"compose build failed ({done.returncode}), log {log}:\n" + "\n".join(errors[-20:]))
-        self._remove_images(replaced - self._image_ids())
-
-    def images(self) -> set[str]:
-        """The image names the services use."""
-        return {service["image"] for service in json.loads(self.config())["services"].values()}
-
-    def _image_ids(self) -> set[str]:
-        argv = ["docker", "image", "inspect", "--format", "{{.Id}}", *sorted(self.images())]
-        done = self._run(argv, {}, 60)  # names not built yet are skipped (non-zero exit, ids of the others)
-        return set(done.stdout.split())
-
-    def _remove_images(self, image_ids: set[str]) -> None:
-        """Drop images a rebuild replaced, so the kept image store does not grow with every source change."""
-        if image_ids:
-            self._run(["docker", "image", "rm", *sorted(image_ids)], {}, 120)
 
     def down(self) -> None:
         """Remove the project's containers and named volumes, and containers failed build steps left behind.
