@@ -1,4 +1,4 @@
-"""What `.dockerignore` lets into the build context (the repository root), as the real daemon sees it."""
+"""The build context `.dockerignore` lets through, and the user-creation script, on the real daemon."""
 
 from __future__ import annotations
 
@@ -38,3 +38,23 @@ def test_context_holds_only_sources_and_install_scripts(context_paths: list[str]
 @pytest.mark.parametrize("part", ["__pycache__", ".egg-info", ".pyc", "/tests/", ".venv", ".git"])
 def test_context_has_no_caches_or_development_files(context_paths: list[str], part: str) -> None:
     assert not [path for path in context_paths if part in f"/{path}/"]
+
+
+TAKE_OVER_UID = """FROM {base}
+RUN groupadd --gid 1000 ubuntu && useradd --uid 1000 --gid 1000 --create-home ubuntu && touch /home/ubuntu/kept
+COPY containers/create-user.sh /tmp/
+RUN ! sh /tmp/create-user.sh 0 0
+RUN sh /tmp/create-user.sh 1000 1000
+RUN test "$(id -u ckpt):$(id -g ckpt)" = 1000:1000 && ! id ubuntu && test -f /home/ckpt/kept \\
+    && test "$(stat -c %u:%g /data)" = 1000:1000
+"""
+
+
+def test_create_user_takes_over_ubuntus_uid_1000_account(docker_daemon: DockerDaemon, base_image: str) -> None:
+    """NVIDIA's Ubuntu 24.04 images already have `ubuntu` as UID 1000: it becomes `ckpt`; UID 0 is refused."""
+    done = docker_daemon.docker(
+        "build", "--no-cache", "--force-rm", "-q", "-f", "-", str(REPO),
+        input=TAKE_OVER_UID.format(base=base_image), check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    docker_daemon.docker("image", "rm", done.stdout.strip(), check=False)
