@@ -174,3 +174,8 @@ def test_image_extras_exist_in_the_tools(files: tuple[Path, ...]) -> None:
         declared = set(_pyproject(tool)["project"].get("optional-dependencies", {}))
         missing = {extra for extra in extras.split(",") if extra} - declared
         assert not missing, f"{name}: tools/{tool} declares no extra {sorted(missing)}"
+
+
+def test_pipeline_script_rejects_an_unknown_source() -> None:
+    done = _run(str(REPO / "containers/pipeline.sh"), "deepspeed", env=_clean_env())
+    assert done.returncode == 2 and "unknown source 'deepspeed'" in done.stderr
