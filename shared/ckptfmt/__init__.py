@@ -1,5 +1,6 @@
 """ckptfmt: TensorRT-LLM compatible checkpoint format (config, names, sharding, rank files, validation)."""
 
+from .background import BackgroundRankFileWriter
 from .config import CheckpointConfig, QuantConfig, load_config
 from .constants import CONFIG_FILE, DTYPES, ENGINE_FILE, MANIFEST_FILE, RANK_FILE
 from .errors import CheckpointError
@@ -18,6 +19,7 @@ from .validate import check_checkpoint, validate_checkpoint
 
 __version__ = "0.1.0"
 __all__ = [
+    "BackgroundRankFileWriter",
     "CONFIG_FILE", "DTYPES", "ENGINE_FILE", "MANIFEST_FILE", "RANK_FILE",
     "CheckpointConfig", "CheckpointError", "Mapping", "ModelSpec", "QuantConfig", "RankFileReader",
     "RankFileWriter", "TensorSpec", "atomic_output_dir", "check_checkpoint", "expected_tensors",

@@ -160,3 +160,19 @@ def test_atomic_dir_cleans_up_on_sigterm(tmp_path):
     p.send_signal(signal.SIGTERM)
     p.wait(timeout=20)
     assert p.returncode != 0 and list(tmp_path.iterdir()) == []
+
+
+def test_background_writer_writes_the_same_file_and_digest(tmp_path):
+    from ckptfmt import BackgroundRankFileWriter
+
+    rng = np.random.default_rng(3)
+    tensors = {f"t{i}": rng.standard_normal((64, 33)).astype(np.float16) for i in range(5)}
+    specs = {n: (a.dtype, a.shape) for n, a in tensors.items()}
+    entries = []
+    for cls, name in ((RankFileWriter, "plain.safetensors"), (BackgroundRankFileWriter, "bg.safetensors")):
+        w = cls(tmp_path / name, specs)
+        for n, a in tensors.items():
+            w.write(n, a)
+        entries.append(w.close())
+    assert entries[0] == entries[1]
+    assert (tmp_path / "plain.safetensors").read_bytes() == (tmp_path / "bg.safetensors").read_bytes()

@@ -23,6 +23,7 @@ from ckptfmt import (
     CONFIG_FILE,
     DTYPES,
     RANK_FILE,
+    BackgroundRankFileWriter,
     CheckpointConfig,
     CheckpointError,
     atomic_output_dir,
@@ -34,7 +35,6 @@ from ckptfmt.sharding import shard
 from .mapping import Table
 from .plan import TensorProducer, canonical_name, check_coverage, check_quantizable
 from .sources import TensorSource
-from .writer import BackgroundRankFileWriter
 
 SourceOpener = Callable[[], TensorSource]  # picklable (module-level function or functools.partial)
 

@@ -1,6 +1,6 @@
-"""A rank file writer that writes, hashes and syncs in background threads.
+"""A rank file writer that writes, hashes and syncs in background threads (used by the converters).
 
-``ckptfmt.RankFileWriter`` writes and sha256-hashes each tensor synchronously and fsyncs on close. Here
+``RankFileWriter`` writes and sha256-hashes each tensor synchronously and fsyncs on close. Here
 writing and hashing each run in their own thread per file behind short queues, so a conversion overlaps
 them with each other, with reading the next tensor and with the other ranks' files (all release the
 GIL). The write thread also syncs every ``SYNC_EVERY`` bytes, so the disk writes while the conversion
@@ -13,7 +13,7 @@ import os
 import queue
 import threading
 
-from ckptfmt import RankFileWriter
+from .io import RankFileWriter
 
 QUEUED_CHUNKS = 2  # bounds the memory held by pending writes
 SYNC_EVERY = 256 << 20  # bytes written between two fdatasync calls
@@ -22,8 +22,8 @@ SYNC_EVERY = 256 << 20  # bytes written between two fdatasync calls
 class BackgroundRankFileWriter(RankFileWriter):
     """``RankFileWriter`` whose writes (+ periodic syncs) and sha256 run in two background threads.
 
-    Relies on the base class keeping its file, hash and byte count in ``_file``, ``_hash`` and ``_size``
-    and routing every byte through ``_emit``.
+    Overrides the base class's one byte path, ``_emit``, and uses its ``_file``, ``_hash`` and ``_size``
+    (same package: they change together).
     """
 
     def __init__(self, path, specs, metadata=None):
