@@ -25,6 +25,17 @@ from .io import verify_manifest
 ENGINE_FORMAT_VERSION = "ckpt-engine/1"
 IO_DTYPES = ("float32", "float16", "bfloat16", "int32", "int64", "int8", "bool")
 
+# Tensor names of the ckpt-engine/1 I/O contract (written by the builder, read by the evaluator)
+INPUT_IDS = "input_ids"
+POSITION_IDS = "position_ids"
+LAST_TOKEN_INDEX = "last_token_index"
+HIDDEN_IN = "hidden_states_input"
+HIDDEN_OUT = "hidden_states_output"
+LOGITS = "logits"
+KEY_IN, VALUE_IN = "past_key_{layer}", "past_value_{layer}"
+KEY_OUT, VALUE_OUT = "present_key_{layer}", "present_value_{layer}"
+CACHE_AXES = ["batch", "kv_heads", "max_seq_len", "head_size"]
+
 
 @dataclass
 class IoTensor:

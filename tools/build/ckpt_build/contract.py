@@ -9,18 +9,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ckptfmt.config import CheckpointConfig
-from ckptfmt.engine import BuildConfig, IoContract, IoTensor, KvCacheLayout, StageIo
+from ckptfmt.engine import (
+    CACHE_AXES,
+    HIDDEN_IN,
+    HIDDEN_OUT,
+    INPUT_IDS,
+    KEY_IN,
+    KEY_OUT,
+    LAST_TOKEN_INDEX,
+    LOGITS,
+    POSITION_IDS,
+    VALUE_IN,
+    VALUE_OUT,
+    BuildConfig,
+    IoContract,
+    IoTensor,
+    KvCacheLayout,
+    StageIo,
+)
 from ckptfmt.names import ModelSpec, kv_heads_per_rank, model_spec, pad_to_multiple
-
-INPUT_IDS = "input_ids"
-POSITION_IDS = "position_ids"
-LAST_TOKEN_INDEX = "last_token_index"
-HIDDEN_IN = "hidden_states_input"
-HIDDEN_OUT = "hidden_states_output"
-LOGITS = "logits"
-KEY_IN, VALUE_IN = "past_key_{layer}", "past_value_{layer}"
-KEY_OUT, VALUE_OUT = "present_key_{layer}", "present_value_{layer}"
-CACHE_AXES = ["batch", "kv_heads", "max_seq_len", "head_size"]
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,19 @@ from dataclasses import dataclass
 
 import torch
 
-from ckptfmt.engine import EngineConfig, IoTensor
+from ckptfmt.engine import (
+    HIDDEN_IN,
+    HIDDEN_OUT,
+    INPUT_IDS,
+    LAST_TOKEN_INDEX,
+    LOGITS,
+    POSITION_IDS,
+    EngineConfig,
+    IoTensor,
+)
 
 from .backends.base import RunnerError
 
-# Tensor names of the ckpt-engine/1 I/O contract (written by ckpt-build; the evaluator cannot import the builder)
-INPUT_IDS = "input_ids"
-POSITION_IDS = "position_ids"
-LAST_TOKEN_INDEX = "last_token_index"
-HIDDEN_IN = "hidden_states_input"
-HIDDEN_OUT = "hidden_states_output"
-LOGITS = "logits"
 STEP_INPUTS = (INPUT_IDS, HIDDEN_IN, POSITION_IDS, LAST_TOKEN_INDEX)
 STEP_OUTPUTS = (LOGITS, HIDDEN_OUT)
 
