@@ -238,6 +238,7 @@ class CheckpointConfig:
     quantization: QuantConfig = field(default_factory=QuantConfig)
     extra: dict = field(default_factory=dict)
     parse_problems: list = field(default_factory=list, repr=False, compare=False)
+    notes: list = field(default_factory=list, repr=False, compare=False)  # fields corrected from the tensors
 
     # ---- derived values -------------------------------------------------------------------------
     @property
@@ -380,4 +381,23 @@ def load_config(path: str | os.PathLike, check: bool = True) -> CheckpointConfig
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{p}: not valid JSON (line {err.lineno}: {err.msg})") from None
     cfg = CheckpointConfig.from_dict(src)
+    if not cfg.parse_problems:
+        _reconcile(cfg, p.parent)
     return cfg.check(str(p)) if check else cfg
+
+
+def _reconcile(cfg: CheckpointConfig, directory: Path) -> None:
+    """Let the first rank file's tensor names correct contradicting fields (see ``reconcile``)."""
+    from .constants import RANK_FILE
+    from .io import RankFileReader
+    from .names import SUPPORTED_ARCHITECTURES
+    from .reconcile import reconcile_with_tensors
+
+    rank0 = directory / RANK_FILE.format(rank=0)
+    if cfg.architecture not in SUPPORTED_ARCHITECTURES or not rank0.is_file():
+        return
+    try:
+        names = set(RankFileReader(rank0).entries)
+    except CheckpointError:
+        return  # reported by validation
+    cfg.notes = reconcile_with_tensors(cfg, names, rank0.name)

@@ -49,7 +49,7 @@ def validate_checkpoint(directory: str | os.PathLike, hash_files: bool = True) -
         config = load_config(d)
     except CheckpointError as err:
         return err.problems, []
-    problems, warnings = verify_manifest(d, hash_files=hash_files), []
+    problems, warnings = verify_manifest(d, hash_files=hash_files), list(config.notes)
     for rank in range(config.mapping.world_size):
         p, w = rank_problems(d, config, rank)
         problems += p

@@ -176,3 +176,20 @@ def test_background_writer_writes_the_same_file_and_digest(tmp_path):
         entries.append(w.close())
     assert entries[0] == entries[1]
     assert (tmp_path / "plain.safetensors").read_bytes() == (tmp_path / "bg.safetensors").read_bytes()
+
+
+def test_config_corrected_from_the_tensors(tmp_path):
+    """A position table in the rank file beats a config claiming rotary positions (ModelOpt fallback configs)."""
+    from ckptfmt import load_config
+
+    d = tmp_path / "c"
+    cfg = CheckpointConfig.from_dict(llama_dict(position_embedding_type="learned_absolute"))
+    random_checkpoint(d, cfg)
+    src = json.loads((d / "config.json").read_text())
+    src["position_embedding_type"] = "rope_gpt_neox"
+    (d / "config.json").write_text(json.dumps(src))
+    os.remove(d / "manifest.json")
+    again = load_config(d)
+    assert again.position_embedding_type == "learned_absolute" and len(again.notes) == 1
+    problems, warnings = validate_checkpoint(d)
+    assert problems == [] and warnings == again.notes

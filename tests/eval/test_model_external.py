@@ -76,9 +76,10 @@ def test_megatron_logits(source, tmp_path):
     assert rel_err(context_logits(out, ref["input_ids"][0]), ref["logits"][0]) <= FP32_TOL
 
 
-@pytest.mark.parametrize("model", ["llama_gqa", "qwen2"])
+@pytest.mark.parametrize("model", ["llama_gqa", "qwen2", "gpt2"])
 def test_modelopt_export_matches_transformers(model):
-    """ModelOpt writes fp16 with parallel embedding; the HF source is fp32, run here in fp16."""
+    """ModelOpt writes fp16 with parallel embedding; the HF source is fp32, run here in fp16. GPT-2's config
+    claims rotary positions: ckptfmt corrects it from the position table the rank file holds."""
     hf = transformers.AutoModelForCausalLM.from_pretrained(MODELOPT / model / "hf", dtype=torch.float16).eval()
     ids = torch.arange(3, 60)
     with torch.inference_mode():
