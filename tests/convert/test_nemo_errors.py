@@ -85,6 +85,15 @@ def test_truncated_archive(tmp_path, capsys):
     assert "cut.nemo" in error and ("truncated" in error or "corrupt" in error)
 
 
+def test_member_escaping_the_extraction_dir_is_refused(tmp_path, capsys):
+    evil = tmp_path / "evil.nemo"
+    with tarfile.open(evil, "w:") as tar:
+        tar.add(NEMO1, "../../escaped.bin")
+    error = convert_fails(evil, tmp_path, capsys)
+    assert "would extract outside" in error
+    assert not list(tmp_path.rglob("escaped.bin")) and not (tmp_path.parent / "escaped.bin").exists()
+
+
 def test_missing_model_config(tmp_path, capsys):
     root = unpacked(tmp_path)
     (root / "model_config.yaml").unlink()

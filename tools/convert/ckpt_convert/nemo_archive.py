@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,10 +61,23 @@ def extract(archive: Path, work: Path) -> Path:
         with tarfile.open(archive, "r|*") as tar:
             for member in tar:
                 if member.isfile():
-                    tar.extract(member, work, filter="data")
+                    _extract_file(tar, member, work, archive)
     except (tarfile.TarError, EOFError) as err:
         raise CheckpointError(f"{archive}: truncated or corrupt tar archive ({err})") from None
     return work
+
+
+def _extract_file(tar: tarfile.TarFile, member: tarfile.TarInfo, work: Path, archive: Path) -> None:
+    """Copy one regular file under ``work``; names that would leave it are refused (works on every Python
+    3.10+, unlike ``extract(filter="data")``, which older 3.11 patch releases lack)."""
+    parts = Path(member.name).parts
+    if Path(member.name).is_absolute() or ".." in parts:
+        raise CheckpointError(f"{archive}: member {member.name!r} would extract outside the target directory")
+    target = work.joinpath(*[p for p in parts if p not in (".", "")])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    src = tar.extractfile(member)
+    with open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst, 16 << 20)
 
 
 def locate(root: Path, model_config: Path | None, label: str) -> Located:
