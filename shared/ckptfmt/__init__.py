@@ -2,7 +2,7 @@
 
 from .background import BackgroundRankFileWriter
 from .config import CheckpointConfig, QuantConfig, load_config
-from .constants import CONFIG_FILE, DTYPES, ENGINE_FILE, MANIFEST_FILE, RANK_FILE
+from .constants import CONFIG_FILE, DTYPES, ENGINE_FILE, MANIFEST_FILE, RANK_FILE, TOKENIZER_DIR
 from .errors import CheckpointError
 from .io import (
     RankFileReader,
@@ -20,7 +20,7 @@ from .validate import check_checkpoint, validate_checkpoint
 __version__ = "0.1.0"
 __all__ = [
     "BackgroundRankFileWriter",
-    "CONFIG_FILE", "DTYPES", "ENGINE_FILE", "MANIFEST_FILE", "RANK_FILE",
+    "CONFIG_FILE", "DTYPES", "ENGINE_FILE", "MANIFEST_FILE", "RANK_FILE", "TOKENIZER_DIR",
     "CheckpointConfig", "CheckpointError", "Mapping", "ModelSpec", "QuantConfig", "RankFileReader",
     "RankFileWriter", "TensorSpec", "atomic_output_dir", "check_checkpoint", "expected_tensors",
     "load_config", "model_spec", "save_checkpoint", "to_numpy", "validate_checkpoint", "verify_manifest",

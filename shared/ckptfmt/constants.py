@@ -7,6 +7,7 @@ CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
 RANK_FILE = "rank{rank}.safetensors"
 ENGINE_FILE = "rank{rank}.engine"
+TOKENIZER_DIR = "tokenizer"  # converters carry the source's tokenizer files here; evaluators look here
 
 # dtype name in config.json -> numpy dtype
 DTYPES: dict[str, np.dtype] = {

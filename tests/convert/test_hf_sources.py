@@ -114,3 +114,27 @@ def test_bfloat16_source_layouts(fmt, tiny_hf, reference, tmp_path):
     hf = tiny_hf("qwen2", dtype="bfloat16", fmt=fmt)
     ckpt = convert_tiny("qwen2", tmp_path / "ckpt", tp=2, pp=2, dtype="auto", hf_dir=hf)
     check_exact(ckpt, reference(hf), "bfloat16")
+
+
+def test_tokenizer_files_are_carried_into_the_checkpoint(tmp_path):
+    """The output holds the model's tokenizer under tokenizer/, listed in the manifest, loadable as is."""
+    import shutil
+
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from ckptfmt import validate_checkpoint
+    from tests.tiny_models import convert_tiny, make_tiny_hf
+
+    hf = make_tiny_hf("llama-gqa", tmp_path / "hf")
+    vocab = {w: i for i, w in enumerate(["<unk>", "</s>", "the", "cat", "sat"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>").save_pretrained(hf)
+    out = convert_tiny("llama-gqa", tmp_path / "ckpt", hf_dir=hf)
+    carried = sorted(p.name for p in (out / "tokenizer").iterdir())
+    assert "tokenizer.json" in carried and "tokenizer_config.json" in carried
+    assert validate_checkpoint(out) == ([], [])
+    shutil.rmtree(hf)  # the checkpoint alone is enough
+    again = transformers.AutoTokenizer.from_pretrained(out / "tokenizer")
+    assert again("the cat sat")["input_ids"] == [2, 3, 4] and again.eos_token_id == 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import shutil
 import signal
 import sys
@@ -19,7 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ckptfmt import MANIFEST_FILE, CheckpointError, atomic_output_dir, write_manifest
+from ckptfmt import TOKENIZER_DIR, CheckpointError
 
 from . import options
 from .megatron_config import checkpoint_config, read_model
@@ -30,7 +29,6 @@ from .nemo_archive import Located, extract, locate
 from .stream import convert_checkpoint
 
 DESCRIPTION = "NeMo 1 .nemo (archive or directory), NeMo 2 checkpoint directory or Megatron-core torch_dist directory"
-TOKENIZER_DIR = "tokenizer"
 EMBEDDING = "embedding.word_embeddings.weight"
 OUTPUT_LAYER = "output_layer.weight"
 
@@ -124,30 +122,15 @@ def convert_located(found: Located, args: argparse.Namespace, label: str) -> str
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     output_dir = Path(args.output_dir)
-    with atomic_output_dir(output_dir, overwrite=args.overwrite) as tmp:
-        inner = tmp / "checkpoint"
-        summary = convert_checkpoint(
-            functools.partial(open_source, spec),
-            MEGATRON_GPT,
-            config,
-            inner,
-            workers=args.workers,
-            quiet=args.quiet,
-            label=label,
-        )
-        _lift(inner, tmp, found.tokenizer_files)
+    summary = convert_checkpoint(
+        functools.partial(open_source, spec),
+        MEGATRON_GPT,
+        config,
+        output_dir,
+        overwrite=args.overwrite,
+        workers=args.workers,
+        quiet=args.quiet,
+        label=label,
+        extra_files={f"{TOKENIZER_DIR}/{name}": src for name, src in found.tokenizer_files.items()},
+    )
     return summary.line(output_dir)
-
-
-def _lift(inner: Path, out: Path, tokenizer_files: dict[str, Path]) -> None:
-    """Move the converted checkpoint up into ``out``, add the tokenizer files, rewrite the manifest."""
-    entries = json.loads((inner / MANIFEST_FILE).read_text())["files"]
-    for item in inner.iterdir():
-        if item.name != MANIFEST_FILE:
-            item.rename(out / item.name)
-    shutil.rmtree(inner)
-    for name, src in tokenizer_files.items():
-        dest = out / TOKENIZER_DIR / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
-    write_manifest(out, entries)

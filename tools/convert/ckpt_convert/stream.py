@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import resource
+import shutil
 import signal
 import sys
 import time
@@ -125,10 +126,12 @@ def convert_checkpoint(
     workers: int = 1,
     quiet: bool = False,
     label: str = "source",
+    extra_files: dict[str, Path] | None = None,
 ) -> Summary:
     """Check everything that can be checked up front, then stream the checkpoint into ``output_dir``.
 
-    ``label`` names the source in error messages (e.g. the model directory).
+    ``label`` names the source in error messages (e.g. the model directory). ``extra_files`` maps paths
+    inside the output (e.g. ``tokenizer/tokenizer.json``) to files copied there before the manifest.
     """
     start = time.monotonic()
     output_dir = Path(output_dir)
@@ -144,6 +147,9 @@ def convert_checkpoint(
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp, _progress_bar(total, quiet) as bar:
         jobs = [RankGroup(opener, table, config.to_dict(), ranks, tmp) for ranks in groups]
         entries = _run(jobs, workers, bar.update)
+        for rel, src in (extra_files or {}).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, tmp / rel)
         config.save(tmp / CONFIG_FILE)
         write_manifest(tmp, entries)
         size = sum(e["size"] for e in entries.values())

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ckptfmt import CheckpointError
+from ckptfmt import TOKENIZER_DIR, CheckpointError
 
 from .backends import RunnerError
 from .dataset import DatasetError, load_summarization_dataset
@@ -148,7 +148,7 @@ def tokenizer_dir(args, model_dir: str | None) -> str:
     """--tokenizer_dir, else the model directory (or its tokenizer/ folder) with tokenizer files, else the HF dir."""
     if args.tokenizer_dir:
         return args.tokenizer_dir
-    for candidate in [Path(model_dir), Path(model_dir) / "tokenizer"] if model_dir else []:
+    for candidate in [Path(model_dir), Path(model_dir) / TOKENIZER_DIR] if model_dir else []:
         if any((candidate / name).is_file() for name in TOKENIZER_FILES):
             return str(candidate)
     if args.hf_model_dir:

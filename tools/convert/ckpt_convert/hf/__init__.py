@@ -7,7 +7,7 @@ import functools
 import sys
 from pathlib import Path
 
-from ckptfmt import CheckpointConfig, CheckpointError
+from ckptfmt import TOKENIZER_DIR, CheckpointConfig, CheckpointError
 
 from .. import options
 from ..stream import Summary, convert_checkpoint
@@ -16,6 +16,11 @@ from .files import open_hf_source
 from .hf_config import HFConfig
 
 DESCRIPTION = "HuggingFace transformers directory (config.json + safetensors or pytorch_model*.bin)"
+# carried into <output_dir>/tokenizer/ so that evaluation finds the model's tokenizer with the checkpoint
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "chat_template.jinja",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +56,8 @@ def convert_hf(model_dir: str | Path, args: argparse.Namespace) -> Summary:
         workers=args.workers,
         quiet=args.quiet,
         label=str(model_dir),
+        extra_files={f"{TOKENIZER_DIR}/{name}": Path(model_dir) / name
+                     for name in TOKENIZER_FILES if (Path(model_dir) / name).is_file()},
     )
 
 
