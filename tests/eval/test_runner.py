@@ -199,13 +199,13 @@ def test_invalid_checkpoints(models, tmp_path):
     (bad / "manifest.json").unlink()
     with pytest.raises(CheckpointError, match="hidden_act 'mish' is not supported"):
         ModelRunner.from_dir(bad, device="cpu")
-    (bad / "config.json").write_text(
-        json.dumps(
-            {**config, "rotary_scaling": {"type": "yarn", "factor": 2.0}, "position_embedding_type": "rope_gpt_neox"}
-        )
-    )
-    with pytest.raises(CheckpointError, match="position_embedding|rotary_scaling"):
-        ModelRunner.from_dir(bad, device="cpu")
+    rope = tmp_path / "rope"  # GPT-2's position table would turn a rope type back into learned positions
+    shutil.copytree(models.checkpoint("llama-gqa"), rope)
+    (rope / "manifest.json").unlink()
+    rope_config = json.loads((rope / "config.json").read_text())
+    (rope / "config.json").write_text(json.dumps({**rope_config, "rotary_scaling": {"type": "yarn", "factor": 2.0}}))
+    with pytest.raises(CheckpointError, match="rotary_scaling"):
+        ModelRunner.from_dir(rope, device="cpu")
     (bad / "config.json").write_text(json.dumps(config))
     with open(bad / "rank0.safetensors", "r+b") as f:
         f.truncate(5000)
