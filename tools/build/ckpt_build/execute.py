@@ -15,10 +15,10 @@ import torch
 
 from ckptfmt.config import load_config
 from ckptfmt.constants import RANK_FILE
-from ckptfmt.engine import BuildConfig
+from ckptfmt.engine import HIDDEN_IN, HIDDEN_OUT, INPUT_IDS, LAST_TOKEN_INDEX, LOGITS, POSITION_IDS, BuildConfig
 from ckptfmt.io import RankFileReader
 
-from .contract import HIDDEN_IN, HIDDEN_OUT, INPUT_IDS, LAST_TOKEN_INDEX, LOGITS, POSITION_IDS, make_plan, stage_io
+from .contract import make_plan, stage_io
 from .limits import Limits, check_supported, resolve_limits
 from .lower_torch import TORCH_DTYPES, ThreadGroup, TorchOps
 from .network import define_rank_network

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ckptfmt.names import DENSE, FC, GATE, PROJ, QKV
-
-from .contract import (
+from ckptfmt.engine import (
     HIDDEN_IN,
     HIDDEN_OUT,
     INPUT_IDS,
@@ -24,9 +22,10 @@ from .contract import (
     POSITION_IDS,
     VALUE_IN,
     VALUE_OUT,
-    RankPlan,
-    stage_io,
 )
+from ckptfmt.names import DENSE, FC, GATE, PROJ, QKV
+
+from .contract import RankPlan, stage_io
 from .ops import Ops, Tensor
 from .weights import Linear, RankWeights, rope_tables
 
