@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 from ckpt_eval.dataset import load_summarization_dataset
@@ -29,18 +26,5 @@ def save_tiny_tokenizer(path: str | Path, vocab_size: int = 250) -> Path:
 
 
 ROOT = Path(__file__).resolve().parents[2]
-MPIRUN = shutil.which("mpirun")
 
 
-def run_mpi(*args: str, n: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``mpirun -n N args`` from the repository root (tests importable), one thread per rank."""
-    root_flag = ["--allow-run-as-root"] if os.geteuid() == 0 else []
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CKPT_EVAL_TIMEOUT_S": "60"}
-    return subprocess.run(
-        [MPIRUN, *root_flag, "--oversubscribe", "-n", str(n), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env=env,
-    )

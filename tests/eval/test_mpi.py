@@ -32,9 +32,10 @@ from tests.eval.test_model_parity import (  # noqa: E402
     rel_err,
     run_ours,
 )
+from tests.mpi import MPIRUN, mpirun  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-MPIRUN = shutil.which("mpirun")
+
 pytestmark = [pytest.mark.mpi, pytest.mark.skipif(MPIRUN is None, reason="mpirun not installed (openmpi-bin)")]
 
 # case -> (variant, tp, pp, converter flags)
@@ -87,18 +88,6 @@ def share_embedding_table(src: Path) -> Path:
     return out
 
 
-def mpirun(*args: str, n: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``mpirun -n N args`` (``args`` may hold ``:`` for one command per rank) from the repository root."""
-    root_flag = ["--allow-run-as-root"] if os.geteuid() == 0 else []
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CKPT_EVAL_TIMEOUT_S": "60"}
-    return subprocess.run(
-        [MPIRUN, *root_flag, "--oversubscribe", "-n", str(n), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env=env,
-    )
 
 
 def result_file(out: Path, ckpt: str | Path, rank: int) -> Path:

@@ -12,7 +12,9 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("ckpt_convert")
 
-from tests.eval.summarize_helpers import MPIRUN, run_mpi, save_tiny_tokenizer  # noqa: E402
+from tests.eval.summarize_helpers import save_tiny_tokenizer  # noqa: E402
+from tests.mpi import MPIRUN  # noqa: E402
+from tests.mpi import mpirun as run_mpi  # noqa: E402
 from tests.tiny_models import convert_tiny  # noqa: E402
 
 pytestmark = [pytest.mark.mpi, pytest.mark.skipif(MPIRUN is None, reason="mpirun not installed (openmpi-bin)")]

@@ -16,7 +16,8 @@ pytest.importorskip("ckpt_build")
 pytest.importorskip("ckpt_convert")
 
 from ckpt_eval.runner import ModelRunner  # noqa: E402
-from tests.eval.summarize_helpers import MPIRUN, run_mpi  # noqa: E402
+from tests.mpi import MPIRUN  # noqa: E402
+from tests.mpi import mpirun as run_mpi  # noqa: E402
 from tests.tiny_models import VOCAB, convert_tiny  # noqa: E402
 
 pytestmark = [pytest.mark.mpi, pytest.mark.skipif(MPIRUN is None, reason="mpirun not installed (openmpi-bin)")]
