@@ -1,9 +1,9 @@
 """Small configs and checkpoints for the ckptfmt tests."""
 
-import numpy as np
 import pytest
 
-from ckptfmt import DTYPES, CheckpointConfig, expected_tensors, save_checkpoint
+from ckptfmt import CheckpointConfig
+from tests.random_checkpoint import random_checkpoint
 
 OPT_EXAMPLE = {
     "architecture": "OPTForCausalLM", "dtype": "float16", "logits_dtype": "float32",
@@ -27,20 +27,6 @@ def llama_dict(tp: int = 1, pp: int = 1, **over) -> dict:
     return d
 
 
-def random_checkpoint(path, cfg: CheckpointConfig, seed: int = 0):
-    """A checkpoint of random tensors with exactly the expected names/shapes/dtypes."""
-    rng = np.random.default_rng(seed)
-    ranks = {}
-    for rank in range(cfg.mapping.world_size):
-        ranks[rank] = {}
-        for name, spec in expected_tensors(cfg, rank).items():
-            dt = DTYPES.get(spec.dtype, np.dtype(spec.dtype))
-            if dt.kind == "i":
-                ranks[rank][name] = rng.integers(-100, 100, spec.shape).astype(dt)
-            else:
-                ranks[rank][name] = rng.standard_normal(spec.shape).astype(np.float32).astype(dt)
-    save_checkpoint(path, cfg, ranks)
-    return path
 
 
 @pytest.fixture
