@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from eval_decode import decode_rate, prompts  # bench/ is on the path of a script run from it
 
 from ckptfmt import (
     CheckpointConfig,
@@ -78,26 +78,10 @@ def prepare(out: Path, preset: str, dtype: str, tp_sizes: list[int]) -> None:
         print(f"wrote {out / f'tp{tp}'}")
 
 
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def decode_rate(runner, batch: int, prompt_len: int, new_tokens: int, vocab: int) -> float:
-    gen = torch.Generator().manual_seed(batch)
-    rows = list(torch.randint(0, vocab, (batch, prompt_len), generator=gen))
-
-    def timed(n: int) -> float:
-        sync()
-        start = time.perf_counter()
-        runner.generate(rows, max_new_tokens=n)
-        sync()
-        return time.perf_counter() - start
-
-    timed(1), timed(new_tokens)
-    t1 = min(timed(1) for _ in range(3))
-    tn = min(timed(new_tokens) for _ in range(3))
-    return batch * (new_tokens - 1) / (tn - t1)
+def tp_decode_rate(runner, batch: int, vocab: int, args) -> float:
+    """Decode tokens/s measured as ``bench/eval_decode.py`` does, on random prompts."""
+    rows = list(prompts(batch, args.prompt_len, vocab, "cpu"))
+    return decode_rate(lambda n: runner.generate(rows, max_new_tokens=n), batch, args.new_tokens, 3, args.device)
 
 
 def run(args) -> None:
@@ -114,13 +98,13 @@ def run(args) -> None:
     result = {"tp_size": cfg.mapping.tp_size, "gpu": gpu, "greedy_tokens": greedy,
               "tokens_per_s": {}, "tokens_per_s_without_all_reduce": {}, "all_reduce_share": {}}
     for batch in args.batch:
-        result["tokens_per_s"][batch] = decode_rate(runner, batch, args.prompt_len, args.new_tokens, vocab)
+        result["tokens_per_s"][batch] = tp_decode_rate(runner, batch, vocab, args)
     if cfg.mapping.tp_size > 1:
         real = par.all_reduce
         par.all_reduce = lambda x: x  # ablation: same compute, no communication
         try:
             for batch in args.batch:
-                rate = decode_rate(runner, batch, args.prompt_len, args.new_tokens, vocab)
+                rate = tp_decode_rate(runner, batch, vocab, args)
                 result["tokens_per_s_without_all_reduce"][batch] = rate
                 result["all_reduce_share"][batch] = 1 - result["tokens_per_s"][batch] / rate
         finally:
