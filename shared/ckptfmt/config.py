@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .constants import CONFIG_FILE, DTYPES, KV_CACHE_ALGOS, WEIGHT_ONLY_ALGOS
+from .constants import CONFIG_FILE, DTYPES, KV_CACHE_ALGOS, RANK_FILE, WEIGHT_ONLY_ALGOS
 from .errors import CheckpointError
 from .mapping import Mapping
 
@@ -388,7 +388,6 @@ def load_config(path: str | os.PathLike, check: bool = True) -> CheckpointConfig
 
 def _reconcile(cfg: CheckpointConfig, directory: Path) -> None:
     """Let the first rank file's tensor names correct contradicting fields (see ``reconcile``)."""
-    from .constants import RANK_FILE
     from .io import RankFileReader
     from .names import SUPPORTED_ARCHITECTURES
     from .reconcile import reconcile_with_tensors

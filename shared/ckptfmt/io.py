@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .constants import MANIFEST_FILE, SAFETENSORS_DTYPES, SAFETENSORS_TAGS
+from .constants import CONFIG_FILE, MANIFEST_FILE, RANK_FILE, SAFETENSORS_DTYPES, SAFETENSORS_TAGS
 from .errors import CheckpointError
 
 _ALIGN = 8
@@ -298,8 +298,6 @@ def save_checkpoint(directory: str | os.PathLike, config, rank_tensors: dict[int
 
     Convenience for tests and small models; converters stream through ``RankFileWriter`` instead.
     """
-    from .constants import CONFIG_FILE, RANK_FILE
-
     with atomic_output_dir(directory, overwrite=overwrite) as tmp:
         entries = {}
         for rank, tensors in sorted(rank_tensors.items()):
