@@ -56,8 +56,12 @@ def _bytes_view(a: np.ndarray) -> memoryview:
 class RankFileWriter:
     """Streams one safetensors file: ``specs`` fixes names, dtypes, shapes and order up front."""
 
-    def __init__(self, path: str | os.PathLike, specs: dict[str, tuple[np.dtype, tuple[int, ...]]],
-                 metadata: dict[str, str] | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        specs: dict[str, tuple[np.dtype, tuple[int, ...]]],
+        metadata: dict[str, str] | None = None,
+    ):
         self.path = Path(path)
         self._order = list(specs)
         self._specs = {n: (np.dtype(d), tuple(int(x) for x in s)) for n, (d, s) in specs.items()}
@@ -68,8 +72,11 @@ class RankFileWriter:
             if dtype not in SAFETENSORS_TAGS:
                 raise CheckpointError(f"{self.path.name}: tensor {name}: dtype {dtype} not storable")
             size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            header[name] = {"dtype": SAFETENSORS_TAGS[dtype], "shape": list(shape),
-                            "data_offsets": [offset, offset + size]}
+            header[name] = {
+                "dtype": SAFETENSORS_TAGS[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + size],
+            }
             offset += size
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % _ALIGN)
@@ -92,8 +99,9 @@ class RankFileWriter:
         a = to_numpy(tensor)
         dtype, shape = self._specs[name]
         if a.dtype != dtype or tuple(a.shape) != shape:
-            raise CheckpointError(f"{self.path.name}: tensor {name}: got {a.dtype}{list(a.shape)}, "
-                                  f"declared {dtype}{list(shape)}")
+            raise CheckpointError(
+                f"{self.path.name}: tensor {name}: got {a.dtype}{list(a.shape)}, declared {dtype}{list(shape)}"
+            )
         self._emit(_bytes_view(a))
         self._next += 1
 
@@ -101,8 +109,10 @@ class RankFileWriter:
         """Finish the file; returns its manifest entry ``{"size", "sha256"}``."""
         if self._next != len(self._order):
             self._file.close()
-            raise CheckpointError(f"{self.path.name}: closed after {self._next} of {len(self._order)} tensors "
-                                  f"(missing {self._order[self._next]})")
+            raise CheckpointError(
+                f"{self.path.name}: closed after {self._next} of {len(self._order)} tensors "
+                f"(missing {self._order[self._next]})"
+            )
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -146,10 +156,27 @@ class RankFileReader:
             self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
         dtype, shape = self.spec(name)
         lo, hi = self.entries[name]["data_offsets"]
-        raw = self._mm[self._data_start + lo:self._data_start + hi]
+        raw = self._mm[self._data_start + lo : self._data_start + hi]
         return raw.view(dtype).reshape(shape)
 
     get = __getitem__
+
+    def stacked(self, names: list[str]) -> np.ndarray | None:
+        """The tensors ``names`` concatenated on dim 0 as ONE view of the file, or None unless they are stored
+        back to back in this order with the same dtype and trailing shape (no copy either way)."""
+        if not names or any(n not in self.entries for n in names):
+            return None
+        specs = [self.spec(n) for n in names]
+        dtype, shape = specs[0]
+        if not shape or any(d != dtype or s[1:] != shape[1:] or not s for d, s in specs):
+            return None
+        offsets = [self.entries[n]["data_offsets"] for n in names]
+        if any(prev[1] != nxt[0] for prev, nxt in zip(offsets, offsets[1:])):
+            return None
+        first = self[names[0]]  # maps the file
+        rows = sum(s[0] for _, s in specs)
+        raw = self._mm[self._data_start + offsets[0][0] : self._data_start + offsets[-1][1]]
+        return raw.view(first.dtype).reshape((rows, *shape[1:]))
 
     def release_pages(self) -> bool:
         """Drop the mapped pages from this process's memory (they fault back in from the file when read).
@@ -230,8 +257,7 @@ def write_manifest(directory: str | os.PathLike, entries: dict[str, dict] | None
         rel = p.relative_to(d).as_posix()
         if p.is_file() and rel != MANIFEST_FILE and rel not in entries:
             entries[rel] = file_digest(p)
-    (d / MANIFEST_FILE).write_text(json.dumps({"version": 1, "files": dict(sorted(entries.items()))},
-                                              indent=1) + "\n")
+    (d / MANIFEST_FILE).write_text(json.dumps({"version": 1, "files": dict(sorted(entries.items()))}, indent=1) + "\n")
 
 
 def verify_manifest(directory: str | os.PathLike, hash_files: bool = True) -> list[str]:
@@ -292,8 +318,13 @@ def _raise_on_sigterm(signum, frame):
     raise KeyboardInterrupt("terminated")
 
 
-def save_checkpoint(directory: str | os.PathLike, config, rank_tensors: dict[int, dict], overwrite: bool = False,
-                    metadata: dict[str, str] | None = None) -> None:
+def save_checkpoint(
+    directory: str | os.PathLike,
+    config,
+    rank_tensors: dict[int, dict],
+    overwrite: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> None:
     """Write a whole (small) checkpoint atomically: config, one rank file per rank, manifest last.
 
     Convenience for tests and small models; converters stream through ``RankFileWriter`` instead.

@@ -124,8 +124,9 @@ def family_of(config: CheckpointConfig) -> str:
     try:
         return ARCHITECTURES[config.architecture]
     except KeyError:
-        raise ValueError(f"architecture: unsupported {config.architecture!r} "
-                         f"(supported: {', '.join(sorted(ARCHITECTURES))})") from None
+        raise ValueError(
+            f"architecture: unsupported {config.architecture!r} (supported: {', '.join(sorted(ARCHITECTURES))})"
+        ) from None
 
 
 def _rotary_dim(config: CheckpointConfig, head_size: int) -> int:
@@ -211,10 +212,10 @@ def layer_linears(spec: ModelSpec, tp: int) -> dict[str, tuple[int, int, bool]]:
         QKV: (q + 2 * kv, spec.hidden_size, spec.qkv_bias),
         DENSE: (spec.hidden_size, q, spec.bias),
         FC: (ffn, spec.hidden_size, spec.bias),
-        PROJ: (spec.hidden_size, ffn, spec.bias),
     }
-    if spec.gated_mlp:
+    if spec.gated_mlp:  # right after fc: fc and gate weights end up back to back in rank files (see below)
         out[GATE] = (ffn, spec.hidden_size, spec.bias)
+    out[PROJ] = (spec.hidden_size, ffn, spec.bias)
     return out
 
 
@@ -223,7 +224,9 @@ def layer_norms(spec: ModelSpec) -> list[str]:
 
 
 def expected_tensors(config: CheckpointConfig, rank: int) -> dict[str, TensorSpec]:
-    """Every tensor rank ``rank`` must hold, with its per-rank shape and dtype."""
+    """Every tensor rank ``rank`` must hold, with its per-rank shape and dtype, in the order writers lay them
+    out: per layer norms, linear weights, then biases, so a gated MLP's fc and gate weights are adjacent (the
+    builder hands them to TensorRT as one matrix without copying)."""
     spec = model_spec(config)
     m = config.mapping
     tp, (_, pp_rank) = m.tp_size, m.coords(rank)
@@ -254,10 +257,12 @@ def expected_tensors(config: CheckpointConfig, rank: int) -> dict[str, TensorSpe
         prefix = LAYER.format(i=local)
         for n in layer_norms(spec):
             norm(prefix + n, spec.hidden_size)
+        biases = {}  # after the weights, so that a gated MLP's fc and gate weights are adjacent in the file
         for name, (rows, cols, has_bias) in layer_linears(spec, tp).items():
             out.update(linear_tensors(prefix + name, rows, cols, dt, quant))
             if has_bias:
-                out[f"{prefix}{name}.bias"] = TensorSpec((rows if name in COLUMN_LINEARS else spec.hidden_size,), dt)
+                biases[f"{prefix}{name}.bias"] = TensorSpec((rows if name in COLUMN_LINEARS else spec.hidden_size,), dt)
+        out.update(biases)
     if m.is_last_stage(rank):
         if spec.has_ln_f:
             norm(LN_F, spec.hidden_size)

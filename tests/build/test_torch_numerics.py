@@ -118,3 +118,25 @@ def test_all_token_logits(tmp_path, tiny_llama):
         ref = model(torch.tensor([PROMPT])).logits
     assert got.shape == ref.shape == (1, len(PROMPT), 250)
     assert rel_err(got, ref) <= 1e-4
+
+
+def test_fc_and_gate_as_one_matrix_or_two_compute_the_same(tmp_path, tiny_llama):
+    """Stored back to back (our writers' order), fc and gate are one view and one GEMM; stored apart (any
+    other writer's order), two GEMMs. Both graphs compute the same logits and tokens."""
+    from ckptfmt import RankFileReader, load_config, save_checkpoint
+
+    model, _ = tiny_llama
+    together = llama_checkpoint(model, tmp_path / "together")
+    names = ["transformer.layers.0.mlp.fc.weight", "transformer.layers.0.mlp.gate.weight"]
+    with RankFileReader(together / "rank0.safetensors") as reader:
+        assert reader.stacked(names) is not None
+        tensors = {n: np.array(reader[n]) for n in reversed(reader.keys())}  # proj now sits between gate and fc
+    apart = tmp_path / "apart"
+    save_checkpoint(apart, load_config(together), {0: tensors})
+    with RankFileReader(apart / "rank0.safetensors") as reader:
+        assert reader.stacked(names) is None
+    one, two = TorchRanks(together, LIMITS), TorchRanks(apart, LIMITS)
+    tokens_one, logits_one = one.greedy(PROMPT, 16)
+    tokens_two, logits_two = two.greedy(PROMPT, 16)
+    assert tokens_one == tokens_two
+    assert rel_err(logits_one[0][0], logits_two[0][0]) <= 1e-6

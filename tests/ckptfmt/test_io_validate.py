@@ -193,3 +193,39 @@ def test_config_corrected_from_the_tensors(tmp_path):
     assert again.position_embedding_type == "learned_absolute" and len(again.notes) == 1
     problems, warnings = validate_checkpoint(d)
     assert problems == [] and warnings == again.notes
+
+
+def test_stacked_is_one_view_of_adjacent_tensors_else_none(tmp_path):
+    a = np.arange(12, dtype=np.float16).reshape(3, 4)
+    b = np.arange(12, 20, dtype=np.float16).reshape(2, 4)
+    other = np.zeros((2, 5), np.float16)
+    path = tmp_path / "r.safetensors"
+    order = {"a": a, "b": b, "c": other, "d": a.astype(np.float32)}
+    writer = RankFileWriter(path, {n: (t.dtype, t.shape) for n, t in order.items()})
+    for n, t in order.items():
+        writer.write(n, t)
+    writer.close()
+    with RankFileReader(path) as reader:
+        both = reader.stacked(["a", "b"])
+        assert np.array_equal(both, np.concatenate([a, b]))
+        assert np.shares_memory(both, reader["a"]) and np.shares_memory(both, reader["b"])  # a view, no copy
+        assert reader.stacked(["b", "a"]) is None  # stored in the other order
+        assert reader.stacked(["b", "c"]) is None  # trailing shapes differ
+        assert reader.stacked(["a", "c"]) is None  # not back to back
+        assert reader.stacked(["c", "d"]) is None  # dtypes differ
+        assert reader.stacked(["a", "missing"]) is None
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_gated_mlp_fc_and_gate_weights_are_written_back_to_back(tmp_path, bias):
+    """expected_tensors' order is the write order: fc.weight right before gate.weight, biases after the weights."""
+    from ckptfmt import expected_tensors
+
+    config = CheckpointConfig.from_dict(llama_dict(bias=bias))
+    names = list(expected_tensors(config, 0))
+    for i in range(config.num_hidden_layers):
+        fc = names.index(f"transformer.layers.{i}.mlp.fc.weight")
+        assert names[fc + 1] == f"transformer.layers.{i}.mlp.gate.weight"
+    path = random_checkpoint(tmp_path / "ckpt", config)
+    with RankFileReader(path / "rank0.safetensors") as reader:
+        assert reader.stacked(["transformer.layers.0.mlp.fc.weight", "transformer.layers.0.mlp.gate.weight"]) is not None

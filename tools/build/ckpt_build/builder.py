@@ -87,7 +87,7 @@ def _stream_writer(trt, path: Path):
 
 
 @contextlib.contextmanager
-def release_mapped_pages(reader: RankFileReader, interval: float = 0.2) -> Iterator[None]:
+def release_mapped_pages(reader: RankFileReader, interval: float = 0.02) -> Iterator[None]:
     """While TensorRT builds, drop the rank file's pages from this process every ``interval`` seconds.
 
     The mapping is read-only and file-backed: a dropped page that TensorRT reads again faults back in from

@@ -183,6 +183,13 @@ def attention(ctx: _StepContext, w: RankWeights, local: int, x: Tensor, caches) 
 
 
 def mlp(ops: Ops, plan: RankPlan, w: RankWeights, local: int, x: Tensor) -> Tensor:
+    """``proj(act(fc(x)) [* gate(x)])``; a gated MLP stored fc-then-gate runs both as one GEMM."""
+    both = w.fc_gate(local) if plan.spec.gated_mlp else None
+    if both is not None:
+        y = linear(ops, plan, x, both)
+        ffn = both.out_features // 2
+        h = ops.mul(activation(ops, ops.slice_last(y, 0, ffn), plan.spec.hidden_act), ops.slice_last(y, ffn, ffn))
+        return linear(ops, plan, h, w.linear(local, PROJ), reduce=True)
     h = activation(ops, linear(ops, plan, x, w.linear(local, FC)), plan.spec.hidden_act)
     if plan.spec.gated_mlp:
         h = ops.mul(h, linear(ops, plan, x, w.linear(local, GATE)))

@@ -13,7 +13,18 @@ import numpy as np
 
 from ckptfmt.constants import DTYPES
 from ckptfmt.io import RankFileReader
-from ckptfmt.names import LAYER, LM_HEAD, LN_F, POSITION_EMBEDDING, PROJECT_IN, PROJECT_OUT, QKV, VOCAB_EMBEDDING
+from ckptfmt.names import (
+    FC,
+    GATE,
+    LAYER,
+    LM_HEAD,
+    LN_F,
+    POSITION_EMBEDDING,
+    PROJECT_IN,
+    PROJECT_OUT,
+    QKV,
+    VOCAB_EMBEDDING,
+)
 from ckptfmt.sharding import split_padded
 
 from .contract import RankPlan
@@ -77,6 +88,23 @@ class RankWeights:
         if local not in self._prescaled:
             self._prescaled[local] = self._prescale_q(lin)
         return self._prescaled[local]
+
+    def fc_gate(self, local: int) -> Linear | None:
+        """A gated MLP's fc and gate as one ``[2 ffn, in]`` linear (fc rows first) when the rank file stores the
+        gate weight right after the fc weight: a view of the file, so TensorRT, which would otherwise concatenate
+        the two itself into a copy the size of both, gets one constant. None when not stored that way or
+        quantized."""
+        if self.precision:
+            return None
+        prefix = LAYER.format(i=local)
+        weight = self.reader.stacked([prefix + FC + ".weight", prefix + GATE + ".weight"])
+        if weight is None:
+            return None
+        fc_bias, gate_bias = self.optional(prefix + FC + ".bias"), self.optional(prefix + GATE + ".bias")
+        if (fc_bias is None) != (gate_bias is None):
+            return None
+        bias = None if fc_bias is None else np.concatenate([fc_bias, gate_bias])  # [2 ffn]: small
+        return Linear(prefix + "mlp.fc_gate", weight, bias)
 
     def _prescale_q(self, lin: Linear) -> Linear:
         """Fold attention's 1/sqrt(head_size) into the q rows (weight or quant scale, and bias)."""
