@@ -228,4 +228,5 @@ def test_gated_mlp_fc_and_gate_weights_are_written_back_to_back(tmp_path, bias):
         assert names[fc + 1] == f"transformer.layers.{i}.mlp.gate.weight"
     path = random_checkpoint(tmp_path / "ckpt", config)
     with RankFileReader(path / "rank0.safetensors") as reader:
-        assert reader.stacked(["transformer.layers.0.mlp.fc.weight", "transformer.layers.0.mlp.gate.weight"]) is not None
+        layer0 = "transformer.layers.0.mlp."
+        assert reader.stacked([layer0 + "fc.weight", layer0 + "gate.weight"]) is not None
