@@ -49,8 +49,10 @@ def main() -> None:
         for i, name in enumerate(specs):
             assert reader[name][-1, -1] == i % 100
         reader.close()
-        print(f"read back lazily in {time.perf_counter() - t0:.1f} s; peak RSS {peak_rss_mb():.0f} MB "
-              "(mapped pages count while touched)")
+        print(
+            f"read back lazily in {time.perf_counter() - t0:.1f} s; peak RSS {peak_rss_mb():.0f} MB "
+            "(mapped pages count while touched)"
+        )
     finally:
         shutil.rmtree(work)
 

@@ -36,18 +36,38 @@ from ckptfmt import (
 from ckptfmt.sharding import shard
 
 PRESETS = {  # LLaMA shapes; 1b = TinyLlama-1.1B with SmolLM2's vocabulary (so its tokenizer fits)
-    "1b": dict(vocab_size=49152, hidden_size=2048, num_hidden_layers=22, num_attention_heads=32,
-               num_key_value_heads=4, intermediate_size=5632),
-    "tiny": dict(vocab_size=49152, hidden_size=256, num_hidden_layers=4, num_attention_heads=8,
-                 num_key_value_heads=2, intermediate_size=704),
+    "1b": dict(
+        vocab_size=49152,
+        hidden_size=2048,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        intermediate_size=5632,
+    ),
+    "tiny": dict(
+        vocab_size=49152,
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        intermediate_size=704,
+    ),
 }
 
 
 def llama_config(preset: str, dtype: str) -> CheckpointConfig:
-    return CheckpointConfig.from_dict({
-        "architecture": "LlamaForCausalLM", "dtype": dtype, "hidden_act": "silu", "norm_epsilon": 1e-5,
-        "position_embedding_type": "rope_gpt_neox", "max_position_embeddings": 2048, "rotary_base": 10000.0,
-        **PRESETS[preset]}).check()
+    return CheckpointConfig.from_dict(
+        {
+            "architecture": "LlamaForCausalLM",
+            "dtype": dtype,
+            "hidden_act": "silu",
+            "norm_epsilon": 1e-5,
+            "position_embedding_type": "rope_gpt_neox",
+            "max_position_embeddings": 2048,
+            "rotary_base": 10000.0,
+            **PRESETS[preset],
+        }
+    ).check()
 
 
 def random_tensor(name: str, shape: tuple, gen: torch.Generator) -> torch.Tensor:
@@ -68,8 +88,9 @@ def prepare(out: Path, preset: str, dtype: str, tp_sizes: list[int]) -> None:
             entries = {}
             for rank in range(tp):
                 parts = {n: np.ascontiguousarray(shard(n, t, cfg, rank)) for n, t in tensors.items()}
-                writer = RankFileWriter(tmp / f"rank{rank}.safetensors",
-                                        {n: (p.dtype, p.shape) for n, p in parts.items()})
+                writer = RankFileWriter(
+                    tmp / f"rank{rank}.safetensors", {n: (p.dtype, p.shape) for n, p in parts.items()}
+                )
                 for n, p in parts.items():
                     writer.write(n, p)
                 entries[f"rank{rank}.safetensors"] = writer.close()
@@ -95,8 +116,14 @@ def run(args) -> None:
     prompts = [torch.randint(0, vocab, (n,), generator=gen) for n in (5, 17, 32, 9)]
     greedy = runner.generate(prompts, max_new_tokens=32, output_sequence_lengths=True)[0][:, 0].tolist()
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    result = {"tp_size": cfg.mapping.tp_size, "gpu": gpu, "greedy_tokens": greedy,
-              "tokens_per_s": {}, "tokens_per_s_without_all_reduce": {}, "all_reduce_share": {}}
+    result = {
+        "tp_size": cfg.mapping.tp_size,
+        "gpu": gpu,
+        "greedy_tokens": greedy,
+        "tokens_per_s": {},
+        "tokens_per_s_without_all_reduce": {},
+        "all_reduce_share": {},
+    }
     for batch in args.batch:
         result["tokens_per_s"][batch] = tp_decode_rate(runner, batch, vocab, args)
     if cfg.mapping.tp_size > 1:
@@ -120,18 +147,26 @@ def run(args) -> None:
 def compare(a_path: str, b_path: str) -> None:
     a, b = json.loads(Path(a_path).read_text()), json.loads(Path(b_path).read_text())
     same = a["greedy_tokens"] == b["greedy_tokens"]
-    agree = [next((i for i, (x, y) in enumerate(zip(ra, rb)) if x != y), len(ra))
-             for ra, rb in zip(a["greedy_tokens"], b["greedy_tokens"])]
-    print(f"GPU: {a['gpu']}; greedy tokens tp{a['tp_size']} vs tp{b['tp_size']} "
-          f"(4 prompts x 32 new tokens): {'identical' if same else 'DIFFERENT'}; "
-          f"first differing position per prompt (prompt + output): {agree}")
-    print(f"{'batch':>5} {'tp' + str(a['tp_size']) + ' tok/s':>12} {'tp' + str(b['tp_size']) + ' tok/s':>12} "
-          f"{'speedup':>8} {'all-reduce share':>17}")
+    agree = [
+        next((i for i, (x, y) in enumerate(zip(ra, rb)) if x != y), len(ra))
+        for ra, rb in zip(a["greedy_tokens"], b["greedy_tokens"])
+    ]
+    print(
+        f"GPU: {a['gpu']}; greedy tokens tp{a['tp_size']} vs tp{b['tp_size']} "
+        f"(4 prompts x 32 new tokens): {'identical' if same else 'DIFFERENT'}; "
+        f"first differing position per prompt (prompt + output): {agree}"
+    )
+    print(
+        f"{'batch':>5} {'tp' + str(a['tp_size']) + ' tok/s':>12} {'tp' + str(b['tp_size']) + ' tok/s':>12} "
+        f"{'speedup':>8} {'all-reduce share':>17}"
+    )
     for batch, rate in a["tokens_per_s"].items():
         other = b["tokens_per_s"][batch]
         share = b["all_reduce_share"].get(batch)
-        print(f"{batch:>5} {rate:12.1f} {other:12.1f} {other / rate:7.2f}x "
-              f"{'' if share is None else f'{100 * share:16.0f}%'}")
+        print(
+            f"{batch:>5} {rate:12.1f} {other:12.1f} {other / rate:7.2f}x "
+            f"{'' if share is None else f'{100 * share:16.0f}%'}"
+        )
 
 
 def main() -> None:

@@ -21,8 +21,12 @@ def inspect_checkpoint(directory: str) -> dict:
     ranks = []
     for rank in range(cfg.mapping.world_size):
         path = Path(directory) / RANK_FILE.format(rank=rank)
-        entry = {"rank": rank, "file": path.name, "tp_rank": cfg.mapping.tp_rank(rank),
-                 "pp_rank": cfg.mapping.pp_rank(rank)}
+        entry = {
+            "rank": rank,
+            "file": path.name,
+            "tp_rank": cfg.mapping.tp_rank(rank),
+            "pp_rank": cfg.mapping.pp_rank(rank),
+        }
         try:
             r = RankFileReader(path)
             entry["tensors"] = len(r.keys())
@@ -32,25 +36,40 @@ def inspect_checkpoint(directory: str) -> dict:
         ranks.append(entry)
     q = cfg.quantization
     return {
-        "directory": str(directory), "architecture": cfg.architecture, "family": family_of(cfg),
-        "dtype": cfg.dtype, "num_hidden_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size,
-        "num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": cfg.kv_heads,
+        "directory": str(directory),
+        "architecture": cfg.architecture,
+        "family": family_of(cfg),
+        "dtype": cfg.dtype,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "hidden_size": cfg.hidden_size,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.kv_heads,
         "vocab_size": cfg.vocab_size,
-        "mapping": {"world_size": cfg.mapping.world_size, "tp_size": cfg.mapping.tp_size,
-                    "pp_size": cfg.mapping.pp_size},
-        "quantization": {"quant_algo": q.quant_algo, "kv_cache_quant_algo": q.kv_cache_quant_algo,
-                         "group_size": q.group_size if q.per_group else None},
+        "mapping": {
+            "world_size": cfg.mapping.world_size,
+            "tp_size": cfg.mapping.tp_size,
+            "pp_size": cfg.mapping.pp_size,
+        },
+        "quantization": {
+            "quant_algo": q.quant_algo,
+            "kv_cache_quant_algo": q.kv_cache_quant_algo,
+            "group_size": q.group_size if q.per_group else None,
+        },
         "ranks": ranks,
     }
 
 
 def _print_inspect(info: dict) -> None:
     m, q = info["mapping"], info["quantization"]
-    print(f"{info['directory']}: {info['architecture']} ({info['family']}), dtype {info['dtype']}, "
-          f"{info['num_hidden_layers']} layers, hidden {info['hidden_size']}, heads {info['num_attention_heads']}"
-          f"/{info['num_key_value_heads']} kv, vocab {info['vocab_size']}")
-    print(f"mapping: world {m['world_size']} = tp {m['tp_size']} x pp {m['pp_size']}; "
-          f"quantization: {q['quant_algo'] or 'none'}, kv cache {q['kv_cache_quant_algo'] or 'none'}")
+    print(
+        f"{info['directory']}: {info['architecture']} ({info['family']}), dtype {info['dtype']}, "
+        f"{info['num_hidden_layers']} layers, hidden {info['hidden_size']}, heads {info['num_attention_heads']}"
+        f"/{info['num_key_value_heads']} kv, vocab {info['vocab_size']}"
+    )
+    print(
+        f"mapping: world {m['world_size']} = tp {m['tp_size']} x pp {m['pp_size']}; "
+        f"quantization: {q['quant_algo'] or 'none'}, kv cache {q['kv_cache_quant_algo'] or 'none'}"
+    )
     for r in info["ranks"]:
         detail = r.get("error") or f"{r['tensors']} tensors, {r['bytes'] / 1e6:.1f} MB"
         print(f"  {r['file']} (tp {r['tp_rank']}, pp {r['pp_rank']}): {detail}")

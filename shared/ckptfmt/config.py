@@ -72,8 +72,9 @@ def _type_ok(value: Any, types: tuple) -> bool:
 
 def _type_name(types: tuple) -> str:
     names = [t.__name__ if t is not None else "null" for t in types]
-    return " or ".join({"str": "string", "bool": "boolean", "int": "integer", "float": "number"}.get(n, n)
-                       for n in names)
+    return " or ".join(
+        {"str": "string", "bool": "boolean", "int": "integer", "float": "number"}.get(n, n) for n in names
+    )
 
 
 def _read_section(src: dict, schema: dict, prefix: str, problems: list[str]) -> dict:
@@ -160,8 +161,10 @@ class QuantConfig:
     @classmethod
     def _from_algo(cls, src: dict, problems: list[str]) -> QuantConfig:
         algo, kv = src.get("quant_algo"), src.get("kv_cache_quant_algo")
-        q = cls(style="algo", extra={k: v for k, v in src.items()
-                                     if k not in ("quant_algo", "kv_cache_quant_algo", "group_size")})
+        q = cls(
+            style="algo",
+            extra={k: v for k, v in src.items() if k not in ("quant_algo", "kv_cache_quant_algo", "group_size")},
+        )
         gs = src.get("group_size", 128 if algo and str(algo).endswith(("_AWQ", "_GPTQ")) else 64)
         if not _type_ok(gs, (int,)):
             problems.append(f"quantization.group_size: must be integer, got {json.dumps(gs)}")
@@ -185,8 +188,9 @@ class QuantConfig:
                 problems.append(f"quantization.quant_algo: unknown value {algo!r}")
         if kv is not None:
             if kv not in KV_CACHE_ALGOS:
-                problems.append(f"quantization.kv_cache_quant_algo: must be one of {list(KV_CACHE_ALGOS)}, "
-                                f"got {json.dumps(kv)}")
+                problems.append(
+                    f"quantization.kv_cache_quant_algo: must be one of {list(KV_CACHE_ALGOS)}, got {json.dumps(kv)}"
+                )
             else:
                 q.int8_kv_cache, q.fp8_kv_cache = kv == "INT8", kv == "FP8"
         return q
@@ -203,8 +207,10 @@ class QuantConfig:
     def problems(self) -> list[str]:
         out = []
         if self.weight_only_precision not in WEIGHT_ONLY_PRECISIONS:
-            out.append(f"quantization.weight_only_precision: must be one of {list(WEIGHT_ONLY_PRECISIONS)}, "
-                       f"got {self.weight_only_precision!r}")
+            out.append(
+                f"quantization.weight_only_precision: must be one of {list(WEIGHT_ONLY_PRECISIONS)}, "
+                f"got {self.weight_only_precision!r}"
+            )
         if self.group_size < 1:
             out.append(f"quantization.group_size: must be >= 1 (got {self.group_size})")
         return out
@@ -287,8 +293,7 @@ class CheckpointConfig:
         extra = {k: v for k, v in src.items() if k not in known}
         if mextra:
             extra["_mapping_extra"] = mextra
-        return cls(**values, mapping=Mapping(**mvals), quantization=quant, extra=extra,
-                   parse_problems=problems)
+        return cls(**values, mapping=Mapping(**mvals), quantization=quant, extra=extra, parse_problems=problems)
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {name: getattr(self, name) for name in TOP_FIELDS}
@@ -314,8 +319,10 @@ class CheckpointConfig:
         out = list(self.parse_problems)
         bad = {p.split(":")[0] for p in out}
         if "architecture" not in bad and self.architecture not in SUPPORTED_ARCHITECTURES:
-            out.append(f"architecture: unsupported {self.architecture!r} "
-                       f"(supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))})")
+            out.append(
+                f"architecture: unsupported {self.architecture!r} "
+                f"(supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))})"
+            )
         for name in ("dtype", "logits_dtype"):
             if name not in bad and getattr(self, name) not in DTYPES:
                 out.append(f"{name}: must be one of {list(DTYPES)}, got {getattr(self, name)!r}")
@@ -324,14 +331,17 @@ class CheckpointConfig:
             if name not in bad and value is not None and value < 1:
                 out.append(f"{name}: must be >= 1 (got {value})")
         if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
-            out.append(f"position_embedding_type: must be one of {list(POSITION_EMBEDDING_TYPES)}, "
-                       f"got {self.position_embedding_type!r}")
+            out.append(
+                f"position_embedding_type: must be one of {list(POSITION_EMBEDDING_TYPES)}, "
+                f"got {self.position_embedding_type!r}"
+            )
         if self.embedding_sharding_dim not in (0, 1):
             out.append(f"embedding_sharding_dim: must be 0 or 1 (got {self.embedding_sharding_dim})")
         out += self.mapping.problems(self.num_hidden_layers if "num_hidden_layers" not in bad else None)
         out += self.quantization.problems()
         if not {"hidden_size", "num_attention_heads", "num_key_value_heads"} & bad and not any(
-                p.startswith("mapping.") for p in out):
+            p.startswith("mapping.") for p in out
+        ):
             out += self._shape_problems()
         return out
 
@@ -351,17 +361,17 @@ class CheckpointConfig:
         if self.intermediate_size is not None and self.intermediate_size % tp:
             out.append(f"mapping.tp_size: must divide intermediate_size ({self.intermediate_size})")
         if self.use_parallel_embedding and self.embedding_sharding_dim == 1 and self.hidden_size % tp:
-            out.append(f"mapping.tp_size: must divide hidden_size ({self.hidden_size}) "
-                       "for embedding_sharding_dim 1")
+            out.append(f"mapping.tp_size: must divide hidden_size ({self.hidden_size}) for embedding_sharding_dim 1")
         return out
 
     def check(self, source: str = CONFIG_FILE) -> CheckpointConfig:
         """Raise one ``CheckpointError`` listing every problem, else return self."""
         problems = self.problems()
         if problems:
-            raise CheckpointError(f"{source}: {problems[0]}" + (
-                f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
-                [f"{source}: {p}" for p in problems])
+            raise CheckpointError(
+                f"{source}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+                [f"{source}: {p}" for p in problems],
+            )
         return self
 
 

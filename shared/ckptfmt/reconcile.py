@@ -34,8 +34,13 @@ def _set_qkv_bias(cfg: CheckpointConfig) -> None:
 
 
 RULES = (
-    Rule(POSITION_EMBEDDING, "position_embedding_type",
-         lambda c: c.position_embedding_type != "learned_absolute", _set_learned, "learned_absolute"),
+    Rule(
+        POSITION_EMBEDDING,
+        "position_embedding_type",
+        lambda c: c.position_embedding_type != "learned_absolute",
+        _set_learned,
+        "learned_absolute",
+    ),
     Rule(QKV_BIAS, "qkv_bias", lambda c: not model_spec(c).qkv_bias, _set_qkv_bias, "true"),
 )
 
@@ -47,6 +52,8 @@ def reconcile_with_tensors(config: CheckpointConfig, first_rank_names: set[str],
         if rule.tensor in first_rank_names and rule.wrong(config):
             before = getattr(config, rule.field, config.extra.get(rule.field))
             rule.fix(config)
-            notes.append(f"config.json: {rule.field} {before!r} contradicts {source}, which holds {rule.tensor}: "
-                         f"using {rule.value}")
+            notes.append(
+                f"config.json: {rule.field} {before!r} contradicts {source}, which holds {rule.tensor}: "
+                f"using {rule.value}"
+            )
     return notes

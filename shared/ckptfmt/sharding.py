@@ -49,7 +49,7 @@ def split_padded(a, tp_size: int, tp_rank: int):
     rows = pad_to_multiple(a.shape[0], tp_size)
     step = rows // tp_size
     lo, hi = tp_rank * step, (tp_rank + 1) * step
-    part = a[lo:min(hi, a.shape[0])]
+    part = a[lo : min(hi, a.shape[0])]
     return pad_rows(part, step)
 
 
@@ -82,8 +82,8 @@ def merge_qkv(parts: list, num_heads: int, num_kv_heads: int, head_size: int):
     for r in range(tp):
         owners.setdefault(kv_head_of_rank(num_kv_heads, tp, r).start, r)
     ranks = [owners[h] for h in sorted(owners)]
-    k = np.concatenate([parts[r][qn:qn + kvn] for r in ranks], axis=0)
-    v = np.concatenate([parts[r][qn + kvn:qn + 2 * kvn] for r in ranks], axis=0)
+    k = np.concatenate([parts[r][qn : qn + kvn] for r in ranks], axis=0)
+    v = np.concatenate([parts[r][qn + kvn : qn + 2 * kvn] for r in ranks], axis=0)
     return q, k, v
 
 

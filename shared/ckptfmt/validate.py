@@ -32,8 +32,9 @@ def rank_problems(directory: Path, config: CheckpointConfig, rank: int) -> tuple
         e = reader.entries[name]
         dtype = _dtype_name(e["dtype"])
         if tuple(e["shape"]) != spec.shape or dtype != spec.dtype:
-            problems.append(f"{path.name}: tensor {name}: {dtype}{list(e['shape'])}, "
-                            f"expected {spec.dtype}{list(spec.shape)}")
+            problems.append(
+                f"{path.name}: tensor {name}: {dtype}{list(e['shape'])}, expected {spec.dtype}{list(spec.shape)}"
+            )
     for name in reader.entries:
         if name not in expected:
             warnings.append(f"{path.name}: unexpected tensor {name} (ignored)")
@@ -54,8 +55,11 @@ def validate_checkpoint(directory: str | os.PathLike, hash_files: bool = True) -
         p, w = rank_problems(d, config, rank)
         problems += p
         warnings += w
-    extra = sorted(p.name for p in d.glob("rank*.safetensors")
-                   if p.name not in {RANK_FILE.format(rank=r) for r in range(config.mapping.world_size)})
+    extra = sorted(
+        p.name
+        for p in d.glob("rank*.safetensors")
+        if p.name not in {RANK_FILE.format(rank=r) for r in range(config.mapping.world_size)}
+    )
     warnings += [f"{name}: rank file beyond world_size {config.mapping.world_size}" for name in extra]
     return problems, warnings
 

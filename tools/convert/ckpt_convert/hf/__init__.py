@@ -18,8 +18,15 @@ from .hf_config import HFConfig
 DESCRIPTION = "HuggingFace transformers directory (config.json + safetensors or pytorch_model*.bin)"
 # carried into <output_dir>/tokenizer/ so that evaluation finds the model's tokenizer with the checkpoint
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "chat_template.jinja",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "chat_template.jinja",
 )
 
 
@@ -56,8 +63,11 @@ def convert_hf(model_dir: str | Path, args: argparse.Namespace) -> Summary:
         workers=args.workers,
         quiet=args.quiet,
         label=str(model_dir),
-        extra_files={f"{TOKENIZER_DIR}/{name}": Path(model_dir) / name
-                     for name in TOKENIZER_FILES if (Path(model_dir) / name).is_file()},
+        extra_files={
+            f"{TOKENIZER_DIR}/{name}": Path(model_dir) / name
+            for name in TOKENIZER_FILES
+            if (Path(model_dir) / name).is_file()
+        },
     )
 
 
