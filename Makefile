@@ -9,6 +9,7 @@ setup:
 
 test: setup
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check shared tools bench
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: setup
@@ -16,7 +17,7 @@ demo: setup
 
 lint: setup
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check shared tools
+	$(PY) -m ruff format --check shared tools bench
 
 bench: setup
 	$(PY) bench/ckptfmt_writer.py
