@@ -172,10 +172,8 @@ def run(args) -> dict:
         ckpt = Path(work) / "ckpt"
         weight_bytes = write_checkpoint(hf, ckpt)
         systems = {"ours (eager)": ModelRunner.from_dir(ckpt, device=args.device)}
-        if args.compile:
-            systems["ours (torch.compile reduce-overhead)"] = ModelRunner.from_dir(
-                ckpt, device=args.device, compile=True
-            )
+        for mode in args.compile or []:
+            systems[f"ours (torch.compile {mode})"] = ModelRunner.from_dir(ckpt, device=args.device, compile=mode)
     bw = bandwidth(args.device)
     result = {
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
@@ -206,6 +204,9 @@ def run(args) -> dict:
             except Exception as err:  # report and go on: one failing system must not hide the others' figures
                 rates[label] = f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             print(f"batch {batch} {label}: {rates[label]}", flush=True)
+    if args.profile:
+        for label, runner in systems.items():
+            result.setdefault("profile", {})[label] = profile_decode(runner, label, args)
     result["same_greedy_tokens"] = {}
     for label, runner in systems.items():
         try:
@@ -213,6 +214,40 @@ def run(args) -> dict:
         except Exception as err:
             result["same_greedy_tokens"][label] = f"failed: {type(err).__name__}"
     return result
+
+
+def profile_decode(runner, label: str, args, steps: int = 32) -> dict:
+    """Kernel time of batch-1 decode: the CUDA kernels a step launches, and how busy the GPU is per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    rows = list(prompts(1, args.prompt_len, 32000, args.device))
+    runner.generate(rows, max_new_tokens=steps)  # warm (compiled graphs exist already after the timings)
+    sync(args.device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        runner.generate(rows, max_new_tokens=steps)
+        sync(args.device)
+        wall = time.perf_counter() - start
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.device_time for e in kernels) / 1e6  # us -> s
+    totals: dict[str, list] = {}
+    for e in kernels:
+        entry = totals.setdefault(e.name[:90], [0, 0.0])
+        entry[0] += 1
+        entry[1] += e.device_time
+    top = sorted(totals.items(), key=lambda kv: -kv[1][1])[:25]
+    print(
+        f"profile {label}: {len(kernels) / steps:.0f} kernels per token"
+        f", GPU busy {1e3 * busy / steps:.3f} ms of {1e3 * wall / steps:.3f} ms wall per token"
+    )
+    for name, (count, us) in top:
+        print(f"    {us / steps:8.1f} us/token  {count / steps:6.1f}x  {name}")
+    return {
+        "kernels_per_token": len(kernels) / steps,
+        "gpu_busy_ms_per_token": 1e3 * busy / steps,
+        "wall_ms_per_token": 1e3 * wall / steps,
+        "top": [[name, count / steps, us / steps] for name, (count, us) in top],
+    }
 
 
 def same_tokens(hf, runner, args, steps: int = 16) -> str:
@@ -264,13 +299,21 @@ def main() -> None:
     ap.add_argument("--prompt_len", type=int, default=32)
     ap.add_argument("--new_tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--compile", action="store_true", help="also time our decode under torch.compile (CUDA graphs)")
+    ap.add_argument(
+        "--compile",
+        nargs="*",
+        metavar="MODE",
+        help="also time our decode under torch.compile, once per mode (default mode: reduce-overhead, CUDA graphs)",
+    )
+    ap.add_argument("--profile", action="store_true", help="print each system's CUDA kernels per decode token")
     ap.add_argument("--workdir", help="where the temporary checkpoint goes (default: the system temp dir)")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
     cuda = args.device.startswith("cuda")
     args.preset = args.preset or ("1b" if cuda else "tiny")
     args.dtype = args.dtype or ("float16" if cuda else "float32")
+    if args.compile == []:
+        args.compile = ["reduce-overhead"]
     result = run(args)
     report(result)
     if args.json:

@@ -334,6 +334,17 @@ def test_compiled_decode_gives_the_eager_tokens(models, greedy):
         assert torch.equal(compiled.generate(prompts(), max_new_tokens=STEPS), greedy["output_ids"])
 
 
+@pytest.mark.slow
+def test_ckpt_run_compile_flag_prints_the_eager_output(models, tmp_path, capsys):
+    (tmp_path / "p.csv").write_text("1,2,3,4,5\n9,8,7\n")
+    args = ["--checkpoint_dir", str(models.checkpoint("llama-gqa")), "--input_file", str(tmp_path / "p.csv")]
+    args += ["--max_output_len", "8", "--device", "cpu"]
+    assert main(args) == 0
+    eager = capsys.readouterr().out
+    assert main([*args, "--compile"]) == 0
+    assert capsys.readouterr().out == eager and eager.count("Output [Text") == 2
+
+
 def test_ckpt_run_keeps_the_first_max_input_length_tokens(models, runner, tmp_path, capsys):
     (tmp_path / "p.csv").write_text("11,12,13,14,15,16,17,18\n")
     assert (

@@ -119,20 +119,26 @@ class ParallelEmbedding(nn.Module):
 
 
 class KVCache(nn.Module):
-    """Static cache [batch, kv_heads, max_seq, head_size]; ``slots`` are the sequence indices written."""
+    """Static cache, keys and values in one buffer [2, batch, kv_heads, max_seq, head_size] so a step writes
+    both with one kernel; ``slots`` are the sequence indices written."""
 
     def __init__(self, batch: int, kv_heads: int, max_seq: int, head_size: int, dtype, device):
         super().__init__()
-        shape = (batch, kv_heads, max_seq, head_size)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        torch._dynamo.mark_static_address(self.k)  # updated in place: compiled CUDA graphs keep these addresses
-        torch._dynamo.mark_static_address(self.v)
+        shape = (2, batch, kv_heads, max_seq, head_size)
+        self.register_buffer("kv", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        torch._dynamo.mark_static_address(self.kv)  # updated in place: compiled CUDA graphs keep its address
+
+    @property
+    def batch(self) -> int:
+        return self.kv.shape[1]
+
+    @property
+    def length(self) -> int:
+        return self.kv.shape[3]
 
     def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k.index_copy_(2, slots, k)
-        self.v.index_copy_(2, slots, v)
-        return self.k, self.v
+        self.kv.index_copy_(3, slots, torch.stack([k, v]))
+        return self.kv[0], self.kv[1]
 
 
 class Rotary(nn.Module):
@@ -206,8 +212,27 @@ class Attention(nn.Module):
             q, k = rotary.apply(q, *cos_sin), rotary.apply(k, *cos_sin)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))
         k, v = self.kv_cache.update(slots, k, v)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.heads)
+        if t == 1:
+            y = decode_attention(q, k, v, mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.heads)
         return self.dense(y.transpose(1, 2).reshape(b, t, q_size))
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One query position against the cache, grouped-query heads folded into the query rows so no key/value
+    head is copied: q [batch, heads, 1, d], k/v [batch, kv_heads, max_seq, d], ``mask`` boolean (or an additive
+    bias) broadcastable to [batch, heads, 1, max_seq]. Scores and softmax in float32."""
+    b, heads, _, d = q.shape
+    kv_heads = k.shape[1]
+    group = heads // kv_heads
+    scores = torch.matmul(q.view(b, kv_heads, group, d), k.transpose(-1, -2)).float() * (1.0 / math.sqrt(d))
+    if mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask.view(mask.shape[0], -1, 1, mask.shape[-1]), float("-inf"))
+    else:
+        scores = scores + mask.float().expand(b, heads, 1, -1).reshape(b, kv_heads, group, -1)
+    weights = scores.softmax(-1).to(v.dtype)
+    return torch.matmul(weights, v).view(b, heads, 1, d)
 
 
 class MLP(nn.Module):
@@ -225,8 +250,28 @@ class MLP(nn.Module):
         self.fc = nn.Linear(spec.hidden_size, ffn, bias=spec.bias)
         self.gate = nn.Linear(spec.hidden_size, ffn, bias=spec.bias) if spec.gated_mlp else None
         self.proj = RowLinear(ffn, spec.hidden_size, spec.bias, par)
+        self.fc_gate: nn.Parameter | None = None  # [fc; gate] rows, one GEMM for both (see ``fuse``)
+        self.fc_gate_bias: nn.Parameter | None = None
+
+    def fuse(self) -> None:
+        """Stack the gate rows under fc's so a gated MLP reads both with one GEMM (fc and gate stay the
+        checkpoint's tensors, as views of the stacked one)."""
+        if self.gate is None:
+            return
+        ffn = self.fc.weight.shape[0]
+        for suffix in ("weight", "bias"):
+            fc, gate = getattr(self.fc, suffix), getattr(self.gate, suffix)
+            if fc is None:
+                continue
+            both = torch.cat([fc.detach(), gate.detach()])
+            setattr(self, f"fc_gate{'' if suffix == 'weight' else '_bias'}", nn.Parameter(both, requires_grad=False))
+            setattr(self.fc, suffix, nn.Parameter(both[:ffn], requires_grad=False))
+            setattr(self.gate, suffix, nn.Parameter(both[ffn:], requires_grad=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fc_gate is not None:
+            a, g = F.linear(x, self.fc_gate, self.fc_gate_bias).chunk(2, dim=-1)
+            return self.proj(self.act(a) * g)
         h = self.act(self.fc(x))
         return self.proj(h * self.gate(x) if self.gate is not None else h)
 
@@ -306,11 +351,10 @@ class Transformer(nn.Module):
         p = next(self.parameters())
         for layer in self.transformer.layers:
             a, old = layer.attention, layer.attention.kv_cache
-            if old is not None and old.k.shape[0] == batch and old.k.shape[2] >= max_seq:
-                old.k.zero_()
-                old.v.zero_()
+            if old is not None and old.batch == batch and old.length >= max_seq:
+                old.kv.zero_()
             else:
-                length = max(max_seq, old.k.shape[2] if old is not None else 0)
+                length = max(max_seq, old.length if old is not None else 0)
                 a.kv_cache = KVCache(batch, a.kv_heads, length, a.head_size, p.dtype, p.device)
 
     def embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -339,7 +383,7 @@ class Transformer(nn.Module):
         ``last_only``: logits of the last position only."""
         positions = (slots.unsqueeze(0) - pad.unsqueeze(1)).clamp(min=0)
         x = self.embed(inputs, positions) if self.shapes.first_stage else inputs
-        mask = attention_mask(slots, pad, self.transformer.layers[0].attention.kv_cache.k.shape[2], self.window)
+        mask = attention_mask(slots, pad, self.transformer.layers[0].attention.kv_cache.length, self.window)
         if self.alibi is not None:
             mask = alibi_bias(self.alibi, pad, mask, x.dtype)
         cos_sin = self.rotary.cos_sin(positions, x.dtype) if self.rotary is not None else None

@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pad_id", type=int, help="default: the tokenizer's pad token, else end_id")
     p.add_argument("--no_add_special_tokens", action="store_true", help="do not add BOS etc. when tokenizing")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch backend: compile the one-token decode step (torch.compile; CUDA graphs on GPU; single rank)",
+    )
     p.add_argument("--streaming", action="store_true", help="print tokens as they are generated")
     return p
 
@@ -133,7 +138,8 @@ def run(args) -> None:
     model_dir = args.engine_dir or args.hf_model_dir or args.checkpoint_dir
     texts, ids = read_prompts(args)
     tokenizer = load_tokenizer(args) if texts is not None or args.tokenizer_dir else None
-    runner = ModelRunner.from_dir(model_dir, backend=backend, device=args.device)
+    options = {"compile": True} if args.compile and backend == "torch" else {}
+    runner = ModelRunner.from_dir(model_dir, backend=backend, device=args.device, **options)
     end_id = args.end_id if args.end_id is not None else getattr(tokenizer, "eos_token_id", None)
     pad_id = args.pad_id if args.pad_id is not None else getattr(tokenizer, "pad_token_id", None)
     prompts = encode(args, tokenizer, texts, ids)

@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--report", metavar="DIR", help="write results.json and rouge.png into DIR")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch backend: compile the one-token decode step (torch.compile; CUDA graphs on GPU; single rank)",
+    )
     p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -239,6 +244,8 @@ def open_runner(backend: str, model_dir: str, args):
     from .runner import ModelRunner
 
     options = {"dtype": DATA_TYPES[args.data_type]} if backend == "hf" else {}
+    if backend == "torch" and args.compile:
+        options["compile"] = True
     start = time.perf_counter()
     runner = ModelRunner.from_dir(model_dir, backend=backend, device=args.device, **options)
     log.info("%s: loaded %s in %.1f s", backend, model_dir, time.perf_counter() - start)

@@ -14,7 +14,7 @@ from .base import RunnerError
 class TorchStepper:
     """This rank's slice of the model; pipeline stages hand hidden states to the next stage."""
 
-    def __init__(self, directory: str, device: str = "cpu", verify_hashes: bool = False, compile: bool = False):
+    def __init__(self, directory: str, device: str = "cpu", verify_hashes: bool = False, compile: bool | str = False):
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise RunnerError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
         config = load_config(directory)
@@ -34,7 +34,7 @@ class TorchStepper:
         self.is_sampler = self.par.is_sampler
         self.decode = self.model
         if compile and not self.par.distributed:
-            self.decode = torch.compile(self.model, mode="reduce-overhead", fullgraph=True)
+            self.decode = compile_decode(self.model, compile if isinstance(compile, str) else "reduce-overhead")
 
     def reset(self, batch: int, max_seq: int) -> None:
         self.model.setup_cache(batch, max_seq)
@@ -53,6 +53,16 @@ class TorchStepper:
 
     def share(self, x, shape, dtype):
         return self.par.share(x, shape, dtype)
+
+
+def compile_decode(model: torch.nn.Module, mode: str):
+    """The one-token decode step under ``torch.compile`` (``mode`` "reduce-overhead" captures CUDA graphs;
+    "max-autotune" also benchmarks GEMM kernels at compile time). Coordinate-descent tuning of the generated
+    kernels' launch parameters costs compile time once and pays at every step."""
+    import torch._inductor.config as inductor
+
+    inductor.coordinate_descent_tuning = True
+    return torch.compile(model, mode=mode, fullgraph=True)
 
 
 def open_backend(path: str, device: str = "cpu", **options) -> TorchStepper:
