@@ -186,13 +186,14 @@ def mlp(ops: Ops, plan: RankPlan, w: RankWeights, local: int, x: Tensor) -> Tens
     """``proj(act(fc(x)) [* gate(x)])``; a gated MLP stored fc-then-gate runs both as one GEMM."""
     both = w.fc_gate(local) if plan.spec.gated_mlp else None
     if both is not None:
-        y = linear(ops, plan, x, both)
-        ffn = both.out_features // 2
-        h = ops.mul(activation(ops, ops.slice_last(y, 0, ffn), plan.spec.hidden_act), ops.slice_last(y, ffn, ffn))
-        return linear(ops, plan, h, w.linear(local, PROJ), reduce=True)
-    h = activation(ops, linear(ops, plan, x, w.linear(local, FC)), plan.spec.hidden_act)
-    if plan.spec.gated_mlp:
-        h = ops.mul(h, linear(ops, plan, x, w.linear(local, GATE)))
+        y, ffn = linear(ops, plan, x, both), both.out_features // 2
+        fc, gate = ops.slice_last(y, 0, ffn), ops.slice_last(y, ffn, ffn)
+    else:
+        fc = linear(ops, plan, x, w.linear(local, FC))
+        gate = linear(ops, plan, x, w.linear(local, GATE)) if plan.spec.gated_mlp else None
+    h = activation(ops, fc, plan.spec.hidden_act)
+    if gate is not None:
+        h = ops.mul(h, gate)
     return linear(ops, plan, h, w.linear(local, PROJ), reduce=True)
 
 
