@@ -39,14 +39,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end_id", type=int, help="default: the tokenizer's eos token")
     p.add_argument("--pad_id", type=int, help="default: the tokenizer's pad token, else end_id")
     p.add_argument("--no_add_special_tokens", action="store_true", help="do not add BOS etc. when tokenizing")
+    add_device_flags(p)
+    p.add_argument("--streaming", action="store_true", help="print tokens as they are generated")
+    return p
+
+
+def add_device_flags(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--compile``, shared by ckpt-run and ckpt-summarize (see ``backend_options``)."""
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument(
         "--compile",
         action="store_true",
         help="torch backend: compile the one-token decode step (torch.compile; CUDA graphs on GPU; single rank)",
     )
-    p.add_argument("--streaming", action="store_true", help="print tokens as they are generated")
-    return p
+
+
+def backend_options(args, backend: str) -> dict:
+    """``ModelRunner.from_dir`` options from the flags of ``add_device_flags`` (``--compile``: torch only)."""
+    return {"compile": True} if args.compile and backend == "torch" else {}
 
 
 def read_prompts(args) -> tuple[list[str] | None, list[list[int]] | None]:
@@ -138,8 +148,7 @@ def run(args) -> None:
     model_dir = args.engine_dir or args.hf_model_dir or args.checkpoint_dir
     texts, ids = read_prompts(args)
     tokenizer = load_tokenizer(args) if texts is not None or args.tokenizer_dir else None
-    options = {"compile": True} if args.compile and backend == "torch" else {}
-    runner = ModelRunner.from_dir(model_dir, backend=backend, device=args.device, **options)
+    runner = ModelRunner.from_dir(model_dir, backend=backend, device=args.device, **backend_options(args, backend))
     end_id = args.end_id if args.end_id is not None else getattr(tokenizer, "eos_token_id", None)
     pad_id = args.pad_id if args.pad_id is not None else getattr(tokenizer, "pad_token_id", None)
     prompts = encode(args, tokenizer, texts, ids)

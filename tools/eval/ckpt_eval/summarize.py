@@ -23,6 +23,7 @@ from .backends import RunnerError
 from .dataset import DatasetError, load_summarization_dataset
 from .metrics import compute_rouge, encode_prompt
 from .report import ReportError, print_table, write_report
+from .run_cli import add_device_flags, backend_options
 from .sampling import SamplingConfig
 
 log = logging.getLogger("ckpt_eval")
@@ -76,12 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="json/jsonl/parquet/arrow file or datasets directory (default: the shipped set)",
     )
     p.add_argument("--report", metavar="DIR", help="write results.json and rouge.png into DIR")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch backend: compile the one-token decode step (torch.compile; CUDA graphs on GPU; single rank)",
-    )
+    add_device_flags(p)
     p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -243,9 +239,7 @@ def run_system(runner, name: str, batches, tokenizer, args) -> SystemRun:
 def open_runner(backend: str, model_dir: str, args):
     from .runner import ModelRunner
 
-    options = {"dtype": DATA_TYPES[args.data_type]} if backend == "hf" else {}
-    if backend == "torch" and args.compile:
-        options["compile"] = True
+    options = {"dtype": DATA_TYPES[args.data_type]} if backend == "hf" else backend_options(args, backend)
     start = time.perf_counter()
     runner = ModelRunner.from_dir(model_dir, backend=backend, device=args.device, **options)
     log.info("%s: loaded %s in %.1f s", backend, model_dir, time.perf_counter() - start)
