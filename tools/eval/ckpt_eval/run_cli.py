@@ -49,14 +49,18 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument(
         "--compile",
-        action="store_true",
-        help="torch backend: compile the one-token decode step (torch.compile; CUDA graphs on GPU; single rank)",
+        nargs="?",
+        const="auto",
+        metavar="MODE",
+        help="torch backend, one rank: a fast one-token decode step. MODE auto (default): fused Triton kernels "
+        "where they cover the model, else torch.compile with CUDA graphs; fused: only the fused kernels; "
+        "or a torch.compile mode (reduce-overhead, max-autotune, ...)",
     )
 
 
 def backend_options(args, backend: str) -> dict:
     """``ModelRunner.from_dir`` options from the flags of ``add_device_flags`` (``--compile``: torch only)."""
-    return {"compile": True} if args.compile and backend == "torch" else {}
+    return {"compile": args.compile} if args.compile and backend == "torch" else {}
 
 
 def read_prompts(args) -> tuple[list[str] | None, list[list[int]] | None]:

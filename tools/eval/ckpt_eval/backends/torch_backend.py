@@ -33,8 +33,9 @@ class TorchStepper:
         self.max_positions = self.spec.max_position_embeddings
         self.is_sampler = self.par.is_sampler
         self.decode = self.model
+        self.decode_path = "eager"
         if compile and not self.par.distributed:
-            self.decode = compile_decode(self.model, compile if isinstance(compile, str) else "reduce-overhead")
+            self.decode, self.decode_path = decode_step(self.model, "auto" if compile is True else compile)
 
     def reset(self, batch: int, max_seq: int) -> None:
         self.model.setup_cache(batch, max_seq)
@@ -53,6 +54,25 @@ class TorchStepper:
 
     def share(self, x, shape, dtype):
         return self.par.share(x, shape, dtype)
+
+
+def decode_step(model: torch.nn.Module, mode: str):
+    """The one-token step for ``compile`` mode ``mode`` and a label of what it is:
+
+    - "auto": the fused Triton kernels (``fused_decode``) where they cover the model, else "reduce-overhead";
+    - "fused": the fused kernels, an error where they do not cover the model;
+    - any other string: a ``torch.compile`` mode ("reduce-overhead", "max-autotune", "default", ...).
+    """
+    if mode in ("auto", "fused"):
+        from ..fused_decode import FusedDecoder, unsupported
+
+        reason = unsupported(model)
+        if reason is None:
+            return FusedDecoder(model, fallback=compile_decode(model, "reduce-overhead")), "fused"
+        if mode == "fused":
+            raise RunnerError(f"compile 'fused': {reason}")
+        mode = "reduce-overhead"
+    return compile_decode(model, mode), f"torch.compile {mode}"
 
 
 def compile_decode(model: torch.nn.Module, mode: str):

@@ -1,0 +1,113 @@
+"""Launch-parameter sweep of the fused decode kernels (``ckpt_eval.decode_kernels``) on this GPU.
+
+    python bench/fused_decode.py [--pdl] [--positions 96 1024]
+
+TinyLlama-1.1B shapes, fp16, batch 1 (the fused step's case). Each GEMV shape is timed as 22 launches over
+distinct weights captured in one CUDA graph (nothing stays in L2, as in a decode step), for every
+(BN, BK, warps) candidate, and the best few are printed with the weight-read bandwidth they reach;
+``ckpt_eval.fused_decode.gemv_blocks`` holds what this sweep found. Then the decode-attention kernel at a
+few cache lengths and block sizes. ``--pdl`` launches as the fused step does on sm90+.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+
+import torch
+from gemv_decode import LAYERS, graph_time_us
+
+SHAPES = {  # name: (rows, cols, fused extras)
+    "qkv (+norm)": (2560, 2048, dict(HAS_NORM=True)),
+    "dense (+res)": (2048, 2048, dict(HAS_RES=True)),
+    "fc+gate (+norm, silu)": (5632, 2048, dict(HAS_NORM=True, GATED=True, ACT="silu")),
+    "proj (+res)": (2048, 5632, dict(HAS_RES=True)),
+    "lm_head (+norm)": (32000, 2048, dict(HAS_NORM=True)),
+}
+
+
+def sweep_gemv(top: int, pdl: bool) -> None:
+    from ckpt_eval import decode_kernels as dk
+    from ckpt_eval.fused_decode import gemv_blocks, triton_next_pow2
+
+    for name, (n, k, extras) in SHAPES.items():
+        gated = extras.get("GATED", False)
+        layers = 4 if n > 10000 else LAYERS
+        rows = 2 * n if gated else n
+        weights = [torch.randn(rows, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(layers)]
+        x = torch.randn(k, device="cuda", dtype=torch.float16)
+        norm = torch.ones(k, device="cuda", dtype=torch.float16)
+        y = torch.zeros(n, device="cuda", dtype=torch.float16)
+        flags = dict(HAS_NORM=False, HAS_BIAS=False, HAS_RES=False, GATED=False, ACT="none", PDL=pdl) | extras
+
+        def launch(cfg, w, n=n, k=k, x=x, norm=norm, y=y, flags=flags):
+            bn, bk, warps = cfg
+            dk.gemv_kernel[(math.ceil(n / bn),)](
+                x, norm, w, w, y, y, n, k, 1e-5, BN=bn, BK=bk, num_warps=warps, launch_pdl=pdl, **flags
+            )
+
+        results = []
+        for cfg in itertools.product((2, 4, 8, 16), (256, 512, 1024), (4, 8)):
+            if cfg[1] > triton_next_pow2(k):
+                continue
+            try:
+                us = graph_time_us(lambda cfg=cfg, weights=weights: [launch(cfg, w) for w in weights]) / layers
+            except Exception as err:  # a config the compiler refuses (registers, shared memory)
+                print(f"  {name} {cfg}: {type(err).__name__}")
+                continue
+            results.append((us, cfg))
+        results.sort()
+        d = gemv_blocks(k)
+        current = (d["BN"], d["BK"], d["num_warps"])
+        now = next((us for us, cfg in results if cfg == current), float("nan"))
+        nbytes = weights[0].numel() * 2
+        print(f"{name} [{n}x{k}]: in use {current} {now:.2f} us ({nbytes / now / 1e6:.2f} TB/s)")
+        for us, (bn, bk, warps) in results[:top]:
+            print(f"    BN={bn:<3} BK={bk:<5} warps={warps}  {us:6.2f} us  {nbytes / us / 1e6:.2f} TB/s")
+
+
+def sweep_attention(positions: list[int], pdl: bool) -> None:
+    from ckpt_eval import decode_kernels as dk
+
+    heads, kv_heads, d = 32, 4, 64
+    for length in positions:
+        caches = [torch.randn(2, 1, kv_heads, length + 8, d, device="cuda", dtype=torch.float16) for _ in range(LAYERS)]
+        qkv = torch.randn((heads + 2 * kv_heads) * d, device="cuda", dtype=torch.float16)
+        out = torch.empty(heads * d, device="cuda", dtype=torch.float16)
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2, device="cuda").float() / d))
+        slot = torch.tensor([length], device="cuda")
+        pad = torch.zeros(1, dtype=torch.long, device="cuda")
+        timings = []
+        for block_s, warps in itertools.product((32, 64, 128, 256), (1, 2, 4)):
+
+            def launch(kv, block_s=block_s, warps=warps, qkv=qkv, out=out, inv_freq=inv_freq, slot=slot, pad=pad):
+                dk.decode_attention_kernel[(1, heads)](
+                    qkv, 0, kv, out, 0, inv_freq, slot, pad, kv.stride(0), kv.stride(1), kv.stride(2),
+                    HEADS=heads, KV_HEADS=kv_heads, D=d, BD=d, ROT=d, INTERLEAVED=False, BLOCK_S=block_s,
+                    SCALE=1 / math.sqrt(d), PDL=pdl, num_warps=warps, launch_pdl=pdl,
+                )  # fmt: skip
+
+            us = graph_time_us(lambda launch=launch, caches=caches: [launch(kv) for kv in caches]) / LAYERS
+            timings.append((us, block_s, warps))
+        timings.sort()
+        print(f"decode attention, {length} cached positions:")
+        for us, block_s, warps in timings[:4]:
+            print(f"    BLOCK_S={block_s:<4} warps={warps}  {us:6.2f} us")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--positions", type=int, nargs="+", default=[96, 1024])
+    ap.add_argument("--top", type=int, default=5)
+    ap.add_argument("--skip_gemv", action="store_true")
+    ap.add_argument("--pdl", action="store_true", help="launch with programmatic dependent launch (sm90+)")
+    args = ap.parse_args()
+    print(torch.cuda.get_device_name(), "PDL" if args.pdl else "")
+    if not args.skip_gemv:
+        sweep_gemv(args.top, args.pdl)
+    sweep_attention(args.positions, args.pdl)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Triton kernels of the fused one-token decode step (``fused_decode``): a matrix-vector product with the
+RMSNorm before it and the residual add or gated activation after it fused in, and grouped-query decode
+attention with rotary and the KV-cache write fused in.
+
+Imported only where triton is installed (CUDA builds of torch ship it). With ``TRITON_INTERPRET=1`` set before
+the import, the same kernels run on CPU tensors through triton's interpreter, which is how the tests check
+them on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+ACTIVATIONS = ("silu", "relu", "gelu", "gelu_tanh")  # ``ACT`` of ``gemv_kernel``
+
+
+@triton.jit
+def _round(x, dtype: tl.constexpr):
+    """``x`` (float32) rounded to the model dtype and back, where the unfused path holds a model-dtype tensor."""
+    return x.to(dtype).to(tl.float32)
+
+
+@triton.jit
+def _activate(x, ACT: tl.constexpr):
+    if ACT == "silu":
+        return x / (1.0 + tl.exp(-x))
+    elif ACT == "relu":
+        return tl.maximum(x, 0.0)
+    elif ACT == "gelu":
+        return 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
+    else:  # gelu_tanh: tanh(u) = 2 sigmoid(2u) - 1
+        u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        return x * (1.0 - 1.0 / (1.0 + tl.exp(2.0 * u)))
+
+
+@triton.jit
+def _load_input(X, cols, K, NORM, scale, HAS_NORM: tl.constexpr, dtype: tl.constexpr):
+    """Elements ``cols`` of the input vector (float32), RMS-normalized and scaled when HAS_NORM."""
+    col_ok = cols < K
+    x = tl.load(X + cols, mask=col_ok, other=0.0).to(tl.float32)
+    if HAS_NORM:
+        g = tl.load(NORM + cols, mask=col_ok, other=0.0).to(tl.float32)
+        x = _round(_round(x * scale, dtype) * g, dtype)
+    return x
+
+
+@triton.jit
+def gemv_kernel(
+    X,
+    NORM,
+    W,
+    BIAS,
+    Y,
+    RES,
+    N,
+    K,
+    eps,
+    HAS_NORM: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    GATED: tl.constexpr,
+    ACT: tl.constexpr,
+    PDL: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+):
+    """``Y[n] = act(W @ norm(X) + BIAS)[n] (+ RES[n])`` for rows n < N of W [N or 2N, K]; one vector X [K].
+
+    HAS_NORM: X is RMS-normalized first (float32 statistics, then scaled by NORM in the model dtype).
+    ACT: "none" or one of ``ACTIVATIONS``. GATED: W (and BIAS) hold [fc; gate] (2N rows) and
+    ``Y[n] = act(fc . x) * (gate . x)``. Accumulation is float32; products are rounded to the model dtype
+    where the unfused path holds model-dtype tensors. RES may be Y itself: each program reads and writes
+    only its own BN rows.
+
+    PDL (programmatic dependent launch, sm90+): the next kernel may start while this one runs, and this one
+    reads its first weight tile (which no kernel of the step writes) before it waits for the previous
+    kernel, so the weight stream starts without a gap.
+    """
+    dtype: tl.constexpr = W.dtype.element_ty
+    if PDL:
+        gdc_launch_dependents()
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    row_ok = rows < N
+    cols = tl.arange(0, BK)
+    w_ptr = W + rows[:, None] * K + cols[None, :]
+    w_mask = row_ok[:, None] & (cols < K)[None, :]
+    w = tl.load(w_ptr, mask=w_mask, other=0.0, eviction_policy="evict_first")
+    w_gate = w
+    if GATED:
+        w_gate = tl.load(w_ptr + N * K, mask=w_mask, other=0.0, eviction_policy="evict_first")
+    if PDL:
+        gdc_wait()  # X and RES are written by earlier kernels of the step
+    scale = 1.0
+    if HAS_NORM:
+        squares = tl.zeros((BK,), tl.float32)
+        for k0 in range(0, K, BK):
+            x = tl.load(X + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
+            squares += x * x
+        scale = tl.rsqrt(tl.sum(squares, 0) / K + eps)
+    # accumulate elementwise [BN, BK], reduce once at the end
+    x = _load_input(X, cols, K, NORM, scale, HAS_NORM, dtype)
+    acc = w.to(tl.float32) * x[None, :]
+    acc_gate = w_gate.to(tl.float32) * x[None, :]
+    for k0 in range(BK, K, BK):
+        x = _load_input(X, k0 + cols, K, NORM, scale, HAS_NORM, dtype)
+        w_mask = row_ok[:, None] & (k0 + cols < K)[None, :]
+        w = tl.load(w_ptr + k0, mask=w_mask, other=0.0, eviction_policy="evict_first")
+        acc += w.to(tl.float32) * x[None, :]
+        if GATED:
+            w_gate = tl.load(w_ptr + N * K + k0, mask=w_mask, other=0.0, eviction_policy="evict_first")
+            acc_gate += w_gate.to(tl.float32) * x[None, :]
+    y = tl.sum(acc, 1)
+    if HAS_BIAS:
+        y += tl.load(BIAS + rows, mask=row_ok, other=0.0).to(tl.float32)
+    y = _round(y, dtype)
+    if GATED:
+        y_gate = tl.sum(acc_gate, 1)
+        if HAS_BIAS:
+            y_gate += tl.load(BIAS + N + rows, mask=row_ok, other=0.0).to(tl.float32)
+        y = _round(_round(_activate(y, ACT), dtype) * _round(y_gate, dtype), dtype)
+    elif ACT != "none":
+        y = _round(_activate(y, ACT), dtype)
+    if HAS_RES:
+        y += tl.load(RES + rows, mask=row_ok, other=0.0).to(tl.float32)
+    tl.store(Y + rows, y.to(dtype).to(Y.dtype.element_ty), mask=row_ok)
+
+
+@triton.jit
+def _rotate(x, partner, d, cos, sin, ROT: tl.constexpr, INTERLEAVED: tl.constexpr):
+    """x cos + turned(x) sin on the first ROT channels; ``partner`` is x at the paired channel."""
+    if INTERLEAVED:  # noqa: SIM108 (a compile-time branch)
+        sign = tl.where(d % 2 == 0, -1.0, 1.0)
+    else:
+        sign = tl.where(d < ROT // 2, -1.0, 1.0)
+    return tl.where(d < ROT, x * cos + sign * partner * sin, x)
+
+
+@triton.jit
+def decode_attention_kernel(
+    QKV,
+    stride_qkv,
+    KV,
+    OUT,
+    stride_out,
+    INV_FREQ,
+    SLOT,
+    PAD,
+    kv_part,
+    kv_batch,
+    kv_head,
+    HEADS: tl.constexpr,
+    KV_HEADS: tl.constexpr,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    ROT: tl.constexpr,
+    INTERLEAVED: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    SCALE: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    """One query position per sequence against the cache: rotary on q and k (position slot - pad), the new
+    k and v written at ``slot`` of KV [2, batch, kv_heads, max_seq, D], then softmax(q k^T * SCALE) v over
+    keys pad .. slot. One program per (sequence, query head); the first head of each group writes k and v,
+    and every program takes the new position from registers, so no program reads what another writes."""
+    dtype: tl.constexpr = QKV.dtype.element_ty
+    if PDL:  # see gemv_kernel
+        gdc_launch_dependents()
+        gdc_wait()
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    GROUP: tl.constexpr = HEADS // KV_HEADS
+    g = h // GROUP
+    slot = tl.load(SLOT)
+    pad = tl.load(PAD + b)
+    d = tl.arange(0, BD)
+    d_ok = d < D
+    row = QKV + b * stride_qkv
+    q_row, k_row, v_row = row + h * D, row + (HEADS + g) * D, row + (HEADS + KV_HEADS + g) * D
+    q = tl.load(q_row + d, mask=d_ok, other=0.0).to(tl.float32)
+    k = tl.load(k_row + d, mask=d_ok, other=0.0).to(tl.float32)
+    v = tl.load(v_row + d, mask=d_ok, other=0.0).to(tl.float32)
+    if ROT > 0:
+        rotated = d < ROT
+        if INTERLEAVED:
+            partner = d ^ 1
+            freq = d // 2
+        else:
+            partner = tl.where(d < ROT // 2, d + ROT // 2, d - ROT // 2)
+            freq = d % (ROT // 2)
+        position = tl.maximum(slot - pad, 0).to(tl.float32)
+        angle = position * tl.load(INV_FREQ + freq, mask=rotated, other=0.0)
+        cos, sin = _round(tl.cos(angle), dtype), _round(tl.sin(angle), dtype)
+        q_partner = tl.load(q_row + partner, mask=rotated, other=0.0).to(tl.float32)
+        k_partner = tl.load(k_row + partner, mask=rotated, other=0.0).to(tl.float32)
+        q = _round(_rotate(q, q_partner, d, cos, sin, ROT, INTERLEAVED), dtype)
+        k = _round(_rotate(k, k_partner, d, cos, sin, ROT, INTERLEAVED), dtype)
+    cache = KV + b * kv_batch + g * kv_head
+    if h % GROUP == 0:
+        tl.store(cache + slot * D + d, k.to(KV.dtype.element_ty), mask=d_ok)
+        tl.store(cache + kv_part + slot * D + d, v.to(KV.dtype.element_ty), mask=d_ok)
+    q = q * SCALE
+    # the new position (always visible) seeds the online softmax; then cached keys pad .. slot - 1
+    m = tl.sum(q * k, 0)
+    denom = m * 0.0 + 1.0
+    acc = v
+    first = (pad // BLOCK_S) * BLOCK_S
+    for start in range(first, slot, BLOCK_S):
+        s = start + tl.arange(0, BLOCK_S)
+        valid = (s < slot) & (s >= pad)
+        tile = valid[:, None] & d_ok[None, :]
+        keys = tl.load(cache + s[:, None] * D + d[None, :], mask=tile, other=0.0).to(tl.float32)
+        scores = tl.where(valid, tl.sum(keys * q[None, :], 1), float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, 0))
+        alpha = tl.exp(m - m_new)
+        p = tl.exp(scores - m_new)
+        values = tl.load(cache + kv_part + s[:, None] * D + d[None, :], mask=tile, other=0.0).to(tl.float32)
+        acc = acc * alpha + tl.sum(p[:, None] * values, 0)
+        denom = denom * alpha + tl.sum(p, 0)
+        m = m_new
+    tl.store(OUT + b * stride_out + h * D + d, (acc / denom).to(OUT.dtype.element_ty), mask=d_ok)

@@ -1,0 +1,223 @@
+"""The one-token decode step as five fused Triton kernels per layer, replayed as one CUDA graph per batch size.
+
+Per layer (``decode_kernels``): RMSNorm + qkv GEMV; rotary + KV-cache write + grouped-query attention;
+dense GEMV + residual add; RMSNorm + fc/gate GEMV + gated activation; proj GEMV + residual add. Then the
+final norm + lm_head GEMV. That is ~5 kernels per layer instead of the ~14 that ``torch.compile`` makes of
+``model.Transformer``, and it is what brings batch-1 decode near the memory-bandwidth bound
+(docs/performance.md). The weights, the KV cache and the prefill are ``model.Transformer``'s own: only the
+one-token step is replaced, and ``tests/eval/test_fused_decode.py`` checks it against that model.
+
+Covers the LLaMA-like decoders (pre-norm RMSNorm, rotary, optional biases, gated or plain MLP) on one rank;
+``unsupported`` names what else a model has, and the torch backend then uses ``torch.compile`` instead.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .model import Transformer
+
+# hidden_act -> the kernel's activation
+KERNEL_ACTIVATIONS = {
+    "silu": "silu",
+    "swish": "silu",
+    "swiglu": "silu",
+    "relu": "relu",
+    "gelu": "gelu",
+    "geglu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+}
+MAX_BATCH = 1  # from batch 2 on, torch.compile's GEMMs are faster than these GEMVs (docs/performance.md)
+
+
+def unsupported(model: Transformer) -> str | None:
+    """Why the fused step cannot run ``model`` (None when it can)."""
+    spec, par = model.spec, model.par
+    device = next(model.parameters()).device
+    if par.distributed:
+        return "it runs on one rank only (this checkpoint has tp x pp > 1)"
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"it needs a CUDA device (the model is on {device.type})"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed"
+    checks = {
+        "a post-norm layer (do_layer_norm_before false)": not spec.pre_norm,
+        f"{spec.norm} (only rmsnorm is fused)": spec.norm != "rmsnorm",
+        "a parallel residual": spec.parallel_residual,
+        "no MLP norm": spec.mlp_norm is None,
+        f"position embedding {spec.position_embedding_type!r} (only rotary is fused)": not spec.rotary,
+        "a sliding window": bool(model.window),
+        "embedding projections": bool(spec.embed_proj_dim),
+        "no final norm": not spec.has_ln_f,
+        f"activation {spec.hidden_act!r}": spec.hidden_act not in KERNEL_ACTIVATIONS,
+        f"dtype {next(model.parameters()).dtype}": next(model.parameters()).dtype
+        not in (torch.float16, torch.bfloat16, torch.float32),
+    }
+    found = [what for what, present in checks.items() if present]
+    return f"the model has {', '.join(found)}" if found else None
+
+
+def gemv_blocks(k: int) -> dict:
+    """Launch parameters of ``gemv_kernel`` for a weight of ``k`` columns: 4 rows x up to 1024 columns per
+    step of a program, 8 warps (bench/fused_decode.py's sweep on an H100: within 4 % of the best found for
+    every TinyLlama-1.1B shape; docs/performance.md)."""
+    return {"BN": 4, "BK": min(1024, triton_next_pow2(k)), "num_warps": 8}
+
+
+def use_pdl(device: torch.device) -> bool:
+    """Programmatic dependent launch: on sm90+ GPUs unless ``CKPT_EVAL_PDL=0``."""
+    return (
+        device.type == "cuda"
+        and torch.cuda.get_device_capability(device)[0] >= 9
+        and os.environ.get("CKPT_EVAL_PDL", "1") != "0"
+    )
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+@dataclass
+class CapturedStep:
+    """A captured step and every buffer its kernels read or write (they must outlive the graph)."""
+
+    cache: int  # address of the KV cache it was captured with
+    graph: torch.cuda.CUDAGraph
+    buffers: dict
+    logits: torch.Tensor
+
+
+class FusedDecoder:
+    """Callable like ``Transformer.forward`` for one-token steps: ``(tokens [b, 1], slots [1], pad [b])`` ->
+    float32 logits [b, 1, vocab]. On CUDA the step is captured once as a CUDA graph (again when the KV
+    cache is reallocated) and replayed; batches over ``MAX_BATCH`` go to ``fallback``."""
+
+    def __init__(self, model: Transformer, fallback=None, cuda_graphs: bool = True):
+        reason = unsupported(model)
+        if reason:
+            raise ValueError(f"fused decode: {reason}")
+        from . import decode_kernels
+
+        self.kernels = decode_kernels
+        self.model, self.fallback = model, fallback
+        spec = model.spec
+        self.act = KERNEL_ACTIVATIONS[spec.hidden_act]
+        self.eps = spec.norm_epsilon
+        for layer in model.transformer.layers:
+            if layer.mlp.gate is not None and layer.mlp.fc_gate is None:
+                layer.mlp.fuse()  # [fc; gate] as one weight: one GEMV reads both (load_model has done it)
+        first = model.transformer.layers[0].attention
+        self.heads, self.kv_heads, self.head_size = first.heads, first.kv_heads, first.head_size
+        self.rotary_dim = spec.rotary_dim
+        self.device = next(model.parameters()).device
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self.pdl = use_pdl(self.device)
+        self.graph: CapturedStep | None = None
+
+    @torch.inference_mode()
+    def __call__(self, inputs: torch.Tensor, slots: torch.Tensor, pad: torch.Tensor, last_only: bool = True):
+        b = inputs.shape[0]
+        if inputs.shape[1] != 1 or (b > MAX_BATCH and self.fallback is None):
+            raise ValueError(f"fused decode takes one token of at most {MAX_BATCH} sequence, got {tuple(inputs.shape)}")
+        if b > MAX_BATCH:
+            return self.fallback(inputs, slots, pad, last_only=last_only)
+        if not self.cuda_graphs:
+            return self.step(inputs.view(b), slots.view(1), pad, self.buffers()).view(b, 1, -1)
+        key = self.model.transformer.layers[0].attention.kv_cache.kv.data_ptr()
+        if self.graph is None or self.graph.cache != key:
+            self.graph = None  # its memory goes back before the new capture
+            self.graph = self.capture(inputs, slots, pad)
+        g = self.graph
+        g.buffers["tokens"].copy_(inputs.view(b))
+        g.buffers["slot"].copy_(slots.view(1))
+        g.buffers["pad"].copy_(pad)
+        g.graph.replay()
+        return g.logits.view(b, 1, -1)
+
+    def capture(self, inputs, slots, pad) -> CapturedStep:
+        """Warm the kernels up (triton compiles at first launch) on a side stream, then capture one step."""
+        buffers = self.buffers()
+        buffers.update(tokens=inputs.view(-1).clone(), slot=slots.view(1).clone(), pad=pad.clone())
+        run = lambda: self.step(buffers["tokens"], buffers["slot"], buffers["pad"], buffers)  # noqa: E731
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            run()  # the same inputs as the replay that follows: the same cache write
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = run()
+        key = self.model.transformer.layers[0].attention.kv_cache.kv.data_ptr()
+        return CapturedStep(key, graph, buffers, logits)
+
+    def buffers(self) -> dict:
+        model, spec = self.model, self.model.spec
+        p = next(model.parameters())
+        layer = model.transformer.layers[0]
+        width = layer.attention.qkv.weight.shape[0]
+        ffn = layer.mlp.fc.weight.shape[0]
+        empty = lambda n, dtype=p.dtype: torch.empty(n, dtype=dtype, device=p.device)  # noqa: E731
+        return {
+            "x": torch.empty(1, spec.hidden_size, dtype=p.dtype, device=p.device),  # index_select's output
+            "qkv": empty(width),
+            "attn": empty(self.heads * self.head_size),
+            "mlp": empty(ffn),
+            "logits": empty(model.lm_head.weight.shape[0], torch.float32),
+        }
+
+    def gemv(self, x, w, y, *, norm=None, bias=None, res=None, gated=False, act="none") -> None:
+        """``y = act(w @ norm(x) + bias) (+ res)`` (gated: w holds [fc; gate]) as one ``gemv_kernel``."""
+        n, k = w.shape[0] // (2 if gated else 1), w.shape[1]
+        blocks = gemv_blocks(k)
+        pdl = {"launch_pdl": True} if self.pdl else {}
+        self.kernels.gemv_kernel[(math.ceil(n / blocks["BN"]),)](
+            x, w if norm is None else norm, w, w if bias is None else bias, y, y if res is None else res, n, k,
+            self.eps, HAS_NORM=norm is not None, HAS_BIAS=bias is not None, HAS_RES=res is not None,
+            GATED=gated, ACT=act, PDL=self.pdl, **blocks, **pdl,
+        )  # fmt: skip
+
+    def attention(self, qkv, cache, out, slot, pad) -> None:
+        """Rotary, the cache write at ``slot`` and attention over the cache, as one ``decode_attention_kernel``."""
+        kv = cache.kv
+        pdl = {"launch_pdl": True} if self.pdl else {}
+        self.kernels.decode_attention_kernel[(1, self.heads)](
+            qkv, qkv.shape[0], kv, out, out.shape[0], self.model.rotary.inv_freq, slot, pad,
+            kv.stride(0), kv.stride(1), kv.stride(2),
+            HEADS=self.heads, KV_HEADS=self.kv_heads, D=self.head_size, BD=triton_next_pow2(self.head_size),
+            ROT=self.rotary_dim, INTERLEAVED=self.model.spec.rotary_interleaved, BLOCK_S=128,
+            SCALE=1.0 / math.sqrt(self.head_size), PDL=self.pdl, num_warps=2, **pdl,
+        )  # fmt: skip
+
+    def step(self, tokens: torch.Tensor, slot: torch.Tensor, pad: torch.Tensor, buf: dict) -> torch.Tensor:
+        """Launch the kernels of one step; returns the logits buffer [vocab] (float32)."""
+        model, spec = self.model, self.model.spec
+        t = model.transformer
+        x = buf["x"]
+        torch.index_select(t.vocab_embedding.weight, 0, tokens, out=x)
+        for layer in t.layers:
+            a, mlp = layer.attention, layer.mlp
+            self.gemv(x, a.qkv.weight, buf["qkv"], norm=getattr(layer, spec.attn_norm).weight, bias=a.qkv.bias)
+            self.attention(buf["qkv"], a.kv_cache, buf["attn"], slot, pad)
+            self.gemv(buf["attn"], a.dense.weight, x, bias=a.dense.bias, res=x)
+            mlp_norm = getattr(layer, spec.mlp_norm).weight
+            if mlp.gate is not None:
+                self.gemv(x, mlp.fc_gate, buf["mlp"], norm=mlp_norm, bias=mlp.fc_gate_bias, gated=True, act=self.act)
+            else:
+                self.gemv(x, mlp.fc.weight, buf["mlp"], norm=mlp_norm, bias=mlp.fc.bias, act=self.act)
+            self.gemv(buf["mlp"], mlp.proj.weight, x, bias=mlp.proj.bias, res=x)
+        logits = buf["logits"]
+        self.gemv(x, model.lm_head.weight, logits, norm=t.ln_f.weight, bias=model.lm_head.bias)
+        return logits[: spec.vocab_size]
+
+
+def fused_decoder_or_none(model: Transformer, fallback) -> FusedDecoder | None:
+    """A ``FusedDecoder`` for ``model``, or None when ``unsupported`` says it cannot run it."""
+    return None if unsupported(model) else FusedDecoder(model, fallback)
