@@ -18,6 +18,9 @@ if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"  # read when triton is imported
 pytest.importorskip("triton")
 
+import importlib  # noqa: E402
+
+from ckpt_eval import decode_kernels  # noqa: E402
 from ckpt_eval.backends.base import RunnerError  # noqa: E402
 from ckpt_eval.distributed import init_parallel  # noqa: E402
 from ckpt_eval.fused_decode import FusedDecoder, unsupported  # noqa: E402
@@ -26,6 +29,8 @@ from ckpt_eval.weights import load_model  # noqa: E402
 from ckptfmt import CheckpointConfig  # noqa: E402
 from tests.random_checkpoint import random_checkpoint  # noqa: E402
 
+if not CUDA:
+    importlib.reload(decode_kernels)  # decorated under the interpreter even if something imported it before
 DEVICE = "cuda" if CUDA else "cpu"
 BASE = {
     "architecture": "LlamaForCausalLM",
@@ -101,10 +106,12 @@ def test_fused_step_matches_model(tmp_path, name):
 
 
 def test_fused_step_long_cache_and_left_padding(tmp_path):
-    """Keys spread over several BLOCK_S tiles, and a padded prefix the attention must skip."""
-    path, config = write(tmp_path, "llama-gqa")
+    """Keys spread over several key tiles (of 128, and of 256 beyond 512 cached positions), and a padded
+    prefix the attention must skip."""
+    path, config = write(tmp_path, "llama-gqa", max_position_embeddings=1024)
     model = load(path, config)
     errors = teacher_forced_errors(model, FusedDecoder(model), prompt_len=140, steps=3, pad=9)
+    errors += teacher_forced_errors(model, FusedDecoder(model), prompt_len=600, steps=2, pad=300)
     assert max(errors) <= TOLERANCE["float32"], errors
 
 

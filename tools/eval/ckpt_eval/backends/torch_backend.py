@@ -59,10 +59,13 @@ class TorchStepper:
 def decode_step(model: torch.nn.Module, mode: str):
     """The one-token step for ``compile`` mode ``mode`` and a label of what it is:
 
-    - "auto": the fused Triton kernels (``fused_decode``) where they cover the model, else "reduce-overhead";
+    - "auto": the fused Triton kernels (``fused_decode``) where they cover the model on a GPU, else
+      "reduce-overhead";
     - "fused": the fused kernels, an error where they do not cover the model;
     - any other string: a ``torch.compile`` mode ("reduce-overhead", "max-autotune", "default", ...).
     """
+    if mode == "auto" and next(model.parameters()).device.type != "cuda":
+        mode = "reduce-overhead"  # the fused kernels are GPU kernels (on CPU only triton's interpreter runs them)
     if mode in ("auto", "fused"):
         from ..fused_decode import FusedDecoder, unsupported
 
