@@ -84,12 +84,14 @@ def gemv_kernel(
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
     row_ok = rows < N
     cols = tl.arange(0, BK)
-    w_ptr = W + rows[:, None] * K + cols[None, :]
+    rows64 = rows.to(tl.int64)  # offsets in 64 bits: vocab x hidden may pass 2**31
+    w_ptr = W + rows64[:, None] * K + cols[None, :]
+    gate_ptr = W + (rows64 + N)[:, None] * K + cols[None, :]
     w_mask = row_ok[:, None] & (cols < K)[None, :]
     w = tl.load(w_ptr, mask=w_mask, other=0.0, eviction_policy="evict_first")
     w_gate = w
     if GATED:
-        w_gate = tl.load(w_ptr + N * K, mask=w_mask, other=0.0, eviction_policy="evict_first")
+        w_gate = tl.load(gate_ptr, mask=w_mask, other=0.0, eviction_policy="evict_first")
     if PDL:
         gdc_wait()  # X and RES are written by earlier kernels of the step
     scale = 1.0
@@ -109,7 +111,7 @@ def gemv_kernel(
         w = tl.load(w_ptr + k0, mask=w_mask, other=0.0, eviction_policy="evict_first")
         acc += w.to(tl.float32) * x[None, :]
         if GATED:
-            w_gate = tl.load(w_ptr + N * K + k0, mask=w_mask, other=0.0, eviction_policy="evict_first")
+            w_gate = tl.load(gate_ptr + k0, mask=w_mask, other=0.0, eviction_policy="evict_first")
             acc_gate += w_gate.to(tl.float32) * x[None, :]
     y = tl.sum(acc, 1)
     if HAS_BIAS:

@@ -121,6 +121,8 @@ class FusedDecoder:
         for layer in model.transformer.layers:
             if layer.mlp.gate is not None and layer.mlp.fc_gate is None:
                 layer.mlp.fuse()  # [fc; gate] as one weight: one GEMV reads both (load_model has done it)
+        if not all(p.is_contiguous() for p in model.parameters()):
+            raise ValueError("fused decode: the kernels read contiguous weights")
         first = model.transformer.layers[0].attention
         self.heads, self.kv_heads, self.head_size = first.heads, first.kv_heads, first.head_size
         self.rotary_dim = spec.rotary_dim
