@@ -6,7 +6,7 @@ TinyLlama-1.1B shapes, fp16, batch 1 (the fused step's case). Each GEMV shape is
 distinct weights captured in one CUDA graph (nothing stays in L2, as in a decode step), for every
 (BN, BK, warps) candidate, and the best few are printed with the weight-read bandwidth they reach;
 ``ckpt_eval.fused_decode.gemv_blocks`` holds what this sweep found. Then the decode-attention kernel at a
-few cache lengths and block sizes. ``--pdl`` launches as the fused step does on sm90+.
+few cache lengths, block sizes and splits. ``--pdl`` launches as the fused step does on sm90+.
 """
 
 from __future__ import annotations
@@ -68,37 +68,51 @@ def sweep_gemv(top: int, pdl: bool) -> None:
 
 
 def sweep_attention(positions: list[int], pdl: bool) -> None:
+    """Decode attention (+ the combine kernel when split) per layer, at each cache length: the settings
+    ``attention_blocks`` picks, then the best few of a sweep."""
     from ckpt_eval import decode_kernels as dk
+    from ckpt_eval.fused_decode import attention_blocks
 
     heads, kv_heads, d = 32, 4, 64
     for length in positions:
         caches = [torch.randn(2, 1, kv_heads, length + 8, d, device="cuda", dtype=torch.float16) for _ in range(LAYERS)]
         qkv = torch.randn((heads + 2 * kv_heads) * d, device="cuda", dtype=torch.float16)
         out = torch.empty(heads * d, device="cuda", dtype=torch.float16)
+        parts = torch.empty(heads * 64 * (d + 2), device="cuda", dtype=torch.float32)
         inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2, device="cuda").float() / d))
         slot = torch.tensor([length], device="cuda")
         pad = torch.zeros(1, dtype=torch.long, device="cuda")
+
+        def launch(kv, block_s, warps, splits, qkv=qkv, out=out, parts=parts, inv_freq=inv_freq, slot=slot, pad=pad):
+            chunk = math.ceil(kv.shape[3] / splits)
+            dk.decode_attention_kernel[(1, heads, splits)](
+                qkv, 0, kv, out, 0, inv_freq, slot, pad, parts, chunk, kv.stride(0), kv.stride(1), kv.stride(2),
+                HEADS=heads, KV_HEADS=kv_heads, D=d, BD=d, ROT=d, INTERLEAVED=False, BLOCK_S=block_s,
+                SPLITS=splits, SCALE=1 / math.sqrt(d), PDL=pdl, num_warps=warps, launch_pdl=pdl,
+            )  # fmt: skip
+            if splits > 1:
+                dk.attention_combine_kernel[(1, heads)](
+                    parts, out, 0, HEADS=heads, D=d, BD=d, SPLITS=splits, PDL=pdl, num_warps=1, launch_pdl=pdl
+                )
+
+        def timed(cfg, caches=caches, launch=launch):
+            return graph_time_us(lambda: [launch(kv, *cfg) for kv in caches]) / LAYERS
+
+        chosen = attention_blocks(length + 8)
+        cfg = (chosen["BLOCK_S"], chosen["num_warps"], chosen["SPLITS"])
+        print(f"decode attention, {length} cached positions: in use {cfg} {timed(cfg):6.2f} us")
         timings = []
-        for block_s, warps in itertools.product((32, 64, 128, 256), (1, 2, 4)):
-
-            def launch(kv, block_s=block_s, warps=warps, qkv=qkv, out=out, inv_freq=inv_freq, slot=slot, pad=pad):
-                dk.decode_attention_kernel[(1, heads)](
-                    qkv, 0, kv, out, 0, inv_freq, slot, pad, kv.stride(0), kv.stride(1), kv.stride(2),
-                    HEADS=heads, KV_HEADS=kv_heads, D=d, BD=d, ROT=d, INTERLEAVED=False, BLOCK_S=block_s,
-                    SCALE=1 / math.sqrt(d), PDL=pdl, num_warps=warps, launch_pdl=pdl,
-                )  # fmt: skip
-
-            us = graph_time_us(lambda launch=launch, caches=caches: [launch(kv) for kv in caches]) / LAYERS
-            timings.append((us, block_s, warps))
+        for cfg in itertools.product((64, 128, 256), (2, 4), (1, 2, 4, 8, 16, 32)):
+            if cfg[2] == 1 or math.ceil((length + 8) / cfg[2]) >= 32:
+                timings.append((timed(cfg), cfg))
         timings.sort()
-        print(f"decode attention, {length} cached positions:")
-        for us, block_s, warps in timings[:4]:
-            print(f"    BLOCK_S={block_s:<4} warps={warps}  {us:6.2f} us")
+        for us, (block_s, warps, splits) in timings[:4]:
+            print(f"    BLOCK_S={block_s:<4} warps={warps} splits={splits:<3} {us:6.2f} us")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--positions", type=int, nargs="+", default=[96, 1024])
+    ap.add_argument("--positions", type=int, nargs="+", default=[96, 1024, 4096])
     ap.add_argument("--top", type=int, default=5)
     ap.add_argument("--skip_gemv", action="store_true")
     ap.add_argument("--pdl", action="store_true", help="launch with programmatic dependent launch (sm90+)")

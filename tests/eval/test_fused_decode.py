@@ -106,12 +106,13 @@ def test_fused_step_matches_model(tmp_path, name):
 
 
 def test_fused_step_long_cache_and_left_padding(tmp_path):
-    """Keys spread over several key tiles (of 128, and of 256 beyond 512 cached positions), and a padded
-    prefix the attention must skip."""
-    path, config = write(tmp_path, "llama-gqa", max_position_embeddings=1024)
+    """Keys spread over several key tiles; beyond 512 cached positions over several programs per head (4
+    and 8 splits here) whose partials are combined, one of them wholly inside a padded prefix."""
+    path, config = write(tmp_path, "llama-gqa", max_position_embeddings=2048)
     model = load(path, config)
     errors = teacher_forced_errors(model, FusedDecoder(model), prompt_len=140, steps=3, pad=9)
     errors += teacher_forced_errors(model, FusedDecoder(model), prompt_len=600, steps=2, pad=300)
+    errors += teacher_forced_errors(model, FusedDecoder(model), prompt_len=1100, steps=2)
     assert max(errors) <= TOLERANCE["float32"], errors
 
 

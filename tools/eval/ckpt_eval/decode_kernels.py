@@ -149,6 +149,8 @@ def decode_attention_kernel(
     INV_FREQ,
     SLOT,
     PAD,
+    PARTS,
+    CHUNK,
     kv_part,
     kv_batch,
     kv_head,
@@ -159,19 +161,25 @@ def decode_attention_kernel(
     ROT: tl.constexpr,
     INTERLEAVED: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    SPLITS: tl.constexpr,
     SCALE: tl.constexpr,
     PDL: tl.constexpr,
 ):
     """One query position per sequence against the cache: rotary on q and k (position slot - pad), the new
     k and v written at ``slot`` of KV [2, batch, kv_heads, max_seq, D], then softmax(q k^T * SCALE) v over
-    keys pad .. slot. One program per (sequence, query head); the first head of each group writes k and v,
-    and every program takes the new position from registers, so no program reads what another writes."""
+    keys pad .. slot. One program per (sequence, query head, split); the first head of each group writes k
+    and v, and every program takes the new position from registers, so no program reads what another writes.
+
+    SPLITS > 1 (long caches): split ``i`` takes cache positions [i CHUNK, (i + 1) CHUNK) and writes its
+    unnormalized partial (running max, denominator, weighted sum of values) to PARTS for
+    ``attention_combine_kernel``; split 0 also holds the new position. SPLITS == 1 writes OUT directly."""
     dtype: tl.constexpr = QKV.dtype.element_ty
     if PDL:  # see gemv_kernel
         gdc_launch_dependents()
         gdc_wait()
     b = tl.program_id(0)
     h = tl.program_id(1)
+    split = tl.program_id(2)
     GROUP: tl.constexpr = HEADS // KV_HEADS
     g = h // GROUP
     slot = tl.load(SLOT)
@@ -199,18 +207,21 @@ def decode_attention_kernel(
         q = _round(_rotate(q, q_partner, d, cos, sin, ROT, INTERLEAVED), dtype)
         k = _round(_rotate(k, k_partner, d, cos, sin, ROT, INTERLEAVED), dtype)
     cache = KV + b * kv_batch + g * kv_head
-    if h % GROUP == 0:
+    if (h % GROUP == 0) & (split == 0):
         tl.store(cache + slot * D + d, k.to(KV.dtype.element_ty), mask=d_ok)
         tl.store(cache + kv_part + slot * D + d, v.to(KV.dtype.element_ty), mask=d_ok)
     q = q * SCALE
-    # the new position (always visible) seeds the online softmax; then cached keys pad .. slot - 1
-    m = tl.sum(q * k, 0)
-    denom = m * 0.0 + 1.0
-    acc = v
-    first = (pad // BLOCK_S) * BLOCK_S
-    for start in range(first, slot, BLOCK_S):
+    # split 0 seeds the online softmax with the new position (always visible), the others start empty;
+    # then each walks its share of the cached keys pad .. slot - 1
+    first = split == 0
+    m = tl.where(first, tl.sum(q * k, 0), float("-inf"))
+    denom = tl.where(first, 1.0, 0.0)
+    acc = tl.where(first, v, 0.0)
+    lo = tl.maximum(split * CHUNK, pad)
+    hi = tl.minimum(split * CHUNK + CHUNK, slot)
+    for start in range(lo, hi, BLOCK_S):
         s = start + tl.arange(0, BLOCK_S)
-        valid = (s < slot) & (s >= pad)
+        valid = s < hi
         tile = valid[:, None] & d_ok[None, :]
         keys = tl.load(cache + s[:, None] * D + d[None, :], mask=tile, other=0.0).to(tl.float32)
         scores = tl.where(valid, tl.sum(keys * q[None, :], 1), float("-inf"))
@@ -221,4 +232,37 @@ def decode_attention_kernel(
         acc = acc * alpha + tl.sum(p[:, None] * values, 0)
         denom = denom * alpha + tl.sum(p, 0)
         m = m_new
-    tl.store(OUT + b * stride_out + h * D + d, (acc / denom).to(OUT.dtype.element_ty), mask=d_ok)
+    if SPLITS == 1:
+        tl.store(OUT + b * stride_out + h * D + d, (acc / denom).to(OUT.dtype.element_ty), mask=d_ok)
+    else:
+        part = PARTS + ((b * HEADS + h) * SPLITS + split) * (BD + 2)  # [max, denominator, BD sums]
+        tl.store(part, m)
+        tl.store(part + 1, denom)
+        tl.store(part + 2 + d, acc)
+
+
+@triton.jit
+def attention_combine_kernel(
+    PARTS,
+    OUT,
+    stride_out,
+    HEADS: tl.constexpr,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    SPLITS: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    """OUT[b, h] from the SPLITS partials of ``decode_attention_kernel``, each rescaled to the common max.
+    One program per (sequence, head)."""
+    if PDL:  # see gemv_kernel
+        gdc_launch_dependents()
+        gdc_wait()
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    d = tl.arange(0, BD)
+    parts = PARTS + ((b * HEADS + h) * SPLITS + tl.arange(0, SPLITS)) * (BD + 2)
+    m = tl.load(parts)
+    weight = tl.exp(m - tl.max(m, 0))  # an empty split (max -inf) weighs 0
+    denom = tl.sum(tl.load(parts + 1) * weight, 0)
+    acc = tl.sum(tl.load(parts[:, None] + 2 + d[None, :]) * weight[:, None], 0)
+    tl.store(OUT + b * stride_out + h * D + d, (acc / denom).to(OUT.dtype.element_ty), mask=d < D)

@@ -73,10 +73,14 @@ def gemv_blocks(k: int) -> dict:
 
 
 def attention_blocks(cache_length: int) -> dict:
-    """Keys per loop step and warps of ``decode_attention_kernel`` for a cache of ``cache_length`` positions
-    (bench/fused_decode.py on an H100: 2.9 us per layer at 96 positions with 128 / 2 warps, 10.7 us at 1024
-    with 256 / 4 warps; one program per head walks the keys in order)."""
-    return {"BLOCK_S": 128, "num_warps": 2} if cache_length <= 512 else {"BLOCK_S": 256, "num_warps": 4}
+    """How ``decode_attention_kernel`` covers a cache of ``cache_length`` positions. Up to 512 positions one
+    program per head walks them all; beyond, each head's positions are split over 16 programs of CHUNK
+    positions, and ``attention_combine_kernel`` merges their partials. From bench/fused_decode.py's sweep on
+    an H100, per layer: 3.2 us at 96 positions, 5.6 us at 1024, 12.9 us at 4096 (1024 unsplit: 10.7)."""
+    if cache_length <= 512:
+        return {"BLOCK_S": 128, "num_warps": 2, "SPLITS": 1, "CHUNK": cache_length}
+    chunk = math.ceil(cache_length / 16)
+    return {"BLOCK_S": min(256, max(64, triton_next_pow2(chunk))), "num_warps": 2, "SPLITS": 16, "CHUNK": chunk}
 
 
 def use_pdl(device: torch.device) -> bool:
@@ -173,6 +177,7 @@ class FusedDecoder:
         layer = model.transformer.layers[0]
         width = layer.attention.qkv.weight.shape[0]
         ffn = layer.mlp.fc.weight.shape[0]
+        splits = attention_blocks(layer.attention.kv_cache.length)["SPLITS"]  # attention partials
         empty = lambda n, dtype=p.dtype: torch.empty(n, dtype=dtype, device=p.device)  # noqa: E731
         return {
             "x": torch.empty(1, spec.hidden_size, dtype=p.dtype, device=p.device),  # index_select's output
@@ -180,6 +185,7 @@ class FusedDecoder:
             "attn": empty(self.heads * self.head_size),
             "mlp": empty(ffn),
             "logits": empty(model.lm_head.weight.shape[0], torch.float32),
+            "parts": empty(self.heads * splits * (triton_next_pow2(self.head_size) + 2), torch.float32),
         }
 
     def gemv(self, x, w, y, *, norm=None, bias=None, res=None, gated=False, act="none") -> None:
@@ -193,17 +199,26 @@ class FusedDecoder:
             GATED=gated, ACT=act, PDL=self.pdl, **blocks, **pdl,
         )  # fmt: skip
 
-    def attention(self, qkv, cache, out, slot, pad) -> None:
-        """Rotary, the cache write at ``slot`` and attention over the cache, as one ``decode_attention_kernel``."""
+    def attention(self, qkv, cache, out, parts, slot, pad) -> None:
+        """Rotary, the cache write at ``slot`` and attention over the cache: one ``decode_attention_kernel``,
+        plus ``attention_combine_kernel`` where the cache is long enough to be split."""
         kv = cache.kv
         pdl = {"launch_pdl": True} if self.pdl else {}
-        self.kernels.decode_attention_kernel[(1, self.heads)](
-            qkv, qkv.shape[0], kv, out, out.shape[0], self.model.rotary.inv_freq, slot, pad,
+        blocks = attention_blocks(kv.shape[3])
+        splits, chunk = blocks.pop("SPLITS"), blocks.pop("CHUNK")
+        bd = triton_next_pow2(self.head_size)
+        self.kernels.decode_attention_kernel[(1, self.heads, splits)](
+            qkv, qkv.shape[0], kv, out, out.shape[0], self.model.rotary.inv_freq, slot, pad, parts, chunk,
             kv.stride(0), kv.stride(1), kv.stride(2),
-            HEADS=self.heads, KV_HEADS=self.kv_heads, D=self.head_size, BD=triton_next_pow2(self.head_size),
-            ROT=self.rotary_dim, INTERLEAVED=self.model.spec.rotary_interleaved, **attention_blocks(kv.shape[3]),
-            SCALE=1.0 / math.sqrt(self.head_size), PDL=self.pdl, **pdl,
+            HEADS=self.heads, KV_HEADS=self.kv_heads, D=self.head_size, BD=bd, ROT=self.rotary_dim,
+            INTERLEAVED=self.model.spec.rotary_interleaved, SPLITS=splits, SCALE=1.0 / math.sqrt(self.head_size),
+            PDL=self.pdl, **blocks, **pdl,
         )  # fmt: skip
+        if splits > 1:
+            self.kernels.attention_combine_kernel[(1, self.heads)](
+                parts, out, out.shape[0], HEADS=self.heads, D=self.head_size, BD=bd, SPLITS=splits, PDL=self.pdl,
+                num_warps=1, **pdl,
+            )  # fmt: skip
 
     def step(self, tokens: torch.Tensor, slot: torch.Tensor, pad: torch.Tensor, buf: dict) -> torch.Tensor:
         """Launch the kernels of one step; returns the logits buffer [vocab] (float32)."""
@@ -214,7 +229,7 @@ class FusedDecoder:
         for layer in t.layers:
             a, mlp = layer.attention, layer.mlp
             self.gemv(x, a.qkv.weight, buf["qkv"], norm=getattr(layer, spec.attn_norm).weight, bias=a.qkv.bias)
-            self.attention(buf["qkv"], a.kv_cache, buf["attn"], slot, pad)
+            self.attention(buf["qkv"], a.kv_cache, buf["attn"], buf["parts"], slot, pad)
             self.gemv(buf["attn"], a.dense.weight, x, bias=a.dense.bias, res=x)
             mlp_norm = getattr(layer, spec.mlp_norm).weight
             if mlp.gate is not None:
