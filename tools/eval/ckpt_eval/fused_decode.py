@@ -1,4 +1,4 @@
-"""The one-token decode step as five fused Triton kernels per layer, replayed as one CUDA graph per batch size.
+"""The one-token decode step as five fused Triton kernels per layer, captured once as a CUDA graph (batch 1).
 
 Per layer (``decode_kernels``): RMSNorm + qkv GEMV; rotary + KV-cache write + grouped-query attention;
 dense GEMV + residual add; RMSNorm + fc/gate GEMV + gated activation; proj GEMV + residual add. Then the
@@ -68,7 +68,7 @@ def unsupported(model: Transformer) -> str | None:
 def gemv_blocks(k: int) -> dict:
     """Launch parameters of ``gemv_kernel`` for a weight of ``k`` columns: 4 rows x up to 1024 columns per
     step of a program, 8 warps (bench/fused_decode.py's sweep on an H100: within 4 % of the best found for
-    every TinyLlama-1.1B shape; docs/performance.md)."""
+    TinyLlama-1.1B's qkv, dense, fc/gate and proj; docs/performance.md)."""
     return {"BN": 4, "BK": min(1024, triton_next_pow2(k)), "num_warps": 8}
 
 
