@@ -85,14 +85,14 @@ def sweep_attention(positions: list[int], pdl: bool) -> None:
 
         def launch(kv, block_s, warps, splits, qkv=qkv, out=out, parts=parts, inv_freq=inv_freq, slot=slot, pad=pad):
             chunk = math.ceil(kv.shape[3] / splits)
-            dk.decode_attention_kernel[(1, heads, splits)](
-                qkv, 0, kv, out, 0, inv_freq, slot, pad, parts, chunk, kv.stride(0), kv.stride(1), kv.stride(2),
+            dk.decode_attention_kernel[(heads, splits)](
+                qkv, kv, out, inv_freq, slot, pad, parts, chunk, kv.stride(0), kv.stride(2),
                 HEADS=heads, KV_HEADS=kv_heads, D=d, BD=d, ROT=d, INTERLEAVED=False, BLOCK_S=block_s,
                 SPLITS=splits, SCALE=1 / math.sqrt(d), PDL=pdl, num_warps=warps, launch_pdl=pdl,
             )  # fmt: skip
             if splits > 1:
-                dk.attention_combine_kernel[(1, heads)](
-                    parts, out, 0, HEADS=heads, D=d, BD=d, SPLITS=splits, PDL=pdl, num_warps=1, launch_pdl=pdl
+                dk.attention_combine_kernel[(heads,)](
+                    parts, out, HEADS=heads, D=d, BD=d, SPLITS=splits, PDL=pdl, num_warps=1, launch_pdl=pdl
                 )
 
         def timed(cfg, caches=caches, launch=launch):

@@ -142,17 +142,14 @@ def _rotate(x, partner, d, cos, sin, ROT: tl.constexpr, INTERLEAVED: tl.constexp
 @triton.jit
 def decode_attention_kernel(
     QKV,
-    stride_qkv,
     KV,
     OUT,
-    stride_out,
     INV_FREQ,
     SLOT,
     PAD,
     PARTS,
     CHUNK,
     kv_part,
-    kv_batch,
     kv_head,
     HEADS: tl.constexpr,
     KV_HEADS: tl.constexpr,
@@ -165,9 +162,9 @@ def decode_attention_kernel(
     SCALE: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    """One query position per sequence against the cache: rotary on q and k (position slot - pad), the new
-    k and v written at ``slot`` of KV [2, batch, kv_heads, max_seq, D], then softmax(q k^T * SCALE) v over
-    keys pad .. slot. One program per (sequence, query head, split); the first head of each group writes k
+    """One query position against the cache (batch 1): rotary on q and k (position slot - pad), the new k and
+    v written at ``slot`` of KV [2, 1, kv_heads, max_seq, D], then softmax(q k^T * SCALE) v over keys
+    pad .. slot. One program per (query head, split); the first head of each group writes k
     and v, and every program takes the new position from registers, so no program reads what another writes.
 
     SPLITS > 1 (long caches): split ``i`` takes cache positions [i CHUNK, (i + 1) CHUNK) and writes its
@@ -177,17 +174,15 @@ def decode_attention_kernel(
     if PDL:  # see gemv_kernel
         gdc_launch_dependents()
         gdc_wait()
-    b = tl.program_id(0)
-    h = tl.program_id(1)
-    split = tl.program_id(2)
+    h = tl.program_id(0)
+    split = tl.program_id(1)
     GROUP: tl.constexpr = HEADS // KV_HEADS
     g = h // GROUP
     slot = tl.load(SLOT)
-    pad = tl.load(PAD + b)
+    pad = tl.load(PAD)
     d = tl.arange(0, BD)
     d_ok = d < D
-    row = QKV + b * stride_qkv
-    q_row, k_row, v_row = row + h * D, row + (HEADS + g) * D, row + (HEADS + KV_HEADS + g) * D
+    q_row, k_row, v_row = QKV + h * D, QKV + (HEADS + g) * D, QKV + (HEADS + KV_HEADS + g) * D
     q = tl.load(q_row + d, mask=d_ok, other=0.0).to(tl.float32)
     k = tl.load(k_row + d, mask=d_ok, other=0.0).to(tl.float32)
     v = tl.load(v_row + d, mask=d_ok, other=0.0).to(tl.float32)
@@ -206,7 +201,7 @@ def decode_attention_kernel(
         k_partner = tl.load(k_row + partner, mask=rotated, other=0.0).to(tl.float32)
         q = _round(_rotate(q, q_partner, d, cos, sin, ROT, INTERLEAVED), dtype)
         k = _round(_rotate(k, k_partner, d, cos, sin, ROT, INTERLEAVED), dtype)
-    cache = KV + b * kv_batch + g * kv_head
+    cache = KV + g * kv_head
     if (h % GROUP == 0) & (split == 0):
         tl.store(cache + slot * D + d, k.to(KV.dtype.element_ty), mask=d_ok)
         tl.store(cache + kv_part + slot * D + d, v.to(KV.dtype.element_ty), mask=d_ok)
@@ -233,9 +228,9 @@ def decode_attention_kernel(
         denom = denom * alpha + tl.sum(p, 0)
         m = m_new
     if SPLITS == 1:
-        tl.store(OUT + b * stride_out + h * D + d, (acc / denom).to(OUT.dtype.element_ty), mask=d_ok)
+        tl.store(OUT + h * D + d, (acc / denom).to(OUT.dtype.element_ty), mask=d_ok)
     else:
-        part = PARTS + ((b * HEADS + h) * SPLITS + split) * (BD + 2)  # [max, denominator, BD sums]
+        part = PARTS + (h * SPLITS + split) * (BD + 2)  # [max, denominator, BD sums]
         tl.store(part, m)
         tl.store(part + 1, denom)
         tl.store(part + 2 + d, acc)
@@ -245,24 +240,22 @@ def decode_attention_kernel(
 def attention_combine_kernel(
     PARTS,
     OUT,
-    stride_out,
     HEADS: tl.constexpr,
     D: tl.constexpr,
     BD: tl.constexpr,
     SPLITS: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    """OUT[b, h] from the SPLITS partials of ``decode_attention_kernel``, each rescaled to the common max.
-    One program per (sequence, head)."""
+    """OUT[h] from the SPLITS partials of ``decode_attention_kernel``, each rescaled to the common max.
+    One program per head."""
     if PDL:  # see gemv_kernel
         gdc_launch_dependents()
         gdc_wait()
-    b = tl.program_id(0)
-    h = tl.program_id(1)
+    h = tl.program_id(0)
     d = tl.arange(0, BD)
-    parts = PARTS + ((b * HEADS + h) * SPLITS + tl.arange(0, SPLITS)) * (BD + 2)
+    parts = PARTS + (h * SPLITS + tl.arange(0, SPLITS)) * (BD + 2)
     m = tl.load(parts)
     weight = tl.exp(m - tl.max(m, 0))  # an empty split (max -inf) weighs 0
     denom = tl.sum(tl.load(parts + 1) * weight, 0)
     acc = tl.sum(tl.load(parts[:, None] + 2 + d[None, :]) * weight[:, None], 0)
-    tl.store(OUT + b * stride_out + h * D + d, (acc / denom).to(OUT.dtype.element_ty), mask=d < D)
+    tl.store(OUT + h * D + d, (acc / denom).to(OUT.dtype.element_ty), mask=d < D)

@@ -207,16 +207,15 @@ class FusedDecoder:
         blocks = attention_blocks(kv.shape[3])
         splits, chunk = blocks.pop("SPLITS"), blocks.pop("CHUNK")
         bd = triton_next_pow2(self.head_size)
-        self.kernels.decode_attention_kernel[(1, self.heads, splits)](
-            qkv, qkv.shape[0], kv, out, out.shape[0], self.model.rotary.inv_freq, slot, pad, parts, chunk,
-            kv.stride(0), kv.stride(1), kv.stride(2),
+        self.kernels.decode_attention_kernel[(self.heads, splits)](
+            qkv, kv, out, self.model.rotary.inv_freq, slot, pad, parts, chunk, kv.stride(0), kv.stride(2),
             HEADS=self.heads, KV_HEADS=self.kv_heads, D=self.head_size, BD=bd, ROT=self.rotary_dim,
             INTERLEAVED=self.model.spec.rotary_interleaved, SPLITS=splits, SCALE=1.0 / math.sqrt(self.head_size),
             PDL=self.pdl, **blocks, **pdl,
         )  # fmt: skip
         if splits > 1:
-            self.kernels.attention_combine_kernel[(1, self.heads)](
-                parts, out, out.shape[0], HEADS=self.heads, D=self.head_size, BD=bd, SPLITS=splits, PDL=self.pdl,
+            self.kernels.attention_combine_kernel[(self.heads,)](
+                parts, out, HEADS=self.heads, D=self.head_size, BD=bd, SPLITS=splits, PDL=self.pdl,
                 num_warps=1, **pdl,
             )  # fmt: skip
 
