@@ -13,8 +13,6 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-ACTIVATIONS = ("silu", "relu", "gelu", "gelu_tanh")  # ``ACT`` of ``gemv_kernel``
-
 
 @triton.jit
 def _round(x, dtype: tl.constexpr):
@@ -69,7 +67,7 @@ def gemv_kernel(
     """``Y[n] = act(W @ norm(X) + BIAS)[n] (+ RES[n])`` for rows n < N of W [N or 2N, K]; one vector X [K].
 
     HAS_NORM: X is RMS-normalized first (float32 statistics, then scaled by NORM in the model dtype).
-    ACT: "none" or one of ``ACTIVATIONS``. GATED: W (and BIAS) hold [fc; gate] (2N rows) and
+    ACT: "none", "silu", "relu", "gelu" or "gelu_tanh". GATED: W (and BIAS) hold [fc; gate] (2N rows) and
     ``Y[n] = act(fc . x) * (gate . x)``. Accumulation is float32; products are rounded to the model dtype
     where the unfused path holds model-dtype tensors. RES may be Y itself: each program reads and writes
     only its own BN rows.

@@ -39,7 +39,7 @@ MAX_BATCH = 1  # from batch 2 on, torch.compile's GEMMs are faster than these GE
 def unsupported(model: Transformer) -> str | None:
     """Why the fused step cannot run ``model`` (None when it can)."""
     spec, par = model.spec, model.par
-    device = next(model.parameters()).device
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     if par.distributed:
         return "it runs on one rank only (this checkpoint has tp x pp > 1)"
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -58,8 +58,7 @@ def unsupported(model: Transformer) -> str | None:
         "embedding projections": bool(spec.embed_proj_dim),
         "no final norm": not spec.has_ln_f,
         f"activation {spec.hidden_act!r}": spec.hidden_act not in KERNEL_ACTIVATIONS,
-        f"dtype {next(model.parameters()).dtype}": next(model.parameters()).dtype
-        not in (torch.float16, torch.bfloat16, torch.float32),
+        f"dtype {dtype}": dtype not in (torch.float16, torch.bfloat16, torch.float32),
     }
     found = [what for what, present in checks.items() if present]
     return f"the model has {', '.join(found)}" if found else None
@@ -130,9 +129,9 @@ class FusedDecoder:
         first = model.transformer.layers[0].attention
         self.heads, self.kv_heads, self.head_size = first.heads, first.kv_heads, first.head_size
         self.rotary_dim = spec.rotary_dim
-        self.device = next(model.parameters()).device
-        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
-        self.pdl = use_pdl(self.device)
+        device = next(model.parameters()).device
+        self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        self.pdl = use_pdl(device)
         self.graph: CapturedStep | None = None
 
     @torch.inference_mode()
@@ -239,8 +238,3 @@ class FusedDecoder:
         logits = buf["logits"]
         self.gemv(x, model.lm_head.weight, logits, norm=t.ln_f.weight, bias=model.lm_head.bias)
         return logits[: spec.vocab_size]
-
-
-def fused_decoder_or_none(model: Transformer, fallback) -> FusedDecoder | None:
-    """A ``FusedDecoder`` for ``model``, or None when ``unsupported`` says it cannot run it."""
-    return None if unsupported(model) else FusedDecoder(model, fallback)
