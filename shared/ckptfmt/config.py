@@ -58,6 +58,24 @@ QUANT_FLAG_FIELDS: dict[str, tuple[tuple, Any]] = {
 }
 POSITION_EMBEDDING_TYPES = ("learned_absolute", "rope_gpt_neox", "rope_gptj", "alibi", "alibi_with_scale")
 WEIGHT_ONLY_PRECISIONS = ("int8", "int4")
+# usual spelling -> canonical dtype name (the one written into config.json); "auto" is kept for CLI defaults
+DTYPE_SPELLINGS: dict[str, str] = {
+    **dict.fromkeys(("float32", "fp32", "float", "f32"), "float32"),
+    **dict.fromkeys(("float16", "fp16", "half", "f16"), "float16"),
+    **dict.fromkeys(("bfloat16", "bf16"), "bfloat16"),
+    "auto": "auto",
+}
+
+
+def canonical_dtype(name: str) -> str:
+    """``float32``/``float16``/``bfloat16`` (or ``auto``) for a usual spelling: fp16, half, bf16, torch.float32, ...
+
+    Raises ``CheckpointError`` naming the accepted spellings.
+    """
+    key = str(name).strip().lower().removeprefix("torch.")
+    if key not in DTYPE_SPELLINGS:
+        raise CheckpointError(f"dtype {name!r}: not one of {', '.join(DTYPE_SPELLINGS)}")
+    return DTYPE_SPELLINGS[key]
 
 
 def _type_ok(value: Any, types: tuple) -> bool:

@@ -130,3 +130,32 @@ def test_save_load_is_identity_including_unknown_fields(tmp_path_factory, extra,
         assert again.to_dict()[k] == v
     for k, v in qextra.items():
         assert again.to_dict()["quantization"][k] == v
+
+
+@pytest.mark.parametrize(
+    ("spelling", "canonical"),
+    [
+        ("fp16", "float16"),
+        ("float16", "float16"),
+        ("half", "float16"),
+        ("FP16", "float16"),
+        ("torch.float16", "float16"),
+        ("bf16", "bfloat16"),
+        ("bfloat16", "bfloat16"),
+        ("fp32", "float32"),
+        ("float32", "float32"),
+        ("float", "float32"),
+        ("auto", "auto"),
+    ],
+)
+def test_canonical_dtype_accepts_usual_spellings(spelling, canonical):
+    from ckptfmt.config import canonical_dtype
+
+    assert canonical_dtype(spelling) == canonical
+
+
+def test_canonical_dtype_names_what_it_accepts():
+    from ckptfmt.config import canonical_dtype
+
+    with pytest.raises(CheckpointError, match=r"dtype 'int8': not one of .*fp16.*bf16"):
+        canonical_dtype("int8")
