@@ -5,9 +5,11 @@ from .config import CheckpointConfig, QuantConfig, load_config
 from .constants import CONFIG_FILE, DTYPES, ENGINE_FILE, MANIFEST_FILE, RANK_FILE, TOKENIZER_DIR
 from .errors import CheckpointError
 from .io import (
+    BackgroundChecksums,
     RankFileReader,
     RankFileWriter,
     atomic_output_dir,
+    check_output_dir,
     save_checkpoint,
     to_numpy,
     verify_manifest,
@@ -19,6 +21,7 @@ from .validate import check_checkpoint, validate_checkpoint
 
 __version__ = "0.1.0"
 __all__ = [
+    "BackgroundChecksums",
     "BackgroundRankFileWriter",
     "CONFIG_FILE",
     "DTYPES",
@@ -35,6 +38,7 @@ __all__ = [
     "RankFileWriter",
     "TensorSpec",
     "atomic_output_dir",
+    "check_output_dir",
     "check_checkpoint",
     "expected_tensors",
     "load_config",

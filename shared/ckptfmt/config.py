@@ -401,7 +401,7 @@ def load_config(path: str | os.PathLike, check: bool = True) -> CheckpointConfig
     try:
         text = p.read_text()
     except FileNotFoundError:
-        raise CheckpointError(f"{p}: missing (not a checkpoint directory?)") from None
+        raise CheckpointError(_wrong_kind(p.parent) or f"{p}: missing (not a checkpoint directory?)") from None
     except OSError as err:
         raise CheckpointError(f"{p}: cannot read ({err.strerror})") from None
     try:
@@ -409,9 +409,17 @@ def load_config(path: str | os.PathLike, check: bool = True) -> CheckpointConfig
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{p}: not valid JSON (line {err.lineno}: {err.msg})") from None
     cfg = CheckpointConfig.from_dict(src)
+    if cfg.parse_problems and "architecture" not in src and (message := _wrong_kind(p.parent)):
+        raise CheckpointError(message)
     if not cfg.parse_problems:
         _reconcile(cfg, p.parent)
     return cfg.check(str(p)) if check else cfg
+
+
+def _wrong_kind(directory: Path) -> str | None:
+    from .kinds import wrong_kind_message
+
+    return wrong_kind_message(directory, "a TensorRT-LLM checkpoint")
 
 
 def _reconcile(cfg: CheckpointConfig, directory: Path) -> None:

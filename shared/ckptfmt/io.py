@@ -17,7 +17,7 @@ import struct
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -282,16 +282,154 @@ def verify_manifest(directory: str | os.PathLike, hash_files: bool = True) -> li
     return problems
 
 
-# ---- atomic output directory ----------------------------------------------------------------------
-@contextlib.contextmanager
-def atomic_output_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temp dir beside ``final``; renamed into place only when the block completes.
+# ---- background checksums -------------------------------------------------------------------------
+class BackgroundChecksums:
+    """Hash the files that ``directory/manifest.json`` lists in background threads while a tool reads them.
 
-    On any error, Ctrl-C or SIGTERM the temp dir is removed and ``final`` is untouched.
+    Missing files and size mismatches are raised at once; ``wait()`` raises the first sha256 mismatch. The
+    hashing reads the same pages the tool maps, so it costs CPU on another core, not a second pass over the disk.
+    Without a manifest there is nothing to check and ``wait()`` returns at once.
+    """
+
+    def __init__(self, directory: str | os.PathLike, workers: int = 2):
+        self.directory = Path(directory)
+        self._stop = threading.Event()
+        self._problems: list[str] = []
+        self._threads: list[threading.Thread] = []
+        pending = self._listed_files()
+        for i in range(min(workers, len(pending))):
+            t = threading.Thread(target=self._hash_files, args=(pending[i::workers],), daemon=True, name="checksums")
+            t.start()
+            self._threads.append(t)
+
+    def _listed_files(self) -> list[tuple[Path, str]]:
+        p = self.directory / MANIFEST_FILE
+        if not p.is_file():
+            return []
+        try:
+            files = json.loads(p.read_text())["files"]
+            entries = [(str(rel), int(e["size"]), str(e["sha256"])) for rel, e in files.items()]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise CheckpointError(f"{p}: corrupt manifest") from None
+        pending = []
+        for rel, size, sha in entries:
+            f = self.directory / rel
+            if not _inside(f, self.directory) or not f.is_file():
+                raise CheckpointError(f"{f}: listed in {MANIFEST_FILE} but missing")
+            if f.stat().st_size != size:
+                raise CheckpointError(f"{f}: size {f.stat().st_size} != {size} in {MANIFEST_FILE} (file changed)")
+            pending.append((f, sha))
+        return pending
+
+    def _hash_files(self, files: list[tuple[Path, str]], chunk: int = 8 << 20) -> None:
+        for path, expected in files:
+            h = hashlib.sha256()
+            try:
+                with open(path, "rb") as f:
+                    while not self._stop.is_set() and (block := f.read(chunk)):
+                        h.update(block)
+            except OSError as err:
+                self._problems.append(f"{path}: cannot read ({err.strerror})")
+                return
+            if self._stop.is_set():
+                return
+            if h.hexdigest() != expected:
+                self._problems.append(
+                    f"{path}: sha256 checksum mismatch with {MANIFEST_FILE} (corrupt file; --skip_checksum ignores it)"
+                )
+
+    def wait(self) -> None:
+        """Join the hashing; raise ``CheckpointError`` naming the first file that does not match."""
+        for t in self._threads:
+            while t.is_alive():  # a timed join keeps Ctrl-C deliverable
+                t.join(0.2)
+        if self._problems:
+            raise CheckpointError(self._problems[0], self._problems)
+
+    def cancel(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    return directory.resolve() in path.resolve().parents
+
+
+# ---- atomic output directory ----------------------------------------------------------------------
+def _is_ours(directory: Path) -> bool:
+    """A directory this suite wrote: our manifest lists every file in it (or it is empty)."""
+    present = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if not p.is_dir()}
+    if not present:
+        return True
+    try:
+        listed = set(json.loads((directory / MANIFEST_FILE).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return present == listed | {MANIFEST_FILE}
+
+
+def check_output_dir(
+    final: str | os.PathLike, overwrite: bool = False, inputs: Iterable[str | os.PathLike] = ()
+) -> None:
+    """Refuse an output directory whose replacement could destroy what the tool did not write.
+
+    Refused: ``/``, the home directory, the current directory or one of its parents, an input, a directory
+    holding an input or inside one, a symlink, a file, a mount point, and an existing directory unless it is
+    empty or (with ``overwrite``) one of ours: its manifest lists exactly the files in it.
     """
     final = Path(final)
-    if final.exists() and not overwrite:
-        raise CheckpointError(f"{final}: output directory already exists (pass --overwrite to replace it)")
+    name = str(final)
+    if final.is_symlink():
+        raise CheckpointError(f"{name}: output directory is a symbolic link; give the real path")
+    target = final.resolve()
+    if target == Path(target.anchor) or target == Path.home().resolve():
+        raise CheckpointError(f"{name}: refusing to write the output to {target}; name a new directory")
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise CheckpointError(f"{name}: refusing to replace the current directory or one of its parents")
+    for src in inputs:
+        src_path = Path(src).resolve()
+        if target == src_path or target in src_path.parents:
+            raise CheckpointError(f"{name}: output directory would replace the input {src}; name a new directory")
+        if src_path in target.parents and src_path.is_dir():
+            raise CheckpointError(f"{name}: output directory lies inside the input {src}; name a directory outside it")
+    if not final.exists():
+        return
+    if not final.is_dir():
+        raise CheckpointError(f"{name}: exists and is not a directory")
+    if os.path.ismount(final):
+        raise CheckpointError(f"{name}: is a mount point and cannot be replaced; write to a new directory inside it")
+    if not any(final.iterdir()):
+        return
+    if not overwrite:
+        raise CheckpointError(f"{name}: output directory already exists (pass --overwrite to replace it)")
+    if not _is_ours(final):
+        raise CheckpointError(
+            f"{name}: --overwrite replaces only a checkpoint or engine directory written by these tools "
+            f"(its {MANIFEST_FILE} lists every file); this one holds other files, so it is left alone"
+        )
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_output_dir(
+    final: str | os.PathLike, overwrite: bool = False, inputs: Iterable[str | os.PathLike] = ()
+) -> Iterator[Path]:
+    """Yield a temp dir beside ``final``; renamed into place only when the block completes.
+
+    ``check_output_dir`` decides whether ``final`` may be written (again just before the rename). On any error,
+    Ctrl-C or SIGTERM the temp dir is removed and ``final`` is untouched. The published directory gets the
+    umask's usual mode, not the temp dir's 0700.
+    """
+    final = Path(final)
+    inputs = list(inputs)
+    check_output_dir(final, overwrite, inputs)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     previous = None
@@ -299,6 +437,8 @@ def atomic_output_dir(final: str | os.PathLike, overwrite: bool = False) -> Iter
         previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         yield tmp
+        check_output_dir(final, overwrite, inputs)  # the world may have changed while we worked
+        tmp.chmod(0o777 & ~_umask())
         if final.exists():
             trash = final.parent / f".{final.name}.old-{os.getpid()}"
             final.rename(trash)
@@ -315,7 +455,9 @@ def atomic_output_dir(final: str | os.PathLike, overwrite: bool = False) -> Iter
 
 
 def _raise_on_sigterm(signum, frame):
-    raise KeyboardInterrupt("terminated")
+    from .entry import Interrupted
+
+    raise Interrupted(signum)
 
 
 def save_checkpoint(

@@ -15,6 +15,7 @@ from ckptfmt import (
     RankFileWriter,
     atomic_output_dir,
     validate_checkpoint,
+    write_manifest,
 )
 from ckptfmt.cli import main as cli_main
 
@@ -142,6 +143,7 @@ def test_atomic_dir_leaves_nothing_on_error(tmp_path):
     assert not final.exists() and list(tmp_path.iterdir()) == []
     with atomic_output_dir(final) as tmp:
         (tmp / "done").write_text("x")
+        write_manifest(tmp)
     with pytest.raises(CheckpointError, match="already exists"), atomic_output_dir(final):
         pass
     with atomic_output_dir(final, overwrite=True) as tmp:

@@ -17,7 +17,7 @@ from ckptfmt.config import CheckpointConfig
 from ckptfmt.constants import ENGINE_FILE, RANK_FILE
 from ckptfmt.engine import BoundTo, BuildConfig, EngineConfig
 from ckptfmt.errors import CheckpointError
-from ckptfmt.io import RankFileReader, atomic_output_dir, write_manifest
+from ckptfmt.io import RankFileReader, atomic_output_dir, check_output_dir, write_manifest
 from ckptfmt.validate import check_checkpoint
 
 from . import __version__
@@ -169,8 +169,7 @@ def prepare(request: BuildRequest) -> tuple[TrtModule, CheckpointConfig, BuildCo
     targets = resolve_targets(module, request.targets, needs)
     if not targets:
         raise CheckpointError(f"--target: no target of {module.name} supports {', '.join(needs)}")
-    if request.output_dir.exists() and not request.overwrite:
-        raise CheckpointError(f"{request.output_dir}: output directory already exists (pass --overwrite to replace it)")
+    check_output_dir(request.output_dir, request.overwrite, inputs=[request.checkpoint_dir])
     if request.workers < 1:
         raise CheckpointError(f"--workers: must be >= 1 (got {request.workers})")
     return module, config, build, targets
@@ -200,7 +199,7 @@ def build_engines(request: BuildRequest) -> EngineConfig:
         module.version,
         ",".join(targets),
     )
-    with atomic_output_dir(request.output_dir, overwrite=request.overwrite) as tmp:
+    with atomic_output_dir(request.output_dir, overwrite=request.overwrite, inputs=[request.checkpoint_dir]) as tmp:
         jobs = [
             (
                 request.backend if request.backend != "auto" else module.name,

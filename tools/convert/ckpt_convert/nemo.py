@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptfmt import TOKENIZER_DIR, CheckpointError
+from ckptfmt.entry import Interrupted
+from ckptfmt.io import check_output_dir
 
 from . import options
 from .megatron_config import checkpoint_config, read_model
@@ -70,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
     output_dir = Path(args.output_dir)
-    if output_dir.exists() and not args.overwrite:
-        raise CheckpointError(f"{output_dir}: output directory already exists (pass --overwrite to replace it)")
+    check_output_dir(output_dir, args.overwrite, inputs=[path])
     work = None
     previous = (
         signal.signal(signal.SIGTERM, _interrupted) if threading.current_thread() is threading.main_thread() else None
@@ -105,7 +106,7 @@ def _require_extra() -> None:
 
 
 def _interrupted(signum, frame) -> None:
-    raise KeyboardInterrupt("terminated")  # unwinds through the cleanup of the work and temp directories
+    raise Interrupted(signum)  # unwinds through the cleanup of the work and temp directories
 
 
 def convert_located(found: Located, args: argparse.Namespace, label: str) -> str:
@@ -131,6 +132,7 @@ def convert_located(found: Located, args: argparse.Namespace, label: str) -> str
         workers=args.workers,
         quiet=args.quiet,
         label=label,
+        inputs=[Path(args.nemo_ckpt_path)],
         extra_files={f"{TOKENIZER_DIR}/{name}": src for name, src in found.tokenizer_files.items()},
     )
     return summary.line(output_dir)

@@ -13,7 +13,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +26,11 @@ from ckptfmt import (
     RANK_FILE,
     BackgroundRankFileWriter,
     CheckpointConfig,
-    CheckpointError,
     atomic_output_dir,
     expected_tensors,
     write_manifest,
 )
+from ckptfmt.io import check_output_dir
 from ckptfmt.sharding import shard
 
 from .mapping import Table
@@ -127,16 +127,17 @@ def convert_checkpoint(
     quiet: bool = False,
     label: str = "source",
     extra_files: dict[str, Path] | None = None,
+    inputs: Sequence[Path] = (),
 ) -> Summary:
     """Check everything that can be checked up front, then stream the checkpoint into ``output_dir``.
 
     ``label`` names the source in error messages (e.g. the model directory). ``extra_files`` maps paths
-    inside the output (e.g. ``tokenizer/tokenizer.json``) to files copied there before the manifest.
+    inside the output (e.g. ``tokenizer/tokenizer.json``) to files copied there before the manifest. ``inputs``
+    (the source paths) may be neither replaced by the output nor contain it.
     """
     start = time.monotonic()
     output_dir = Path(output_dir)
-    if output_dir.exists() and not overwrite:
-        raise CheckpointError(f"{output_dir}: output directory already exists (pass --overwrite to replace it)")
+    check_output_dir(output_dir, overwrite, inputs)
     config.check(f"{label}: converted config")
     with opener() as source:
         source.open_all()  # every file exists and has a sound header
@@ -144,7 +145,7 @@ def convert_checkpoint(
     check_quantizable(config)
     groups = rank_groups(config, workers)
     total = sum(len(expected_tensors(config, r)) for r in range(config.mapping.world_size))
-    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp, _progress_bar(total, quiet) as bar:
+    with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs) as tmp, _progress_bar(total, quiet) as bar:
         jobs = [RankGroup(opener, table, config.to_dict(), ranks, tmp) for ranks in groups]
         entries = _run(jobs, workers, bar.update)
         for rel, src in (extra_files or {}).items():

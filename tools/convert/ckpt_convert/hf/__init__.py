@@ -7,7 +7,7 @@ import functools
 import sys
 from pathlib import Path
 
-from ckptfmt import TOKENIZER_DIR, CheckpointConfig, CheckpointError
+from ckptfmt import TOKENIZER_DIR, CheckpointConfig
 
 from .. import options
 from ..stream import Summary, convert_checkpoint
@@ -49,7 +49,6 @@ def model_config(model_dir: str | Path) -> tuple[CheckpointConfig, HFConfig, HFA
 def convert_hf(model_dir: str | Path, args: argparse.Namespace) -> Summary:
     """Convert with the shared conversion flags in ``args`` (see ``options.add_arguments``)."""
     model_config_, hf, arch = model_config(model_dir)
-    _check_output_dir(Path(model_dir), Path(args.output_dir))
     config, warnings = options.apply_arguments(model_config_, args, hf.dtype, arch.tied(hf))
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
@@ -63,18 +62,13 @@ def convert_hf(model_dir: str | Path, args: argparse.Namespace) -> Summary:
         workers=args.workers,
         quiet=args.quiet,
         label=str(model_dir),
+        inputs=[Path(model_dir)],
         extra_files={
             f"{TOKENIZER_DIR}/{name}": Path(model_dir) / name
             for name in TOKENIZER_FILES
             if (Path(model_dir) / name).is_file()
         },
     )
-
-
-def _check_output_dir(model_dir: Path, output_dir: Path) -> None:
-    source, target = model_dir.resolve(), output_dir.resolve()
-    if target == source or target in source.parents:
-        raise CheckpointError(f"{output_dir}: --output_dir must not be the model directory or contain it")
 
 
 def run(args: argparse.Namespace) -> int:

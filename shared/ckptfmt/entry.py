@@ -1,0 +1,104 @@
+"""How every console script starts and stops: Ctrl-C, SIGTERM and a closed stdout end it in one line.
+
+``run_main(main, argv, prog)`` is the body of each tool's ``main``: SIGINT exits 130, SIGTERM 143, a reader that
+closed the pipe (``ckptfmt inspect DIR | head``) 141, none of them with a traceback. Interrupts raise
+``KeyboardInterrupt`` where they land, so ``atomic_output_dir`` and worker pools unwind and clean up first.
+
+``deferred_interrupts()`` is for code that runs inside C/C++ callbacks (TensorRT's logger and progress monitor):
+an exception raised there is swallowed by the library, so inside the block a signal only sets a flag that the
+callback reads (to cancel the build) and that is raised once the block is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
+
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
+EXIT_SIGPIPE = 128 + signal.SIGPIPE
+
+
+class Interrupted(KeyboardInterrupt):
+    """A KeyboardInterrupt that remembers which signal caused it."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None, prog: str = "") -> int:
+    """Run ``main(argv)`` and turn interrupts and a closed stdout into exit codes with one line each."""
+    prog = prog or os.path.basename(sys.argv[0]) or "ckpt"
+    if _on_main_thread():
+        signal.signal(signal.SIGINT, _raise_interrupted)
+        signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        code = main(argv)
+        sys.stdout.flush()
+        return int(code or 0)
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"{prog}: {'terminated' if signum == signal.SIGTERM else 'interrupted'}", file=sys.stderr)
+        return EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_SIGPIPE
+
+
+def _silence_stdout() -> None:
+    """The reader went away: point stdout at /dev/null so the interpreter's final flush stays quiet."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+class PendingSignal:
+    """What ``deferred_interrupts`` hands out: the first signal that arrived inside the block, if any."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.signum is not None
+
+    def raise_if_pending(self) -> None:
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+    def _record(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[PendingSignal]:
+    """Inside the block SIGINT/SIGTERM only set ``flag.signum``; leaving the block raises it as KeyboardInterrupt.
+
+    Off the main thread (where Python cannot set handlers) the block changes nothing and the flag stays clear.
+    """
+    flag = PendingSignal()
+    if not _on_main_thread():
+        yield flag
+        return
+    previous = {s: signal.signal(s, flag._record) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    flag.raise_if_pending()
