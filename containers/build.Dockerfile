@@ -14,12 +14,15 @@ ARG PIP_INDEX_URL=""
 ARG PIP_EXTRA_INDEX_URL=""
 ARG PIP_FIND_LINKS=""
 ARG PIP_CONSTRAINT=""
+ARG PIP_TRUSTED_HOST=""
+ARG TORCH_INDEX_URL=""
 COPY containers/install-tool.sh /tmp/ckpt-src/
 COPY shared/pyproject.toml /tmp/ckpt-src/shared/
 COPY tools/build/pyproject.toml /tmp/ckpt-src/tool/
 RUN sh /tmp/ckpt-src/install-tool.sh deps "${EXTRAS}"
 COPY shared /tmp/ckpt-src/shared
 COPY tools/build /tmp/ckpt-src/tool
+COPY containers/entrypoint.sh /tmp/ckpt-src/
 RUN sh /tmp/ckpt-src/install-tool.sh code "${EXTRAS}"
 
 FROM ${BASE_IMAGE}
@@ -38,5 +41,5 @@ USER ${CKPT_UID}:${CKPT_GID}
 WORKDIR /data
 LABEL org.opencontainers.image.title="ckpt-build" \
       org.opencontainers.image.description="Build TensorRT or TensorRT-RTX engines from a TensorRT-LLM checkpoint"
-ENTRYPOINT ["ckpt-build"]
+ENTRYPOINT ["ckpt-entry", "ckpt-build"]
 CMD ["--help"]

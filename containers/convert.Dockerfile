@@ -12,12 +12,15 @@ ARG PIP_INDEX_URL=""
 ARG PIP_EXTRA_INDEX_URL=""
 ARG PIP_FIND_LINKS=""
 ARG PIP_CONSTRAINT=""
+ARG PIP_TRUSTED_HOST=""
+ARG TORCH_INDEX_URL=""
 COPY containers/install-tool.sh /tmp/ckpt-src/
 COPY shared/pyproject.toml /tmp/ckpt-src/shared/
 COPY tools/convert/pyproject.toml /tmp/ckpt-src/tool/
 RUN sh /tmp/ckpt-src/install-tool.sh deps "${EXTRAS}"
 COPY shared /tmp/ckpt-src/shared
 COPY tools/convert /tmp/ckpt-src/tool
+COPY containers/entrypoint.sh /tmp/ckpt-src/
 RUN sh /tmp/ckpt-src/install-tool.sh code "${EXTRAS}"
 
 FROM ${BASE_IMAGE}
@@ -37,5 +40,5 @@ USER ${CKPT_UID}:${CKPT_GID}
 WORKDIR /data
 LABEL org.opencontainers.image.title="ckpt-convert" \
       org.opencontainers.image.description="Convert HF/NeMo/Megatron weights to the TensorRT-LLM checkpoint format"
-ENTRYPOINT ["ckpt-convert"]
+ENTRYPOINT ["ckpt-entry", "ckpt-convert"]
 CMD ["--help"]

@@ -13,12 +13,15 @@ ARG PIP_INDEX_URL=""
 ARG PIP_EXTRA_INDEX_URL=""
 ARG PIP_FIND_LINKS=""
 ARG PIP_CONSTRAINT=""
+ARG PIP_TRUSTED_HOST=""
+ARG TORCH_INDEX_URL=""
 COPY containers/install-tool.sh /tmp/ckpt-src/
 COPY shared/pyproject.toml /tmp/ckpt-src/shared/
 COPY tools/eval/pyproject.toml /tmp/ckpt-src/tool/
 RUN sh /tmp/ckpt-src/install-tool.sh deps "${EXTRAS}"
 COPY shared /tmp/ckpt-src/shared
 COPY tools/eval /tmp/ckpt-src/tool
+COPY containers/entrypoint.sh /tmp/ckpt-src/
 RUN sh /tmp/ckpt-src/install-tool.sh code "${EXTRAS}"
 
 FROM ${BASE_IMAGE}
@@ -39,5 +42,5 @@ USER ${CKPT_UID}:${CKPT_GID}
 WORKDIR /data
 LABEL org.opencontainers.image.title="ckpt-summarize" \
       org.opencontainers.image.description="Evaluate TensorRT-LLM checkpoints and engines (ROUGE, latency)"
-ENTRYPOINT ["ckpt-summarize"]
+ENTRYPOINT ["ckpt-entry", "ckpt-summarize"]
 CMD ["--help"]

@@ -8,7 +8,10 @@
 # site-packages, so the NVIDIA images' own torch/TensorRT/mpi4py satisfy the requirements instead of being
 # downloaded again. pip runs from the base interpreter (no pip inside the venv, nothing left behind).
 # Build arguments honoured through the environment: PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS,
-# PIP_CONSTRAINT and EXTRA_CA_CERTS (PEM text added to the CA bundle pip uses, for this stage only).
+# PIP_CONSTRAINT, PIP_TRUSTED_HOST, EXTRA_CA_CERTS (PEM text added to the CA bundle pip uses, for this stage
+# only) and TORCH_INDEX_URL: when set, torch alone comes from that index first (e.g. PyTorch's CPU index
+# https://download.pytorch.org/whl/cpu), so the other requirements find it installed and PyPI's CUDA build
+# is never downloaded.
 set -eu
 
 VENV=/opt/ckpt
@@ -17,7 +20,7 @@ stage=${1:?usage: install-tool.sh deps|code EXTRAS}
 extras=${2-}
 
 # Build arguments that were not given arrive empty; pip would read an empty setting as a value.
-for name in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_CONSTRAINT; do
+for name in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_CONSTRAINT PIP_TRUSTED_HOST; do
     eval "value=\${$name-}"
     [ -n "$value" ] || unset "$name"
 done
@@ -44,11 +47,21 @@ pip_install() {
 
 case "$stage" in
     deps)
+        if [ -n "${TORCH_INDEX_URL-}" ]; then
+            # Only that index (no extra index or find-links that could offer another build); torch's own
+            # dependencies come with the next step.
+            echo "install-tool.sh: torch from $TORCH_INDEX_URL" >&2
+            (
+                unset PIP_EXTRA_INDEX_URL PIP_FIND_LINKS
+                pip_install --no-deps --index-url "$TORCH_INDEX_URL" torch
+            )
+        fi
         # Empty distributions of both projects pull in every dependency; the code layer replaces them.
         pip_install "$SRC/shared" "$tool_spec"
         ;;
     code)
         pip_install --no-deps --force-reinstall "$SRC/shared" "$SRC/tool"
+        install -m 0755 "$SRC/entrypoint.sh" "$VENV/bin/ckpt-entry"
         ;;
     *)
         echo "install-tool.sh: unknown stage '$stage' (expected deps or code)" >&2

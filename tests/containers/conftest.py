@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from .base_image import ensure_base_image
-from .compose import Compose
+from .compose import BUILD_TIMEOUT_S, Compose, documented_block
 from .docker_daemon import DockerDaemon, running_daemon
-from .wheel_server import local_wheels, serving
+from .wheel_server import local_wheels, serving_index
 
 REPO = Path(__file__).resolve().parents[2]
+DOC = REPO / "docs/containers.md"
 TORCH_WHEEL = "torch-2.13.0+cpu-"  # the pin in constraints.txt, CPU build
 
 
@@ -55,13 +56,25 @@ def base_image(docker_daemon: DockerDaemon) -> str:
 def compose(
     docker_daemon: DockerDaemon, base_image: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Compose]:
-    """The CPU pipeline (compose.yaml + compose.cpu.yaml) with its three images built on the local base."""
+    """The CPU pipeline with its three images built by docs/containers.md's own commands on the local base.
+
+    torch comes from the documented TORCH_INDEX_URL, here a plain-HTTP index on the Docker bridge serving the
+    machine's local CPU wheel (PyTorch's CPU index, the default, cannot be reached from here).
+    """
     wheels = local_wheels(TORCH_WHEEL)
     if not wheels:
         pytest.fail(f"no local {TORCH_WHEEL}*.whl in pip's find-links folders: test images would pull CUDA torch")
     work = tmp_path_factory.mktemp("compose")
     project = Compose(REPO, work, docker_daemon.env, project="ckpt-suite-test")
-    with serving(wheels[:1] + [REPO / "constraints.txt"], work / "wheels") as url:
-        project.build(base_image=base_image, find_links=url, constraint=f"{url}constraints.txt")
+    gateway = docker_daemon.bridge_gateway()
+    with serving_index(wheels[:1], work / "index", host=gateway) as url:
+        project.configure_builds(base_image=base_image, torch_index_url=url, trusted_host=gateway)
+        project.warm_install_stages()
+        # The documented set-up: the compose plugin linked into a fresh Docker config, COMPOSE_FILE, the build.
+        fresh_config = work / "docker-config"
+        env = {"DOCKER_CONFIG": str(fresh_config), "COMPOSE_FILE": None}
+        done = project.shell(documented_block(DOC, "cpu-setup"), env, BUILD_TIMEOUT_S)
+        project.check_build(done, "documented-build")
+    project.prune()
     yield project
     project.down()

@@ -1,8 +1,11 @@
 """End to end, for real: a private dockerd, images built on a local Debian base, the compose pipeline on the CPU.
 
-convert-hf (tiny random LLaMA) -> build (TensorRT-RTX) -> eval (torch backend, the shipped data set) on a host
-directory as the volume; the NeMo fixture through `containers/pipeline.sh nemo`; then the failure and isolation
-guarantees and the default named volume.
+docs/containers.md's tested blocks run verbatim: the images are built by the first (conftest), and the second
+takes a tiny random LLaMA with 256 positions through convert-hf -> build (TensorRT-RTX, limits derived from the
+checkpoint) -> eval (torch backend, the shipped data set) on a host directory as the volume. Then: the files are
+readable by the host user and other users, a volume the containers cannot write fails with the one-line hint,
+the NeMo fixture through `containers/pipeline.sh nemo`, the failure and isolation guarantees and the default
+named volume.
 """
 
 from __future__ import annotations
@@ -10,8 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,8 +25,8 @@ import pytest
 from ckptfmt.constants import ENGINE_FILE, RANK_FILE
 from tests.tiny_models import make_tiny_hf
 
-from .compose import Compose
-from .conftest import REPO
+from .compose import Compose, documented_block
+from .conftest import DOC, REPO
 from .docker_daemon import DockerDaemon
 from .tiny_tokenizer import save_tiny_tokenizer
 
@@ -32,12 +38,19 @@ NEMO_FIXTURE = REPO / "tests/fixtures/nemo/llama_tp2.nemo"  # NeMo 1 archive, so
 SETTINGS = {  # small limits: a tiny model, a 2-core CI machine
     "MODEL_NAME": "tiny",
     "MAX_BATCH_SIZE": "1",
-    "MAX_INPUT_LEN": "96",  # + OUTPUT_LEN within the tiny models' 128 positions
-    "MAX_OUTPUT_LEN": "16",
+    "MAX_INPUT_LEN": "96",
+    "MAX_OUTPUT_LEN": "16",  # 96 + 16 within the tiny models' 128 positions
     "MAX_ITE": "2",
     "OUTPUT_LEN": "8",
     "ROUGE1_THRESHOLD": "0",  # a random model summarizes badly; the gate itself still runs
 }
+TINY_POSITIONS = 256  # the documented flow's model: build limits derived from it, not compose defaults
+# The documented flow sets no build limits; eval's prompts are shortened through its documented EVAL_ARGS.
+DOCUMENTED_SETTINGS = {
+    **{key: value for key, value in SETTINGS.items() if not key.startswith("MAX_") or key == "MAX_ITE"},
+    "EVAL_ARGS": "--max_input_length 96",
+}
+OTHER_USER = 65534  # neither root nor the containers' user: stands for the host user and other services
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
@@ -61,7 +74,7 @@ def _shared_dir(path: Path) -> Path:
 
 
 def _tiny_hf_model(path: Path) -> Path:
-    make_tiny_hf("llama-gqa", path)
+    make_tiny_hf("llama-gqa", path, max_position_embeddings=TINY_POSITIONS)
     save_tiny_tokenizer(path, DATASET, vocab_size=250)
     path.chmod(0o755)  # private temp dirs and 0600 safetensors: make the source readable by the containers' user
     for file in path.iterdir():
@@ -77,9 +90,12 @@ def _ok(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("pipeline")
-    return {"hf": _tiny_hf_model(root / "hf-model"), "volume": _shared_dir(root / "volume"), "root": root}
+def workspace() -> Iterator[dict[str, Path]]:
+    """Under a world-traversable temp dir (pytest's are 0700), so that other users can reach the volume."""
+    root = Path(tempfile.mkdtemp(prefix="ckpt-suite-pipeline-"))
+    root.chmod(0o755)
+    yield {"hf": _tiny_hf_model(root / "hf-model"), "volume": _shared_dir(root / "volume"), "root": root}
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -92,27 +108,71 @@ def source_before(workspace: dict[str, Path]) -> dict:
     return _snapshot(workspace["hf"])
 
 
-def test_convert_hf_writes_a_valid_checkpoint(compose: Compose, env: dict, workspace: dict, source_before) -> None:
+@pytest.fixture(scope="module")
+def documented_run(compose: Compose, workspace: dict, source_before: dict) -> subprocess.CompletedProcess:
+    """docs/containers.md's `cpu-pipeline` block, verbatim: convert-hf, build and eval with their defaults."""
+    env = {**DOCUMENTED_SETTINGS, "HF_MODEL_DIR": str(workspace["hf"]), "CKPT_VOLUME": str(workspace["volume"])}
+    return _ok(compose.shell(documented_block(DOC, "cpu-pipeline"), env, timeout=1800))
+
+
+def test_documented_flow_writes_a_valid_checkpoint(documented_run, workspace: dict) -> None:
     from ckptfmt import validate_checkpoint
 
-    _ok(compose.run("convert-hf", env=env))
     checkpoint = workspace["volume"] / "checkpoints/tiny"
     assert (checkpoint / "config.json").is_file() and (checkpoint / RANK_FILE.format(rank=0)).is_file()
     validate_checkpoint(checkpoint)
 
 
-def test_build_writes_an_engine(compose: Compose, env: dict, workspace: dict) -> None:
-    _ok(compose.run("build", env=env))
+def test_documented_build_derives_its_limits_from_the_checkpoint(documented_run, workspace: dict) -> None:
+    """No MAX_* settings: max_seq_len is the model's 256 positions (not 1024 + 256), and the build says so."""
     engines = workspace["volume"] / "engines/tiny"
-    assert (engines / "config.json").is_file()
     plan = engines / ENGINE_FILE.format(rank=0)
     assert plan.is_file() and plan.stat().st_size > 10_000
+    build = json.loads((engines / "config.json").read_text())["build_config"]
+    assert (build["max_input_len"], build["max_seq_len"]) == (TINY_POSITIONS // 2, TINY_POSITIONS)
+    assert f"max_input_len {TINY_POSITIONS // 2}, max_seq_len {TINY_POSITIONS}" in documented_run.stdout
 
 
-def test_eval_writes_a_report(compose: Compose, env: dict, workspace: dict) -> None:
-    _ok(compose.run("eval", env=env))
+def test_documented_eval_writes_a_report(documented_run, workspace: dict) -> None:
     report = workspace["volume"] / "reports/tiny"
     assert (report / "results.json").is_file()
+
+
+def test_outputs_are_readable_by_the_host_user(documented_run, workspace: dict) -> None:
+    """Every directory and file the services wrote: 0755/0644, and read for real as another host UID."""
+    volume = workspace["volume"]
+    written = [volume / part for part in ("checkpoints/tiny", "engines/tiny", "reports/tiny")]
+    for path in [p for top in written for p in (top, *top.rglob("*"))]:
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o755 if path.is_dir() else 0o644), f"{path}: mode {mode:o}"
+    read = subprocess.run(
+        ["sh", "-c", 'find "$@" -type f -exec cat {} + | wc -c', "find", *map(str, written)],
+        user=OTHER_USER, group=OTHER_USER, extra_groups=[], capture_output=True, text=True,
+    )  # fmt: skip
+    assert read.returncode == 0 and read.stderr == "", read.stderr
+    total = sum(path.stat().st_size for top in written for path in top.rglob("*") if path.is_file())
+    assert int(read.stdout) == total
+
+
+def test_outputs_are_readable_by_a_service_run_as_another_user(compose: Compose, env: dict, documented_run) -> None:
+    """The next service reads what the previous one wrote even when run with another --user."""
+    probe = "find /data/checkpoints/tiny /data/engines/tiny -type f -exec cat {} + | wc -c"
+    done = _ok(compose.run("eval", "-c", probe, env=env, entrypoint="sh", user=f"{OTHER_USER}:{OTHER_USER}"))
+    assert int(done.stdout) > 0 and done.stderr.count("Permission denied") == 0
+
+
+def test_unwritable_volume_fails_with_a_one_line_hint(compose: Compose, workspace: dict) -> None:
+    """A host directory owned by root (0755) as the volume: the entrypoint names owner and fix, exit 1."""
+    volume = workspace["root"] / "root-owned-volume"
+    volume.mkdir(mode=0o755)
+    env = {**SETTINGS, "HF_MODEL_DIR": str(workspace["hf"]), "CKPT_VOLUME": str(volume)}
+    done = compose.run("convert-hf", env=env)
+    assert done.returncode == 1, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("ckpt-convert:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "/data is owned by 0:0" in errors[0] and f"user {CONTAINER_UID}:{CONTAINER_UID}" in errors[0]
+    assert f"chown {CONTAINER_UID}:{CONTAINER_UID}" in errors[0] and "CKPT_UID" in errors[0]
+    assert list(volume.iterdir()) == []
 
 
 def test_failing_convert_stops_the_pipeline_with_its_exit_code(compose: Compose, workspace: dict) -> None:
@@ -146,21 +206,34 @@ def test_compose_run_returns_the_container_exit_code(compose: Compose, env: dict
     assert compose.run("build", "-c", "exit 7", env=env, entrypoint="sh").returncode == 7
 
 
-ENTRYPOINTS = {"convert": ["ckpt-convert"], "build": ["ckpt-build"], "eval": ["ckpt-summarize"]}
+ENTRYPOINTS = {"convert": "ckpt-convert", "build": "ckpt-build", "eval": "ckpt-summarize"}
 LEFTOVERS_PROBE = "ls -d /tmp/ckpt-src /opt/ckpt/bin/pip* /root/.cache/pip /tmp/*.pem 2>/dev/null || true"
+TORCH_PROBE = """python - <<'EOF'
+import importlib.metadata as md, torch
+print(torch.__version__, torch.version.cuda, sorted(d.metadata["Name"] for d in md.distributions()
+      if d.metadata["Name"].lower().startswith(("nvidia", "triton"))))
+EOF"""
 
 
 @pytest.mark.parametrize("service", ["convert-hf", "build", "eval"])
 def test_images_carry_no_build_inputs(compose: Compose, docker_daemon: DockerDaemon, env: dict, service: str) -> None:
-    """Non-root entrypoint image; no sources, pip caches or pip in the venv; no pip settings in the history."""
-    image = json.loads(compose.config())["services"][service]["image"]
+    """Non-root image, `ckpt-entry <tool>` entrypoint; no sources, pip or pip caches; no build settings in history."""
+    image = compose.image(service)
     config = json.loads(docker_daemon.docker("image", "inspect", image).stdout)[0]["Config"]
     assert config["User"] == f"{CONTAINER_UID}:{CONTAINER_UID}"
-    assert config["Entrypoint"] == ENTRYPOINTS[image.split("/")[-1].split(":")[0]]
+    assert config["Entrypoint"] == ["ckpt-entry", ENTRYPOINTS[image.split("/")[-1].split(":")[0]]]
     history = docker_daemon.docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", image).stdout
-    assert not [word for word in ("127.0.0.1", "CERTIFICATE", "PIP_") if word in history]
+    build_inputs = (compose.env["CKPT_PIP_TRUSTED_HOST"], "CERTIFICATE", "PIP_", "TORCH_INDEX_URL")
+    assert not [word for word in build_inputs if word in history]
     leftovers = _ok(compose.run(service, "-c", LEFTOVERS_PROBE, env=env, entrypoint="sh", user="0"))
     assert leftovers.stdout.split() == []
+
+
+@pytest.mark.parametrize("service", ["convert-hf", "eval"])
+def test_torch_images_carry_the_cpu_build(compose: Compose, env: dict, service: str) -> None:
+    """torch from TORCH_INDEX_URL: the CPU build, no nvidia-* or triton distributions from PyPI's CUDA torch."""
+    done = _ok(compose.run(service, "-c", TORCH_PROBE, env=env, entrypoint="sh"))
+    assert done.stdout.split() == ["2.13.0+cpu", "None", "[]"]
 
 
 # Lists what the user may write: everything except /proc, /sys and /dev (device nodes and IPC shm by design).

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,41 @@ def test_gpu_reservations_only_without_the_cpu_override() -> None:
     assert cpu["eval"]["command"][cpu["eval"]["command"].index("--backend") + 1] == "torch"
 
 
+def test_cpu_override_needs_no_nvidia_image_nor_cuda_torch() -> None:
+    """With compose.cpu.yaml every image (convert included) builds from a public base; torch from the CPU index."""
+    gpu = _resolved(COMPOSE, env=_clean_env())["services"]
+    cpu = _resolved(COMPOSE, COMPOSE_CPU, env=_clean_env())["services"]
+    for name, service in cpu.items():
+        args = service["build"]["args"]
+        assert args["BASE_IMAGE"] == "python:3.11-slim-bookworm", name
+        assert service["image"] != gpu[name]["image"], f"{name}: the CPU image must not replace the GPU one"
+        uses_torch = name != "build"
+        assert args["TORCH_INDEX_URL"] == ("https://download.pytorch.org/whl/cpu" if uses_torch else ""), name
+        assert gpu[name]["build"]["args"]["TORCH_INDEX_URL"] == "", f"{name}: NVIDIA's bases bring their torch"
+
+
+def test_torch_source_and_trusted_host_reach_the_builds() -> None:
+    settings = {"TORCH_INDEX_URL": "http://172.17.0.1:8000/", "CKPT_PIP_TRUSTED_HOST": "172.17.0.1"}
+    for files in [(COMPOSE,), (COMPOSE, COMPOSE_CPU)]:
+        for name, service in _resolved(*files, env=_clean_env(**settings))["services"].items():
+            args = service["build"]["args"]
+            assert (args["TORCH_INDEX_URL"], args["PIP_TRUSTED_HOST"]) == tuple(settings.values()), name
+
+
+@pytest.mark.parametrize("files", [(COMPOSE,), (COMPOSE, COMPOSE_CPU)], ids=["gpu", "cpu"])
+def test_build_limits_are_passed_only_when_set(files: tuple[Path, ...]) -> None:
+    """Unset, ckpt-build derives them from the checkpoint (never a fixed 1024 + 256 beyond the model's positions)."""
+    services = _resolved(*files, env=_clean_env())["services"]
+    for flag in ("--max_input_len", "--max_output_len", "--max_seq_len"):
+        assert flag not in services["build"]["command"]
+    assert "--max_input_length" not in services["eval"]["command"]
+    services = _resolved(*files, env=_clean_env(MAX_INPUT_LEN="96", MAX_OUTPUT_LEN="16"))["services"]
+    build = services["build"]["command"]
+    assert build[build.index("--max_input_len") + 1] == "96" and build[build.index("--max_output_len") + 1] == "16"
+    evaluate = services["eval"]["command"]
+    assert evaluate[evaluate.index("--max_input_length") + 1] == "96"
+
+
 def _pyproject(tool: str) -> dict:
     return tomllib.loads((REPO / "tools" / tool / "pyproject.toml").read_text())
 
@@ -158,7 +194,7 @@ def test_dockerfile_installs_only_its_tool_as_non_root(dockerfile: Path) -> None
     assert {src for src in copied if src.startswith("tools/")} <= {f"tools/{tool}", f"tools/{tool}/pyproject.toml"}
     users = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
     assert users and users[-1] not in ("root", "0", "0:0")
-    assert re.search(rf'^ENTRYPOINT \["{cli}"\]$', text, re.MULTILINE)
+    assert re.search(rf'^ENTRYPOINT \["ckpt-entry", "{cli}"\]$', text, re.MULTILINE)
     assert cli in _pyproject(tool)["project"]["scripts"], f"{cli} is not a script of tools/{tool}"
 
 
@@ -179,3 +215,36 @@ def test_image_extras_exist_in_the_tools(files: tuple[Path, ...]) -> None:
 def test_pipeline_script_rejects_an_unknown_source() -> None:
     done = _run(str(REPO / "containers/pipeline.sh"), "deepspeed", env=_clean_env())
     assert done.returncode == 2 and "unknown source 'deepspeed'" in done.stderr
+
+
+ENTRYPOINT = REPO / "containers/entrypoint.sh"
+
+
+def _entry(*argv: str, user: int | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", str(ENTRYPOINT), *argv], capture_output=True, text=True, timeout=60, user=user)
+
+
+def test_entrypoint_runs_the_tool_with_its_arguments_and_status(tmp_path: Path) -> None:
+    done = _entry("sh", "-c", 'printf "%s|" "$@"; exit 7', "sh", "--output_dir", str(tmp_path / "new/out"), "a b")
+    assert done.returncode == 7 and done.stdout == f"--output_dir|{tmp_path}/new/out|a b|", done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the entrypoint as another user")
+@pytest.mark.parametrize("flag", ["--output_dir", "--report", "--report="])
+def test_entrypoint_refuses_an_unwritable_output_in_one_line(flag: str) -> None:
+    """A root-owned 0755 directory on the way: one line naming flag and path, exit 1, the tool never runs."""
+    with tempfile.TemporaryDirectory() as top:  # pytest's tmp_path sits under a 0700 directory
+        Path(top).chmod(0o755)
+        parent = Path(top) / "root-owned"
+        parent.mkdir(mode=0o755)
+        _check_refusal(flag, parent)
+
+
+def _check_refusal(flag: str, parent: Path) -> None:
+    target = str(parent / "out")
+    argv = [flag + target] if flag.endswith("=") else [flag, target]
+    done = _entry("sh", "-c", 'echo RAN; mkdir -p "$1"', "sh", *argv, user=65534)
+    assert done.returncode == 1 and "RAN" not in done.stdout
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"sh: error: {flag.rstrip('=')} {target}: {parent} is not writable")
+    assert not (parent / "out").exists()

@@ -1,7 +1,9 @@
-"""Serve the machine's local torch CPU wheel and the project's pip constraints to image builds over HTTP.
+"""Serve the machine's local torch CPU wheel to image builds as a package index, the way docs/containers.md says.
 
-From PyPI, `torch` resolves to a multi-GB CUDA build; test images take the CPU wheel that lies in pip's
-find-links folder instead. Builds reach this server on 127.0.0.1 through `--network=host`.
+From PyPI, `torch` resolves to a multi-GB CUDA build, and PyTorch's CPU index cannot be reached from here. The
+images take torch from `TORCH_INDEX_URL`; the tests point it at this server, which serves pip's find-links CPU
+wheel as `<url>/torch/<wheel>` (a directory listing is a valid simple-index page) on the Docker bridge's
+gateway address, a plain-HTTP host that builds must be told to trust (`CKPT_PIP_TRUSTED_HOST`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-# The URL is a build argument, part of every later build step's cache key: keep it the same between runs.
+# The URL is a build argument, part of the install layers' cache key: keep it the same between runs.
 PORT = int(os.environ.get("CKPT_WHEEL_PORT", "38519"))
 
 
@@ -45,25 +46,22 @@ def local_wheels(requirement_prefix: str) -> list[Path]:
 
 
 @contextlib.contextmanager
-def serving(files: list[Path], root: Path) -> Iterator[str]:
-    """Link `files` into `root` and serve it on 127.0.0.1; yields the base URL (ending in '/')."""
-    root.mkdir(parents=True, exist_ok=True)
-    for file in files:
-        target = root / file.name
-        if not target.exists():
-            if file.suffix == ".whl":
-                target.symlink_to(file)
-            else:
-                shutil.copyfile(file, target)
+def serving_index(wheels: list[Path], root: Path, host: str) -> Iterator[str]:
+    """Serve `wheels` as the project pages of a simple index under `root` on `host`; yields the index URL."""
+    for wheel in wheels:
+        project = root / wheel.name.split("-")[0].lower()
+        project.mkdir(parents=True, exist_ok=True)
+        if not (project / wheel.name).exists():
+            (project / wheel.name).symlink_to(wheel)
     handler = functools.partial(_QuietHandler, directory=str(root))
     try:
-        server = ThreadingHTTPServer(("127.0.0.1", PORT), handler)
+        server = ThreadingHTTPServer((host, PORT), handler)
     except OSError:  # taken: any port works, but the changed URL misses the image build cache
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server = ThreadingHTTPServer((host, 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
+        yield f"http://{host}:{server.server_address[1]}/"
     finally:
         server.shutdown()
         server.server_close()
