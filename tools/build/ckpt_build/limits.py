@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from ckptfmt.config import CheckpointConfig
@@ -83,6 +84,11 @@ def resolve_limits(config: CheckpointConfig, limits: Limits) -> BuildConfig:
             f"--max_input_len + --max_output_len: {inp} + {out} = {inp + out} exceeds "
             f"max_position_embeddings {max_pos} of this model (learned positions)"
         )
+    if max_pos is not None and inp + out > max_pos:  # rotary positions run on, untrained: built as asked, said
+        logging.getLogger(__name__).warning(
+            "max_input_len + max_output_len: %d + %d = %d exceeds max_position_embeddings %d of this model",
+            inp, out, inp + out, max_pos,
+        )  # fmt: skip
     logits_dtype = limits.logits_dtype or config.logits_dtype
     if logits_dtype not in DTYPES:
         raise CheckpointError(f"--logits_dtype: must be one of {list(DTYPES)}, got {logits_dtype!r}")
