@@ -6,19 +6,15 @@ import json
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 from safetensors.numpy import save_file
 
 from tests.convert.conftest import cli_command, run_cli
-from tests.tiny_models import tiny_config
 
 
 def copy_model(src: Path, dst: Path) -> Path:
@@ -215,74 +211,6 @@ def test_disk_full(tiny_hf, tmp_path):
     cmd = [*cli_command(), "hf", "--model_dir", str(tiny_hf("llama-gqa")), "--output_dir", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_limit_file_size, timeout=120)
     assert_clean_failure(proc.returncode, proc.stderr, out, f"writing {out}: File too large")
-
-
-@pytest.fixture(scope="module")
-def larger_model(tmp_path_factory) -> Path:
-    """~270 MB of zeros in LLaMA layout: slow enough to interrupt mid-run."""
-    path = tmp_path_factory.mktemp("larger")
-    kwargs = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=4, vocab_size=4000)
-    tiny_config("llama-gqa", **kwargs).save_pretrained(path)
-    h, f, kv = 1024, 4096, 512
-    tensors = {
-        "model.embed_tokens.weight": np.zeros((4000, h), np.float32),
-        "lm_head.weight": np.zeros((4000, h), np.float32),
-        "model.norm.weight": np.ones(h, np.float32),
-    }
-    for i in range(4):
-        p = f"model.layers.{i}."
-        shapes = {
-            "input_layernorm.weight": (h,),
-            "post_attention_layernorm.weight": (h,),
-            "self_attn.q_proj.weight": (h, h),
-            "self_attn.k_proj.weight": (kv, h),
-            "self_attn.v_proj.weight": (kv, h),
-            "self_attn.o_proj.weight": (h, h),
-            "mlp.gate_proj.weight": (f, h),
-            "mlp.up_proj.weight": (f, h),
-            "mlp.down_proj.weight": (h, f),
-        }
-        tensors.update({p + n: np.zeros(s, np.float32) for n, s in shapes.items()})
-    save_file(tensors, path / "model.safetensors")
-    return path
-
-
-@pytest.mark.parametrize(
-    "sig,workers", [(signal.SIGTERM, 1), (signal.SIGINT, 1), (signal.SIGTERM, 2), (signal.SIGKILL, 1)]
-)
-def test_interrupted_run_leaves_no_checkpoint(sig, workers, larger_model, tmp_path):
-    out = tmp_path / "out"
-    cmd = [
-        *cli_command(),
-        "hf",
-        "--model_dir",
-        str(larger_model),
-        "--output_dir",
-        str(out),
-        "--tp_size",
-        "2",
-        "--workers",
-        str(workers),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not list(tmp_path.glob(".out.tmp-*/rank*.safetensors")) and proc.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.002)
-    children = psutil.Process(proc.pid).children(recursive=True)
-    if workers > 1:
-        assert len(children) >= workers  # the signal reaches a run whose workers are busy
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0, "finished before the signal; make larger_model bigger"
-    assert not out.exists()
-    if sig == signal.SIGKILL:  # no chance to clean up: only the hidden temp dir may remain
-        assert proc.returncode == -signal.SIGKILL
-        return
-    assert proc.returncode == 130 and err.strip().startswith("error: interrupted") and err.count("\n") == 1, err
-    assert not list(tmp_path.glob(".out.*"))
-    _, alive = psutil.wait_procs(children, timeout=10)
-    assert alive == [], "worker processes left running"
 
 
 def test_documented_tensorrt_llm_example(tiny_hf, tmp_path):

@@ -7,13 +7,15 @@ when config, every rank file and the manifest (written last) are complete.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import resource
 import shutil
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,11 +170,13 @@ def _run(jobs: list[RankGroup], workers: int, progress: Callable[[int], None]) -
 
 def _run_in_processes(jobs: list[RankGroup], workers: int, progress: Callable[[int], None]) -> dict[str, dict]:
     ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
     entries: dict[str, dict] = {}
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,))
+    pool = None
     try:
-        pending = {pool.submit(_convert_in_worker, job) for job in jobs}
+        with _children_ignore_sigint():
+            queue = ctx.Queue()
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,))
+            pending = {pool.submit(_convert_in_worker, job) for job in jobs}  # spawns the workers
         while pending:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             _drain(queue, progress)
@@ -180,12 +184,37 @@ def _run_in_processes(jobs: list[RankGroup], workers: int, progress: Callable[[i
                 entries.update(future.result())  # re-raises the worker's error
         _drain(queue, progress)
     except BaseException:
-        for child in multiprocessing.active_children():
-            child.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
+        _stop_workers(pool)
         raise
     pool.shutdown()
     return entries
+
+
+@contextlib.contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Processes started inside the block ignore SIGINT from their first instruction (an ignored signal stays
+    ignored across exec): Ctrl-C at a terminal reaches the whole process group, and a worker still importing
+    would print a traceback. The parent handles it and stops them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_workers(pool: ProcessPoolExecutor | None) -> None:
+    """Terminate the workers and wait until they are gone, so that no file is written into the temp dir while
+    it is being removed."""
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(10)
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 _QUEUE = None

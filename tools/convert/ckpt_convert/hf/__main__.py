@@ -3,9 +3,18 @@
 import argparse
 import sys
 
-from ..cli import run_reporting_errors
-from . import DESCRIPTION, add_arguments, run
+from ckptfmt.entry import run_main
 
-parser = argparse.ArgumentParser(prog="python -m ckpt_convert.hf", description=DESCRIPTION)
-add_arguments(parser)
-sys.exit(run_reporting_errors(run, parser.parse_args()))
+PROG = "python -m ckpt_convert.hf"
+
+
+def _main(argv: list[str] | None) -> int:
+    from ..cli import run_reporting_errors
+    from . import DESCRIPTION, add_arguments, run
+
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    add_arguments(parser)
+    return run_reporting_errors(run, parser.parse_args(argv))
+
+
+sys.exit(run_main(_main, None, prog=PROG))
