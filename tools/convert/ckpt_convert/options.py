@@ -6,6 +6,15 @@ import argparse
 import dataclasses
 
 from ckptfmt import DTYPES, CheckpointConfig, CheckpointError, QuantConfig
+from ckptfmt.config import DTYPE_SPELLINGS, canonical_dtype
+
+# flag -> the flag it only applies with (TensorRT-LLM's semantics); given alone it would silently change nothing
+NEEDS: dict[str, str] = {
+    "weight_only_precision": "use_weight_only",
+    "per_group": "use_weight_only",
+    "group_size": "per_group",
+}
+DEFAULTS = {"weight_only_precision": "int8", "group_size": 128}  # applied after the NEEDS check
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype",
         default="auto",
-        choices=("auto", *DTYPES),
-        help="weight dtype (auto: the source's dtype; float16 when unknown)",
+        type=dtype_argument,
+        help=f"weight dtype: {', '.join(DTYPE_SPELLINGS)} (auto: the source's dtype; float16 when unknown)",
     )
     par = parser.add_argument_group("parallelism")
     par.add_argument("--world_size", type=int, help="number of ranks (= tp_size when --tp_size is not given)")
@@ -40,13 +49,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     quant = parser.add_argument_group("weight-only quantization")
     quant.add_argument("--use_weight_only", action="store_true", help="store linear weights as int8/int4 + scales")
-    quant.add_argument("--weight_only_precision", default="int8", choices=("int8", "int4"))
-    quant.add_argument("--per_group", action="store_true", help="one scale per group of input channels")
-    quant.add_argument("--group_size", type=int, default=128, help="input channels per scale with --per_group")
+    quant.add_argument(
+        "--weight_only_precision", choices=("int8", "int4"), help="with --use_weight_only (default int8)"
+    )
+    quant.add_argument(
+        "--per_group", action="store_true", help="with --use_weight_only: one scale per group of input channels"
+    )
+    quant.add_argument("--group_size", type=int, help="input channels per scale with --per_group (default 128)")
     run = parser.add_argument_group("run")
     run.add_argument("--workers", type=int, default=1, help="convert ranks in this many processes")
     run.add_argument("--overwrite", action="store_true", help="replace an existing --output_dir")
     run.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
+
+
+def dtype_argument(value: str) -> str:
+    """argparse ``type`` for --dtype: the canonical name of any usual spelling (fp16, half, bf16, ...)."""
+    try:
+        return canonical_dtype(value)
+    except CheckpointError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def check_flag_dependencies(args: argparse.Namespace) -> None:
+    """Refuse a flag given without the flag it applies with (``NEEDS``), then fill in ``DEFAULTS``."""
+    for flag, needed in NEEDS.items():
+        value = getattr(args, flag)
+        if value not in (None, False) and not getattr(args, needed):
+            shown = f"--{flag}" if value is True else f"--{flag} {value}"
+            raise CheckpointError(f"{shown}: applies only with --{needed} (add --{needed}, or drop the flag)")
+    for flag, default in DEFAULTS.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
 
 
 def parallel_sizes(args: argparse.Namespace) -> tuple[int, int]:
@@ -76,6 +109,7 @@ def apply_arguments(
     """The target config: ``config`` (the model) with the flags applied; also returns warnings."""
     if args.workers < 1:
         raise CheckpointError(f"--workers: must be >= 1 (got {args.workers})")
+    check_flag_dependencies(args)
     if args.per_group and args.group_size < 1:
         raise CheckpointError(f"--group_size: must be >= 1 (got {args.group_size})")
     tp, pp = parallel_sizes(args)
@@ -93,7 +127,7 @@ def apply_arguments(
         QuantConfig(),
         use_weight_only=args.use_weight_only,
         weight_only_precision=args.weight_only_precision,
-        per_group=args.use_weight_only and args.per_group,
+        per_group=args.per_group,
         group_size=args.group_size,
     )
     return out, warnings
