@@ -3,7 +3,9 @@ graph an engine gets. Strong typing is enforced like TensorRT's: mixed dtypes in
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -56,6 +58,10 @@ class TorchOps:
         self.feed, self.group, self.rank = feed, group, rank
         self.outputs: dict[str, torch.Tensor] = {}
         self.constants = constants if constants is not None else {}  # reused across steps
+
+    @contextlib.contextmanager
+    def scope(self, name: str) -> Iterator[None]:
+        yield  # names matter to TensorRT only
 
     @staticmethod
     def _same(*xs: torch.Tensor) -> None:

@@ -7,6 +7,9 @@ error and returns None instead of raising.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 
 from ckptfmt.engine import IoTensor
@@ -33,11 +36,26 @@ class TrtOps:
             "bool": trt.bool,
         }
         self._constants: dict[str, Tensor] = {}
+        self._scopes: list[str] = []
+        self._layers = 0
 
     # ---- helpers ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def scope(self, name: str) -> Iterator[None]:
+        self._scopes.append(name)
+        try:
+            yield
+        finally:
+            self._scopes.pop()
+
     def _check(self, layer, what: str):
+        """``layer`` or the TensorRT error; names the layer ``scope/what#n`` and its outputs ``...:i`` (unique)."""
         if layer is None:
             raise TrtBuildError(f"TensorRT rejected {what}: {self.logger.last_error() or 'no reason logged'}")
+        layer.name = "/".join([*self._scopes, f"{what}#{self._layers}"])
+        self._layers += 1
+        for i in range(layer.num_outputs):
+            layer.get_output(i).name = f"{layer.name}:{i}"
         return layer
 
     def _out(self, layer, what: str) -> Tensor:
@@ -75,7 +93,7 @@ class TrtOps:
         dtype = dtype or _dtype_name(array.dtype)
         shape = tuple(shape or array.shape)
         count = int(np.prod(shape, dtype=np.int64))
-        t = self._out(self.net.add_constant(shape, self._weights(array, dtype, count)), f"constant {key}")
+        t = self._out(self.net.add_constant(shape, self._weights(array, dtype, count)), key)
         self._constants[key] = t
         return t
 
@@ -83,7 +101,7 @@ class TrtOps:
         np_dtype = np.dtype(_NUMPY[dtype])
         return self._out(
             self.net.add_constant((1,) * rank, self._weights(np.full((1,) * rank, value, np_dtype), dtype, 1)),
-            f"scalar {value}",
+            f"scalar({value})",
         )
 
     # ---- math -------------------------------------------------------------------------------------
@@ -94,7 +112,7 @@ class TrtOps:
         )
 
     def _elementwise(self, a, b, op: str):
-        return self._out(self.net.add_elementwise(a, b, self.trt.ElementWiseOperation.__members__[op]), op)
+        return self._out(self.net.add_elementwise(a, b, self.trt.ElementWiseOperation.__members__[op]), op.lower())
 
     def add(self, a, b):
         return self._elementwise(a, b, "SUM")
@@ -122,19 +140,19 @@ class TrtOps:
 
     def reduce_mean_last(self, x):
         axes = 1 << (len(x.shape) - 1)
-        return self._out(self.net.add_reduce(x, self.trt.ReduceOperation.AVG, axes, True), "reduce mean")
+        return self._out(self.net.add_reduce(x, self.trt.ReduceOperation.AVG, axes, True), "reduce_mean")
 
     def activation(self, x, kind: str):
         act = {"relu": "RELU", "gelu_erf": "GELU_ERF", "gelu_tanh": "GELU_TANH", "sigmoid": "SIGMOID"}[kind]
         return self._out(self.net.add_activation(x, self.trt.ActivationType.__members__[act]), kind)
 
     def layer_norm(self, x, weight, bias, eps: float):
-        layer = self._check(self.net.add_normalization_v2(x, weight, bias, 1 << (len(x.shape) - 1)), "layer norm")
+        layer = self._check(self.net.add_normalization_v2(x, weight, bias, 1 << (len(x.shape) - 1)), "layer_norm")
         layer.epsilon = eps
         return layer.get_output(0)
 
     def cast(self, x, dtype: str):
-        return self._out(self.net.add_cast(x, self._dtypes[dtype]), f"cast to {dtype}")
+        return self._out(self.net.add_cast(x, self._dtypes[dtype]), f"cast_{dtype}")
 
     # ---- shapes -----------------------------------------------------------------------------------
     def reshape(self, x, dims):
@@ -150,9 +168,9 @@ class TrtOps:
     def slice_last(self, x, start: int, size: int):
         rank = len(x.shape)
         shape = self._out(self.net.add_shape(x), "shape")
-        lead = self._out(self.net.add_slice(shape, (0,), (rank - 1,), (1,)), "shape slice")
+        lead = self._out(self.net.add_slice(shape, (0,), (rank - 1,), (1,)), "shape_slice")
         last = self.constant(f"_size_{size}", np.array([size], dtype=np.int64))
-        size_t = self._out(self.net.add_concatenation([lead, last]), "shape concat")
+        size_t = self._out(self.net.add_concatenation([lead, last]), "shape_concat")
         layer = self._check(self.net.add_slice(x, (0,) * (rank - 1) + (start,), (1,) * rank, (1,) * rank), "slice")
         layer.set_input(2, size_t)
         return layer.get_output(0)
@@ -161,13 +179,13 @@ class TrtOps:
         return self._out(self.net.add_gather(table, indices, axis), "gather")
 
     def gather_batched(self, x, indices):
-        layer = self._check(self.net.add_gather(x, indices, 1), "batched gather")
+        layer = self._check(self.net.add_gather(x, indices, 1), "batched_gather")
         layer.num_elementwise_dims = 1
         return layer.get_output(0)
 
     # ---- LLM layers -------------------------------------------------------------------------------
     def rope(self, x, cos, sin, positions, interleaved: bool, rotary_dim: int):
-        layer = self._check(self.net.add_rotary_embedding(x, cos, sin, interleaved, rotary_dim), "rotary embedding")
+        layer = self._check(self.net.add_rotary_embedding(x, cos, sin, interleaved, rotary_dim), "rope")
         layer.set_input(3, positions)
         return layer.get_output(0)
 
@@ -183,7 +201,7 @@ class TrtOps:
 
     def kv_cache_update(self, cache, update, write_index):
         return self._out(
-            self.net.add_kv_cache_update(cache, update, write_index, self.trt.KVCacheMode.LINEAR), "kv cache update"
+            self.net.add_kv_cache_update(cache, update, write_index, self.trt.KVCacheMode.LINEAR), "kv_cache_update"
         )
 
     def dequantize(self, q, scale, dtype: str, axis: int | None = None):

@@ -37,40 +37,53 @@ def define_rank_network(ops: Ops, plan: RankPlan, weights: RankWeights) -> None:
     io = stage_io(plan.config, plan.pp_rank, plan.build)
     positions = ops.input(io.tensor(POSITION_IDS))
     if plan.first_stage:
-        h = embed(ops, plan, weights, ops.input(io.tensor(INPUT_IDS)), positions)
+        with ops.scope("embedding"):
+            h = embed(ops, plan, weights, ops.input(io.tensor(INPUT_IDS)), positions)
     else:
         h = ops.input(io.tensor(HIDDEN_IN))
-    ctx = _StepContext(ops, plan, positions)
+    with ops.scope("step"):
+        ctx = _StepContext(ops, plan, positions)
     for local, layer in enumerate(plan.layers):
         caches = [ops.input(io.tensor(t.format(layer=layer))) for t in (KEY_IN, VALUE_IN)]
-        h, present = decoder_layer(ctx, weights, local, h, caches)
+        with ops.scope(f"layers.{layer}"):
+            h, present = decoder_layer(ctx, weights, local, h, caches)
         for name, tensor in zip((KEY_OUT, VALUE_OUT), present):
             ops.output(io.tensor(name.format(layer=layer)), tensor)
     if plan.last_stage:
-        if plan.build.gather_last_token_logits:
-            last = ops.gather_batched(h, ops.input(io.tensor(LAST_TOKEN_INDEX)))  # [B, H]
-            out = ops.reshape(logits(ops, plan, weights, ops.reshape(last, (0, 1, -1))), (0, -1))
-        else:
-            out = logits(ops, plan, weights, h)
+        with ops.scope("logits"):
+            if plan.build.gather_last_token_logits:
+                last = ops.gather_batched(h, ops.input(io.tensor(LAST_TOKEN_INDEX)))  # [B, H]
+                out = ops.reshape(logits(ops, plan, weights, ops.reshape(last, (0, 1, -1))), (0, -1))
+            else:
+                out = logits(ops, plan, weights, h)
         ops.output(io.tensor(LOGITS), out)
     else:
         ops.output(io.tensor(HIDDEN_OUT), h)
 
 
 class _StepContext:
-    """Per-step tensors every layer shares: positions, attention mask, KV write index, rope tables."""
+    """Per-step tensors the layers share: positions, KV write index, rope tables (and each layer's mask)."""
 
     def __init__(self, ops: Ops, plan: RankPlan, positions: Tensor):
         self.ops, self.plan, self.positions = ops, plan, positions
-        smax = plan.build.max_seq_len
-        slots = ops.constant("key_slots", np.arange(smax, dtype=np.int32).reshape(1, 1, 1, smax))
-        last_visible = ops.add(ops.reshape(positions, (0, 1, -1, 1)), ops.scalar(1, "int32", 4))
-        self.mask = ops.less(slots, last_visible)  # [B, 1, S, Smax]: slot <= position
+        self.last_visible = ops.add(ops.reshape(positions, (0, 1, -1, 1)), ops.scalar(1, "int32", 4))  # [B, 1, S, 1]
         self.write_index = ops.gather(positions, ops.constant("zero_index", np.array(0, dtype=np.int32)), axis=1)
         self.rope = None
         if plan.spec.rotary:
             cos, sin = rope_tables(plan)
             self.rope = (ops.constant("rope_cos", cos), ops.constant("rope_sin", sin))
+
+    def mask(self, local: int) -> Tensor:
+        """Bool ``[B, 1, S, max_seq_len]``: slot <= position, as ``slot + l < position + 1 + l`` for layer ``l``.
+
+        One mask tensor per layer, made distinct by the offset: TensorRT-RTX 1.7's compiler fails ("Graph
+        contains more than one op named ..._iota") when one mask feeds several attention layers at batch 1 and
+        inputs of 2..16 tokens, and it merges identical masks back into one.
+        """
+        ops, smax = self.ops, self.plan.build.max_seq_len
+        slots = ops.constant(f"key_slots.{local}", np.arange(local, smax + local, dtype=np.int32).reshape(1, 1, 1, -1))
+        visible = self.last_visible if local == 0 else ops.add(self.last_visible, ops.scalar(local, "int32", 4))
+        return ops.less(slots, visible)
 
 
 def embed(ops: Ops, plan: RankPlan, w: RankWeights, ids: Tensor, positions: Tensor) -> Tensor:
@@ -161,6 +174,11 @@ def activation(ops: Ops, x: Tensor, kind: str) -> Tensor:
 
 
 def attention(ctx: _StepContext, w: RankWeights, local: int, x: Tensor, caches) -> tuple[Tensor, list]:
+    with ctx.ops.scope("attention"):
+        return _attention(ctx, w, local, x, caches)
+
+
+def _attention(ctx: _StepContext, w: RankWeights, local: int, x: Tensor, caches) -> tuple[Tensor, list]:
     ops, plan = ctx.ops, ctx.plan
     d, nq, nkv = plan.spec.head_size, plan.heads, plan.kv_heads
     qkv = linear(ops, plan, x, w.linear(local, QKV))  # [B, S, (nq + 2 nkv) d], q pre-scaled
@@ -177,13 +195,18 @@ def attention(ctx: _StepContext, w: RankWeights, local: int, x: Tensor, caches) 
         k = ops.rope(k, cos, sin, ctx.positions, inter, rd)
     k_all = ops.kv_cache_update(caches[0], k, ctx.write_index)
     v_all = ops.kv_cache_update(caches[1], v, ctx.write_index)
-    o = ops.attention(q, k_all, v_all, ctx.mask)  # [B, nq, S, d]
+    o = ops.attention(q, k_all, v_all, ctx.mask(local))  # [B, nq, S, d]
     o = ops.reshape(ops.transpose(o, (0, 2, 1, 3)), (0, 0, nq * d))
     return linear(ops, plan, o, w.linear(local, DENSE), reduce=True), [k_all, v_all]
 
 
 def mlp(ops: Ops, plan: RankPlan, w: RankWeights, local: int, x: Tensor) -> Tensor:
     """``proj(act(fc(x)) [* gate(x)])``; a gated MLP stored fc-then-gate runs both as one GEMM."""
+    with ops.scope("mlp"):
+        return _mlp(ops, plan, w, local, x)
+
+
+def _mlp(ops: Ops, plan: RankPlan, w: RankWeights, local: int, x: Tensor) -> Tensor:
     both = w.fc_gate(local) if plan.spec.gated_mlp else None
     if both is not None:
         y, ffn = linear(ops, plan, x, both), both.out_features // 2

@@ -21,6 +21,7 @@ Two lowerings implement it: ``lower_trt.TrtOps`` (adds TensorRT layers) and ``lo
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,6 +32,9 @@ Tensor = Any  # trt.ITensor or torch.Tensor
 
 
 class Ops(Protocol):
+    def scope(self, name: str) -> AbstractContextManager[None]:
+        """Names what is added inside (TensorRT: layers ``scope/op#n``, unique per network; torch: nothing)."""
+
     def input(self, spec: IoTensor) -> Tensor: ...
 
     def output(self, spec: IoTensor, x: Tensor) -> None: ...
