@@ -30,7 +30,10 @@ ACTIVATIONS: dict[str, tuple[str, bool]] = {
     "reglu": ("relu", True),
     "fast-reglu": ("relu", True),
 }
+# base activation -> its gated spelling, for gated_linear_unit: true
+GATED_SPELLINGS = {"silu": "swiglu", "gelu": "geglu", "relu": "reglu"}
 NORMS = {"rmsnorm": "rmsnorm", "layernorm": "layernorm"}
+DEFAULT_POSITIONS = "learned_absolute"  # Megatron-core's and NeMo's default
 POSITIONS = {"rope": "rope_gpt_neox", "learned_absolute": "learned_absolute"}  # rope_gptj: rotary_interleaved
 
 # (norm, gated) -> (architecture, hidden_act for a base activation)
@@ -73,6 +76,7 @@ class MegatronModel:
     rotary_percent: float
     rotary_scaling: dict | None
     rotary_base: float
+    positions_defaulted: bool = False  # position_embedding_type absent: Megatron's default was taken
 
 
 def _get(h: dict, source: str, *names: str, default: Any = ..., kind: type | tuple = object) -> Any:
@@ -91,17 +95,18 @@ def _get(h: dict, source: str, *names: str, default: Any = ..., kind: type | tup
 
 
 def _activation(h: dict, source: str) -> tuple[str, bool]:
-    if h.get("activation") is not None:
-        name = str(h["activation"])
-    elif isinstance(h.get("activation_func"), dict):
-        base = str(h["activation_func"].get("_target_", "")).rsplit(".", 1)[-1]
-        gated = bool(h.get("gated_linear_unit", False))
-        name = {"silu": "swiglu", "gelu": "geglu", "relu": "reglu"}.get(base, base) if gated else base
-    else:
-        name = "gelu"  # Megatron-core's default activation_func
+    """NeMo 1 ``activation: swiglu``; NeMo 2 / Megatron-core ``activation_func`` (a name, a dotted path or a
+    ``_target_`` mapping) with ``gated_linear_unit``; Megatron-core's default is gelu."""
+    field = "activation" if h.get("activation") is not None else "activation_func"
+    value = h.get(field, "gelu")
+    if isinstance(value, dict):
+        value = value.get("_target_", "")
+    name = str(value).rsplit(".", 1)[-1]
+    if h.get("gated_linear_unit"):
+        name = GATED_SPELLINGS.get(name, name)
     if name not in ACTIVATIONS:
         raise CheckpointError(
-            f"{source}: unsupported Megatron variant: activation {name!r} (supported: {', '.join(sorted(ACTIVATIONS))})"
+            f"{source}: unsupported Megatron variant: {field} {name!r} (supported: {', '.join(sorted(ACTIVATIONS))})"
         )
     return ACTIVATIONS[name]
 
@@ -121,7 +126,7 @@ def read_model(h: dict, source: str) -> MegatronModel:
         raise CheckpointError(
             f"{source}: unsupported Megatron variant: normalization {norm!r} (supported: RMSNorm, LayerNorm)"
         )
-    positions = str(_get(h, source, "position_embedding_type", default="learned_absolute"))
+    positions = str(_get(h, source, "position_embedding_type", default=DEFAULT_POSITIONS))
     if positions not in POSITIONS:
         raise CheckpointError(
             f"{source}: unsupported Megatron variant: position_embedding_type {positions!r} "
@@ -151,7 +156,22 @@ def read_model(h: dict, source: str) -> MegatronModel:
         rotary_percent=float(_get(h, source, "rotary_percent", "rotary_percentage", default=1.0, kind=(int, float))),
         rotary_base=float(_get(h, source, "rotary_base", default=10000, kind=(int, float))),
         rotary_scaling=_rotary_scaling(h, source),
+        positions_defaulted=h.get("position_embedding_type") is None,
     )
+
+
+def check_positions(model: MegatronModel, has_position_table: bool, source: str) -> None:
+    """A config without ``position_embedding_type`` on a checkpoint without a position table: say what to set."""
+    if model.positions == "learned_absolute" and not has_position_table:
+        what = (
+            f"no position_embedding_type (Megatron's default is {DEFAULT_POSITIONS})"
+            if model.positions_defaulted
+            else "position_embedding_type: learned_absolute"
+        )
+        raise CheckpointError(
+            f"{source}: {what}, but the checkpoint has no embedding.position_embeddings.weight; "
+            "set position_embedding_type: rope for a rotary (LLaMA-like) model"
+        )
 
 
 def _rotary_scaling(h: dict, source: str) -> dict | None:

@@ -23,7 +23,7 @@ from ckptfmt.entry import Interrupted
 from ckptfmt.io import check_output_dir
 
 from . import options
-from .megatron_config import checkpoint_config, read_model
+from .megatron_config import check_positions, checkpoint_config, read_model
 from .megatron_dist import DistSource
 from .megatron_shards import ShardedSource
 from .megatron_table import MEGATRON_GPT
@@ -33,6 +33,7 @@ from .stream import convert_checkpoint
 DESCRIPTION = "NeMo 1 .nemo (archive or directory), NeMo 2 checkpoint directory or Megatron-core torch_dist directory"
 EMBEDDING = "embedding.word_embeddings.weight"
 OUTPUT_LAYER = "output_layer.weight"
+POSITION_TABLE = "embedding.position_embeddings.weight"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,6 +118,7 @@ def convert_located(found: Located, args: argparse.Namespace, label: str) -> str
             raise CheckpointError(f"{label}: no tensor {EMBEDDING} (not a Megatron-core GPT checkpoint?)")
         vocab, dtypes = source.get(EMBEDDING).shape[0], source.dtypes
         tied = OUTPUT_LAYER not in source  # the tensors decide, not share_embeddings_and_output_weights
+        check_positions(model, POSITION_TABLE in source, found.config_file)
     config = checkpoint_config(model, vocab, found.config_file)
     source_dtype = next(iter(dtypes)) if len(dtypes) == 1 else None
     config, warnings = options.apply_arguments(config, args, source_dtype, tied=tied)
