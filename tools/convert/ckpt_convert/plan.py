@@ -15,6 +15,7 @@ from ckptfmt import DTYPES, CheckpointConfig, CheckpointError, TensorSpec, expec
 from ckptfmt.quant import quantize_weight_only
 
 from .mapping import Rule, Table
+from .quantized import quantization_tensor, quantization_tensor_error
 from .sources import TensorSource
 
 SCALE_SUFFIX = ".per_channel_scale"
@@ -72,6 +73,8 @@ def check_coverage(table: Table, source: TensorSource, config: CheckpointConfig)
     for canonical in full_tensor_specs(config):
         used.update(resolve_sources(table, source, canonical)[1])
     unused = [n for n in source.names() if n not in used and not table.ignored(n)]
+    if (scale := quantization_tensor(unused)) is not None:
+        raise quantization_tensor_error(scale, "source weights")
     if unused:
         raise CheckpointError(
             f"source weights: tensor {unused[0]} is not used by the mapping for this config "

@@ -10,6 +10,7 @@ from pathlib import Path
 from ckptfmt import TOKENIZER_DIR, CheckpointConfig
 
 from .. import options
+from ..quantized import check_not_quantized
 from ..stream import Summary, convert_checkpoint
 from .architectures import ARCHITECTURES, HFArchitecture, architecture_of
 from .files import open_hf_source
@@ -38,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def model_config(model_dir: str | Path) -> tuple[CheckpointConfig, HFConfig, HFArchitecture]:
     """The checkpoint config (tp 1, pp 1, source dtype) that describes the HF model in ``model_dir``."""
     hf = HFConfig.load(model_dir)
+    check_not_quantized(hf.path.parent, hf.data)
     arch = architecture_of(hf)
     fields = {k: v for k, v in arch.translate(hf).items() if v is not None or k == "max_position_embeddings"}
     fields["dtype"] = hf.dtype if hf.dtype in ("float32", "float16", "bfloat16") else "float16"
