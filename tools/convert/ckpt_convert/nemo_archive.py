@@ -22,10 +22,13 @@ from pathlib import Path
 
 from ckptfmt import CheckpointError
 
+from .foreign import foreign_format
+
 NEMO1_CONFIG = "model_config.yaml"
 NEMO1_WEIGHTS = "model_weights.ckpt"
 NEMO2_CONFIG = "context/model.yaml"
 DIST_METADATA = ".metadata"
+NEMO_DIRECTORY = "a NeMo / Megatron checkpoint"  # as ckptfmt.kinds names it
 TOKENIZER_NAMES = (
     "tokenizer.model",
     "tokenizer.json",
@@ -111,6 +114,8 @@ def locate(root: Path, model_config: Path | None, label: str) -> Located:
         return Located("mcore", override, cfg_label, dist_dir=dist)
     if any(root.glob("*.distcp")) or any(root.glob("*/" + NEMO1_WEIGHTS)) or (root / NEMO1_WEIGHTS).exists():
         raise CheckpointError(f"{label}: missing {NEMO1_CONFIG} (NeMo 1) or {NEMO2_CONFIG} (NeMo 2)")
+    if other := foreign_format(root, NEMO_DIRECTORY):
+        raise CheckpointError(f"{label}: not a NeMo or Megatron checkpoint but {other}")
     raise CheckpointError(
         f"{label}: not a NeMo or Megatron checkpoint (no {NEMO1_CONFIG}, {NEMO2_CONFIG} or {DIST_METADATA} found)"
     )

@@ -8,7 +8,10 @@ from typing import Any
 
 from ckptfmt import CheckpointError
 
+from ..foreign import foreign_format
 from ..sources import TensorSource
+
+HF_DIRECTORY = "a HuggingFace model directory"  # as ckptfmt.kinds names it
 
 # (index file, single file) in order of preference
 WEIGHT_LAYOUTS = (
@@ -44,6 +47,8 @@ def weight_files(model_dir: Path) -> dict[Path, list[str] | None]:
             return _indexed_files(index_path)
         if (model_dir / single_name).exists():
             return {model_dir / single_name: None}
+    if other := foreign_format(model_dir, HF_DIRECTORY):
+        raise CheckpointError(f"{model_dir}: no HuggingFace weights, the weights are {other}")
     raise CheckpointError(
         f"{model_dir}: no weights found (expected model.safetensors, "
         "model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json)"

@@ -7,7 +7,8 @@ from typing import Any
 
 from ckptfmt import CheckpointError
 
-from .files import model_directory, read_json
+from ..foreign import foreign_format
+from .files import HF_DIRECTORY, model_directory, read_json
 
 _MISSING = object()
 
@@ -22,6 +23,8 @@ class HFConfig:
     def load(cls, model_dir: str | Path) -> HFConfig:
         path = model_directory(model_dir) / "config.json"
         if not path.exists():
+            if other := foreign_format(path.parent, HF_DIRECTORY):
+                raise CheckpointError(f"{path.parent}: not a HuggingFace model directory but {other}")
             raise CheckpointError(f"{path}: missing (not a HuggingFace model directory?)")
         data = read_json(path)
         if not isinstance(data, dict):

@@ -1,0 +1,39 @@
+"""Source directories in formats this converter does not read (DeepSpeed, orbax / flax, ...), named with what to do.
+
+The formats and their marker files are ``ckptfmt.kinds.KINDS`` (one table for every tool); this module adds the
+converter's own tips and is asked only once reading the directory as the expected source has failed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ckptfmt.kinds import KINDS, Kind
+
+# kind name -> what a converter user can do about it
+TIPS: dict[str, str] = {
+    "a DeepSpeed checkpoint": (
+        "its zero_to_fp32.py writes consolidated weights, which ckpt-convert hf reads beside the model's config.json"
+    ),
+    "a JAX (orbax / flax) checkpoint": (
+        "for a transformers flax_model.msgpack, from_pretrained(..., from_flax=True) + save_pretrained() "
+        "make a HuggingFace directory"
+    ),
+}
+
+
+def marker_kind(directory: Path) -> Kind | None:
+    """The first ``KINDS`` entry whose marker files ``directory`` holds (its config.json is not looked at)."""
+    if not directory.is_dir():
+        return None
+    return next((k for k in KINDS if k.markers and any(next(directory.glob(m), None) for m in k.markers)), None)
+
+
+def foreign_format(directory: Path, wanted: str) -> str | None:
+    """``"a DeepSpeed checkpoint (DeepSpeed sources are not supported yet; ...)"`` for a directory recognisably in
+    another format than ``wanted``, or None."""
+    kind = marker_kind(directory)
+    if kind is None or kind.name == wanted:
+        return None
+    hints = "; ".join(h for h in (kind.hint, TIPS.get(kind.name)) if h)
+    return f"{kind.name} ({hints})" if hints else kind.name
