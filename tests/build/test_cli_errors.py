@@ -114,6 +114,7 @@ def test_heads_not_divisible_by_tp(tmp_path, ckpt):
 
 def test_existing_output_needs_overwrite(tmp_path, ckpt):
     (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("not ours")  # an empty directory is simply used
     rc, _, err = run_cli("--checkpoint_dir", ckpt, "--output_dir", tmp_path / "out", *LIMITS)
     assert rc == 1 and "--overwrite" in err
 

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import logging
 import multiprocessing
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -16,8 +17,9 @@ from ckptfmt import __version__ as ckptfmt_version
 from ckptfmt.config import CheckpointConfig
 from ckptfmt.constants import ENGINE_FILE, RANK_FILE
 from ckptfmt.engine import BoundTo, BuildConfig, EngineConfig
+from ckptfmt.entry import deferred_interrupts
 from ckptfmt.errors import CheckpointError
-from ckptfmt.io import RankFileReader, atomic_output_dir, check_output_dir, write_manifest
+from ckptfmt.io import BackgroundChecksums, RankFileReader, atomic_output_dir, check_output_dir, write_manifest
 from ckptfmt.validate import check_checkpoint
 
 from . import __version__
@@ -25,6 +27,7 @@ from .contract import io_contract, make_plan
 from .limits import Limits, check_supported, resolve_limits
 from .lower_trt import TrtBuildError, TrtOps
 from .network import define_rank_network
+from .progress import make_progress_monitor
 from .trt_api import TrtModule, load_trt, resolve_targets
 from .weights import RankWeights
 
@@ -40,6 +43,7 @@ class BuildRequest:
     targets: list[str] | None = None
     workers: int = 1
     overwrite: bool = False
+    skip_checksum: bool = False
 
 
 def make_logger(trt):
@@ -52,6 +56,9 @@ def make_logger(trt):
 
         def log(self, severity, msg):
             if "cudaError 35" in msg or "CUDA driver version is insufficient" in msg:
+                return
+            if "BuildCanceled" in msg:  # we asked for it (Ctrl-C): the interrupt is reported, not this
+                log.debug("TensorRT: %s", msg)
                 return
             S = trt.ILogger.Severity
             if severity in (S.INTERNAL_ERROR, S.ERROR):
@@ -120,22 +127,54 @@ def build_rank(
     checkpoint_dir: Path,
     targets: list[str],
     engine_path: Path,
+    defer_signals: bool = True,
 ) -> dict:
-    """Build one rank's plan into ``engine_path``; returns its manifest entry (size, sha256) and seconds."""
-    trt, start = module.trt, time.perf_counter()
+    """Build one rank's plan into ``engine_path``; returns its manifest entry (size, sha256) and seconds.
+
+    TensorRT swallows exceptions raised in its callbacks (logger, progress monitor), so with ``defer_signals``
+    SIGINT/SIGTERM only mark the build cancelled: TensorRT stops at its next step and the signal is raised
+    here as ``KeyboardInterrupt``. Worker processes pass False: their parent terminates them instead.
+    """
+    start = time.perf_counter()
     plan = make_plan(config, rank, build)
+    with deferred_interrupts() if defer_signals else contextlib.nullcontext() as flag:
+        ok, size, sha, error = _build_plan(
+            module,
+            plan,
+            io_contract(config, build).dims,
+            checkpoint_dir,
+            targets,
+            engine_path,
+            cancelled=lambda: flag is not None and flag.pending,
+        )
+    if not ok or size == 0:
+        raise TrtBuildError(f"rank {rank}: TensorRT build failed: {error or 'no plan returned'}")
+    seconds = time.perf_counter() - start
+    log.info("rank %d: %s (%.1f MB) in %.1f s", rank, engine_path.name, size / 1e6, seconds)
+    return {"size": size, "sha256": sha, "seconds": seconds}
+
+
+def _build_plan(
+    module: TrtModule, plan, dims, checkpoint_dir: Path, targets: list[str], engine_path: Path, cancelled
+) -> tuple[bool, int, str, str]:
+    """Define the rank's network and stream its plan to ``engine_path``: (ok, size, sha256, TensorRT's error)."""
+    trt, rank = module.trt, plan.rank
     logger = make_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     builder_config = builder.create_builder_config()
     module.set_targets(builder_config, targets)
+    builder_config.progress_monitor = make_progress_monitor(trt, f"rank {rank}", cancelled)
     profile = builder.create_optimization_profile()
-    ops = TrtOps(trt, network, profile, io_contract(config, build).dims, logger)
+    ops = TrtOps(trt, network, profile, dims, logger)
     ops.tp_size = plan.tp_size
     with RankFileReader(checkpoint_dir / RANK_FILE.format(rank=rank)) as reader:
         define_rank_network(ops, plan, RankWeights(reader, plan))
         if builder_config.add_optimization_profile(profile) < 0:
             raise TrtBuildError(f"rank {rank}: invalid optimization profile: {logger.last_error()}")
+        if cancelled():
+            return False, 0, "", "interrupted"
+        log.info("rank %d: network defined (%d layers); TensorRT builds the plan", rank, network.num_layers)
         writer = _stream_writer(trt, engine_path)
         try:
             with release_mapped_pages(reader):
@@ -143,20 +182,21 @@ def build_rank(
         finally:
             writer.file.close()
         del network, ops  # release the weight references before the next rank
-    if not ok or writer.size == 0:
-        raise TrtBuildError(f"rank {rank}: TensorRT build failed: {logger.last_error() or 'no plan returned'}")
-    seconds = time.perf_counter() - start
-    log.info("rank %d: %s (%.1f MB) in %.1f s", rank, engine_path.name, writer.size / 1e6, seconds)
-    return {"size": writer.size, "sha256": writer.sha.hexdigest(), "seconds": seconds}
+    return ok, writer.size, writer.sha.hexdigest(), logger.last_error()
+
+
+def _init_worker() -> None:
+    """Worker processes leave Ctrl-C to their parent, which terminates them (SIGTERM ends them at once)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _build_rank_in_worker(args: tuple) -> dict:
     backend, config_dict, rank, build, checkpoint_dir, targets, engine_path, level = args
     logging.basicConfig(level=level, format="[ckpt-build] %(levelname)s %(message)s")
     module = load_trt(backend)
-    return build_rank(
-        module, CheckpointConfig.from_dict(config_dict), rank, build, checkpoint_dir, targets, engine_path
-    )
+    config = CheckpointConfig.from_dict(config_dict)
+    return build_rank(module, config, rank, build, checkpoint_dir, targets, engine_path, defer_signals=False)
 
 
 def prepare(request: BuildRequest) -> tuple[TrtModule, CheckpointConfig, BuildConfig, list[str]]:
@@ -199,6 +239,18 @@ def build_engines(request: BuildRequest) -> EngineConfig:
         module.version,
         ",".join(targets),
     )
+    checksums = None if request.skip_checksum else BackgroundChecksums(request.checkpoint_dir)
+    try:
+        _build_into(request, module, config, build, targets, engine, checksums)
+    finally:
+        if checksums is not None:
+            checksums.cancel()  # a no-op once wait() returned
+    return engine
+
+
+def _build_into(request, module, config, build, targets, engine, checksums) -> None:
+    """Every rank's plan, the engine config and the manifest into a temp dir, published when all checks pass."""
+    world = config.mapping.world_size
     with atomic_output_dir(request.output_dir, overwrite=request.overwrite, inputs=[request.checkpoint_dir]) as tmp:
         jobs = [
             (
@@ -215,7 +267,7 @@ def build_engines(request: BuildRequest) -> EngineConfig:
         ]
         if request.workers > 1 and world > 1:
             ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(min(request.workers, world)) as pool:
+            with ctx.Pool(min(request.workers, world), initializer=_init_worker) as pool:  # exit: terminate
                 results = pool.map(_build_rank_in_worker, jobs)
         else:
             results = [
@@ -230,4 +282,5 @@ def build_engines(request: BuildRequest) -> EngineConfig:
                 for r, res in enumerate(results)
             },
         )
-    return engine
+        if checksums is not None:
+            checksums.wait()  # the checkpoint's bytes match its manifest, else nothing is published

@@ -1,4 +1,4 @@
-"""``ckpt-build``: TensorRT-LLM checkpoint -> engine directory, with trtllm-build's flags."""
+"""ckpt-build: TensorRT-LLM checkpoint -> engine directory, with trtllm-build's flags."""
 
 from __future__ import annotations
 
@@ -7,9 +7,16 @@ import logging
 import sys
 from pathlib import Path
 
-from ckptfmt.errors import CheckpointError
-
-from .limits import Limits
+# Heavy modules (numpy, ckptfmt, TensorRT) are imported inside the functions: a Ctrl-C while they load still
+# ends in one line (run_main), not a traceback.
+DESCRIPTION = (
+    "Build one TensorRT(-RTX) engine per rank from a TensorRT-LLM checkpoint (config.json + rank*.safetensors) "
+    "into an engine directory, written to a temporary sibling and renamed into place when complete."
+)
+EPILOG = (
+    "Progress goes to stderr, one line per build phase (quiet with --log_level warning). Ctrl-C or SIGTERM "
+    "stops the build at TensorRT's next step: exit 130/143, nothing written. Errors: one line, exit 1."
+)
 
 # plugin-style flags of trtllm-build: accepted and recorded, never required (we use native layers)
 PLUGIN_FLAGS = (
@@ -28,32 +35,82 @@ NATIVE_NOTICE = (
 )
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows a flag's default after its help when it has one (not None/False) the help does not state."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ckpt-build", description=__doc__)
-    p.add_argument("--checkpoint_dir", required=True, type=Path)
-    p.add_argument("--output_dir", default=Path("engine_outputs"), type=Path)
-    p.add_argument("--max_batch_size", type=int, default=8)
-    p.add_argument("--max_input_len", type=int, default=None)
-    p.add_argument("--max_output_len", type=int, default=None)
+    p = argparse.ArgumentParser(
+        prog="ckpt-build",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--checkpoint_dir", required=True, type=Path, help="input checkpoint directory")
+    p.add_argument(
+        "--output_dir",
+        default=Path("engine_outputs"),
+        type=Path,
+        help="engine directory to create; refused if it exists (default: ./engine_outputs)",
+    )
+    p.add_argument("--max_batch_size", type=int, default=8, help="largest batch the engines accept")
+    p.add_argument(
+        "--max_input_len",
+        type=int,
+        default=None,
+        help="longest prompt (default: min(1024, max_position_embeddings / 2))",
+    )
+    p.add_argument(
+        "--max_output_len",
+        type=int,
+        default=None,
+        help="tokens generated after the prompt (default: the rest of max_position_embeddings, 1024 without one)",
+    )
     p.add_argument("--max_seq_len", type=int, default=None, help="max_input_len + max_output_len")
     p.add_argument("--max_beam_width", type=int, default=1, help="only 1 is supported")
-    p.add_argument("--max_num_tokens", type=int, default=None, help="recorded in the engine config")
-    p.add_argument("--logits_dtype", default=None, choices=("float32", "float16", "bfloat16"))
+    p.add_argument(
+        "--max_num_tokens", type=int, default=None, help="recorded in the engine config (default: batch x input)"
+    )
+    p.add_argument(
+        "--logits_dtype",
+        default=None,
+        choices=("float32", "float16", "bfloat16"),
+        help="dtype of the logits output (default: the checkpoint's logits_dtype)",
+    )
     p.add_argument(
         "--gather_all_token_logits",
         action="store_true",
         help="return logits of every token ([batch, seq, vocab]) instead of the last one's",
     )
-    p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "tensorrt_rtx"))
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "tensorrt", "tensorrt_rtx"),
+        help="auto: full TensorRT when importable and a GPU is present, else TensorRT-RTX",
+    )
     p.add_argument(
         "--target",
         default=None,
         help="TensorRT-RTX compute capabilities, e.g. sm80,sm86,sm89,sm120 (default: every supported one)",
     )
     p.add_argument("--workers", type=int, default=1, help="build ranks in parallel processes")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing engine directory written by us")
     p.add_argument(
-        "--log_level", default="info", choices=("debug", "verbose", "info", "warning", "error", "internal_error")
+        "--skip_checksum",
+        action="store_true",
+        help="do not check the checkpoint's files against the sha256 sums of its manifest.json",
+    )
+    p.add_argument(
+        "--log_level",
+        default="info",
+        choices=("debug", "verbose", "info", "warning", "error", "internal_error"),
+        help="info: progress lines; warning: quiet; debug/verbose: TensorRT's own messages too",
     )
     for name in (
         "gemm_plugin",
@@ -80,12 +137,25 @@ LEVELS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Console script: ``_main`` under ``run_main`` (Ctrl-C 130, SIGTERM 143, one line, no traceback)."""
+    try:
+        from ckptfmt.entry import run_main
+    except KeyboardInterrupt:  # while numpy loads, before run_main can take over
+        print("ckpt-build: interrupted", file=sys.stderr)
+        return 130
+    return run_main(_main, argv, prog="ckpt-build")
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=LEVELS[args.log_level], format="[ckpt-build] %(levelname)s %(message)s")
     plugins = {k: getattr(args, k) for k in PLUGIN_FLAGS if getattr(args, k) not in (None, False)}
     if plugins:
         print("ckpt-build: note: " + NATIVE_NOTICE.format(flags=", ".join(f"--{k}" for k in plugins)), file=sys.stderr)
+    from ckptfmt.errors import CheckpointError
+
     from .builder import BuildRequest, build_engines  # after logging is set up
+    from .limits import Limits
 
     request = BuildRequest(
         checkpoint_dir=args.checkpoint_dir,
@@ -94,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         targets=[t.strip().lower() for t in args.target.split(",") if t.strip()] if args.target else None,
         workers=args.workers,
         overwrite=args.overwrite,
+        skip_checksum=args.skip_checksum,
         limits=Limits(
             max_batch_size=args.max_batch_size,
             max_input_len=args.max_input_len,
@@ -116,9 +187,6 @@ def main(argv: list[str] | None = None) -> int:
             f"ckpt-build: error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", file=sys.stderr
         )
         return 1
-    except KeyboardInterrupt:
-        print("ckpt-build: interrupted; no output written", file=sys.stderr)
-        return 130
     b = engine.build_config
     print(
         f"built {engine.world_size} engine(s) into {args.output_dir} for {engine.bound_to.module} "
