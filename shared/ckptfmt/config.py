@@ -145,6 +145,15 @@ class QuantConfig:
         return "int8" if self.int8_kv_cache else "fp8" if self.fp8_kv_cache else None
 
     @property
+    def undescribed(self) -> str | None:
+        """The mode whose tensors (8-bit weights, scaling factors) ckptfmt does not describe yet, or None."""
+        if self.enable_fp8 or self.use_smooth_quant:
+            return f"quant_algo {self.quant_algo}"
+        if self.kv_cache:
+            return f"kv_cache_quant_algo {self.kv_cache_quant_algo}"
+        return None
+
+    @property
     def quant_algo(self) -> str | None:
         if self.use_weight_only:
             algo = WEIGHT_ONLY_ALGOS_REV.get(self.weight_only_precision, "W8A16")

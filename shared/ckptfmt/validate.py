@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from .config import CheckpointConfig, load_config
-from .constants import RANK_FILE, SAFETENSORS_DTYPES
+from .constants import CONFIG_FILE, RANK_FILE, SAFETENSORS_DTYPES
 from .errors import CheckpointError
 from .io import RankFileReader, verify_manifest
 from .names import expected_tensors
@@ -50,6 +50,12 @@ def validate_checkpoint(directory: str | os.PathLike, hash_files: bool = True) -
         config = load_config(d)
     except CheckpointError as err:
         return err.problems, []
+    if mode := config.quantization.undescribed:
+        return [
+            f"{d / CONFIG_FILE}: quantization: {mode} is a quantized (ModelOpt-style) checkpoint, whose scaling "
+            "factors and 8-bit tensors ckptfmt does not describe yet; supported: unquantized and weight-only "
+            "int8/int4 (W8A16, W4A16, W4A16_AWQ/GPTQ without pre-quant scales)"
+        ], []
     problems, warnings = verify_manifest(d, hash_files=hash_files), list(config.notes)
     for rank in range(config.mapping.world_size):
         p, w = rank_problems(d, config, rank)

@@ -232,3 +232,17 @@ def test_gated_mlp_fc_and_gate_weights_are_written_back_to_back(tmp_path, bias):
     with RankFileReader(path / "rank0.safetensors") as reader:
         layer0 = "transformer.layers.0.mlp."
         assert reader.stacked([layer0 + "fc.weight", layer0 + "gate.weight"]) is not None
+
+
+@pytest.mark.parametrize(
+    ("quantization", "named"),
+    [
+        ({"quant_algo": "FP8"}, "quant_algo FP8"),
+        ({"use_smooth_quant": True, "per_channel": True, "per_token": True}, "W8A8_SQ_PER_CHANNEL"),
+        ({"kv_cache_quant_algo": "INT8"}, "kv_cache_quant_algo INT8"),
+    ],
+)
+def test_quantized_modes_without_described_tensors_get_one_line(tmp_path, quantization, named):
+    ckpt = random_checkpoint(tmp_path / "q", CheckpointConfig.from_dict(llama_dict(quantization=quantization)))
+    problems, _ = validate_checkpoint(ckpt)
+    assert len(problems) == 1 and named in problems[0] and "weight-only int8/int4" in problems[0]
