@@ -182,25 +182,6 @@ def test_unknown_tensor_is_not_silently_dropped(tiny_hf, tmp_path, capsys):
     assert_clean_failure(rc, err, tmp_path / "out", "model.layers.0.self_attn.o_proj.bias is not used")
 
 
-def test_output_dir_exists(tiny_hf, tmp_path, capsys):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    rc, _, err = convert(tiny_hf("llama-gqa"), out, capsys)
-    assert rc == 1 and "already exists (pass --overwrite" in err and err.count("\n") == 1
-    assert (out / "keep.txt").read_text() == "mine"
-    rc, _, err = convert(tiny_hf("llama-gqa"), out, capsys, "--overwrite")
-    assert rc == 0, err
-    assert not (out / "keep.txt").exists() and (out / "rank0.safetensors").exists()
-
-
-def test_output_dir_must_not_be_model_dir(tiny_hf, tmp_path, capsys):
-    model = copy_model(tiny_hf("llama-gqa"), tmp_path / "m")
-    rc, _, err = convert(model, model, capsys, "--overwrite")
-    assert rc == 1 and "must not be the model directory" in err
-    assert (model / "model.safetensors").exists()
-
-
 def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
 
