@@ -16,7 +16,6 @@ from ckpt_eval.report import (
     format_table,
     library_versions,
     print_table,
-    write_atomically,
     write_report,
 )
 
@@ -85,29 +84,48 @@ def test_report_writes_results_json_and_a_png_chart(tmp_path: Path) -> None:
     width, height = struct.unpack(">II", png[16:24])
     assert (width, height) == (1100, 450)
     assert png.endswith(b"IEND\xaeB`\x82")
-    assert sorted(path.name for path in (tmp_path / "report").iterdir()) == ["results.json", "rouge.png"]
+    assert sorted(path.name for path in (tmp_path / "report").iterdir()) == [
+        "manifest.json",
+        "results.json",
+        "rouge.png",
+    ]
 
 
 def test_png_chart_decodes_to_pixels(tmp_path: Path) -> None:
     from matplotlib import image
 
-    paths = write_report(tmp_path, {"systems": {"ours": SYSTEMS["ours"]}})
+    paths = write_report(tmp_path / "report", {"systems": {"ours": SYSTEMS["ours"]}})
     pixels = image.imread(paths["chart"])
     assert pixels.shape[:2] == (450, 1100)
     assert pixels.std() > 0.01  # bars and text, not a blank canvas
 
 
-def test_report_replaces_an_earlier_report(tmp_path: Path) -> None:
-    write_report(tmp_path, {"systems": SYSTEMS, "settings": {"run": 1}})
-    write_report(tmp_path, {"systems": SYSTEMS, "settings": {"run": 2}})
-    assert json.loads((tmp_path / "results.json").read_text())["settings"] == {"run": 2}
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["results.json", "rouge.png"]
+def test_report_replaces_an_earlier_report_only_with_overwrite(tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    write_report(report, {"systems": SYSTEMS, "settings": {"run": 1}})
+    with pytest.raises(ReportError, match="already exists \\(pass --overwrite"):
+        write_report(report, {"systems": SYSTEMS, "settings": {"run": 2}})
+    write_report(report, {"systems": SYSTEMS, "settings": {"run": 2}}, overwrite=True)
+    assert json.loads((report / "results.json").read_text())["settings"] == {"run": 2}
+    assert sorted(path.name for path in report.iterdir()) == ["manifest.json", "results.json", "rouge.png"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["report"]  # no temporaries left
+
+
+def test_report_never_replaces_other_files_or_an_input(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ReportError, match="holds other files, so it is left alone"):
+        write_report(tmp_path, {"systems": SYSTEMS}, overwrite=True)
+    model = tmp_path / "model"
+    model.mkdir()
+    with pytest.raises(ReportError, match="lies inside the input"):
+        write_report(model / "report", {"systems": SYSTEMS}, inputs=[model])
+    assert (tmp_path / "notes.txt").read_text() == "mine" and not (model / "report").exists()
 
 
 def test_report_into_a_file_path_fails_in_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "report"
     blocker.write_text("not a directory", encoding="utf-8")
-    with pytest.raises(ReportError, match="cannot create the report directory") as error:
+    with pytest.raises(ReportError, match="exists and is not a directory") as error:
         write_report(blocker, {"systems": SYSTEMS})
     assert str(error.value).startswith(str(blocker)) and "\n" not in str(error.value)
 
@@ -120,15 +138,20 @@ def test_report_needs_systems(tmp_path: Path) -> None:
     assert not (tmp_path / "report").exists()
 
 
-def test_a_failing_writer_leaves_earlier_files_untouched_and_no_temporaries(tmp_path: Path) -> None:
-    (tmp_path / "results.json").write_text("old", encoding="utf-8")
+class InterruptedScores(dict):
+    """Scores whose lookup is interrupted, as Ctrl-C would while the chart is drawn (JSON is already written)."""
 
-    def fail_midway(path: Path) -> None:
-        path.write_text("half", encoding="utf-8")
-        raise RuntimeError("chart failed")
+    def get(self, key, default=None):
+        raise KeyboardInterrupt
 
-    writers = {tmp_path / "results.json": lambda path: path.write_text("new"), tmp_path / "rouge.png": fail_midway}
-    with pytest.raises(RuntimeError, match="chart failed"):
-        write_atomically(writers)
-    assert [path.name for path in tmp_path.iterdir()] == ["results.json"]
-    assert (tmp_path / "results.json").read_text() == "old"
+
+def test_an_interrupted_report_leaves_the_earlier_one_and_no_temporaries(tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    write_report(report, {"systems": SYSTEMS, "settings": {"run": 1}})
+    with pytest.raises(KeyboardInterrupt):
+        write_report(report, {"systems": {"ours": InterruptedScores(SYSTEMS["ours"])}}, overwrite=True)
+    assert json.loads((report / "results.json").read_text())["settings"] == {"run": 1}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["report"]
+    with pytest.raises(KeyboardInterrupt):
+        write_report(tmp_path / "new", {"systems": {"ours": InterruptedScores(SYSTEMS["ours"])}})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["report"]

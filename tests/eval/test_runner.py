@@ -292,7 +292,7 @@ def test_ckpt_run_token_file_on_both_backends(models, tmp_path, capsys):
     ("args", "message"),
     [
         (["--input_file", "/nonexistent.txt"], "error: /nonexistent.txt: cannot read"),
-        (["--input_text", "w1"], "no usable tokenizer"),
+        (["--input_text", "w1"], "no tokenizer: .* holds no tokenizer files and no tokenizer/ folder; pass --tok"),
         # a checkpoint is no engine directory (or, without the trt backend, the backend is not there)
         (["--input_text", "w1", "--backend", "trt"], "backend 'trt' is not available yet|not an engine directory"),
     ],
@@ -301,7 +301,9 @@ def test_ckpt_run_errors_are_one_line(models, tmp_path, capsys, args, message):
     if "--backend" in args:
         word_tokenizer(tmp_path / "tok")
         args = [*args, "--tokenizer_dir", str(tmp_path / "tok")]
-    assert main(["--checkpoint_dir", str(models.checkpoint("gpt2")), "--device", "cpu", *args]) == 1
+    ckpt = models.checkpoint("gpt2")
+    capsys.readouterr()  # transformers' progress bars while the tiny model was made
+    assert main(["--checkpoint_dir", str(ckpt), "--device", "cpu", *args]) == 1
     err = capsys.readouterr().err.strip()
     assert re.search(message, err) and len(err.splitlines()) == 1 and err.startswith("error: ")
 
@@ -366,3 +368,50 @@ def test_ckpt_run_keeps_the_first_max_input_length_tokens(models, runner, tmp_pa
     )
     expected = runner.generate([torch.tensor([11, 12, 13])], max_new_tokens=5)[0, 0, 3:].tolist()
     assert capsys.readouterr().out.strip() == f"Output [Text 0 Beam 0]: {expected}"
+
+
+def test_ckpt_run_finds_the_tokenizer_the_converter_copied(models, tmp_path, capsys):
+    """Without --tokenizer_dir, ckpt-run reads <checkpoint>/tokenizer/ (where ckpt-convert puts it)."""
+    word_tokenizer(tmp_path / "tok")
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(models.checkpoint("llama-gqa"), ckpt)
+    args = ["--input_text", "w5 w6 w7", "--max_output_len", "4", "--device", "cpu", "--end_id", "-1"]
+    assert main(["--checkpoint_dir", str(ckpt), "--tokenizer_dir", str(tmp_path / "tok"), *args]) == 0
+    explicit = capsys.readouterr().out
+    shutil.copytree(tmp_path / "tok", ckpt / "tokenizer")
+    assert main(["--checkpoint_dir", str(ckpt), *args]) == 0
+    assert capsys.readouterr().out == explicit and "Output [Text 0 Beam 0]" in explicit
+
+
+def flip_last_byte(path) -> None:
+    with open(path, "r+b") as f:
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 0x01]))
+
+
+def test_ckpt_run_stops_on_a_corrupt_rank_file_unless_skip_checksum(models, tmp_path, capsys):
+    """A flipped data byte (same size, valid header) fails the manifest's sha256 before any output."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(models.checkpoint("llama-gqa"), ckpt)
+    flip_last_byte(ckpt / "rank0.safetensors")
+    (tmp_path / "p.csv").write_text("1,2,3\n")
+    args = ["--checkpoint_dir", str(ckpt), "--input_file", str(tmp_path / "p.csv"), "--max_output_len", "3"]
+    assert main([*args, "--device", "cpu"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: {ckpt / 'rank0.safetensors'}: sha256 checksum mismatch with manifest.json")
+    assert main([*args, "--device", "cpu", "--skip_checksum"]) == 0
+    assert capsys.readouterr().out.startswith("Output [Text 0 Beam 0]: ")
+
+
+def test_streaming_output_waits_for_the_checksums(models, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(models.checkpoint("gpt2"), ckpt)
+    flip_last_byte(ckpt / "rank0.safetensors")
+    runner = ModelRunner.from_dir(ckpt, device="cpu")
+    with pytest.raises(CheckpointError, match="rank0.safetensors: sha256 checksum mismatch"):
+        next(runner.generate([torch.tensor([1, 2, 3])], max_new_tokens=3, streaming=True))
+    unchecked = ModelRunner.from_dir(ckpt, device="cpu", checksums=False)
+    assert len(list(unchecked.generate([torch.tensor([1, 2, 3])], max_new_tokens=3, streaming=True))) == 3

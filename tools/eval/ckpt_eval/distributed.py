@@ -20,34 +20,9 @@ import torch.distributed as dist
 
 from ckptfmt import CheckpointError, Mapping
 
+from .launch import Launch, detect_launch
+
 TIMEOUT_ENV = "CKPT_EVAL_TIMEOUT_S"  # seconds a collective may wait for a peer (default 300)
-
-
-@dataclass(frozen=True)
-class Launch:
-    """Where this process sits among the launched ones."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    launcher: str = "single"  # single | mpirun | torchrun
-
-
-def detect_launch() -> Launch:
-    """Rank and size from torchrun (RANK/WORLD_SIZE) or Open MPI (OMPI_COMM_WORLD_*), else one process."""
-    env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return Launch(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "torchrun")
-    if "OMPI_COMM_WORLD_RANK" in env:
-        return Launch(
-            int(env["OMPI_COMM_WORLD_RANK"]),
-            int(env["OMPI_COMM_WORLD_SIZE"]),
-            int(env.get("OMPI_COMM_WORLD_LOCAL_RANK", 0)),
-            "mpirun",
-        )
-    if "PMI_RANK" in env:  # MPICH / Intel MPI
-        return Launch(int(env["PMI_RANK"]), int(env["PMI_SIZE"]), int(env.get("MPI_LOCALRANKID", 0)), "mpirun")
-    return Launch()
 
 
 def check_world(mapping: Mapping, launch: Launch) -> None:

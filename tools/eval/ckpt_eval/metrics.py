@@ -15,8 +15,6 @@ import re
 from collections.abc import Sequence
 from typing import Protocol
 
-from rouge_score import rouge_scorer
-
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 PROMPT_SUFFIX = " TL;DR: "
 
@@ -53,6 +51,8 @@ def compute_rouge(predictions: Sequence[str], references: Sequence[str]) -> dict
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     if not predictions:
         raise ValueError("no predictions to score")
+    from rouge_score import rouge_scorer  # imports nltk (most of a second): only when scoring
+
     scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
     totals = dict.fromkeys(ROUGE_KEYS, 0.0)
     for prediction, reference in zip(predictions, references):

@@ -11,13 +11,14 @@ import math
 import os
 import platform
 import sys
-import tempfile
-from collections.abc import Callable
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-from ckpt_eval.metrics import ROUGE_KEYS
+from ckptfmt import CheckpointError, atomic_output_dir, write_manifest
+
+from .metrics import ROUGE_KEYS
 
 RESULTS_FILE = "results.json"
 CHART_FILE = "rouge.png"
@@ -66,31 +67,38 @@ def print_table(systems: dict[str, dict[str, Any]], file: TextIO | None = None) 
     print(format_table(systems), file=file or sys.stdout)
 
 
-def write_report(directory: str | os.PathLike, results: dict[str, Any]) -> dict[str, Path]:
-    """Write `results.json` (results plus library versions) and `rouge.png` into `directory`.
+def write_report(
+    directory: str | os.PathLike,
+    results: dict[str, Any],
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike] = (),
+) -> dict[str, Path]:
+    """Write `results.json` (results plus library versions), `rouge.png` and `manifest.json` as `directory`.
 
     `results["systems"]` maps each system's name to its scores and timings; everything else in `results`
-    (settings, timings, ...) is written as given. Both files are renamed into place only once both are
-    fully written, so a failure leaves any earlier report as it was.
+    (settings, timings, ...) is written as given. The files go to a temporary directory that is renamed to
+    `directory` once all are written (`ckptfmt.atomic_output_dir`): an error or Ctrl-C leaves no directory,
+    or the earlier report as it was. An existing `directory` is replaced only with `overwrite` and only when
+    it is empty or an earlier report (its manifest lists every file); `inputs` are never replaced.
     """
     systems = results.get("systems")
     if not systems or not all(isinstance(system, dict) for system in systems.values()):
         raise ReportError(f"{directory}: no systems to report (results['systems'] must map names to dicts)")
-    folder = Path(directory)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ReportError(f"{folder}: cannot create the report directory ({exc.strerror or exc})") from exc
     document = {**results, "versions": {**library_versions(), **results.get("versions", {})}}
     text = json.dumps(_json_safe(document), indent=2, allow_nan=False) + "\n"
-    paths = {"results": folder / RESULTS_FILE, "chart": folder / CHART_FILE}
-    write_atomically(
-        {
-            paths["results"]: lambda temporary: temporary.write_text(text, encoding="utf-8"),
-            paths["chart"]: lambda temporary: _draw_chart(systems, temporary),
-        }
-    )
-    return paths
+    folder = Path(directory)
+    try:
+        with atomic_output_dir(folder, overwrite=overwrite, inputs=inputs) as temporary:
+            (temporary / RESULTS_FILE).write_text(text, encoding="utf-8")
+            _draw_chart(systems, temporary / CHART_FILE)
+            for name in (RESULTS_FILE, CHART_FILE):
+                os.chmod(temporary / name, 0o644)
+            write_manifest(temporary)
+    except CheckpointError as exc:
+        raise ReportError(str(exc)) from None
+    except OSError as exc:
+        raise ReportError(f"{exc.filename or folder}: cannot write the report ({exc.strerror or exc})") from None
+    return {"results": folder / RESULTS_FILE, "chart": folder / CHART_FILE}
 
 
 def library_versions() -> dict[str, str]:
@@ -111,7 +119,7 @@ def _draw_chart(systems: dict[str, dict[str, Any]], path: Path) -> None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise ReportError(f"{path.parent / CHART_FILE}: the chart needs matplotlib (pip install matplotlib)") from exc
+        raise ReportError(f"{CHART_FILE}: the chart needs matplotlib (pip install matplotlib)") from exc
 
     figure = Figure(figsize=(11, 4.5), layout="constrained")
     FigureCanvasAgg(figure)
@@ -151,25 +159,6 @@ def _draw_latencies(axes: Any, systems: dict[str, dict[str, Any]], colors: dict[
         axes.text(0.5, 0.5, "no timings", ha="center", va="center", transform=axes.transAxes)
     axes.set_ylabel("seconds per batch")
     axes.set_title("Latency per batch")
-
-
-def write_atomically(writers: dict[Path, Callable[[Path], object]]) -> None:
-    """Write each file through a temporary file in its folder, renaming them all only once all are written."""
-    temporaries: dict[Path, Path] = {}
-    try:
-        for path, write in writers.items():
-            descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            os.close(descriptor)
-            temporaries[path] = Path(temporary)
-            write(temporaries[path])
-            os.chmod(temporary, 0o644)  # mkstemp creates 0600; a report is for everyone to read
-        for path, temporary in temporaries.items():
-            os.replace(temporary, path)
-    except OSError as exc:
-        raise ReportError(f"{exc.filename or path}: cannot write ({exc.strerror or exc})") from exc
-    finally:
-        for temporary in temporaries.values():
-            temporary.unlink(missing_ok=True)
 
 
 def _json_safe(value: Any) -> Any:

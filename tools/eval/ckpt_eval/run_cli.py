@@ -1,7 +1,9 @@
 """``ckpt-run``: generate text from a checkpoint (torch), a Hugging Face model (hf) or an engine (trt).
 
 Flags follow TensorRT-LLM's ``examples/run.py``. Multi-rank checkpoints run under ``mpirun -n N`` or
-``torchrun``; rank 0 prints. Errors are one line on stderr and exit status 1 (all ranks stop).
+``torchrun``; rank 0 prints. Errors are one line on stderr and exit status 1 (all ranks stop); Ctrl-C exits
+130, SIGTERM 143, a closed stdout 141, without a traceback. torch and transformers are imported inside the
+functions, after ``run_main`` has taken over the signals.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import sys
 from pathlib import Path
 
 from ckptfmt import CheckpointError
+from ckptfmt.entry import run_main
 
 from .backends import RunnerError
+from .tokenizer import find_tokenizer_dir, load_tokenizer, missing_tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--engine_dir", help="TensorRT engine directory (backend trt)")
     src.add_argument("--hf_model_dir", help="Hugging Face model directory (backend hf)")
     p.add_argument("--backend", choices=["torch", "hf", "trt"], help="default: from the directory flag")
-    p.add_argument("--tokenizer_dir", help="tokenizer (default: --hf_model_dir, else the checkpoint directory)")
+    p.add_argument(
+        "--tokenizer_dir",
+        help="default: the model directory (checkpoint, engine or HF) or its tokenizer/ folder (converters copy it)",
+    )
     inputs = p.add_mutually_exclusive_group()
     inputs.add_argument("--input_text", nargs="+", help="one or more prompts")
     inputs.add_argument("--input_file", help=".txt (a prompt per line), .json (list of strings) or .csv (token ids)")
@@ -39,13 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end_id", type=int, help="default: the tokenizer's eos token")
     p.add_argument("--pad_id", type=int, help="default: the tokenizer's pad token, else end_id")
     p.add_argument("--no_add_special_tokens", action="store_true", help="do not add BOS etc. when tokenizing")
-    add_device_flags(p)
+    add_runner_flags(p)
     p.add_argument("--streaming", action="store_true", help="print tokens as they are generated")
     return p
 
 
-def add_device_flags(p: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--compile``, shared by ckpt-run and ckpt-summarize (see ``backend_options``)."""
+def add_runner_flags(p: argparse.ArgumentParser) -> None:
+    """``--device``, ``--compile`` and ``--skip_checksum``, shared by ckpt-run and ckpt-summarize
+    (see ``backend_options``)."""
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument(
         "--compile",
@@ -56,11 +64,20 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
         "where they cover the model, else torch.compile with CUDA graphs; fused: only the fused kernels; "
         "or a torch.compile mode (reduce-overhead, max-autotune, ...)",
     )
+    p.add_argument(
+        "--skip_checksum",
+        action="store_true",
+        help="do not check the files against the directory's manifest.json sha256 (checked in the background "
+        "while the model loads; a mismatch stops the run before any output)",
+    )
 
 
 def backend_options(args, backend: str) -> dict:
-    """``ModelRunner.from_dir`` options from the flags of ``add_device_flags`` (``--compile``: torch only)."""
-    return {"compile": args.compile} if args.compile and backend == "torch" else {}
+    """``ModelRunner.from_dir`` options from the flags of ``add_runner_flags`` (``--compile``: torch only)."""
+    options = {"compile": args.compile} if args.compile and backend == "torch" else {}
+    if backend in ("torch", "trt"):
+        options["checksums"] = not args.skip_checksum
+    return options
 
 
 def read_prompts(args) -> tuple[list[str] | None, list[list[int]] | None]:
@@ -90,18 +107,15 @@ def read_prompts(args) -> tuple[list[str] | None, list[list[int]] | None]:
     return [line for line in text.splitlines() if line.strip()], None
 
 
-def load_tokenizer(args):
-    directory = args.tokenizer_dir or args.hf_model_dir or args.checkpoint_dir
-    try:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(directory)
-    except ImportError:
-        raise RunnerError("tokenizing needs transformers: pip install 'ckpt-eval[torch]'") from None
-    except (OSError, ValueError) as err:
-        raise RunnerError(
-            f"{directory}: no usable tokenizer ({str(err).splitlines()[0]}); pass --tokenizer_dir"
-        ) from None
+def open_tokenizer(args, model_dir: str, needed: bool):
+    """The tokenizer of ``--tokenizer_dir`` or the model directory (see ``tokenizer.find_tokenizer_dir``); None
+    when none was given or found and token ids need no tokenizer."""
+    directory = find_tokenizer_dir(args.tokenizer_dir, model_dir)
+    if directory is None or not (needed or args.tokenizer_dir):
+        if needed:
+            raise missing_tokenizer(model_dir)
+        return None
+    return load_tokenizer(directory)
 
 
 def encode(args, tokenizer, texts, ids) -> list:
@@ -151,7 +165,7 @@ def run(args) -> None:
     backend = args.backend or ("trt" if args.engine_dir else "hf" if args.hf_model_dir else "torch")
     model_dir = args.engine_dir or args.hf_model_dir or args.checkpoint_dir
     texts, ids = read_prompts(args)
-    tokenizer = load_tokenizer(args) if texts is not None or args.tokenizer_dir else None
+    tokenizer = open_tokenizer(args, model_dir, needed=texts is not None)
     runner = ModelRunner.from_dir(model_dir, backend=backend, device=args.device, **backend_options(args, backend))
     end_id = args.end_id if args.end_id is not None else getattr(tokenizer, "eos_token_id", None)
     pad_id = args.pad_id if args.pad_id is not None else getattr(tokenizer, "pad_token_id", None)
@@ -181,9 +195,16 @@ def run(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``ckpt-run`` console script."""
+    return run_main(_main, argv, prog="ckpt-run")
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
+    except BrokenPipeError:
+        raise  # run_main: quiet exit 141
     except (CheckpointError, RunnerError, OSError, RuntimeError) as err:  # RuntimeError: e.g. a peer rank died
         print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
         from .distributed import abort, detect_launch

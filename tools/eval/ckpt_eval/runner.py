@@ -120,11 +120,23 @@ class ModelRunner:
 
     def __init__(self, model: Stepper, backend: str):
         self.model, self.backend = model, backend
+        self.checksums = getattr(model, "checksums", None)  # ckptfmt.BackgroundChecksums, hashing while we run
+
+    def verify(self) -> None:
+        """Wait for the background checksums of the model's files (raises ``CheckpointError`` on a mismatch).
+
+        ``generate`` calls it before handing out its first result, so a corrupt file stops a run before any
+        output while the hashing overlaps loading and the first batch."""
+        if self.checksums is not None:
+            self.checksums.wait()
+            self.checksums = None
 
     @classmethod
     def from_dir(cls, model_dir: str, backend: str = "torch", device: str | None = None, **options) -> ModelRunner:
         """``model_dir``: a checkpoint directory (torch), a Hugging Face model directory (hf) or an engine
-        directory (trt). Under mpirun/torchrun each process loads its own rank."""
+        directory (trt). Under mpirun/torchrun each process loads its own rank. Options: ``checksums`` (torch,
+        trt; default True: check manifest.json's sha256 in the background, see ``verify``), ``compile`` (torch),
+        ``dtype`` (hf)."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(open_backend(backend, str(model_dir), device, **options), backend)
 
@@ -208,10 +220,13 @@ class ModelRunner:
             return self._stream(steps, outputs, shape)
         for step in steps:
             outputs.add(step)
-        return outputs.result(*shape)
+        result = outputs.result(*shape)
+        self.verify()
+        return result
 
-    @staticmethod
-    def _stream(steps: Iterator[Step], outputs: Outputs, shape: tuple) -> Iterator:
+    def _stream(self, steps: Iterator[Step], outputs: Outputs, shape: tuple) -> Iterator:
         for step in steps:
             outputs.add(step)
-            yield outputs.result(*shape)
+            result = outputs.result(*shape)
+            self.verify()
+            yield result

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from .backends.base import RunnerError
+
+if TYPE_CHECKING:  # the CLIs check SamplingConfig before torch is imported; the functions import it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class SamplingConfig:
 
 def penalize(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """Divide positive (multiply negative) logits of already seen tokens by ``penalty`` (CTRL-style)."""
+    import torch
+
     if penalty == 1.0:
         return scores
     return torch.where(seen, torch.where(scores > 0, scores / penalty, scores * penalty), scores)
@@ -44,6 +48,8 @@ def penalize(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.
 
 def truncate(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Set to -inf every logit outside the top-k, then outside the smallest set with probability >= top_p."""
+    import torch
+
     if 0 < top_k < scores.shape[-1]:
         kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -64,6 +70,8 @@ def choose(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Next tokens [batch] from ``logits`` [batch, vocab]; with ``log_probs`` also their log probabilities
     (after penalty and temperature). ``seen`` [batch, vocab] marks tokens for the repetition penalty."""
+    import torch
+
     scores = logits.float()
     if seen is not None:
         scores = penalize(scores, seen, cfg.repetition_penalty)

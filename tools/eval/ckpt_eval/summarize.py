@@ -3,8 +3,11 @@
 Follows TensorRT-LLM's ``summarize.py``: the prompt is the article + `` TL;DR: ``, greedy decoding by default,
 ROUGE-1/2/L/Lsum x 100 per tested system, ``--check_accuracy`` fails (exit 1) when ROUGE-1 is below
 ``--tensorrt_llm_rouge1_threshold``. Both systems run through ``ModelRunner`` (same batching, sampling and
-stopping), transformers as the ``hf`` backend. Under ``mpirun -n N`` every rank runs our model, rank 0 runs
-transformers, prints and writes the report. Errors are one line on stderr with exit status 1.
+stopping), transformers as the ``hf`` backend, batch by batch in turn (``compare.run_interleaved``) so that
+their speed ratio holds under changing machine load. Under ``mpirun -n N`` every rank runs our model, rank 0
+also runs transformers, prints and writes the report. Errors are one line on stderr with exit status 1;
+Ctrl-C / SIGTERM exit 130 / 143 with one line and no report. torch and transformers are imported inside the
+functions, after the first status line.
 """
 
 from __future__ import annotations
@@ -14,30 +17,26 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from ckptfmt import TOKENIZER_DIR, CheckpointError
+from ckptfmt import CheckpointError, check_output_dir
+from ckptfmt.config import canonical_dtype
+from ckptfmt.entry import run_main
 
 from .backends import RunnerError
+from .compare import SystemRun, progress_line, run_interleaved, speed_ratio
 from .dataset import DatasetError, load_summarization_dataset
+from .launch import detect_launch
 from .metrics import compute_rouge, encode_prompt
 from .report import ReportError, print_table, write_report
-from .run_cli import add_device_flags, backend_options
+from .run_cli import add_runner_flags, backend_options
 from .sampling import SamplingConfig
+from .tokenizer import find_tokenizer_dir, load_tokenizer, missing_tokenizer
 
 log = logging.getLogger("ckpt_eval")
 
-DATA_TYPES = {
-    "fp32": "float32",
-    "fp16": "float16",
-    "bf16": "bfloat16",
-    "float32": "float32",
-    "float16": "float16",
-    "bfloat16": "bfloat16",
-}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 HF_NAME = "transformers"
+DEFAULT_MAX_INPUT_LENGTH = 923  # summarize.py's default
 
 
 class SummarizeError(Exception):
@@ -57,10 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test_trt_llm", action="store_true", help="evaluate our model (engine or checkpoint)")
     p.add_argument("--test_hf", action="store_true", help="evaluate the Hugging Face model with transformers")
     p.add_argument("--backend", choices=["trt", "torch"], help="default: trt with --engine_dir, else torch")
-    p.add_argument("--data_type", default="fp16", choices=sorted(DATA_TYPES), help="dtype of the HF model")
+    p.add_argument(
+        "--data_type",
+        "--dtype",
+        dest="data_type",
+        default="fp16",
+        type=dtype_arg,
+        help="dtype of the HF model: fp16/float16/half, bf16/bfloat16, fp32/float32 (default fp16)",
+    )
     p.add_argument("--batch_size", type=int, default=1)
     p.add_argument("--max_ite", type=int, default=20, help="number of batches")
-    p.add_argument("--max_input_length", type=int, default=923, help="prompt tokens (the TL;DR cue is kept)")
+    p.add_argument(
+        "--max_input_length",
+        type=int,
+        help=f"prompt tokens, the TL;DR cue kept (default {DEFAULT_MAX_INPUT_LENGTH}, lowered to fit the model's "
+        "max_position_embeddings with --output_len)",
+    )
     p.add_argument("--output_len", type=int, default=100, help="new tokens per summary")
     p.add_argument("--num_beams", type=int, default=1, help="only 1 (no beam search)")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -76,28 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
         dest="dataset",
         help="json/jsonl/parquet/arrow file or datasets directory (default: the shipped set)",
     )
-    p.add_argument("--report", metavar="DIR", help="write results.json and rouge.png into DIR")
-    add_device_flags(p)
+    p.add_argument("--report", metavar="DIR", help="write results.json, rouge.png and a manifest into the new DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier --report DIR")
+    add_runner_flags(p)
     p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
 
-@dataclass
-class SystemRun:
-    """One system's summaries and timings."""
+def dtype_arg(text: str) -> str:
+    """argparse type of --data_type: ckptfmt's canonical dtype name for any usual spelling."""
+    try:
+        return canonical_dtype(text)
+    except CheckpointError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
-    name: str
-    predictions: list[str] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-    new_tokens: int = 0
 
-    def scores(self, references: list[str]) -> dict[str, float]:
-        total = sum(self.seconds)
-        return {
-            **compute_rouge(self.predictions, references[: len(self.predictions)]),
-            "tokens_per_s": self.new_tokens / total if total > 0 else float("nan"),
-            "latency_per_batch_s": total / len(self.seconds) if self.seconds else float("nan"),
-        }
+def scores(run: SystemRun, references: list[str]) -> dict[str, float]:
+    return {**compute_rouge(run.predictions, references[: len(run.predictions)]), **run.speed()}
 
 
 def check_args(args) -> tuple[str, str | None]:
@@ -107,9 +113,8 @@ def check_args(args) -> tuple[str, str | None]:
     if not (args.test_trt_llm or args.test_hf):
         raise SummarizeError("nothing to evaluate: pass --test_trt_llm (our model) and/or --test_hf (transformers)")
     for name in ("batch_size", "max_ite", "max_input_length", "output_len"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SummarizeError(f"--{name}: must be >= 1 (got {getattr(args, name)})")
-    SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.random_seed)
     backend = args.backend or ("trt" if args.engine_dir else "torch")
     model_dir = args.engine_dir if backend == "trt" else args.checkpoint_dir
     if args.test_trt_llm and not model_dir:
@@ -117,21 +122,25 @@ def check_args(args) -> tuple[str, str | None]:
         raise SummarizeError(f"--test_trt_llm with --backend {backend} needs {flag}")
     if args.test_hf and not args.hf_model_dir:
         raise SummarizeError("--test_hf needs --hf_model_dir")
+    SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.random_seed)
     return backend, model_dir if args.test_trt_llm else None
 
 
-def model_vocab_size(backend: str, model_dir: str) -> int:
-    """vocab_size from the engine's or checkpoint's config, without loading weights."""
+def model_limits(backend: str, model_dir: str) -> tuple[int, int | None]:
+    """(vocab_size, max_position_embeddings) from the engine's or checkpoint's config, without loading weights."""
     if backend == "trt":
         from ckptfmt.engine import load_engine_config
 
-        return load_engine_config(model_dir).checkpoint_config.vocab_size
-    from ckptfmt import load_config
+        config = load_engine_config(model_dir).checkpoint_config
+    else:
+        from ckptfmt import load_config
 
-    return load_config(model_dir).vocab_size
+        config = load_config(model_dir)
+    return config.vocab_size, config.max_position_embeddings
 
 
-def hf_vocab_size(hf_dir: str) -> int:
+def hf_limits(hf_dir: str) -> tuple[int, int | None]:
+    """(vocab_size, max positions) from a Hugging Face config.json."""
     path = Path(hf_dir) / "config.json"
     try:
         config = json.loads(path.read_text())
@@ -139,35 +148,54 @@ def hf_vocab_size(hf_dir: str) -> int:
         raise SummarizeError(f"{path}: missing (not a Hugging Face model directory)") from None
     except (OSError, json.JSONDecodeError) as err:
         raise SummarizeError(f"{path}: cannot read ({err})") from None
-    vocab = config.get("vocab_size", (config.get("text_config") or {}).get("vocab_size"))
+    config = {**(config.get("text_config") or {}), **config}
+    vocab = config.get("vocab_size")
     if not isinstance(vocab, int):
         raise SummarizeError(f"{path}: vocab_size: missing")
-    return vocab
+    positions = config.get("max_position_embeddings", config.get("n_positions"))
+    return vocab, positions if isinstance(positions, int) else None
+
+
+def fit_lengths(args, positions: dict[str, int | None]) -> None:
+    """Make prompt + summary fit every tested model's positions: the default --max_input_length is lowered
+    (one notice), an explicit one that does not fit is an error naming the flag and the model's limit."""
+    known = {name: n for name, n in positions.items() if n}
+    if not known:
+        args.max_input_length = args.max_input_length or DEFAULT_MAX_INPUT_LENGTH
+        return
+    name, limit = min(known.items(), key=lambda item: item[1])
+    if args.output_len >= limit:
+        raise SummarizeError(
+            f"--output_len {args.output_len}: {name} has max_position_embeddings {limit}, which leaves no "
+            "room for the prompt; pass a smaller --output_len"
+        )
+    room = limit - args.output_len
+    if args.max_input_length is None:
+        args.max_input_length = DEFAULT_MAX_INPUT_LENGTH
+        if room < DEFAULT_MAX_INPUT_LENGTH:
+            args.max_input_length = room
+            log.warning(
+                "--max_input_length lowered from its default %d to %d: %s has max_position_embeddings %d "
+                "and --output_len is %d",
+                DEFAULT_MAX_INPUT_LENGTH,
+                room,
+                name,
+                limit,
+                args.output_len,
+            )
+    elif args.max_input_length > room:
+        raise SummarizeError(
+            f"--max_input_length {args.max_input_length} + --output_len {args.output_len} exceed "
+            f"max_position_embeddings {limit} of {name}; pass --max_input_length {room} or less"
+        )
 
 
 def tokenizer_dir(args, model_dir: str | None) -> str:
     """--tokenizer_dir, else the model directory (or its tokenizer/ folder) with tokenizer files, else the HF dir."""
-    if args.tokenizer_dir:
-        return args.tokenizer_dir
-    for candidate in [Path(model_dir), Path(model_dir) / TOKENIZER_DIR] if model_dir else []:
-        if any((candidate / name).is_file() for name in TOKENIZER_FILES):
-            return str(candidate)
-    if args.hf_model_dir:
-        return args.hf_model_dir
-    raise SummarizeError(f"no tokenizer: {model_dir} has no tokenizer files; pass --tokenizer_dir or --hf_model_dir")
-
-
-def load_tokenizer(directory: str):
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise SummarizeError("tokenizing needs transformers: pip install 'ckpt-eval[torch]'") from None
-    if not Path(directory).is_dir():
-        raise SummarizeError(f"{directory}: tokenizer directory does not exist")
-    try:
-        return AutoTokenizer.from_pretrained(directory)
-    except (OSError, ValueError, TypeError) as err:
-        raise SummarizeError(f"{directory}: no usable tokenizer ({str(err).splitlines()[0]})") from None
+    found = find_tokenizer_dir(args.tokenizer_dir, model_dir, args.hf_model_dir)
+    if found is None:
+        raise missing_tokenizer(model_dir, "--tokenizer_dir or --hf_model_dir")
+    return found
 
 
 def check_tokenizer(tokenizer, directory: str, vocab_sizes: dict[str, int]) -> None:
@@ -200,46 +228,10 @@ def make_batches(records: list[dict], tokenizer, args) -> list[tuple[list, list[
     return batches
 
 
-def run_system(runner, name: str, batches, tokenizer, args) -> SystemRun:
-    """Summarize every batch with ``runner``; time each ``generate`` call."""
-    import torch
-
-    run = SystemRun(name)
-    end_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_id
-    for index, (prompts, _) in enumerate(batches):
-        start = time.perf_counter()
-        out = runner.generate(
-            prompts,
-            max_new_tokens=args.output_len,
-            end_id=end_id,
-            pad_id=pad_id,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            repetition_penalty=args.repetition_penalty,
-            random_seed=args.random_seed,
-            return_dict=True,
-        )
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        run.seconds.append(time.perf_counter() - start)
-        for row, prompt in enumerate(prompts):
-            end = int(out["sequence_lengths"][row, 0])
-            run.new_tokens += end - prompt.numel()
-            run.predictions.append(
-                tokenizer.decode(
-                    out["output_ids"][row, 0, prompt.numel() : end].tolist(), skip_special_tokens=True
-                ).strip()
-            )
-        log.info("%s: batch %d/%d in %.2f s", name, index + 1, len(batches), run.seconds[-1])
-    return run
-
-
 def open_runner(backend: str, model_dir: str, args):
     from .runner import ModelRunner
 
-    options = {"dtype": DATA_TYPES[args.data_type]} if backend == "hf" else backend_options(args, backend)
+    options = {"dtype": args.data_type} if backend == "hf" else backend_options(args, backend)
     start = time.perf_counter()
     runner = ModelRunner.from_dir(model_dir, backend=backend, device=args.device, **options)
     log.info("%s: loaded %s in %.1f s", backend, model_dir, time.perf_counter() - start)
@@ -257,56 +249,121 @@ def accuracy_gate(systems: dict[str, dict], ours: str | None, threshold: float) 
     return passed, f"{line}: {'PASSED' if passed else 'FAILED'}"
 
 
-def summarize(args) -> int:
-    from .distributed import detect_launch, shutdown
+def speed_line(ratio: dict[str, float], ours: str) -> str:
+    return (
+        f"speed: {ours} / {HF_NAME} tokens/s = {ratio['median']:.2f}x (median over {ratio['batches']} "
+        f"batches run in turn; {ratio['overall']:.2f}x over all batches)"
+    )
 
+
+def prepare(args) -> dict:
+    """Everything before the models run; errors here are the same on every rank. The cheap checks (flags,
+    configs, lengths, where the tokenizer is, report directory, data) come before the first status line,
+    the imports of torch and transformers after it."""
     backend, model_dir = check_args(args)
-    rank = detect_launch().rank
-    vocab_sizes = {}
-    if model_dir:
-        vocab_sizes[f"{model_dir}"] = model_vocab_size(backend, model_dir)
+    limits = {model_dir: model_limits(backend, model_dir)} if model_dir else {}
     if args.test_hf:
-        vocab_sizes[args.hf_model_dir] = hf_vocab_size(args.hf_model_dir)
-    tok_dir = tokenizer_dir(args, model_dir or None)
-    tokenizer = load_tokenizer(tok_dir)
-    check_tokenizer(tokenizer, tok_dir, vocab_sizes)
+        limits[args.hf_model_dir] = hf_limits(args.hf_model_dir)
+    fit_lengths(args, {name: positions for name, (_, positions) in limits.items()})
+    tok_dir = tokenizer_dir(args, model_dir)
+    if args.report and detect_launch().rank == 0:
+        check_output_dir(args.report, args.overwrite, report_inputs(args, model_dir, tok_dir))
     records = load_summarization_dataset(args.dataset)
-    batches = make_batches(records, tokenizer, args)
-    references = [ref for _, refs in batches for ref in refs]
-    runs: list[SystemRun] = []
     ours = f"ours ({backend})" if model_dir else None
-    if model_dir:
-        args.model_running = True
-        runs.append(run_system(open_runner(backend, model_dir, args), ours, batches, tokenizer, args))
-        args.model_running = False
-        shutdown()
+    tested = ([f"{ours} from {model_dir}"] if ours else []) + ([HF_NAME] if args.test_hf else [])
+    log.info(
+        "evaluating %s on %d batches of %d; loading tokenizer and models",
+        " and ".join(tested),
+        min(args.max_ite, -(-len(records) // args.batch_size)),
+        args.batch_size,
+    )
+    tokenizer = load_tokenizer(tok_dir)
+    check_tokenizer(tokenizer, tok_dir, {name: vocab for name, (vocab, _) in limits.items()})
+    return {
+        "backend": backend,
+        "model_dir": model_dir,
+        "ours": ours,
+        "tok_dir": tok_dir,
+        "tokenizer": tokenizer,
+        "batches": make_batches(records, tokenizer, args),
+    }
+
+
+def summarize(args) -> int:
+    from .distributed import shutdown
+
+    job = prepare(args)
+    rank = detect_launch().rank
+    batches, tokenizer, ours = job["batches"], job["tokenizer"], job["ours"]
+    references = [ref for _, refs in batches for ref in refs]
+    args.model_running = True
+    systems = [(ours, open_runner(job["backend"], job["model_dir"], args))] if ours else []
+    if args.test_hf and rank == 0:
+        systems.append((HF_NAME, open_runner("hf", args.hf_model_dir, args)))
+    settings = {
+        "max_new_tokens": args.output_len,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "repetition_penalty": args.repetition_penalty,
+        "random_seed": args.random_seed,
+    }
+    runs = run_interleaved(
+        systems,
+        [prompts for prompts, _ in batches],
+        tokenizer,
+        settings,
+        lambda index, runs: log.info(progress_line(index, len(batches), runs)),
+    )
+    args.model_running = False
+    shutdown()
     if rank != 0:
         return 0
-    if args.test_hf:
-        runs.append(run_system(open_runner("hf", args.hf_model_dir, args), HF_NAME, batches, tokenizer, args))
-    systems = {run.name: run.scores(references) for run in runs}
+    systems = {name: scores(run, references) for name, run in runs.items()}
     print_table(systems)
+    ratio = speed_ratio(runs[ours], runs[HF_NAME]) if ours and HF_NAME in runs else None
+    if ratio is not None:
+        print(speed_line(ratio, ours))
     passed, gate_line = accuracy_gate(systems, ours, args.tensorrt_llm_rouge1_threshold)
     if args.check_accuracy:
         print(gate_line)
     if args.report:
-        settings = {k: v for k, v in vars(args).items() if k not in ("report", "model_running")}
-        results = {
-            "settings": {**settings, "backend": backend, "tokenizer_dir": tok_dir},
-            "dataset": {"source": args.dataset or "shipped cnn_dailymail_mini", "articles": len(references)},
-            "systems": systems,
-            "timings": {run.name: {"seconds_per_batch": run.seconds, "new_tokens": run.new_tokens} for run in runs},
-            "accuracy": {
-                "checked": args.check_accuracy,
-                "threshold": args.tensorrt_llm_rouge1_threshold,
-                "passed": passed,
-                "summary": gate_line,
-            },
-            "predictions": {run.name: run.predictions for run in runs},
-        }
-        paths = write_report(args.report, results)
+        results = report_results(args, job, systems, runs, ratio, (passed, gate_line), len(references))
+        inputs = report_inputs(args, job["model_dir"], job["tok_dir"])
+        paths = write_report(args.report, results, overwrite=args.overwrite, inputs=inputs)
         print(f"report: {paths['results']} and {paths['chart']}")
     return 0 if passed or not args.check_accuracy else 1
+
+
+def report_inputs(args, model_dir: str | None, tok_dir: str) -> list[str]:
+    """What --report DIR must not replace or lie inside."""
+    return [d for d in (model_dir, tok_dir, args.hf_model_dir, args.dataset) if d and Path(d).exists()]
+
+
+def report_results(args, job: dict, systems: dict, runs: dict[str, SystemRun], ratio, gate, articles: int) -> dict:
+    """The content of results.json."""
+    settings = {k: v for k, v in vars(args).items() if k not in ("report", "model_running")}
+    return {
+        "settings": {**settings, "backend": job["backend"], "tokenizer_dir": job["tok_dir"]},
+        "dataset": {"source": args.dataset or "shipped cnn_dailymail_mini", "articles": articles},
+        "systems": systems,
+        "speed_ratio": ratio,
+        "timings": {
+            run.name: {
+                "seconds_per_batch": run.seconds,
+                "new_tokens_per_batch": run.batch_tokens,
+                "order": "interleaved",
+            }
+            for run in runs.values()
+        },
+        "accuracy": {
+            "checked": args.check_accuracy,
+            "threshold": args.tensorrt_llm_rouge1_threshold,
+            "passed": gate[0],
+            "summary": gate[1],
+        },
+        "predictions": {run.name: run.predictions for run in runs.values()},
+    }
 
 
 def fail(message: str, peers_print: bool) -> int:
@@ -318,8 +375,6 @@ def fail(message: str, peers_print: bool) -> int:
     a failing peer prints its own line, as rank 0 may instead be waiting for it in a collective, and stops
     the job.
     """
-    from .distributed import abort, detect_launch
-
     launch = detect_launch()
     if launch.rank == 0:
         print(f"error: {message}", file=sys.stderr)
@@ -328,21 +383,43 @@ def fail(message: str, peers_print: bool) -> int:
         if peers_print:
             print(f"error (rank {launch.rank}): {message}", file=sys.stderr)
     if launch.world_size > 1 and peers_print:
+        from .distributed import abort
+
         abort(1)
     return 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.model_running = False  # set once our model is being opened (see ``fail``)
-    from .distributed import detect_launch
+class StderrHandler(logging.StreamHandler):
+    """A handler writing to ``sys.stderr`` as it is at each message (tests capture by replacing it)."""
 
-    log.setLevel(args.log_level.upper() if detect_launch().rank == 0 else "WARNING")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def setup_logging(level: str) -> None:
+    """Progress lines on stderr, prefixed ``[ckpt-summarize]``; only rank 0 below warnings."""
+    log.setLevel(level.upper() if detect_launch().rank == 0 else "WARNING")
+    if not any(isinstance(handler, StderrHandler) for handler in log.handlers):
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter("[ckpt-summarize] %(message)s"))
         log.addHandler(handler)
         log.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``ckpt-summarize`` console script."""
+    return run_main(_main, argv, prog="ckpt-summarize")
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    args.model_running = False  # set once our model is being opened (see ``fail``)
+    setup_logging(args.log_level)
     try:
         return summarize(args)
     except (SummarizeError, CheckpointError, RunnerError, DatasetError, ReportError) as err:

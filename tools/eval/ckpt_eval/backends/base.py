@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import torch
+if TYPE_CHECKING:  # the CLIs import RunnerError before torch is needed
+    import torch
 
 
 class RunnerError(ValueError):

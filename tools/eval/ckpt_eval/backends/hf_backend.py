@@ -7,6 +7,9 @@ from pathlib import Path
 
 import torch
 
+from ckptfmt import CheckpointError
+from ckptfmt.config import canonical_dtype
+
 from .base import RunnerError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
@@ -22,8 +25,10 @@ class HFStepper:
 
         if not (Path(model_dir) / "config.json").is_file():
             raise RunnerError(f"{model_dir}: not a Hugging Face model directory (no config.json)")
-        if dtype not in DTYPES:
-            raise RunnerError(f"dtype {dtype!r}: choose from {', '.join(DTYPES)}")
+        try:
+            dtype = canonical_dtype(dtype)  # fp16, half, bf16, fp32, float32, ... (ckptfmt's spellings)
+        except CheckpointError as err:
+            raise RunnerError(str(err)) from None
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise RunnerError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ckptfmt import CheckpointError, check_checkpoint, load_config, model_spec
+from ckptfmt import BackgroundChecksums, CheckpointError, check_checkpoint, load_config, model_spec
 
 from ..distributed import init_parallel
 from ..weights import TORCH_DTYPES, load_model
@@ -12,20 +12,29 @@ from .base import RunnerError
 
 
 class TorchStepper:
-    """This rank's slice of the model; pipeline stages hand hidden states to the next stage."""
+    """This rank's slice of the model; pipeline stages hand hidden states to the next stage.
 
-    def __init__(self, directory: str, device: str = "cpu", verify_hashes: bool = False, compile: bool | str = False):
+    With ``checksums`` the files are hashed against manifest.json in background threads while the model loads
+    and runs; ``checksums`` holds the ``BackgroundChecksums`` that ``ModelRunner.verify`` waits for."""
+
+    def __init__(self, directory: str, device: str = "cpu", checksums: bool = True, compile: bool | str = False):
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise RunnerError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
         config = load_config(directory)
         self.config, self.spec = config, model_spec(config)
         self.par = init_parallel(config.mapping, device)
-        error = None
+        error, self.checksums = None, None
         try:
-            check_checkpoint(directory, hash_files=verify_hashes)
+            self.checksums = BackgroundChecksums(directory) if checksums else None
+            check_checkpoint(directory, hash_files=False)  # sizes and structure now; sha256 in the background
             self.model = load_model(directory, config, self.par)
         except (CheckpointError, OSError, RuntimeError, ValueError) as err:
             error = str(err).splitlines()[0] if str(err) else type(err).__name__
+        except BaseException:
+            self.cancel_checksums()
+            raise
+        if error is not None:
+            self.cancel_checksums()
         self.par.agree(error)
         self.dtype = TORCH_DTYPES[config.dtype]
         self.device = self.par.device
@@ -36,6 +45,11 @@ class TorchStepper:
         self.decode_path = "eager"
         if compile and not self.par.distributed:
             self.decode, self.decode_path = decode_step(self.model, "auto" if compile is True else compile)
+
+    def cancel_checksums(self) -> None:
+        if self.checksums is not None:
+            self.checksums.cancel()
+            self.checksums = None
 
     def reset(self, batch: int, max_seq: int) -> None:
         self.model.setup_cache(batch, max_seq)

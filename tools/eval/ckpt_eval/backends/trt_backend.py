@@ -26,7 +26,7 @@ from typing import Protocol
 
 import torch
 
-from ckptfmt import ENGINE_FILE, CheckpointError
+from ckptfmt import ENGINE_FILE, BackgroundChecksums, CheckpointError
 from ckptfmt.engine import EngineConfig, check_engine_dir
 from ckptfmt.names import model_spec
 
@@ -98,6 +98,7 @@ class EngineStepper:
         self.max_positions = self.spec.max_position_embeddings
         self.is_sampler = self.par.is_sampler
         self.caches: dict[str, torch.Tensor] = {}
+        self.checksums: BackgroundChecksums | None = None  # set by open_backend; ModelRunner.verify waits
 
     def _agree(self, action: Callable[[], object]) -> None:
         """Run a fallible step on every rank; if any rank failed, every rank raises (no rank left waiting)."""
@@ -257,8 +258,10 @@ class TrtExecutor:
         current.wait_stream(stream)  # outputs are read on the current stream
 
 
-def open_backend(path: str, device: str = "cuda", **options) -> EngineStepper:
-    """Check the engine directory and what its plans are bound to before any TensorRT call, then load."""
+def open_backend(path: str, device: str = "cuda", checksums: bool = True, **options) -> EngineStepper:
+    """Check the engine directory and what its plans are bound to before any TensorRT call, then load.
+
+    With ``checksums`` the plans are hashed against manifest.json in the background (``ModelRunner.verify``)."""
     if options:
         raise RunnerError(f"backend trt takes no options (got {', '.join(options)})")
     config = check_engine_dir(path)
@@ -271,6 +274,14 @@ def open_backend(path: str, device: str = "cuda", **options) -> EngineStepper:
         raise RunnerError(f"device {device!r}: backend trt runs engines on a CUDA device (use --device cuda)")
     trt = import_runtime(config.bound_to)
     engine_path = Path(path) / ENGINE_FILE.format(rank=launch.rank)
-    return EngineStepper(
-        config, device, lambda plan, par: TrtExecutor(trt, engine_path, plan, par), str(Path(path) / "config.json")
-    )
+    sums = BackgroundChecksums(path) if checksums else None
+    try:
+        stepper = EngineStepper(
+            config, device, lambda plan, par: TrtExecutor(trt, engine_path, plan, par), str(Path(path) / "config.json")
+        )
+    except BaseException:
+        if sums is not None:
+            sums.cancel()
+        raise
+    stepper.checksums = sums
+    return stepper
