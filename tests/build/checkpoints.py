@@ -96,5 +96,3 @@ def layout_config(
             "group_size": group_size or 64,
         }
     return CheckpointConfig.from_dict(src).check()
-
-

@@ -24,7 +24,7 @@ from ckptfmt.validate import check_checkpoint
 
 from . import __version__
 from .contract import io_contract, make_plan
-from .limits import Limits, check_supported, resolve_limits
+from .limits import Limits, check_supported, refuse_quantized, resolve_limits
 from .lower_trt import TrtBuildError, TrtOps
 from .network import define_rank_network
 from .progress import make_progress_monitor
@@ -201,6 +201,7 @@ def _build_rank_in_worker(args: tuple) -> dict:
 
 def prepare(request: BuildRequest) -> tuple[TrtModule, CheckpointConfig, BuildConfig, list[str]]:
     """Every check that can fail before building: checkpoint, support, limits, TensorRT module, targets."""
+    refuse_quantized(request.checkpoint_dir)  # before its scales and 8-bit tensors fail the validation
     config = check_checkpoint(request.checkpoint_dir, hash_files=False)
     check_supported(config)
     build = resolve_limits(config, request.limits)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ckptfmt.config import CheckpointConfig
 from ckptfmt.constants import DTYPES
@@ -25,6 +27,20 @@ SUPPORTED_ACTIVATIONS = (
 )
 DEFAULT_INPUT_LEN = 1024
 DEFAULT_OUTPUT_LEN = 1024
+
+# quant_algo (ModelOpt / TensorRT-LLM spelling, by prefix) -> what the checkpoint holds; none of them builds here
+QUANTIZED = {
+    "FP8": "FP8 weights and activations",
+    "W8A8_SQ": "INT8 SmoothQuant (W8A8)",
+    "W4A8": "INT4 weights with FP8 activations",
+    "NVFP4": "NVFP4 weights",
+    "MIXED_PRECISION": "per-layer mixed precision",
+}
+WEIGHT_ONLY_ALGOS = ("W8A16", "W4A16")
+SUPPORTED_QUANTIZATION = (
+    "ckpt-build builds unquantized and weight-only int8/int4 checkpoints "
+    "(W8A16, W4A16, per channel or per group, without AWQ pre-quant scales or zero points)"
+)
 
 
 @dataclass
@@ -104,6 +120,50 @@ def resolve_limits(config: CheckpointConfig, limits: Limits) -> BuildConfig:
         gather_last_token_logits=not limits.gather_all_token_logits,
         plugin_config=dict(limits.plugin_config),
     )
+
+
+def describe_quantization(section: dict) -> str | None:
+    """What a config's ``quantization`` section holds that ckpt-build cannot build (either spelling), or None."""
+    algo = str(section.get("quant_algo") or "")
+    algo = algo or ("FP8" if section.get("enable_fp8") else "W8A8_SQ" if section.get("use_smooth_quant") else "")
+    parts = []
+    if algo and not algo.startswith(WEIGHT_ONLY_ALGOS):
+        what = next((v for k, v in QUANTIZED.items() if algo.startswith(k)), "an algorithm ckpt-build does not know")
+        parts.append(f"quant_algo {algo}: {what}")
+    elif section.get("pre_quant_scale") or section.get("has_zero_point"):
+        extras = [
+            n for k, n in (("pre_quant_scale", "pre-quant scales"), ("has_zero_point", "zero points")) if section.get(k)
+        ]
+        kind = f"{'INT4' if algo.startswith('W4') else 'INT8'} {algo.partition('_')[2]}".strip() if algo else ""
+        label = f"quant_algo {algo}: {kind}" if algo else "weight-only"
+        parts.append(f"{label} with {' and '.join(extras)}")
+    kv = section.get("kv_cache_quant_algo")
+    kv = kv or ("INT8" if section.get("int8_kv_cache") else "FP8" if section.get("fp8_kv_cache") else None)
+    if kv:
+        parts.append(f"{kv} KV cache")
+    return ", ".join(parts) or None
+
+
+def refuse_quantized(checkpoint_dir: Path) -> None:
+    """One line for a quantized (ModelOpt, SmoothQuant, FP8...) checkpoint, before its tensors are validated.
+
+    Read from config.json as written, so that algorithms ckptfmt does not parse are named too; a missing or
+    unreadable config is left to the checkpoint validation.
+    """
+    path = Path(checkpoint_dir) / "config.json"
+    try:
+        src = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    section = src.get("quantization") if isinstance(src, dict) else None
+    what = describe_quantization(section) if isinstance(section, dict) else None
+    if what:
+        producer = src.get("producer") if isinstance(src.get("producer"), dict) else {}
+        by = f"{producer.get('name', '')} {producer.get('version', '')}".strip().replace("modelopt", "ModelOpt")
+        raise CheckpointError(
+            f"{path}: quantization: a quantized checkpoint ({by + ' export, ' if by else ''}{what}); "
+            f"{SUPPORTED_QUANTIZATION}"
+        )
 
 
 def check_supported(config: CheckpointConfig) -> None:
