@@ -74,3 +74,23 @@ def test_modelopt_quantized_export_is_refused_in_one_line(tmp_path, scheme, what
     assert "ModelOpt 0.47.0 export" in lines[0] and what in lines[0], lines[0]
     assert "weight-only int8/int4" in lines[0] and "tensor" not in lines[0], lines[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.trt
+def test_gpt2_export_builds_learned_positions_and_says_so(tmp_path):
+    """ModelOpt's GPT-2 config says rope_gpt_neox; the engine gets learned_absolute and the build warns why."""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("tensorrt_rtx_bindings")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "ckpt_build.cli", "--checkpoint_dir", FIXTURES / "gpt2" / "tp1_pp1"]
+    cmd += ["--output_dir", out, "--max_batch_size", "2", "--max_input_len", "16", "--max_output_len", "16"]
+    proc = subprocess.run([str(c) for c in [*cmd, "--target", "sm89"]], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "config.json").read_text())["pretrained_config"]["position_embedding_type"] == (
+        "learned_absolute"
+    )
+    warnings = [line for line in proc.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "'rope_gpt_neox' contradicts rank0.safetensors" in warnings[0], proc.stderr

@@ -203,6 +203,8 @@ def prepare(request: BuildRequest) -> tuple[TrtModule, CheckpointConfig, BuildCo
     """Every check that can fail before building: checkpoint, support, limits, TensorRT module, targets."""
     refuse_quantized(request.checkpoint_dir)  # before its scales and 8-bit tensors fail the validation
     config = check_checkpoint(request.checkpoint_dir, hash_files=False)
+    for note in config.notes:  # what load_config corrected (e.g. a ModelOpt GPT-2's position_embedding_type)
+        log.warning("%s", note)
     check_supported(config)
     build = resolve_limits(config, request.limits)
     module = load_trt(request.backend)

@@ -26,7 +26,7 @@ def make_progress_monitor(trt, label: str, cancelled: Callable[[], bool] = lambd
             trt.IProgressMonitor.__init__(self)
             self.start = time.perf_counter()
             self.phases: dict[str, tuple[str, int]] = {}  # name -> (path from the top, number of steps)
-            self.last_line = 0.0
+            self.last_line = self.start  # the first step line comes STEP_INTERVAL into the build
             self.stopped = False
 
         def _line(self, level: int, path: str, step: str = "") -> None:
