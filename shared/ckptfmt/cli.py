@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .config import load_config
 from .constants import RANK_FILE
+from .entry import run_main
 from .errors import CheckpointError
 from .io import RankFileReader
 from .names import family_of
@@ -76,6 +77,10 @@ def _print_inspect(info: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv, prog="ckptfmt")
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="ckptfmt", description="Inspect and validate checkpoints.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="summarize a checkpoint directory")

@@ -231,3 +231,13 @@ def test_deferred_interrupts_is_a_no_op_off_the_main_thread():
 
 def test_run_main_returns_mains_code():
     assert run_main(lambda argv: 3, []) == 3 and run_main(lambda argv: None, []) == 0
+
+
+def test_ckptfmt_inspect_into_a_closed_pipe(tmp_path):
+    ckpt = random_checkpoint(tmp_path / "ckpt", CheckpointConfig.from_dict(llama_dict(tp=2, pp=3)))
+    ckptfmt = Path(sys.executable).with_name("ckptfmt")
+    p = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", '"$0" inspect --json "$1" | head -1', str(ckptfmt), str(ckpt)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert p.stdout.strip() == "{" and p.stderr == "" and p.returncode in (0, EXIT_SIGPIPE)
