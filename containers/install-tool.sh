@@ -9,9 +9,9 @@
 # downloaded again. pip runs from the base interpreter (no pip inside the venv, nothing left behind).
 # Build arguments honoured through the environment: PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS,
 # PIP_CONSTRAINT, PIP_TRUSTED_HOST, EXTRA_CA_CERTS (PEM text added to the CA bundle pip uses, for this stage
-# only) and TORCH_INDEX_URL: when set, torch alone comes from that index first (e.g. PyTorch's CPU index
-# https://download.pytorch.org/whl/cpu), so the other requirements find it installed and PyPI's CUDA build
-# is never downloaded.
+# only) and TORCH_INDEX_URL: when set and the tool (with EXTRAS) requires torch, torch alone comes from that
+# index first (e.g. PyTorch's CPU index https://download.pytorch.org/whl/cpu), so the other requirements find
+# it installed and PyPI's CUDA build is never downloaded.
 set -eu
 
 VENV=/opt/ckpt
@@ -41,13 +41,30 @@ if [ -n "$extras" ]; then
     tool_spec="$SRC/tool[$extras]"
 fi
 
+# Whether the tool with these extras requires torch (Python < 3.11 has no tomllib: assume it does).
+needs_torch() {
+    "$VENV/bin/python" - "$SRC/tool/pyproject.toml" "$extras" <<'EOF'
+import re
+import sys
+
+try:
+    import tomllib
+except ImportError:
+    sys.exit(0)
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+extras = project.get("optional-dependencies", {})
+requirements = project.get("dependencies", []) + [r for e in sys.argv[2].split(",") for r in extras.get(e, [])]
+sys.exit(0 if any(re.match(r"torch(?![\w.-])", r) for r in requirements) else 1)
+EOF
+}
+
 pip_install() {
     "$VENV/bin/python" -m pip install --no-cache-dir --no-input --disable-pip-version-check "$@"
 }
 
 case "$stage" in
     deps)
-        if [ -n "${TORCH_INDEX_URL-}" ]; then
+        if [ -n "${TORCH_INDEX_URL-}" ] && needs_torch; then
             # Only that index (no extra index or find-links that could offer another build); torch's own
             # dependencies come with the next step.
             echo "install-tool.sh: torch from $TORCH_INDEX_URL" >&2

@@ -236,6 +236,12 @@ def test_torch_images_carry_the_cpu_build(compose: Compose, env: dict, service: 
     assert done.stdout.split() == ["2.13.0+cpu", "None", "[]"]
 
 
+def test_builder_image_has_no_torch(compose: Compose, env: dict) -> None:
+    """TORCH_INDEX_URL reaches every build, but only images whose tool requires torch install it."""
+    done = compose.run("build", "-c", "python -c 'import torch'", env=env, entrypoint="sh")
+    assert done.returncode == 1 and "No module named 'torch'" in done.stderr
+
+
 # Lists what the user may write: everything except /proc, /sys and /dev (device nodes and IPC shm by design).
 WRITABLE_PROBE = """
 set -e
