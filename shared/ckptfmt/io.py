@@ -7,6 +7,8 @@ time in that order, hashing as it goes: memory stays at one tensor and the manif
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import glob
 import hashlib
 import json
 import mmap
@@ -431,6 +433,59 @@ def atomic_output_dir(
     inputs = list(inputs)
     check_output_dir(final, overwrite, inputs)
     final.parent.mkdir(parents=True, exist_ok=True)
+    with _output_lock(final):
+        _reclaim_stale(final)
+        check_output_dir(final, overwrite, inputs)
+        with _publish_when_done(final, overwrite, inputs) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
+def _output_lock(final: Path) -> Iterator[None]:
+    """Hold ``.NAME.lock`` beside ``final`` exclusively, so two runs on one output cannot both publish."""
+    lock = final.parent / f".{final.name}.lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as err:
+            raise CheckpointError(f"{lock}: cannot create the output lock ({err.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CheckpointError(
+                f"{final}: another run is writing this output directory now (it holds {lock.name}); "
+                "wait for it or choose another --output_dir"
+            ) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)  # its holder removed it between our open and our lock: take the new one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def _reclaim_stale(final: Path) -> None:
+    """Remove what killed runs on ``final`` left beside it (we hold the lock, so none is running); an old
+    output left only under ``.NAME.old-PID`` (killed between the two renames of --overwrite) is restored."""
+    name = glob.escape(final.name)
+    for stale in final.parent.glob(f".{name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in sorted(final.parent.glob(f".{name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if not final.exists() and old.is_dir() and _is_ours(old):
+            old.rename(final)
+            print(f"{final}: restored from {old.name}, left by an interrupted --overwrite", file=sys.stderr)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _publish_when_done(final: Path, overwrite: bool, inputs: list) -> Iterator[Path]:
+    """A temp dir beside ``final``, renamed into place when the block completes and removed when it fails."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     previous = None
     if threading.current_thread() is threading.main_thread():

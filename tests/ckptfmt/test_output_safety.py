@@ -241,3 +241,33 @@ def test_ckptfmt_inspect_into_a_closed_pipe(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert p.stdout.strip() == "{" and p.stderr == "" and p.returncode in (0, EXIT_SIGPIPE)
+
+
+def test_two_runs_on_one_output_exactly_one_publishes(tmp_path):
+    out = tmp_path / "out"
+    code = (
+        "import time\nfrom ckptfmt import atomic_output_dir, write_manifest\n"
+        f"with atomic_output_dir({str(out)!r}) as t:\n"
+        "    (t / 'first').write_text('x'); write_manifest(t); print('ready', flush=True); time.sleep(3)\n"
+    )
+    first = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert first.stdout.readline().strip() == "ready"
+    with pytest.raises(CheckpointError, match="another run is writing"), atomic_output_dir(out, overwrite=True):
+        pass
+    assert first.wait(timeout=30) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["first", "manifest.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no lock, no temp dir left
+
+
+def test_leftovers_of_killed_runs_are_reclaimed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    (tmp_path / ".out.tmp-killed").mkdir()
+    (tmp_path / ".out.tmp-killed" / "part").write_text("x")
+    old = _ours(tmp_path / "kept")
+    old.rename(tmp_path / ".out.old-12345")  # killed between the two renames of --overwrite
+    (tmp_path / ".other.tmp-x").mkdir()  # another output's: not ours to touch
+    with pytest.raises(CheckpointError, match="already exists"), atomic_output_dir(out):
+        pass
+    assert (out / "tokenizer" / "tokenizer.json").exists()  # the old output is back under its name
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-x", "out"]
