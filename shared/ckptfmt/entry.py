@@ -33,6 +33,8 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    for s in (signal.SIGINT, signal.SIGTERM):  # the first signal wins: repeated Ctrl-C cannot cut the cleanup short
+        signal.signal(s, signal.SIG_IGN)
     raise Interrupted(signum)
 
 

@@ -8,6 +8,7 @@ sent with ``killpg``; SIGTERM (``kill``, ``timeout``, ``docker stop``) reaches o
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -143,6 +144,21 @@ def test_ctrl_c_while_workers_start(delay, slow_hf, tmp_path):
     time.sleep(delay)  # the workers are importing (site-packages, numpy, ckptfmt)
     children = psutil.Process(proc.pid).children(recursive=True)
     os.killpg(proc.pid, signal.SIGINT)
+    assert_stopped_cleanly(proc, signal.SIGINT, out, children)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_repeated_ctrl_c(workers, slow_hf, tmp_path):
+    """An impatient user pressing Ctrl-C again and again: the first one wins, the cleanup still runs to its end."""
+    out = tmp_path / "out"
+    proc = start("hf", slow_hf, out, workers)
+    wait_for(lambda: list(tmp_path.glob(".out.tmp-*/rank*.safetensors")), proc)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    deadline = time.monotonic() + 10
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.001)
     assert_stopped_cleanly(proc, signal.SIGINT, out, children)
 
 

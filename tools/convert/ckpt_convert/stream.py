@@ -32,6 +32,7 @@ from ckptfmt import (
     expected_tensors,
     write_manifest,
 )
+from ckptfmt.entry import deferred_interrupts
 from ckptfmt.io import check_output_dir
 from ckptfmt.sharding import shard
 
@@ -80,7 +81,8 @@ def convert_ranks(group: RankGroup, progress: Callable[[int], None]) -> dict[str
     parts = [canonical_name(config, group.ranks[0], name) for name in order]
     writers: dict[int, BackgroundRankFileWriter] = {}
     upcoming = None
-    with group.opener() as source, ThreadPoolExecutor(1, thread_name_prefix="prefetch") as prefetch:
+    prefetch = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+    with group.opener() as source:
         producer = TensorProducer(group.table, source, config)
         try:
             for r in group.ranks:
@@ -98,10 +100,12 @@ def convert_ranks(group: RankGroup, progress: Callable[[int], None]) -> dict[str
                 writer.finish()  # all files drain and sync in parallel
             return {w.path.name: w.close() for w in writers.values()}
         finally:
-            if upcoming is not None:
-                upcoming.cancel()
-            for w in writers.values():
-                w.__exit__(RuntimeError, None, None)  # closes the file if close() did not run
+            with deferred_interrupts():  # a second Ctrl-C must not cut the cleanup short (files left open)
+                if upcoming is not None:
+                    upcoming.cancel()
+                for w in writers.values():
+                    w.__exit__(RuntimeError, None, None)  # closes the file if close() did not run
+                prefetch.shutdown()
 
 
 def _np_dtype(name: str) -> np.dtype:
@@ -184,7 +188,8 @@ def _run_in_processes(jobs: list[RankGroup], workers: int, progress: Callable[[i
                 entries.update(future.result())  # re-raises the worker's error
         _drain(queue, progress)
     except BaseException:
-        _stop_workers(pool)
+        with deferred_interrupts():  # a second Ctrl-C must not leave workers writing into the temp dir
+            _stop_workers(pool)
         raise
     pool.shutdown()
     return entries
