@@ -162,6 +162,24 @@ def test_repeated_ctrl_c(workers, slow_hf, tmp_path):
     assert_stopped_cleanly(proc, signal.SIGINT, out, children)
 
 
+def _maps(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/maps").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_while_numpy_imports(sig, slow_hf, tmp_path):
+    """Before ``run_main`` can hold the signals, ckptfmt's imports (numpy, ml_dtypes) run for a while; a signal then
+    is held and still ends the run in one line."""
+    out = tmp_path / "out"
+    proc = start("hf", slow_hf, out, 1)
+    wait_for(lambda: "numpy" in _maps(proc.pid), proc)
+    os.kill(proc.pid, sig)
+    assert_stopped_cleanly(proc, sig, out, [])
+
+
 def _catches_sigterm(pid: int) -> bool:
     """True once the process has installed a SIGTERM handler (``run_main`` did; Python's default does not)."""
     try:

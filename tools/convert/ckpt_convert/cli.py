@@ -5,19 +5,20 @@ A source module exposes ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(arg
 stderr and exit code 1, never a traceback; Ctrl-C and SIGTERM end the run through ``ckptfmt.entry.run_main``
 (exit 130 / 143, one line) after the temp and work directories are removed.
 
-Only the standard library and ``ckptfmt.entry`` are imported before ``run_main`` takes over the signals; the
-sources (numpy, and torch where they need it) are imported inside.
+Before ``run_main`` holds the signals, only the standard library is imported: SIGINT and SIGTERM are blocked while
+``ckptfmt`` (numpy, ml_dtypes: seconds on a busy machine) is imported and delivered once ``run_main``'s handlers are
+in place, so a Ctrl-C during the imports also ends in one line. The sources import torch where they need it.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
-from ckptfmt.entry import run_main
-
 PROG = "ckpt-convert"
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 # subcommand -> module implementing it
 SOURCES: dict[str, str] = {
     "hf": "ckpt_convert.hf",
@@ -39,10 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # held until run_main's handlers are in place
+    try:
+        from ckptfmt.entry import run_main
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        raise
     return run_main(_main, argv, prog=PROG)
 
 
 def _main(argv: list[str] | None) -> int:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a signal held during the imports is raised here
     args = build_parser().parse_args(argv)
     return run_reporting_errors(args.run, args)
 
