@@ -11,15 +11,12 @@ from __future__ import annotations
 import argparse
 import functools
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptfmt import TOKENIZER_DIR, CheckpointError
-from ckptfmt.entry import Interrupted
 from ckptfmt.io import check_output_dir
 
 from . import options
@@ -75,10 +72,7 @@ def run(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir)
     check_output_dir(output_dir, args.overwrite, inputs=[path])
     work = None
-    previous = (
-        signal.signal(signal.SIGTERM, _interrupted) if threading.current_thread() is threading.main_thread() else None
-    )
-    try:
+    try:  # Ctrl-C / SIGTERM (ckptfmt.entry.run_main) unwind through the removal of the work directory
         if path.is_dir():
             root = path
         else:
@@ -89,8 +83,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     if not args.quiet:
         print(summary, file=sys.stderr)
     return 0
@@ -104,10 +96,6 @@ def _require_extra() -> None:
     ]
     if missing:
         raise CheckpointError(f"ckpt-convert nemo needs {' and '.join(missing)}: pip install 'ckpt-convert[nemo]'")
-
-
-def _interrupted(signum, frame) -> None:
-    raise Interrupted(signum)  # unwinds through the cleanup of the work and temp directories
 
 
 def convert_located(found: Located, args: argparse.Namespace, label: str) -> str:
