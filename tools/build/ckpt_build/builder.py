@@ -164,7 +164,8 @@ def _build_plan(
     network = builder.create_network(0)
     builder_config = builder.create_builder_config()
     module.set_targets(builder_config, targets)
-    builder_config.progress_monitor = make_progress_monitor(trt, f"rank {rank}", cancelled)
+    if hasattr(trt, "IProgressMonitor"):  # TensorRT >= 10.0 and TensorRT-RTX: progress lines and Ctrl-C
+        builder_config.progress_monitor = make_progress_monitor(trt, f"rank {rank}", cancelled)
     profile = builder.create_optimization_profile()
     ops = TrtOps(trt, network, profile, dims, logger)
     ops.tp_size = plan.tp_size
