@@ -11,6 +11,7 @@ import fcntl
 import glob
 import hashlib
 import json
+import math
 import mmap
 import os
 import shutil
@@ -203,41 +204,92 @@ class RankFileReader:
 
 
 def _read_header(path: Path) -> tuple[dict, dict, int]:
-    """Parse and check a safetensors header: JSON, dtypes, shapes vs offsets, file size."""
+    """Parse and check a safetensors header as strictly as safetensors itself does.
+
+    The header is a JSON object of unique names; every entry has a known dtype, a shape of non-negative
+    integers and integer offsets whose length is the shape's byte size; sorted by offset the tensors run
+    contiguously from 0 (no hole, no overlap) and end exactly at the end of the file.
+    """
     try:
+        if not path.is_file():  # a FIFO or device would block or stream forever
+            raise CheckpointError(f"{path}: missing" if not path.exists() else f"{path}: not a regular file")
         size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
                 raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes)")
             (n,) = struct.unpack("<Q", head)
-            if n > min(_MAX_HEADER, size - 8):
+            if n < 2 or n > min(_MAX_HEADER, size - 8):
                 raise CheckpointError(f"{path}: corrupt safetensors header (length {n}, file {size} bytes)")
             raw = f.read(n)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing") from None
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
-    try:
-        header = json.loads(raw)
-        assert isinstance(header, dict)
-    except (ValueError, AssertionError):
-        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)") from None
+    header = _parse_header_json(path, raw)
     metadata = header.pop("__metadata__", None) or {}
-    end = 0
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: corrupt header: __metadata__ must map strings to strings")
+    spans = []
     for name, e in header.items():
-        try:
-            dtype = SAFETENSORS_DTYPES[e["dtype"]]
-            lo, hi = e["data_offsets"]
-            count = int(np.prod(e["shape"], dtype=np.int64))
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: corrupt header entry for tensor {name}") from None
-        if hi - lo != count * dtype.itemsize or lo < 0:
-            raise CheckpointError(f"{path}: tensor {name}: offsets do not match shape {e['shape']}")
-        end = max(end, hi)
-    if 8 + n + end > size:
-        raise CheckpointError(f"{path}: truncated (needs {8 + n + end} bytes, has {size})")
+        spans.append((*_entry_span(path, name, e), name))
+    end = 0
+    for lo, hi, name in sorted(spans):
+        if lo != end:
+            what = "overlaps the previous tensor" if lo < end else f"leaves a hole of {lo - end} bytes before it"
+            raise CheckpointError(f"{path}: tensor {_shown(name)}: data_offsets [{lo}, {hi}] {what}")
+        end = hi
+    if 8 + n + end != size:
+        detail = "truncated" if 8 + n + end > size else f"{size - 8 - n - end} bytes after the last tensor"
+        raise CheckpointError(f"{path}: {detail} (header says {8 + n + end} bytes, file has {size})")
     return header, metadata, 8 + n
+
+
+def _parse_header_json(path: Path, raw: bytes) -> dict:
+    def unique(pairs: list) -> dict:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            seen = [k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i])]
+            raise CheckpointError(f"{path}: corrupt header: tensor {_shown(seen[0])} named twice")
+        return out
+
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=unique)
+    except (ValueError, RecursionError):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not UTF-8 JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+    return header
+
+
+def _is_index(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _entry_span(path: Path, name: str, e: object) -> tuple[int, int]:
+    """(begin, end) of one header entry, after checking its dtype, shape and offsets."""
+    if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= set(e):
+        raise CheckpointError(
+            f"{path}: corrupt header entry for tensor {_shown(name)} (needs dtype, shape, data_offsets)"
+        )
+    dtype, shape, offsets = e["dtype"], e["shape"], e["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        raise CheckpointError(f"{path}: tensor {_shown(name)}: unknown dtype {json.dumps(dtype)}")
+    if not isinstance(shape, list) or not all(_is_index(d) for d in shape):
+        raise CheckpointError(f"{path}: tensor {_shown(name)}: shape {json.dumps(shape)} is not a list of sizes >= 0")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_index(o) for o in offsets):
+        raise CheckpointError(
+            f"{path}: tensor {_shown(name)}: data_offsets {json.dumps(offsets)} are not two offsets >= 0"
+        )
+    lo, hi = offsets
+    if hi < lo or hi - lo != math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize:
+        raise CheckpointError(
+            f"{path}: tensor {_shown(name)}: data_offsets {offsets} do not match shape {shape} ({dtype})"
+        )
+    return lo, hi
+
+
+def _shown(name: str) -> str:
+    """A tensor name fit for a one-line message: as is when printable, else JSON-quoted."""
+    return name if name.isprintable() else json.dumps(name)
 
 
 # ---- manifest -------------------------------------------------------------------------------------
