@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,14 +69,30 @@ def compose(
     work = tmp_path_factory.mktemp("compose")
     project = Compose(REPO, work, docker_daemon.env, project="ckpt-suite-test")
     gateway = docker_daemon.bridge_gateway()
+    seconds = {}
     with serving_index(wheels[:1], work / "index", host=gateway) as url:
         project.configure_builds(base_image=base_image, torch_index_url=url, trusted_host=gateway)
+        start = time.monotonic()
         project.warm_install_stages()
+        seconds["install stages"] = time.monotonic() - start
         # The documented set-up: the compose plugin linked into a fresh Docker config, COMPOSE_FILE, the build.
         fresh_config = work / "docker-config"
         env = {"DOCKER_CONFIG": str(fresh_config), "COMPOSE_FILE": None}
+        start = time.monotonic()
         done = project.shell(documented_block(DOC, "cpu-setup"), env, BUILD_TIMEOUT_S)
+        seconds["documented build"] = time.monotonic() - start
         project.check_build(done, "documented-build")
     project.prune()
+    _record_figures(docker_daemon, project, seconds)
     yield project
     project.down()
+
+
+def _record_figures(daemon: DockerDaemon, project: Compose, seconds: dict[str, float]) -> None:
+    """Build times and image sizes of this run, kept beside the image store (docs/containers.md quotes them)."""
+    sizes = {}
+    for service in ("convert-hf", "build", "eval"):
+        image = project.image(service)
+        sizes[image] = int(daemon.docker("image", "inspect", image, "--format", "{{.Size}}").stdout)
+    figures = {"seconds": {k: round(v, 1) for k, v in seconds.items()}, "image_bytes": sizes}
+    (cache_dir() / "last-build-figures.json").write_text(json.dumps(figures, indent=1) + "\n")

@@ -179,6 +179,19 @@ def test_build_limits_are_passed_only_when_set(files: tuple[Path, ...]) -> None:
     assert evaluate[evaluate.index("--max_input_length") + 1] == "96"
 
 
+@pytest.mark.parametrize("files", [(COMPOSE,), (COMPOSE, COMPOSE_CPU)], ids=["gpu", "cpu"])
+def test_outputs_are_directories_below_the_volume(files: tuple[Path, ...]) -> None:
+    """Outputs are renamed into place: never the mount point /data itself, always a directory below it."""
+    services = _resolved(*files, env=_clean_env(MODEL_NAME=""))["services"]
+    for name, service in services.items():
+        command = service["command"]
+        outputs = [command[i + 1] for i, arg in enumerate(command) if arg in ("--output_dir", "--report")]
+        assert outputs, f"{name} writes nothing?"
+        for output in outputs:
+            parts = Path(output).parts
+            assert parts[:2] == ("/", "data") and len(parts) >= 4, f"{name}: {output} must be below /data/<kind>/"
+
+
 def _pyproject(tool: str) -> dict:
     return tomllib.loads((REPO / "tools" / tool / "pyproject.toml").read_text())
 
