@@ -89,13 +89,18 @@ def _main(argv: list[str] | None) -> int:
     p = sub.add_parser("validate", help="check config, rank files, tensors and manifest")
     p.add_argument("directory")
     p.add_argument("--no-hash", action="store_true", help="check manifest sizes only, not checksums")
+    p.add_argument(
+        "--require-manifest", action="store_true", help="a checkpoint without manifest.json is invalid, not a warning"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "inspect":
             info = inspect_checkpoint(args.directory)
             print(json.dumps(info, indent=2)) if args.json else _print_inspect(info)
             return 0
-        problems, warnings = validate_checkpoint(args.directory, hash_files=not args.no_hash)
+        problems, warnings = validate_checkpoint(
+            args.directory, hash_files=not args.no_hash, require_manifest=args.require_manifest
+        )
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -56,6 +57,33 @@ QUANT_FLAG_FIELDS: dict[str, tuple[tuple, Any]] = {
     "use_weight_only": ((bool,), False),
     "weight_only_precision": ((str,), "int8"),
 }
+# Domains of the numeric fields: (integral, lowest, highest). The bounds keep a hostile config.json from
+# planning a billion layers; they lie far beyond any published model (405B: 126 layers, 16384 hidden, 256k vocab).
+MAX_LAYERS = 4096
+NUMERIC_DOMAINS: dict[str, tuple[bool, float, float]] = {
+    "vocab_size": (True, 1, 1 << 24),
+    "hidden_size": (True, 1, 1 << 20),
+    "num_hidden_layers": (True, 1, MAX_LAYERS),
+    "num_attention_heads": (True, 1, 1 << 14),
+    "num_key_value_heads": (True, 1, 1 << 14),
+    "intermediate_size": (True, 1, 1 << 22),
+    "max_position_embeddings": (True, 1, 1 << 26),
+    "norm_epsilon": (False, 1e-30, 1.0),
+    # model-specific fields, read from ``extra`` when present (null means "not set")
+    "head_size": (True, 1, 1 << 14),
+    "rotary_dim": (True, 0, 1 << 14),
+    "rotary_pct": (False, 0.0, 1.0),
+    "rotary_base": (False, 1e-6, 1e30),
+    "rotary_emb_base": (False, 1e-6, 1e30),
+    "sliding_window": (True, 1, 1 << 26),
+    "word_embed_proj_dim": (True, 1, 1 << 20),
+}
+ROTARY_SCALING_DOMAINS: dict[str, tuple[bool, float, float]] = {
+    "factor": (False, 1e-6, 1e6),
+    "low_freq_factor": (False, 1e-6, 1e6),
+    "high_freq_factor": (False, 1e-6, 1e6),
+    "original_max_position_embeddings": (True, 1, 1 << 26),
+}
 POSITION_EMBEDDING_TYPES = ("learned_absolute", "rope_gpt_neox", "rope_gptj", "alibi", "alibi_with_scale")
 WEIGHT_ONLY_PRECISIONS = ("int8", "int4")
 # usual spelling -> canonical dtype name (the one written into config.json); "auto" is kept for CLI defaults
@@ -93,6 +121,15 @@ def _type_name(types: tuple) -> str:
     return " or ".join(
         {"str": "string", "bool": "boolean", "int": "integer", "float": "number"}.get(n, n) for n in names
     )
+
+
+def _domain_problem(name: str, value: Any, domain: tuple[bool, float, float]) -> list[str]:
+    integral, lo, hi = domain
+    if isinstance(value, bool) or not isinstance(value, int | float) or (integral and not isinstance(value, int)):
+        return [f"{name}: must be {'an integer' if integral else 'a number'}, got {json.dumps(value)}"]
+    if not math.isfinite(value) or not lo <= value <= hi:
+        return [f"{name}: must lie in [{lo:g}, {hi:g}], got {json.dumps(value)}"]
+    return []
 
 
 def _read_section(src: dict, schema: dict, prefix: str, problems: list[str]) -> dict:
@@ -353,10 +390,8 @@ class CheckpointConfig:
         for name in ("dtype", "logits_dtype"):
             if name not in bad and getattr(self, name) not in DTYPES:
                 out.append(f"{name}: must be one of {list(DTYPES)}, got {getattr(self, name)!r}")
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
-            value = getattr(self, name)
-            if name not in bad and value is not None and value < 1:
-                out.append(f"{name}: must be >= 1 (got {value})")
+        out += self._domain_problems(bad)
+        bad |= {p.split(":")[0] for p in out}
         if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
             out.append(
                 f"position_embedding_type: must be one of {list(POSITION_EMBEDDING_TYPES)}, "
@@ -370,6 +405,22 @@ class CheckpointConfig:
             p.startswith("mapping.") for p in out
         ):
             out += self._shape_problems()
+        return out
+
+    def _domain_problems(self, bad: set[str]) -> list[str]:
+        """Numeric fields outside their domain (``NUMERIC_DOMAINS``): NaN, infinite, negative, absurdly large."""
+        out = []
+        for name, domain in NUMERIC_DOMAINS.items():
+            value = getattr(self, name) if name in TOP_FIELDS else self.extra.get(name)
+            if name not in bad and value is not None:
+                out += _domain_problem(name, value, domain)
+        scaling = self.extra.get("rotary_scaling")
+        if scaling is not None and not isinstance(scaling, dict):
+            out.append(f"rotary_scaling: must be an object or null, got {json.dumps(scaling)}")
+        elif scaling:
+            for name, domain in ROTARY_SCALING_DOMAINS.items():
+                if scaling.get(name) is not None:
+                    out += _domain_problem(f"rotary_scaling.{name}", scaling[name], domain)
         return out
 
     def _shape_problems(self) -> list[str]:
@@ -402,21 +453,40 @@ class CheckpointConfig:
         return self
 
 
+MAX_JSON_BYTES = 64 << 20  # config.json, manifest.json: far beyond any real one
+
+
+def read_json_file(path: Path, missing: str | None = None) -> Any:
+    """Parse a small JSON file: a regular file of at most ``MAX_JSON_BYTES``, UTF-8, not nested beyond reason.
+
+    Every failure is one ``CheckpointError`` line naming the file (``missing`` replaces the not-found one).
+    """
+    try:
+        if not path.exists():
+            raise CheckpointError(missing or f"{path}: missing")
+        if not path.is_file():
+            raise CheckpointError(f"{path}: not a regular file")
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise CheckpointError(f"{path}: {path.stat().st_size} bytes, more than any config ({MAX_JSON_BYTES})")
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: not valid JSON (nested too deeply)") from None
+
+
 def load_config(path: str | os.PathLike, check: bool = True) -> CheckpointConfig:
     """Read a checkpoint's ``config.json`` (``path``: the directory or the file); validated by default."""
     p = Path(path)
     if p.is_dir():
         p = p / CONFIG_FILE
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise CheckpointError(_wrong_kind(p.parent) or f"{p}: missing (not a checkpoint directory?)") from None
-    except OSError as err:
-        raise CheckpointError(f"{p}: cannot read ({err.strerror})") from None
-    try:
-        src = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{p}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    src = read_json_file(p, missing=_wrong_kind(p.parent) or f"{p}: missing (not a checkpoint directory?)")
     cfg = CheckpointConfig.from_dict(src)
     if cfg.parse_problems and "architecture" not in src and (message := _wrong_kind(p.parent)):
         raise CheckpointError(message)

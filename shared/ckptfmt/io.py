@@ -14,6 +14,7 @@ import json
 import math
 import mmap
 import os
+import re
 import shutil
 import signal
 import struct
@@ -314,24 +315,51 @@ def write_manifest(directory: str | os.PathLike, entries: dict[str, dict] | None
     (d / MANIFEST_FILE).write_text(json.dumps({"version": 1, "files": dict(sorted(entries.items()))}, indent=1) + "\n")
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, tuple[int, str]] | None:
+    """``{relative path: (size, sha256)}`` from ``directory/manifest.json``; None when there is none.
+
+    Every entry must name a file inside ``directory`` (no absolute path, no ``..``) with an integer size and a
+    sha256 hex digest; anything else is one ``CheckpointError`` naming the manifest and the entry.
+    """
+    from .config import read_json_file
+
+    p = Path(directory) / MANIFEST_FILE
+    if not p.exists() and not p.is_symlink():
+        return None
+    data = read_json_file(p)
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{p}: corrupt manifest (no 'files' object)")
+    out = {}
+    for rel, e in files.items():
+        parts = Path(rel).parts
+        if not rel or Path(rel).is_absolute() or ".." in parts or rel == MANIFEST_FILE:
+            raise CheckpointError(f"{p}: corrupt manifest: entry {json.dumps(rel)} is not a file inside the directory")
+        size, sha = (e.get("size"), e.get("sha256")) if isinstance(e, dict) else (None, None)
+        if not _is_index(size) or not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+            raise CheckpointError(f"{p}: corrupt manifest: entry {json.dumps(rel)} needs a size and a sha256")
+        out[rel] = (size, sha)
+    return out
+
+
 def verify_manifest(directory: str | os.PathLike, hash_files: bool = True) -> list[str]:
-    """Problems of the manifest (missing/extra files, size or checksum mismatch); [] when absent."""
+    """Problems of the manifest (missing files, size or checksum mismatch); [] when absent."""
     d = Path(directory)
-    p = d / MANIFEST_FILE
-    if not p.exists():
-        return []
     try:
-        files = json.loads(p.read_text())["files"]
-    except (ValueError, KeyError, TypeError):
-        return [f"{p}: corrupt manifest"]
+        files = read_manifest(d)
+    except CheckpointError as err:
+        return [str(err)]
     problems = []
-    for rel, entry in files.items():
+    for rel, (size, sha) in (files or {}).items():
         f = d / rel
-        if not f.is_file():
+        if f.is_symlink() or not f.is_file():
             problems.append(f"{f}: listed in {MANIFEST_FILE} but missing")
-        elif f.stat().st_size != entry.get("size"):
-            problems.append(f"{f}: size {f.stat().st_size} != manifest {entry.get('size')}")
-        elif hash_files and file_digest(f)["sha256"] != entry.get("sha256"):
+        elif f.stat().st_size != size:
+            problems.append(f"{f}: size {f.stat().st_size} != manifest {size}")
+        elif hash_files and file_digest(f)["sha256"] != sha:
             problems.append(f"{f}: sha256 checksum mismatch with {MANIFEST_FILE}")
     return problems
 
@@ -357,18 +385,10 @@ class BackgroundChecksums:
             self._threads.append(t)
 
     def _listed_files(self) -> list[tuple[Path, str]]:
-        p = self.directory / MANIFEST_FILE
-        if not p.is_file():
-            return []
-        try:
-            files = json.loads(p.read_text())["files"]
-            entries = [(str(rel), int(e["size"]), str(e["sha256"])) for rel, e in files.items()]
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise CheckpointError(f"{p}: corrupt manifest") from None
         pending = []
-        for rel, size, sha in entries:
+        for rel, (size, sha) in (read_manifest(self.directory) or {}).items():
             f = self.directory / rel
-            if not _inside(f, self.directory) or not f.is_file():
+            if f.is_symlink() or not f.is_file():
                 raise CheckpointError(f"{f}: listed in {MANIFEST_FILE} but missing")
             if f.stat().st_size != size:
                 raise CheckpointError(f"{f}: size {f.stat().st_size} != {size} in {MANIFEST_FILE} (file changed)")
@@ -406,10 +426,6 @@ class BackgroundChecksums:
             t.join()
 
 
-def _inside(path: Path, directory: Path) -> bool:
-    return directory.resolve() in path.resolve().parents
-
-
 # ---- atomic output directory ----------------------------------------------------------------------
 def _is_ours(directory: Path) -> bool:
     """A directory this suite wrote: our manifest lists every file in it (or it is empty)."""
@@ -417,10 +433,10 @@ def _is_ours(directory: Path) -> bool:
     if not present:
         return True
     try:
-        listed = set(json.loads((directory / MANIFEST_FILE).read_text())["files"])
-    except (OSError, ValueError, KeyError, TypeError):
+        listed = read_manifest(directory)
+    except CheckpointError:
         return False
-    return present == listed | {MANIFEST_FILE}
+    return listed is not None and present == set(listed) | {MANIFEST_FILE}
 
 
 def check_output_dir(

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+MAX_RANKS = 4096  # bounds the rank files a config can make a tool open or plan
+
 
 @dataclass(frozen=True)
 class Mapping:
@@ -45,8 +47,8 @@ class Mapping:
         """Consistency problems, each prefixed with its field path."""
         out = []
         for name in ("world_size", "tp_size", "pp_size"):
-            if getattr(self, name) < 1:
-                out.append(f"mapping.{name}: must be >= 1 (got {getattr(self, name)})")
+            if not 1 <= getattr(self, name) <= MAX_RANKS:
+                out.append(f"mapping.{name}: must lie in [1, {MAX_RANKS}] (got {getattr(self, name)})")
         if self.world_size != self.tp_size * self.pp_size:
             out.append(
                 f"mapping.world_size: must equal tp_size * pp_size "

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from .config import CheckpointConfig, load_config
-from .constants import CONFIG_FILE, RANK_FILE, SAFETENSORS_DTYPES
+from .constants import CONFIG_FILE, MANIFEST_FILE, RANK_FILE, SAFETENSORS_DTYPES
 from .errors import CheckpointError
 from .io import RankFileReader, verify_manifest
 from .names import expected_tensors
@@ -41,8 +41,14 @@ def rank_problems(directory: Path, config: CheckpointConfig, rank: int) -> tuple
     return problems, warnings
 
 
-def validate_checkpoint(directory: str | os.PathLike, hash_files: bool = True) -> tuple[list[str], list[str]]:
-    """(problems, warnings) of a checkpoint directory; no problems means valid."""
+def validate_checkpoint(
+    directory: str | os.PathLike, hash_files: bool = True, require_manifest: bool = False
+) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of a checkpoint directory; no problems means valid.
+
+    A checkpoint without ``manifest.json`` (TensorRT-LLM's and ModelOpt's have none) is valid but unverified: a
+    warning, or a problem with ``require_manifest``.
+    """
     d = Path(directory)
     if not d.is_dir():
         return [f"{d}: not a directory"], []
@@ -57,6 +63,9 @@ def validate_checkpoint(directory: str | os.PathLike, hash_files: bool = True) -
             "int8/int4 (W8A16, W4A16, W4A16_AWQ/GPTQ without pre-quant scales)"
         ], []
     problems, warnings = verify_manifest(d, hash_files=hash_files), list(config.notes)
+    if not (d / MANIFEST_FILE).exists():
+        unverified = f"{d / MANIFEST_FILE}: missing, so the files' contents are unverified (written by another tool?)"
+        (problems if require_manifest else warnings).append(unverified)
     for rank in range(config.mapping.world_size):
         p, w = rank_problems(d, config, rank)
         problems += p

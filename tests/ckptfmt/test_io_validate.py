@@ -194,7 +194,16 @@ def test_config_corrected_from_the_tensors(tmp_path):
     again = load_config(d)
     assert again.position_embedding_type == "learned_absolute" and len(again.notes) == 1
     problems, warnings = validate_checkpoint(d)
-    assert problems == [] and warnings == again.notes
+    assert problems == [] and warnings[0] == again.notes[0] and "manifest.json: missing" in warnings[1]
+
+
+def test_missing_manifest_is_a_warning_or_with_require_manifest_an_error(tmp_path, capsys):
+    d = random_checkpoint(tmp_path / "c", CheckpointConfig.from_dict(llama_dict()))
+    os.remove(d / "manifest.json")
+    assert cli_main(["validate", str(d)]) == 0
+    assert "unverified" in capsys.readouterr().err
+    assert cli_main(["validate", "--require-manifest", str(d)]) == 1
+    assert "manifest.json: missing" in capsys.readouterr().err
 
 
 def test_stacked_is_one_view_of_adjacent_tensors_else_none(tmp_path):

@@ -129,8 +129,17 @@ def test_manifest_paths_outside_the_directory_are_refused(tmp_path):
     d = tmp_path / "d"
     d.mkdir()
     (tmp_path / "secret").write_text("x")
-    (d / "manifest.json").write_text(json.dumps({"version": 1, "files": {"../secret": {"size": 1, "sha256": "0"}}}))
-    with pytest.raises(CheckpointError, match="missing"):
+    entry = {"size": 1, "sha256": "0" * 64}
+    for rel in ("../secret", str(tmp_path / "secret"), "a/../../secret"):
+        (d / "manifest.json").write_text(json.dumps({"version": 1, "files": {rel: entry}}))
+        with pytest.raises(CheckpointError, match="not a file inside the directory"):
+            BackgroundChecksums(d)
+    for bad in ({"size": -1, "sha256": "0" * 64}, {"size": 1, "sha256": "zz"}, {"size": 1.0, "sha256": "0" * 64}, 3):
+        (d / "manifest.json").write_text(json.dumps({"version": 1, "files": {"secret": bad}}))
+        with pytest.raises(CheckpointError, match="needs a size and a sha256"):
+            BackgroundChecksums(d)
+    (d / "manifest.json").write_text("[" * 100_000)
+    with pytest.raises(CheckpointError, match="nested too deeply"):
         BackgroundChecksums(d)
 
 
