@@ -32,7 +32,8 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+def raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    """The signal handler of our tools: raise ``Interrupted`` where Python is, once (later signals are ignored)."""
     for s in (signal.SIGINT, signal.SIGTERM):  # the first signal wins: repeated Ctrl-C cannot cut the cleanup short
         signal.signal(s, signal.SIG_IGN)
     raise Interrupted(signum)
@@ -45,9 +46,9 @@ def _on_main_thread() -> bool:
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None, prog: str = "") -> int:
     """Run ``main(argv)`` and turn interrupts and a closed stdout into exit codes with one line each."""
     prog = prog or os.path.basename(sys.argv[0]) or "ckpt"
+    previous = {}
     if _on_main_thread():
-        signal.signal(signal.SIGINT, _raise_interrupted)
-        signal.signal(signal.SIGTERM, _raise_interrupted)
+        previous = {s: signal.signal(s, raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = main(argv)
         sys.stdout.flush()
@@ -59,6 +60,9 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
     except BrokenPipeError:
         _silence_stdout()
         return EXIT_SIGPIPE
+    finally:
+        for s, handler in previous.items():  # in-process callers (tests) get their handlers back
+            signal.signal(s, handler)
 
 
 def _silence_stdout() -> None:

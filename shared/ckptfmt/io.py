@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .constants import CONFIG_FILE, MANIFEST_FILE, RANK_FILE, SAFETENSORS_DTYPES, SAFETENSORS_TAGS
+from .entry import raise_interrupted
 from .errors import CheckpointError
 
 _ALIGN = 8
@@ -557,7 +558,7 @@ def _publish_when_done(final: Path, overwrite: bool, inputs: list) -> Iterator[P
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     previous = None
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+        previous = signal.signal(signal.SIGTERM, raise_interrupted)
     try:
         yield tmp
         check_output_dir(final, overwrite, inputs)  # the world may have changed while we worked
@@ -575,12 +576,6 @@ def _publish_when_done(final: Path, overwrite: bool, inputs: list) -> Iterator[P
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_on_sigterm(signum, frame):
-    from .entry import Interrupted
-
-    raise Interrupted(signum)
 
 
 def save_checkpoint(

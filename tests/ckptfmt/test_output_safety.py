@@ -280,3 +280,23 @@ def test_leftovers_of_killed_runs_are_reclaimed(tmp_path, monkeypatch):
         pass
     assert (out / "tokenizer" / "tokenizer.json").exists()  # the old output is back under its name
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-x", "out"]
+
+
+def test_entry_and_errors_import_without_numpy():
+    """A tool's signal handlers are in place before the heavy imports (numpy, ml_dtypes) begin."""
+    code = "import sys, ckptfmt.entry, ckptfmt.errors; print('numpy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_lazy_exports_resolve():
+    import ckptfmt
+
+    assert sorted(ckptfmt.__all__) == sorted(ckptfmt._EXPORTS)
+    for name in ckptfmt.__all__:
+        assert getattr(ckptfmt, name) is not None
+
+
+def test_run_main_restores_the_callers_handlers():
+    before = signal.getsignal(signal.SIGINT)
+    assert run_main(lambda argv: 0, []) == 0
+    assert signal.getsignal(signal.SIGINT) is before
