@@ -3,6 +3,8 @@
 ``run_main(main, argv, prog)`` is the body of each tool's ``main``: SIGINT exits 130, SIGTERM 143, a reader that
 closed the pipe (``ckptfmt inspect DIR | head``) 141, none of them with a traceback. Interrupts raise
 ``KeyboardInterrupt`` where they land, so ``atomic_output_dir`` and worker pools unwind and clean up first.
+``ckptfmt`` loads numpy lazily, so a tool whose CLI module imports only ``ckptfmt.entry``/``errors`` at the top
+has its handlers in place before any heavy import; numpy itself is then imported with the signals held.
 
 ``deferred_interrupts()`` is for code that runs inside C/C++ callbacks (TensorRT's logger and progress monitor):
 an exception raised there is swallowed by the library, so inside the block a signal only sets a flag that the
@@ -12,6 +14,7 @@ callback reads (to cancel the build) and that is raised once the block is left.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import sys
@@ -22,6 +25,7 @@ from types import FrameType
 EXIT_SIGINT = 128 + signal.SIGINT
 EXIT_SIGTERM = 128 + signal.SIGTERM
 EXIT_SIGPIPE = 128 + signal.SIGPIPE
+HELD_IMPORTS = ("numpy", "ml_dtypes")  # every tool of ours needs them
 
 
 class Interrupted(KeyboardInterrupt):
@@ -50,19 +54,35 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
     if _on_main_thread():
         previous = {s: signal.signal(s, raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        _import_holding_signals(HELD_IMPORTS)
         code = main(argv)
         sys.stdout.flush()
-        return int(code or 0)
     except KeyboardInterrupt as err:
+        # the process is on its way out: further signals stay ignored (restoring Python's handler would let a
+        # second Ctrl-C during interpreter shutdown kill it with SIGINT instead of exit 130)
         signum = getattr(err, "signum", signal.SIGINT)
         print(f"{prog}: {'terminated' if signum == signal.SIGTERM else 'interrupted'}", file=sys.stderr)
         return EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
     except BrokenPipeError:
         _silence_stdout()
         return EXIT_SIGPIPE
+    for s, handler in previous.items():  # in-process callers (tests) get their handlers back
+        signal.signal(s, handler)
+    return int(code or 0)
+
+
+def _import_holding_signals(modules: tuple[str, ...]) -> None:
+    """Import C extensions that turn an interrupt in their initialisation into an ImportError (numpy does) with
+    SIGINT/SIGTERM held; a signal that came meanwhile is delivered, and raised, once they are loaded."""
+    if not _on_main_thread():
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        for name in modules:
+            importlib.import_module(name)
     finally:
-        for s, handler in previous.items():  # in-process callers (tests) get their handlers back
-            signal.signal(s, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 def _silence_stdout() -> None:
