@@ -488,25 +488,51 @@ def _umask() -> int:
     return mask
 
 
+_CLAIMED: set[Path] = set()  # outputs this process holds the lock of (claim_output)
+
+
+@contextlib.contextmanager
+def claim_output(
+    final: str | os.PathLike, overwrite: bool = False, inputs: Iterable[str | os.PathLike] = ()
+) -> Iterator[Path]:
+    """Hold ``final`` for this run: check it may be written, lock it, reclaim what killed runs left beside it.
+
+    A tool whose work needs scratch space beside the output before ``atomic_output_dir`` starts (the NeMo
+    converter's extraction) claims the output first and names its scratch ``.NAME.tmp-*``, so a later run
+    reclaims it if this one is killed. ``atomic_output_dir`` claims by itself when the caller has not.
+    """
+    final = Path(final)
+    inputs = list(inputs)
+    check_output_dir(final, overwrite, inputs)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    key = final.parent.resolve() / final.name
+    with _output_lock(final):
+        _reclaim_stale(final)
+        check_output_dir(final, overwrite, inputs)
+        _CLAIMED.add(key)
+        try:
+            yield final
+        finally:
+            _CLAIMED.discard(key)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(
     final: str | os.PathLike, overwrite: bool = False, inputs: Iterable[str | os.PathLike] = ()
 ) -> Iterator[Path]:
     """Yield a temp dir beside ``final``; renamed into place only when the block completes.
 
-    ``check_output_dir`` decides whether ``final`` may be written (again just before the rename). On any error,
-    Ctrl-C or SIGTERM the temp dir is removed and ``final`` is untouched. The published directory gets the
-    umask's usual mode, not the temp dir's 0700.
+    ``check_output_dir`` decides whether ``final`` may be written (again just before the rename); the output is
+    claimed (``claim_output``) for the whole block. On any error, Ctrl-C or SIGTERM the temp dir is removed and
+    ``final`` is untouched. The published directory gets the umask's usual mode, not the temp dir's 0700.
     """
     final = Path(final)
     inputs = list(inputs)
-    check_output_dir(final, overwrite, inputs)
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _output_lock(final):
-        _reclaim_stale(final)
-        check_output_dir(final, overwrite, inputs)
-        with _publish_when_done(final, overwrite, inputs) as tmp:
-            yield tmp
+    claimed = final.parent.resolve() / final.name in _CLAIMED
+    claim = contextlib.nullcontext() if claimed else claim_output(final, overwrite, inputs)
+    with claim, _publish_when_done(final, overwrite, inputs) as tmp:
+        yield tmp
 
 
 @contextlib.contextmanager

@@ -300,3 +300,21 @@ def test_run_main_restores_the_callers_handlers():
     before = signal.getsignal(signal.SIGINT)
     assert run_main(lambda argv: 0, []) == 0
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_claimed_output_keeps_its_scratch_and_a_later_run_reclaims_it(tmp_path, monkeypatch):
+    from ckptfmt import claim_output
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    with claim_output(out) as final:
+        scratch = tmp_path / ".out.tmp-nemo-1"
+        scratch.mkdir()  # e.g. an extracted archive, made while the output is claimed
+        with atomic_output_dir(final) as tmp:  # same process: no second lock, the scratch stays
+            assert scratch.exists()
+            (tmp / "a").write_text("x")
+            write_manifest(tmp)
+        assert scratch.exists()  # a killed run would leave it here
+    with atomic_output_dir(out, overwrite=True) as tmp:  # the next run reclaims it
+        assert not scratch.exists()
+        write_manifest(tmp)
