@@ -496,9 +496,9 @@ def load_config(path: str | os.PathLike, check: bool = True) -> CheckpointConfig
 
 
 def _wrong_kind(directory: Path) -> str | None:
-    from .kinds import wrong_kind_message
+    from .kinds import CHECKPOINT, wrong_kind_message
 
-    return wrong_kind_message(directory, "a TensorRT-LLM checkpoint")
+    return wrong_kind_message(directory, CHECKPOINT)
 
 
 def _reconcile(cfg: CheckpointConfig, directory: Path) -> None:

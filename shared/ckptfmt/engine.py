@@ -226,15 +226,15 @@ class EngineConfig:
 
 def load_engine_config(directory: str | os.PathLike) -> EngineConfig:
     """Read and check an engine directory's ``config.json``."""
-    p = Path(directory) / CONFIG_FILE
-    try:
-        src = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{p}: missing (not an engine directory?)") from None
-    except OSError as err:
-        raise CheckpointError(f"{p}: cannot read ({err.strerror})") from None
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{p}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    from .config import read_json_file
+    from .kinds import ENGINE_DIRECTORY, wrong_kind_message
+
+    d = Path(directory)
+    p = d / CONFIG_FILE
+    wrong = wrong_kind_message(d, ENGINE_DIRECTORY)
+    src = read_json_file(p, missing=wrong or f"{p}: missing (not an engine directory?)")
+    if wrong and not (isinstance(src, dict) and "build_config" in src):
+        raise CheckpointError(wrong)
     return EngineConfig.from_dict(src, str(p))
 
 

@@ -23,13 +23,20 @@ class Kind:
     markers: tuple[str, ...] = ()  # any present (glob patterns, relative to the directory)
 
 
+ENGINE_DIRECTORY = "an engine directory (ckpt-build / trtllm-build output)"
+CHECKPOINT = "a TensorRT-LLM checkpoint"
+
 KINDS: tuple[Kind, ...] = (
     Kind(
-        "an engine directory (ckpt-build / trtllm-build output)",
+        ENGINE_DIRECTORY,
         "pass it as --engine_dir; --checkpoint_dir takes a converted checkpoint",
         config_keys=("pretrained_config", "build_config"),
     ),
-    Kind("a TensorRT-LLM checkpoint", "", config_keys=("architecture",)),
+    Kind(
+        CHECKPOINT,
+        "build it first: ckpt-build --checkpoint_dir DIR --output_dir ENGINE, or pass it as --checkpoint_dir",
+        config_keys=("architecture",),
+    ),
     Kind(
         "a HuggingFace model directory",
         "convert it first: ckpt-convert hf --model_dir DIR --output_dir CKPT",

@@ -318,3 +318,16 @@ def test_claimed_output_keeps_its_scratch_and_a_later_run_reclaims_it(tmp_path, 
     with atomic_output_dir(out, overwrite=True) as tmp:  # the next run reclaims it
         assert not scratch.exists()
         write_manifest(tmp)
+
+
+def test_engine_reader_names_a_checkpoint_or_hf_directory(tmp_path):
+    from ckptfmt.engine import load_engine_config
+
+    ckpt = random_checkpoint(tmp_path / "ckpt", CheckpointConfig.from_dict(llama_dict()))
+    with pytest.raises(CheckpointError, match="TensorRT-LLM checkpoint, not an engine directory.*ckpt-build"):
+        load_engine_config(ckpt)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(CheckpointError, match="HuggingFace model directory"):
+        load_engine_config(hf)
