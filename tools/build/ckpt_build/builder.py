@@ -17,13 +17,13 @@ from ckptfmt import __version__ as ckptfmt_version
 from ckptfmt.config import CheckpointConfig
 from ckptfmt.constants import ENGINE_FILE, RANK_FILE
 from ckptfmt.engine import BoundTo, BuildConfig, EngineConfig
-from ckptfmt.entry import deferred_interrupts
 from ckptfmt.errors import CheckpointError
 from ckptfmt.io import BackgroundChecksums, RankFileReader, atomic_output_dir, check_output_dir, write_manifest
 from ckptfmt.validate import check_checkpoint
 
 from . import __version__
 from .contract import io_contract, make_plan
+from .interrupts import run_cancellable
 from .limits import Limits, check_supported, refuse_quantized, resolve_limits
 from .lower_trt import TrtBuildError, TrtOps
 from .network import define_rank_network
@@ -44,6 +44,7 @@ class BuildRequest:
     workers: int = 1
     overwrite: bool = False
     skip_checksum: bool = False
+    stop_at_once: bool = False  # command line: a 2nd Ctrl-C or SIGTERM does not wait for TensorRT's next step
 
 
 def make_logger(trt):
@@ -127,26 +128,23 @@ def build_rank(
     checkpoint_dir: Path,
     targets: list[str],
     engine_path: Path,
-    defer_signals: bool = True,
+    stop_at_once: bool = False,
 ) -> dict:
     """Build one rank's plan into ``engine_path``; returns its manifest entry (size, sha256) and seconds.
 
-    TensorRT swallows exceptions raised in its callbacks (logger, progress monitor), so with ``defer_signals``
-    SIGINT/SIGTERM only mark the build cancelled: TensorRT stops at its next step and the signal is raised
-    here as ``KeyboardInterrupt``. Worker processes pass False: their parent terminates them instead.
+    Ctrl-C stops TensorRT at its next step and is then raised here as ``KeyboardInterrupt``; with
+    ``stop_at_once`` it is raised after at most ``interrupts.GRACE`` seconds, SIGTERM at once, and TensorRT
+    may still be running (``interrupts.still_running``).
     """
     start = time.perf_counter()
-    plan = make_plan(config, rank, build)
-    with deferred_interrupts() if defer_signals else contextlib.nullcontext() as flag:
-        ok, size, sha, error = _build_plan(
-            module,
-            plan,
-            io_contract(config, build).dims,
-            checkpoint_dir,
-            targets,
-            engine_path,
-            cancelled=lambda: flag is not None and flag.pending,
-        )
+    plan, cancel = make_plan(config, rank, build), threading.Event()
+    dims = io_contract(config, build).dims
+    ok, size, sha, error = run_cancellable(
+        lambda: _build_plan(module, plan, dims, checkpoint_dir, targets, engine_path, cancel.is_set),
+        cancel,
+        f"rank {rank}",
+        stop_at_once,
+    )
     if not ok or size == 0:
         raise TrtBuildError(f"rank {rank}: TensorRT build failed: {error or 'no plan returned'}")
     seconds = time.perf_counter() - start
@@ -197,7 +195,7 @@ def _build_rank_in_worker(args: tuple) -> dict:
     logging.basicConfig(level=level, format="[ckpt-build] %(levelname)s %(message)s")
     module = load_trt(backend)
     config = CheckpointConfig.from_dict(config_dict)
-    return build_rank(module, config, rank, build, checkpoint_dir, targets, engine_path, defer_signals=False)
+    return build_rank(module, config, rank, build, checkpoint_dir, targets, engine_path)
 
 
 def prepare(request: BuildRequest) -> tuple[TrtModule, CheckpointConfig, BuildConfig, list[str]]:
@@ -275,7 +273,7 @@ def _build_into(request, module, config, build, targets, engine, checksums) -> N
                 results = pool.map(_build_rank_in_worker, jobs)
         else:
             results = [
-                build_rank(module, config, rank, build, request.checkpoint_dir, targets, job[6])
+                build_rank(module, config, rank, build, request.checkpoint_dir, targets, job[6], request.stop_at_once)
                 for rank, job in zip(range(world), jobs)
             ]
         engine.save(tmp)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -140,10 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     """Console script: ``_main`` under ``run_main`` (Ctrl-C 130, SIGTERM 143, one line, no traceback)."""
     try:
         from ckptfmt.entry import run_main
-    except KeyboardInterrupt:  # while numpy loads, before run_main can take over
+    except KeyboardInterrupt:  # before run_main holds the signals
         print("ckpt-build: interrupted", file=sys.stderr)
         return 130
-    return run_main(_main, argv, prog="ckpt-build")
+    code = run_main(_main, argv, prog="ckpt-build")
+    from .interrupts import still_running
+
+    if still_running():  # an interrupt left TensorRT running on its thread: exit without finalizing under it
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -165,6 +173,7 @@ def _main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         overwrite=args.overwrite,
         skip_checksum=args.skip_checksum,
+        stop_at_once=True,
         limits=Limits(
             max_batch_size=args.max_batch_size,
             max_input_len=args.max_input_len,
