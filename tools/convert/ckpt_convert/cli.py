@@ -13,6 +13,7 @@ in place, so a Ctrl-C during the imports also ends in one line. The sources impo
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import signal
 import sys
@@ -70,9 +71,16 @@ def run_reporting_errors(run, args: argparse.Namespace) -> int:
     except BrokenProcessPool:
         print("error: a worker process died (killed for memory? try fewer --workers)", file=sys.stderr)
     except OSError as err:  # disk full, permissions, ...
-        where = err.filename or f"writing {getattr(args, 'output_dir', 'the output')}"
-        print(f"error: {where}: {err.strerror or err}", file=sys.stderr)
+        output = getattr(args, "output_dir", None) or "the output"
+        if err.errno in OUTPUT_ERRNOS:  # whichever file the OS named, it is the output that could not be written
+            print(f"error: writing {output}: {err.strerror} ({OUTPUT_ADVICE})", file=sys.stderr)
+        else:
+            print(f"error: {err.filename or f'writing {output}'}: {err.strerror or err}", file=sys.stderr)
     return 1
+
+
+OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+OUTPUT_ADVICE = "free space on the output's disk or choose another --output_dir"
 
 
 if __name__ == "__main__":

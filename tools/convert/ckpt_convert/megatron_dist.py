@@ -174,6 +174,7 @@ class DistSource(LazyTensorSource):
     """
 
     def __init__(self, directory: Path, num_layers: int):
+        self._fingerprint(sorted(directory.iterdir()) if directory.is_dir() else [])
         self.checkpoint = DistCheckpoint(directory)
         self.location = directory
         self.tensors: dict[str, LazyTensor] = {}

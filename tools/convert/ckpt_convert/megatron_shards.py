@@ -65,6 +65,7 @@ class ShardedSource(LazyTensorSource):
             )
         self.tp, self.gated = len(tps), gated_mlp
         self.file = self.location = files[(0, 0)]
+        self._fingerprint(list(files.values()))
         states = {key: self._tensors_of(path, load_state_dict(path)) for key, path in files.items()}
         self._parts: dict[str, list] = {}
         offset = 0

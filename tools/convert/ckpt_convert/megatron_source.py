@@ -8,6 +8,7 @@ import numpy as np
 
 from ckptfmt import CheckpointError
 
+from .source_guard import Fingerprint, fingerprint
 from .sources import LazyTensor
 
 
@@ -16,6 +17,15 @@ class LazyTensorSource:
 
     location: Path
     tensors: dict[str, LazyTensor]
+    _fingerprints: dict[Path, Fingerprint]
+
+    def _fingerprint(self, files: list[Path]) -> None:
+        """Record the files the tensors are read from, before they are opened."""
+        self._fingerprints = {path: fingerprint(path) for path in files if path.is_file()}
+
+    def fingerprints(self) -> dict[Path, Fingerprint]:
+        """Each source file as it was when opened (compared again before the output is published)."""
+        return dict(getattr(self, "_fingerprints", {}))
 
     def names(self) -> list[str]:
         return sorted(self.tensors)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptfmt import TOKENIZER_DIR, CheckpointError
-from ckptfmt.io import check_output_dir
+from ckptfmt.io import check_output_dir, claim_output
 
 from . import options
 from .megatron_config import check_positions, checkpoint_config, read_model
@@ -71,18 +71,20 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{path}: no such file or directory")
     output_dir = Path(args.output_dir)
     check_output_dir(output_dir, args.overwrite, inputs=[path])
-    work = None
-    try:  # Ctrl-C / SIGTERM (ckptfmt.entry.run_main) unwind through the removal of the work directory
-        if path.is_dir():
-            root = path
-        else:
-            output_dir.parent.mkdir(parents=True, exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.nemo-", dir=output_dir.parent))
-            root = extract(path, work)
-        summary = convert_located(locate(root, args.model_config, str(path)), args, str(path))
-    finally:
-        if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
+    # claimed for the whole run: the extraction is scratch space (.NAME.tmp-nemo-*) that the next run on the same
+    # output reclaims if this one is killed; atomic_output_dir inside does not lock again
+    with claim_output(output_dir, args.overwrite, inputs=[path]):
+        work = None
+        try:  # Ctrl-C / SIGTERM (ckptfmt.entry.run_main) unwind through the removal of the work directory
+            if path.is_dir():
+                root = path
+            else:
+                work = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-nemo-", dir=output_dir.parent))
+                root = extract(path, work)
+            summary = convert_located(locate(root, args.model_config, str(path)), args, str(path))
+        finally:
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)
     if not args.quiet:
         print(summary, file=sys.stderr)
     return 0

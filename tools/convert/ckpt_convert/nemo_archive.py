@@ -23,6 +23,7 @@ from pathlib import Path
 from ckptfmt import CheckpointError
 
 from .foreign import foreign_format
+from .source_guard import check_inside, source_roots
 
 NEMO1_CONFIG = "model_config.yaml"
 NEMO1_WEIGHTS = "model_weights.ckpt"
@@ -57,9 +58,16 @@ class Located:
 
 
 def extract(archive: Path, work: Path) -> Path:
-    """Extract ``archive`` (tar) into ``work``; one-line errors for non-tar and truncated archives."""
+    """Extract ``archive`` (tar) into ``work``; one-line errors for non-tar and truncated archives.
+
+    Bounded before a byte is written: the regular members' sizes (as the tar headers claim them) must fit the free
+    space beside the output, a compressed archive may not expand more than ``MAX_EXPANSION`` times, and sparse
+    members (whose real size exceeds what the archive stores) are refused. Every member is copied up to its claimed
+    size and no further.
+    """
     if not tarfile.is_tarfile(archive):
         raise CheckpointError(f"{archive}: not a .nemo archive (neither a tar file nor a directory)")
+    check_extraction_size(archive, work)
     try:
         with tarfile.open(archive, "r|*") as tar:
             for member in tar:
@@ -68,6 +76,47 @@ def extract(archive: Path, work: Path) -> Path:
     except (tarfile.TarError, EOFError) as err:
         raise CheckpointError(f"{archive}: truncated or corrupt tar archive ({err})") from None
     return work
+
+
+MAX_EXPANSION = 20  # a compressed .nemo of weights expands ~1.1x; zeros and bombs far more
+EXPANSION_ALLOWANCE = 64 << 20  # small archives (tokenizers, tiny test models) may expand beyond that ratio
+FREE_MARGIN = 256 << 20  # left free on the output's disk after the extraction
+
+
+def check_extraction_size(archive: Path, work: Path) -> int:
+    """Total bytes the archive's headers claim for its regular files; refused if it cannot or should not fit."""
+    total = 0
+    try:
+        with tarfile.open(archive, "r:*") as tar:  # headers only: a plain tar is seeked through, not read
+            for member in tar:
+                if member.issparse():
+                    raise CheckpointError(
+                        f"{archive}: member {member.name!r} is a sparse file ({member.size} bytes stored as "
+                        "fewer): refused (a .nemo archive holds no sparse files)"
+                    )
+                if member.isfile():
+                    total += member.size
+    except (tarfile.TarError, EOFError) as err:
+        raise CheckpointError(f"{archive}: truncated or corrupt tar archive ({err})") from None
+    stored = archive.stat().st_size
+    if _compressed(archive) and total > MAX_EXPANSION * stored + EXPANSION_ALLOWANCE:
+        raise CheckpointError(
+            f"{archive}: would expand from {stored / 1e6:.1f} MB to {total / 1e6:.1f} MB: refused (more than "
+            f"{MAX_EXPANSION}x; extract it yourself and pass the directory if it is genuine)"
+        )
+    free = shutil.disk_usage(work).free
+    if total > free - FREE_MARGIN:
+        raise CheckpointError(
+            f"{archive}: extracting needs {total / 1e9:.2f} GB beside the output, {free / 1e9:.2f} GB free "
+            f"in {work.parent}: free space, or extract it elsewhere and pass the directory"
+        )
+    return total
+
+
+def _compressed(archive: Path) -> bool:
+    with open(archive, "rb") as f:
+        magic = f.read(6)
+    return magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh" or magic == b"\xfd7zXZ\x00"
 
 
 def _extract_file(tar: tarfile.TarFile, member: tarfile.TarInfo, work: Path, archive: Path) -> None:
@@ -80,11 +129,34 @@ def _extract_file(tar: tarfile.TarFile, member: tarfile.TarInfo, work: Path, arc
     target.parent.mkdir(parents=True, exist_ok=True)
     src = tar.extractfile(member)
     with open(target, "wb") as dst:
-        shutil.copyfileobj(src, dst, 16 << 20)
+        left = member.size
+        while left > 0 and (chunk := src.read(min(left, 16 << 20))):
+            dst.write(chunk)
+            left -= len(chunk)
+        if src.read(1):
+            raise CheckpointError(f"{archive}: member {member.name!r} holds more than its claimed {member.size} bytes")
 
 
 def locate(root: Path, model_config: Path | None, label: str) -> Located:
-    """Identify the checkpoint layout under ``root`` (an extracted archive or a directory)."""
+    """Identify the checkpoint layout under ``root`` (an extracted archive or a directory); every file it names
+    is checked not to be a link out of ``root`` (the config before it is read)."""
+    roots = source_roots(root)
+    for name in (NEMO2_CONFIG, NEMO1_CONFIG):
+        if (root / name).exists():
+            check_inside(root / name, roots, "the model config")
+    found = _locate(root, model_config, label)
+    weights = list(found.shard_files.values())
+    if found.dist_dir is not None:
+        check_inside(found.dist_dir, roots, "the weights directory")
+        weights += sorted(found.dist_dir.iterdir())
+    for path in weights:
+        check_inside(path, roots, "a weight file")
+    for path in found.tokenizer_files.values():
+        check_inside(path, roots, "a tokenizer file")
+    return found
+
+
+def _locate(root: Path, model_config: Path | None, label: str) -> Located:
     override = read_hparams(model_config) if model_config else None
     cfg_label = str(model_config) if model_config else None
     if (root / NEMO2_CONFIG).is_file() and (root / "weights").is_dir():

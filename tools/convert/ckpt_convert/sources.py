@@ -1,14 +1,17 @@
-"""Lazy tensors from weight files: safetensors (mapped per tensor, no torch) and torch pickles.
+"""Lazy tensors from weight files: safetensors (read per tensor, no torch) and torch pickles.
 
 A ``TensorSource`` maps tensor names to ``LazyTensor``s whose shape and dtype are known from the file
-header; ``load()`` reads that one tensor. A safetensors tensor is memory-mapped on its own and unmapped
-when its arrays are dropped (not the whole file at once), so pages of tensors already converted do not
-stay resident: peak memory stays at a few tensors, not at the model size, and no copy is made.
+header; ``load()`` reads that one tensor. A safetensors tensor is read with ``os.preadv`` straight into its
+array (not memory-mapped: a mapped file truncated by someone else kills the process with SIGBUS, a short read
+is an error message), so peak memory stays at a few tensors, not at the model size.
+
+Every file is fingerprinted (``source_guard.Fingerprint``) when opened and checked again after each tensor is
+read: a source truncated, rewritten or replaced during the run is refused rather than mixed into the output.
 """
 
 from __future__ import annotations
 
-import mmap
+import os
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ckptfmt import CheckpointError, RankFileReader, to_numpy
+
+from .source_guard import NOTHING_WRITTEN, Fingerprint, check_unchanged
 
 
 @dataclass(frozen=True)
@@ -38,42 +43,46 @@ class LazyTensor:
 
 
 class SafetensorsFile:
-    """Tensors of one ``.safetensors`` file (header checked by ckptfmt), each mapped on its own.
-
-    Every ``load()`` maps just that tensor's bytes (read-only, no copy); the mapping is released when
-    the last array using it is dropped, so only tensors in flight stay resident.
-    """
+    """Tensors of one ``.safetensors`` file (header checked by ckptfmt), each read on its own with ``preadv``."""
 
     def __init__(self, path: Path):
         self.path = path
-        header = RankFileReader(path)  # validates header, dtypes, offsets and file size
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            self.fingerprint = Fingerprint.of(os.fstat(self._fd))
+            header = RankFileReader(path)  # validates header, dtypes, offsets and file size
+            self._data_start = 8 + struct.unpack("<Q", os.pread(self._fd, 8, 0))[0]
+        except BaseException:
+            os.close(self._fd)
+            raise
         self._entries = header.entries
         self._dtypes = {name: header.spec(name)[0] for name in header.entries}
-        with open(path, "rb") as f:
-            self._data_start = 8 + struct.unpack("<Q", f.read(8))[0]
 
     def tensors(self) -> Iterable[LazyTensor]:
         for name, entry in self._entries.items():
-            yield LazyTensor(name, tuple(entry["shape"]), self.path, lambda n=name: self._map(n))
+            yield LazyTensor(name, tuple(entry["shape"]), self.path, lambda n=name: self._read(n))
 
-    def _map(self, name: str) -> np.ndarray:
+    def _read(self, name: str) -> np.ndarray:
         dtype, shape = self._dtypes[name], self._entries[name]["shape"]
         lo, hi = self._entries[name]["data_offsets"]
-        if hi == lo:
-            return np.empty(shape, dtype)
-        start = self._data_start + lo
-        aligned = start - start % mmap.ALLOCATIONGRANULARITY
-        try:
-            with open(self.path, "rb") as f:
-                mapped = mmap.mmap(f.fileno(), hi - lo + start - aligned, offset=aligned, access=mmap.ACCESS_READ)
-        except (OSError, ValueError) as err:
-            raise CheckpointError(f"{self.path}: tensor {name}: cannot map ({err})") from None
-        mapped.madvise(mmap.MADV_SEQUENTIAL)
-        mapped.madvise(mmap.MADV_WILLNEED)  # start reading ahead now
-        return np.frombuffer(mapped, dtype, count=(hi - lo) // dtype.itemsize, offset=start - aligned).reshape(shape)
+        array = np.empty((hi - lo) // dtype.itemsize, dtype)
+        view, offset, done = memoryview(array).cast("B"), self._data_start + lo, 0
+        while done < hi - lo:
+            try:
+                n = os.preadv(self._fd, [view[done : done + (1 << 30)]], offset + done)
+            except OSError as err:
+                raise CheckpointError(f"{self.path}: tensor {name}: cannot read ({err.strerror})") from None
+            if n == 0:
+                check_unchanged(self.path, self.fingerprint)  # names how it changed
+                raise CheckpointError(f"{self.path}: tensor {name}: file ends early; {NOTHING_WRITTEN}")
+            done += n
+        check_unchanged(self.path, self.fingerprint)
+        return array.reshape(shape)
 
     def close(self) -> None:
-        pass  # mappings close with their arrays
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class TorchFile:
@@ -81,6 +90,7 @@ class TorchFile:
 
     def __init__(self, path: Path):
         self.path = path
+        self.fingerprint = Fingerprint.of(os.stat(path))
         self._state = _torch_load(path)
 
     def tensors(self) -> Iterable[LazyTensor]:
@@ -89,7 +99,15 @@ class TorchFile:
         for name, value in self._state.items():
             if not isinstance(value, torch.Tensor):
                 continue
-            yield LazyTensor(name, tuple(value.shape), self.path, lambda v=value: to_numpy(v).copy())
+            yield LazyTensor(name, tuple(value.shape), self.path, lambda v=value: self._copy(v))
+
+    def _copy(self, value) -> np.ndarray:
+        """The tensor's data, copied out of the mapping; the file is checked before (a mapped page past a
+        truncated end would be SIGBUS) and after the copy."""
+        check_unchanged(self.path, self.fingerprint)
+        array = to_numpy(value).copy()
+        check_unchanged(self.path, self.fingerprint)
+        return array
 
     def close(self) -> None:
         self._state = {}
@@ -182,6 +200,10 @@ class TensorSource:
         """Open (and so check) every file now."""
         for path in self._files:
             self._open_file(path)
+
+    def fingerprints(self) -> dict[Path, Fingerprint]:
+        """Each open file as it was when opened (compared again before the output is published)."""
+        return {path: reader.fingerprint for path, reader in self._open.items()}
 
     def close(self) -> None:
         for reader in self._open.values():

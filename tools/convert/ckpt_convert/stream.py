@@ -8,7 +8,10 @@ when config, every rank file and the manifest (written last) are complete.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import multiprocessing
+import os
 import resource
 import shutil
 import signal
@@ -28,6 +31,7 @@ from ckptfmt import (
     RANK_FILE,
     BackgroundRankFileWriter,
     CheckpointConfig,
+    CheckpointError,
     atomic_output_dir,
     expected_tensors,
     write_manifest,
@@ -38,6 +42,7 @@ from ckptfmt.sharding import shard
 
 from .mapping import Table
 from .plan import TensorProducer, canonical_name, check_coverage, check_quantizable
+from .source_guard import check_all_unchanged
 from .sources import TensorSource
 
 SourceOpener = Callable[[], TensorSource]  # picklable (module-level function or functools.partial)
@@ -148,19 +153,48 @@ def convert_checkpoint(
     with opener() as source:
         source.open_all()  # every file exists and has a sound header
         check_coverage(table, source, config)
+        fingerprints = source.fingerprints()  # compared again before publishing
     check_quantizable(config)
     groups = rank_groups(config, workers)
     total = sum(len(expected_tensors(config, r)) for r in range(config.mapping.world_size))
     with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs) as tmp, _progress_bar(total, quiet) as bar:
         jobs = [RankGroup(opener, table, config.to_dict(), ranks, tmp) for ranks in groups]
         entries = _run(jobs, workers, bar.update)
-        for rel, src in (extra_files or {}).items():
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, tmp / rel)
-        config.save(tmp / CONFIG_FILE)
-        write_manifest(tmp, entries)
+        _copy_extra_files(extra_files or {}, tmp, output_dir)
+        check_all_unchanged(fingerprints)
+        _writing(output_dir, config.save, tmp / CONFIG_FILE)
+        _writing(output_dir, write_manifest, tmp, entries)
         size = sum(e["size"] for e in entries.values())
     return Summary(config.mapping.world_size, total, size, time.monotonic() - start, peak_rss_mb())
+
+
+def _copy_extra_files(files: dict[str, Path], tmp: Path, output_dir: Path) -> None:
+    """Copy ``files`` (path inside the output -> source file); a read error names the source, a write error
+    (disk full, quota) the output."""
+    for rel, src in files.items():
+        try:
+            fsrc = open(src, "rb")  # noqa: SIM115 (closed below; a read error is the source's)
+        except OSError as err:
+            raise CheckpointError(f"{src}: cannot read ({err.strerror})") from None
+        with fsrc:
+            _writing(output_dir, _copy_into, fsrc, tmp / rel)
+
+
+def _copy_into(fsrc, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as fdst:
+        shutil.copyfileobj(fsrc, fdst, 1 << 20)
+
+
+def _writing(output_dir: Path, write: Callable, *args) -> None:
+    """Call ``write(*args)``; an ``OSError`` becomes one line naming the output directory."""
+    try:
+        write(*args)
+    except OSError as err:
+        raise CheckpointError(
+            f"writing {output_dir}: {err.strerror or err} (free space on the output's disk or choose another "
+            "--output_dir)"
+        ) from None
 
 
 def _run(jobs: list[RankGroup], workers: int, progress: Callable[[int], None]) -> dict[str, dict]:
@@ -179,7 +213,7 @@ def _run_in_processes(jobs: list[RankGroup], workers: int, progress: Callable[[i
     try:
         with _children_ignore_sigint():
             queue = ctx.Queue()
-            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,))
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(queue, os.getpid()))
             pending = {pool.submit(_convert_in_worker, job) for job in jobs}  # spawns the workers
         while pending:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -223,16 +257,44 @@ def _stop_workers(pool: ProcessPoolExecutor | None) -> None:
 
 
 _QUEUE = None
+_PARENT = 0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _init_worker(queue) -> None:
-    global _QUEUE
-    _QUEUE = queue
+def _init_worker(queue, parent: int) -> None:
+    """Worker setup: Ctrl-C is the parent's to handle, and the worker dies with its parent (SIGKILL included)."""
+    global _QUEUE, _PARENT
+    _QUEUE, _PARENT = queue, parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates the workers
+    _die_with_parent()
+    _exit_if_orphaned()  # the parent may have died before prctl took effect
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel sends SIGKILL to this process when its parent dies (elsewhere: the ppid check only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _exit_if_orphaned() -> None:
+    """A worker whose parent is gone stops at once (no one would read its result; the temp dir it writes into is
+    reclaimed by the next run on the same output)."""
+    if os.getppid() != _PARENT:
+        os._exit(1)
+
+
+def _progress_in_worker(n: int) -> None:
+    _exit_if_orphaned()  # between tensors
+    _QUEUE.put(n)
 
 
 def _convert_in_worker(job: RankGroup) -> dict[str, dict]:
-    return convert_ranks(job, _QUEUE.put)
+    return convert_ranks(job, _progress_in_worker)
 
 
 def _drain(queue, progress: Callable[[int], None]) -> None:

@@ -7,13 +7,13 @@ import functools
 import sys
 from pathlib import Path
 
-from ckptfmt import TOKENIZER_DIR, CheckpointConfig
+from ckptfmt import TOKENIZER_DIR, CheckpointConfig, CheckpointError
 
 from .. import options
 from ..quantized import check_not_quantized
 from ..stream import Summary, convert_checkpoint
 from .architectures import ARCHITECTURES, HFArchitecture, architecture_of
-from .files import open_hf_source
+from .files import inside, open_hf_source
 from .hf_config import HFConfig
 
 DESCRIPTION = "HuggingFace transformers directory (config.json + safetensors or pytorch_model*.bin)"
@@ -31,6 +31,9 @@ TOKENIZER_FILES = (
 )
 
 
+_DERIVED_ERRORS = {ZeroDivisionError: "a count is zero", OverflowError: "a number is too large"}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model_dir", required=True, help="HuggingFace model directory")
     options.add_arguments(parser)
@@ -41,7 +44,14 @@ def model_config(model_dir: str | Path) -> tuple[CheckpointConfig, HFConfig, HFA
     hf = HFConfig.load(model_dir)
     check_not_quantized(hf.path.parent, hf.data)
     arch = architecture_of(hf)
-    fields = {k: v for k, v in arch.translate(hf).items() if v is not None or k == "max_position_embeddings"}
+    try:
+        translated = arch.translate(hf)
+    except (ArithmeticError, ValueError, TypeError) as err:  # e.g. zero heads: hidden_size // 0
+        raise CheckpointError(
+            f"{hf.path}: inconsistent values ({_DERIVED_ERRORS.get(type(err), type(err).__name__)}: {err}); "
+            "check the head counts and sizes in config.json"
+        ) from None
+    fields = {k: v for k, v in translated.items() if v is not None or k == "max_position_embeddings"}
     fields["dtype"] = hf.dtype if hf.dtype in ("float32", "float16", "bfloat16") else "float16"
     config = CheckpointConfig.from_dict(fields)
     config.check(str(hf.path))
@@ -65,12 +75,17 @@ def convert_hf(model_dir: str | Path, args: argparse.Namespace) -> Summary:
         quiet=args.quiet,
         label=str(model_dir),
         inputs=[Path(model_dir)],
-        extra_files={
-            f"{TOKENIZER_DIR}/{name}": Path(model_dir) / name
-            for name in TOKENIZER_FILES
-            if (Path(model_dir) / name).is_file()
-        },
+        extra_files=tokenizer_files(Path(model_dir)),
     )
+
+
+def tokenizer_files(model_dir: Path) -> dict[str, Path]:
+    """Tokenizer files to carry into the output; one that is a link out of the model directory is refused."""
+    return {
+        f"{TOKENIZER_DIR}/{name}": inside(model_dir, model_dir / name, "a tokenizer file")
+        for name in TOKENIZER_FILES
+        if (model_dir / name).is_file()
+    }
 
 
 def run(args: argparse.Namespace) -> int:

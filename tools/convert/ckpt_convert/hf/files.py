@@ -9,6 +9,7 @@ from typing import Any
 from ckptfmt import CheckpointError
 
 from ..foreign import foreign_format
+from ..source_guard import check_inside, source_roots
 from ..sources import TensorSource
 
 HF_DIRECTORY = "a HuggingFace model directory"  # as ckptfmt.kinds names it
@@ -30,6 +31,8 @@ def read_json(path: Path) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         line = f" (line {err.lineno}: {err.msg})" if isinstance(err, json.JSONDecodeError) else ""
         raise CheckpointError(f"{path}: not valid JSON{line}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: not valid JSON (nested too deeply)") from None
 
 
 def model_directory(model_dir: str | Path) -> Path:
@@ -39,14 +42,20 @@ def model_directory(model_dir: str | Path) -> Path:
     return path
 
 
+def inside(model_dir: Path, path: Path, what: str) -> Path:
+    """``path`` (in ``model_dir``), refused if it is a link that leaves the model directory."""
+    return check_inside(path, source_roots(model_dir), what)
+
+
 def weight_files(model_dir: Path) -> dict[Path, list[str] | None]:
     """Weight files of the directory, each with the tensor names its index promises (None: no index)."""
     for index_name, single_name in WEIGHT_LAYOUTS:
         index_path = model_dir / index_name
         if index_path.exists():
-            return _indexed_files(index_path)
+            files = _indexed_files(inside(model_dir, index_path, "the weight index"))
+            return {inside(model_dir, path, "a weight file"): names for path, names in files.items()}
         if (model_dir / single_name).exists():
-            return {model_dir / single_name: None}
+            return {inside(model_dir, model_dir / single_name, "the weight file"): None}
     if other := foreign_format(model_dir, HF_DIRECTORY):
         raise CheckpointError(f"{model_dir}: no HuggingFace weights, the weights are {other}")
     raise CheckpointError(

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from ckptfmt import CheckpointError
 
 from ..foreign import foreign_format
-from .files import HF_DIRECTORY, model_directory, read_json
+from .files import HF_DIRECTORY, inside, model_directory, read_json
 
 _MISSING = object()
+
+
+def _non_finite(value: Any, where: str = "") -> str | None:
+    """The dotted name of the first number that is infinite or NaN (JSON ``1e400``, ``NaN``) in ``value``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "(top level)"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if found := _non_finite(item, f"{where}.{key}" if where else str(key)):
+            return found
+    return None
 
 
 class HFConfig:
@@ -26,9 +38,11 @@ class HFConfig:
             if other := foreign_format(path.parent, HF_DIRECTORY):
                 raise CheckpointError(f"{path.parent}: not a HuggingFace model directory but {other}")
             raise CheckpointError(f"{path}: missing (not a HuggingFace model directory?)")
-        data = read_json(path)
+        data = read_json(inside(path.parent, path, "the model config"))
         if not isinstance(data, dict):
             raise CheckpointError(f"{path}: top level must be a JSON object")
+        if bad := _non_finite(data):
+            raise CheckpointError(f"{path}: field {bad} is not a finite number; fix config.json")
         return cls(data, path)
 
     def get(self, *names: str, default: Any = None) -> Any:
@@ -46,6 +60,8 @@ class HFConfig:
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
             raise CheckpointError(f"{self.path}: field {names[0]} must be {kind.__name__}, got {value!r}")
+        if kind is int and value < 1:  # every required integer is a size or a count (a divisor)
+            raise CheckpointError(f"{self.path}: field {names[0]} must be a positive integer, got {value}")
         return value
 
     def unsupported(self, field: str, why: str) -> CheckpointError:
