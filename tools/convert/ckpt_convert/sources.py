@@ -65,8 +65,8 @@ class SafetensorsFile:
     def _read(self, name: str) -> np.ndarray:
         dtype, shape = self._dtypes[name], self._entries[name]["shape"]
         lo, hi = self._entries[name]["data_offsets"]
-        array = np.empty((hi - lo) // dtype.itemsize, dtype)
-        view, offset, done = memoryview(array).cast("B"), self._data_start + lo, 0
+        raw = np.empty(hi - lo, np.uint8)  # bytes, then viewed (bfloat16 & co. have no buffer format)
+        view, offset, done = memoryview(raw), self._data_start + lo, 0
         while done < hi - lo:
             try:
                 n = os.preadv(self._fd, [view[done : done + (1 << 30)]], offset + done)
@@ -77,7 +77,7 @@ class SafetensorsFile:
                 raise CheckpointError(f"{self.path}: tensor {name}: file ends early; {NOTHING_WRITTEN}")
             done += n
         check_unchanged(self.path, self.fingerprint)
-        return array.reshape(shape)
+        return raw.view(dtype).reshape(shape)
 
     def close(self) -> None:
         if self._fd >= 0:
