@@ -49,8 +49,8 @@ def both(tiny, *extra: str) -> list[str]:
 
 
 def error_lines(err: str) -> list[str]:
-    """stderr without the status line that ckpt-summarize prints before it loads the tokenizer and models."""
-    return [line for line in err.strip().splitlines() if not line.startswith("[ckpt-summarize] evaluating")]
+    """stderr without ckpt-summarize's status lines (the first comes before it loads the tokenizer and models)."""
+    return [line for line in err.strip().splitlines() if not line.startswith("[ckpt-summarize] ")]
 
 
 def run(capsys, argv: list[str]) -> tuple[int, str, str]:
@@ -170,6 +170,19 @@ BAD = {
     "nothing to test": (None, "nothing to evaluate: pass --test_trt_llm"),
     "hf without dir": (lambda t, b: ["--test_hf"], "--test_hf needs --hf_model_dir"),
     "no tokenizer": (lambda t, b: ["--tokenizer_dir", str(b["base"] / "none")], "tokenizer directory does not exist"),
+    "prompt too long for the model": (
+        lambda t, b: ["--max_input_length", "120"],
+        "--max_input_length 120 + --output_len 12 exceed max_position_embeddings 128 of {ckpt}; "
+        "pass --max_input_length 116 or less",
+    ),
+    "summary too long for the model": (
+        lambda t, b: ["--output_len", "128"],
+        "--output_len 128: {ckpt} has max_position_embeddings 128, which leaves no room for the prompt",
+    ),
+    "report inside the checkpoint": (
+        lambda t, b: ["--report", str(t["ckpt"] / "report")],
+        "{ckpt}/report: output directory lies inside the input {ckpt}",
+    ),
 }
 
 
@@ -188,7 +201,7 @@ def test_bad_input_is_one_line_and_exit_1(tiny, bad_inputs, case, capsys):
             "--test_trt_llm",
             *extra(tiny, bad_inputs),
         ]
-    rc, out, err = run(capsys, [*argv, *SMALL, "--report", str(report)])
+    rc, out, err = run(capsys, [*argv, *SMALL, "--report", str(report), *(extra(tiny, bad_inputs) if extra else [])])
     lines = error_lines(err)
     assert rc == 1 and len(lines) == 1 and lines[0].startswith("error: "), err
     assert len(err.strip().splitlines()) <= 2  # at most the first status line before the error
@@ -237,3 +250,58 @@ def test_trt_backend_on_this_machine_says_what_is_missing(tiny, tmp_path, capsys
     assert rc == 1 and len(error_lines(err)) == 1, err  # after the first status line: the engine was opened
     assert f"error: {engine}: engines built by tensorrt_rtx 1.7.1.116 for sm80,sm86 cannot run here: " in err
     assert "TensorRT engines run only on a CUDA GPU" in err
+
+
+def test_speed_ratio_of_the_interleaved_systems(first_report):
+    results = first_report[0]
+    ratio, systems = results["speed_ratio"], results["systems"]
+    assert ratio["batches"] == 2 and ratio["median"] > 0
+    assert ratio["overall"] == pytest.approx(
+        systems["ours (torch)"]["tokens_per_s"] / systems["transformers"]["tokens_per_s"]
+    )
+    assert results["timings"]["transformers"]["order"] == "interleaved"
+
+
+def test_the_default_prompt_length_is_lowered_to_fit_the_model(tiny, capsys):
+    """summarize.py's defaults (923 + 100) do not fit a 128-position model: the prompt length gives way."""
+    argv = ["--checkpoint_dir", str(tiny["ckpt"]), "--tokenizer_dir", str(tiny["tok"]), "--test_trt_llm"]
+    rc, out, err = run(capsys, [*argv, "--max_ite", "1", "--output_len", "12", "--device", "cpu"])
+    assert rc == 0 and "ROUGE-1" in out, err
+    assert (
+        f"[ckpt-summarize] --max_input_length lowered from its default 923 to 116: {tiny['ckpt']} has "
+        "max_position_embeddings 128 and --output_len is 12"
+    ) in err.splitlines()
+
+
+def test_dtype_spellings(tiny, capsys):
+    from ckpt_eval.runner import ModelRunner
+    from ckpt_eval.summarize import build_parser
+
+    for flag, spelling, dtype in [("--dtype", "half", "float16"), ("--data_type", "BF16", "bfloat16")]:
+        assert build_parser().parse_args([flag, spelling]).data_type == dtype
+    assert build_parser().parse_args(["--dtype", "fp32"]).data_type == "float32"
+    assert build_parser().parse_args([]).data_type == "float16"  # summarize.py's default
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["--dtype", "fp8"])
+    assert stop.value.code == 2 and "argument --data_type/--dtype: dtype 'fp8': not one of" in capsys.readouterr().err
+    runner = ModelRunner.from_dir(tiny["hf"], backend="hf", device="cpu", dtype="half")
+    assert runner.model.model.dtype == torch.float16
+
+
+def test_a_corrupt_rank_file_fails_unless_skip_checksum(tiny, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny["ckpt"], ckpt)
+    with open(ckpt / "rank0.safetensors", "r+b") as f:
+        f.seek(-3, 2)
+        byte = f.read(1)
+        f.seek(-3, 2)
+        f.write(bytes([byte[0] ^ 0x10]))
+    argv = ["--checkpoint_dir", str(ckpt), "--tokenizer_dir", str(tiny["tok"]), "--test_trt_llm", *SMALL]
+    rc, out, err = run(capsys, [*argv, "--max_ite", "1", "--report", str(tmp_path / "report")])
+    assert rc == 1 and out == "" and not (tmp_path / "report").exists()
+    assert error_lines(err) == [
+        f"error: {ckpt / 'rank0.safetensors'}: sha256 checksum mismatch with manifest.json "
+        "(corrupt file; --skip_checksum ignores it)"
+    ]
+    rc, out, err = run(capsys, [*argv, "--max_ite", "1", "--skip_checksum"])
+    assert rc == 0 and "ROUGE-1" in out, err
