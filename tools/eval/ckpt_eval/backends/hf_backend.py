@@ -43,6 +43,8 @@ class HFStepper:
         self.key_mask = None
         params = inspect.signature(self.model.forward).parameters  # newer transformers renamed the argument
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        # last-position logits only, as transformers' own generate() asks for (a fair speed reference)
+        self.last_only = "logits_to_keep" in params
 
     def reset(self, batch: int, max_seq: int) -> None:
         from transformers import DynamicCache
@@ -55,12 +57,14 @@ class HFStepper:
         end = int(slots[-1]) + 1
         self.key_mask[:, slots] = (slots.unsqueeze(0) >= pad.unsqueeze(1)).long()
         positions = (slots.unsqueeze(0) - pad.unsqueeze(1)).clamp(min=0)
+        keep = {"logits_to_keep": 1} if self.last_only and not all_logits else {}
         out = self.model(
             input_ids=tokens,
             attention_mask=self.key_mask[:, :end],
             position_ids=positions,
             use_cache=True,
             **{self.cache_arg: self.cache},  # the cache object is updated in place
+            **keep,
         )
         logits = out.logits if all_logits else out.logits[:, -1:]
         return logits.float()
