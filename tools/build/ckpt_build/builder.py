@@ -9,7 +9,7 @@ import multiprocessing
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from ckptfmt.io import BackgroundChecksums, RankFileReader, atomic_output_dir, c
 from ckptfmt.validate import check_checkpoint
 
 from . import __version__
-from .contract import io_contract, make_plan
+from .contract import RankPlan, io_contract, make_plan
 from .interrupts import run_cancellable
 from .limits import Limits, check_supported, refuse_quantized, resolve_limits
 from .lower_trt import TrtBuildError, TrtOps
@@ -44,7 +44,7 @@ class BuildRequest:
     workers: int = 1
     overwrite: bool = False
     skip_checksum: bool = False
-    stop_at_once: bool = False  # command line: a 2nd Ctrl-C or SIGTERM does not wait for TensorRT's next step
+    stop_at_once: bool = False  # command line: Ctrl-C waits <= interrupts.GRACE s for TensorRT, SIGTERM not at all
 
 
 def make_logger(trt):
@@ -153,7 +153,13 @@ def build_rank(
 
 
 def _build_plan(
-    module: TrtModule, plan, dims, checkpoint_dir: Path, targets: list[str], engine_path: Path, cancelled
+    module: TrtModule,
+    plan: RankPlan,
+    dims: dict[str, list[int]],
+    checkpoint_dir: Path,
+    targets: list[str],
+    engine_path: Path,
+    cancelled: Callable[[], bool],
 ) -> tuple[bool, int, str, str]:
     """Define the rank's network and stream its plan to ``engine_path``: (ok, size, sha256, TensorRT's error)."""
     trt, rank = module.trt, plan.rank
@@ -250,7 +256,15 @@ def build_engines(request: BuildRequest) -> EngineConfig:
     return engine
 
 
-def _build_into(request, module, config, build, targets, engine, checksums) -> None:
+def _build_into(
+    request: BuildRequest,
+    module: TrtModule,
+    config: CheckpointConfig,
+    build: BuildConfig,
+    targets: list[str],
+    engine: EngineConfig,
+    checksums: BackgroundChecksums | None,
+) -> None:
     """Every rank's plan, the engine config and the manifest into a temp dir, published when all checks pass."""
     world = config.mapping.world_size
     with atomic_output_dir(request.output_dir, overwrite=request.overwrite, inputs=[request.checkpoint_dir]) as tmp:
