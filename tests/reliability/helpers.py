@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 
 CONSOLE = str(Path(sys.executable).parent / "ckpt-convert")
+CKPTFMT = str(Path(sys.executable).parent / "ckptfmt")
 SECRET = "root:$6$s3cr3t-hash-that-must-never-be-copied:19000:0:99999:7:::"
 
 
@@ -100,3 +101,8 @@ def kill_tree(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.kill(proc.pid, 9)
     proc.communicate()
+
+
+def validate(out: Path) -> subprocess.CompletedProcess:
+    """``ckptfmt validate --require-manifest OUT`` (exit 0: valid)."""
+    return subprocess.run([CKPTFMT, "validate", "--require-manifest", str(out)], capture_output=True, text=True)
