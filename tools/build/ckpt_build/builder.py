@@ -47,8 +47,11 @@ class BuildRequest:
     stop_at_once: bool = False  # command line: Ctrl-C waits <= interrupts.GRACE s for TensorRT, SIGTERM not at all
 
 
-def make_logger(trt):
-    """A TensorRT logger forwarding to ``logging`` that remembers the last error (and drops CPU-only noise)."""
+def make_logger(trt, quiet: Callable[[], bool] = lambda: False):
+    """A TensorRT logger forwarding to ``logging`` that remembers the last error (and drops CPU-only noise).
+
+    Once ``quiet()`` (the build was cancelled) its messages go to DEBUG: after "interrupted", nothing more.
+    """
 
     class Logger(trt.ILogger):
         def __init__(self):
@@ -58,7 +61,7 @@ def make_logger(trt):
         def log(self, severity, msg):
             if "cudaError 35" in msg or "CUDA driver version is insufficient" in msg:
                 return
-            if "BuildCanceled" in msg:  # we asked for it (Ctrl-C): the interrupt is reported, not this
+            if "BuildCanceled" in msg or quiet():  # we stopped it: the interrupt is reported, not this
                 log.debug("TensorRT: %s", msg)
                 return
             S = trt.ILogger.Severity
@@ -163,7 +166,7 @@ def _build_plan(
 ) -> tuple[bool, int, str, str]:
     """Define the rank's network and stream its plan to ``engine_path``: (ok, size, sha256, TensorRT's error)."""
     trt, rank = module.trt, plan.rank
-    logger = make_logger(trt)
+    logger = make_logger(trt, quiet=cancelled)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     builder_config = builder.create_builder_config()

@@ -27,7 +27,6 @@ def make_progress_monitor(trt, label: str, cancelled: Callable[[], bool] = lambd
             self.start = time.perf_counter()
             self.phases: dict[str, tuple[str, int]] = {}  # name -> (path from the top, number of steps)
             self.last_line = self.start  # the first step line comes STEP_INTERVAL into the build
-            self.stopped = False
 
         def _line(self, level: int, path: str, step: str = "") -> None:
             log.log(level, "%s: %s%s (%.1f s)", label, path, step, time.perf_counter() - self.start)
@@ -36,14 +35,12 @@ def make_progress_monitor(trt, label: str, cancelled: Callable[[], bool] = lambd
             parent = self.phases.get(parent_phase, ("", 0))[0] if parent_phase else ""
             path = f"{parent} > {phase_name}" if parent else phase_name
             self.phases[phase_name] = (path, num_steps)
-            level = logging.INFO if path.count(" > ") < MAX_DEPTH else logging.DEBUG
+            level = logging.INFO if path.count(" > ") < MAX_DEPTH and not cancelled() else logging.DEBUG
             self._line(level, path)
 
         def step_complete(self, phase_name, step):
-            if cancelled():
-                if not self.stopped:
-                    self.stopped = True
-                    log.info("%s: stopping the build (interrupted)", label)
+            if cancelled():  # quietly: the tool may already have said "interrupted"
+                log.debug("%s: build cancelled at %s, step %d", label, phase_name, step + 1)
                 return False
             path, steps = self.phases.get(phase_name, (phase_name, 0))
             now = time.perf_counter()
