@@ -10,6 +10,7 @@ setup:
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check shared tools bench
+	$(PY) -m mypy shared/ckptfmt
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: setup
@@ -18,6 +19,7 @@ demo: setup
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check shared tools bench
+	$(PY) -m mypy shared/ckptfmt
 
 bench: setup
 	$(PY) bench/ckptfmt_writer.py

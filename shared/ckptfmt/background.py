@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from collections.abc import Callable
+
+import numpy as np
 
 from .io import RankFileWriter
 
@@ -26,10 +29,17 @@ class BackgroundRankFileWriter(RankFileWriter):
     (same package: they change together).
     """
 
-    def __init__(self, path, specs, metadata=None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        specs: dict[str, tuple[np.dtype, tuple[int, ...]]],
+        metadata: dict[str, str] | None = None,
+    ):
         self._error: BaseException | None = None
         self._finishing = False
-        self._queues = {job: queue.Queue(maxsize=QUEUED_CHUNKS) for job in (self._write, self._digest)}
+        self._queues: dict[Callable[[bytes], None], queue.Queue] = {
+            job: queue.Queue(maxsize=QUEUED_CHUNKS) for job in (self._write, self._digest)
+        }
         self._workers = [
             threading.Thread(target=self._drain, args=(job, q), name=f"{job.__name__} {path}", daemon=True)
             for job, q in self._queues.items()

@@ -134,7 +134,7 @@ def _domain_problem(name: str, value: Any, domain: tuple[bool, float, float]) ->
 
 def _read_section(src: dict, schema: dict, prefix: str, problems: list[str]) -> dict:
     """Values of ``schema`` taken from ``src`` (defaults for missing keys), type problems recorded."""
-    out = {}
+    out: dict[str, Any] = {}
     for name, (types, default) in schema.items():
         if name not in src:
             if default is MANDATORY:
@@ -262,7 +262,7 @@ class QuantConfig:
     def to_dict(self) -> dict:
         extra = {k: v for k, v in self.extra.items() if not k.startswith("_")}
         if self.style == "algo":
-            out = {"quant_algo": self.quant_algo, "kv_cache_quant_algo": self.kv_cache_quant_algo}
+            out: dict[str, Any] = {"quant_algo": self.quant_algo, "kv_cache_quant_algo": self.kv_cache_quant_algo}
             if self.per_group or "group_size" in self.extra or self.group_size != 64:
                 out["group_size"] = self.group_size
             return {**out, **extra}
@@ -328,8 +328,9 @@ class CheckpointConfig:
         return DTYPES[self.dtype]
 
     def get(self, name: str, default: Any = None) -> Any:
-        """A model-specific field (from ``extra``) or ``default``."""
-        return self.extra.get(name, default)
+        """A model-specific field (from ``extra``) or ``default`` when it is absent or null."""
+        value = self.extra.get(name)
+        return default if value is None else value
 
     def with_mapping(self, tp_size: int = 1, pp_size: int = 1) -> CheckpointConfig:
         out = copy.deepcopy(self)
@@ -424,7 +425,7 @@ class CheckpointConfig:
         return out
 
     def _shape_problems(self) -> list[str]:
-        out = []
+        out: list[str] = []
         heads, kv, tp = self.num_attention_heads, self.kv_heads, self.mapping.tp_size
         if not heads or not self.hidden_size:
             return out

@@ -55,7 +55,7 @@ def to_numpy(t) -> np.ndarray:
 
 def _bytes_view(a: np.ndarray) -> memoryview:
     a = np.ascontiguousarray(a)
-    return memoryview(a.reshape(-1).view(np.uint8))
+    return memoryview(a.reshape(-1).view(np.uint8).data)
 
 
 class RankFileWriter:
@@ -179,6 +179,7 @@ class RankFileReader:
         if any(prev[1] != nxt[0] for prev, nxt in zip(offsets, offsets[1:])):
             return None
         first = self[names[0]]  # maps the file
+        assert self._mm is not None
         rows = sum(s[0] for _, s in specs)
         raw = self._mm[self._data_start + offsets[0][0] : self._data_start + offsets[-1][1]]
         return raw.view(first.dtype).reshape((rows, *shape[1:]))
@@ -340,7 +341,7 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, tuple[int, str]] | 
         if not rel or Path(rel).is_absolute() or ".." in parts or rel == MANIFEST_FILE:
             raise CheckpointError(f"{p}: corrupt manifest: entry {json.dumps(rel)} is not a file inside the directory")
         size, sha = (e.get("size"), e.get("sha256")) if isinstance(e, dict) else (None, None)
-        if not _is_index(size) or not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        if not isinstance(size, int) or not _is_index(size) or not isinstance(sha, str) or not _SHA256.fullmatch(sha):
             raise CheckpointError(f"{p}: corrupt manifest: entry {json.dumps(rel)} needs a size and a sha256")
         out[rel] = (size, sha)
     return out

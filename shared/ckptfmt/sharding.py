@@ -78,7 +78,7 @@ def merge_qkv(parts: list, num_heads: int, num_kv_heads: int, head_size: int):
     qn = num_heads // tp * head_size
     kvn = kv_heads_per_rank(num_kv_heads, tp) * head_size
     q = np.concatenate([p[:qn] for p in parts], axis=0)
-    owners = {}  # first rank holding each kv head group
+    owners: dict[int, int] = {}  # first rank holding each kv head group
     for r in range(tp):
         owners.setdefault(kv_head_of_rank(num_kv_heads, tp, r).start, r)
     ranks = [owners[h] for h in sorted(owners)]
@@ -91,32 +91,32 @@ def merge_qkv(parts: list, num_heads: int, num_kv_heads: int, head_size: int):
 _LAYER_RE = re.compile(r"^transformer\.layers\.\d+\.(.+)\.(weight|bias|per_channel_scale)$")
 
 
-def shard_rule(name: str, config: CheckpointConfig) -> tuple[str, int | None]:
-    """(rule, dim) for a canonical tensor name: rule in replicate/split/split_padded/qkv."""
+def shard_rule(name: str, config: CheckpointConfig) -> tuple[str, int]:
+    """(rule, dim) for a canonical tensor name: rule in replicate/split/split_padded/qkv (dim 0 for replicate)."""
     tp = config.mapping.tp_size
     if tp == 1:
-        return "replicate", None
+        return "replicate", 0
     if name in (VOCAB_EMBEDDING, POSITION_EMBEDDING):
         if not config.use_parallel_embedding:
-            return "replicate", None
+            return "replicate", 0
         return ("split_padded", 0) if config.embedding_sharding_dim == 0 else ("split", 1)
     if name in (LM_HEAD, "lm_head.bias"):
         return "split_padded", 0
     m = _LAYER_RE.match(name)
     if not m:
-        return "replicate", None
+        return "replicate", 0
     module, kind = m.groups()
     column = module in COLUMN_LINEARS
     if not column and module not in ROW_LINEARS:
-        return "replicate", None
+        return "replicate", 0
     if kind == "bias":
-        return ("qkv" if module == QKV else "split", 0) if column else ("replicate", None)
+        return ("qkv" if module == QKV else "split", 0) if column else ("replicate", 0)
     quant = config.quantization
     if kind == "per_channel_scale":  # [out], or [in / group, out] per group
         out_dim = 1 if quant.per_group else 0
         if column:
             return ("qkv" if module == QKV else "split"), out_dim
-        return ("split", 0) if quant.per_group else ("replicate", None)
+        return ("split", 0) if quant.per_group else ("replicate", 0)
     out_dim = 1 if quant.use_weight_only else 0  # weight-only weights are stored [in, out]
     if column:
         return ("qkv" if module == QKV else "split"), out_dim
