@@ -126,6 +126,21 @@ def encode(args, tokenizer, texts, ids) -> list:
     return [torch.tensor(x[: args.max_input_length], dtype=torch.long) for x in ids]
 
 
+def check_lengths(prompts: list, new_tokens: int, limit: int | None) -> None:
+    """Each prompt plus ``--max_output_len`` must fit the model's positions; the error names the flags."""
+    for i, p in enumerate(prompts):
+        if limit and p.numel() + new_tokens > limit:
+            hint = (
+                f"pass --max_input_length {limit - new_tokens} or less"
+                if new_tokens < limit
+                else "pass a smaller --max_output_len"
+            )
+            raise RunnerError(
+                f"prompt {i}: {p.numel()} tokens + {new_tokens} new tokens exceed the model's "
+                f"max_position_embeddings {limit}; {hint}"
+            )
+
+
 def print_outputs(result, prompts, texts, tokenizer, only: set[int] | None = None) -> None:
     for i, p in enumerate(prompts):
         if only is not None and i not in only:
@@ -170,6 +185,7 @@ def run(args) -> None:
     end_id = args.end_id if args.end_id is not None else getattr(tokenizer, "eos_token_id", None)
     pad_id = args.pad_id if args.pad_id is not None else getattr(tokenizer, "pad_token_id", None)
     prompts = encode(args, tokenizer, texts, ids)
+    check_lengths(prompts, args.max_output_len, runner.max_seq_len)
     result = runner.generate(
         prompts,
         max_new_tokens=args.max_output_len,
