@@ -1,4 +1,4 @@
-"""``ckptfmt inspect DIR`` and ``ckptfmt validate DIR``."""
+"""``ckptfmt inspect DIR``, ``ckptfmt validate DIR`` and ``ckptfmt reshard DIR --tp_size N --pp_size M``."""
 
 from __future__ import annotations
 
@@ -92,8 +92,43 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument(
         "--require-manifest", action="store_true", help="a checkpoint without manifest.json is invalid, not a warning"
     )
+    p = sub.add_parser("reshard", help="rewrite a checkpoint at another tp/pp layout (no source model needed)")
+    p.add_argument("directory", help="the checkpoint to read")
+    p.add_argument("--tp_size", type=int, default=1, help="tensor-parallel size of the output (default: 1)")
+    p.add_argument("--pp_size", type=int, default=1, help="pipeline-parallel size of the output (default: 1)")
+    p.add_argument("--output_dir", required=True, help="checkpoint directory to create")
+    p.add_argument(
+        "--use_parallel_embedding",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="split the embedding across tp ranks (default: as in the source)",
+    )
+    p.add_argument(
+        "--embedding_sharding_dim",
+        type=int,
+        choices=(0, 1),
+        default=None,
+        help="0: split vocab rows, 1: split hidden columns (default: as in the source)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory written by us")
+    p.add_argument("--skip_checksum", action="store_true", help="do not check the source against its manifest")
     args = parser.parse_args(argv)
     try:
+        if args.command == "reshard":
+            from .reshard import reshard
+
+            summary = reshard(
+                args.directory,
+                args.output_dir,
+                args.tp_size,
+                args.pp_size,
+                overwrite=args.overwrite,
+                verify=not args.skip_checksum,
+                use_parallel_embedding=args.use_parallel_embedding,
+                embedding_sharding_dim=args.embedding_sharding_dim,
+            )
+            print(summary.line(args.output_dir))
+            return 0
         if args.command == "inspect":
             info = inspect_checkpoint(args.directory)
             print(json.dumps(info, indent=2)) if args.json else _print_inspect(info)
@@ -103,6 +138,9 @@ def _main(argv: list[str] | None) -> int:
         )
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # disk full, permissions
+        print(f"error: {err.filename or args.directory}: {err.strerror or err}", file=sys.stderr)
         return 1
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)

@@ -290,3 +290,22 @@ def linear_tensors(name: str, rows: int, cols: int, dtype: str, quant) -> dict[s
         f"{name}.weight": TensorSpec((cols, packed), "int8"),
         f"{name}.per_channel_scale": TensorSpec(scale_shape, dtype),
     }
+
+
+def weight_only_layout_problems(config: CheckpointConfig) -> list[str]:
+    """Weight-only layouts this mapping cannot hold: a group size that does not divide a per-rank input size,
+    or an odd per-rank output size for packed int4 (two values per byte)."""
+    quant = config.quantization
+    if not quant.use_weight_only:
+        return []
+    spec, tp = model_spec(config), config.mapping.tp_size
+    problems = []
+    for name, (rows, cols, _) in layer_linears(spec, tp).items():
+        if quant.per_group and cols % quant.group_size:
+            problems.append(
+                f"quantization.group_size: {quant.group_size} does not divide the per-rank input size {cols} of "
+                f"{name} at tp_size {tp}"
+            )
+        if quant.weight_only_precision == "int4" and rows % 2:
+            problems.append(f"quantization: int4 packs two values a byte; {name}'s per-rank output size {rows} is odd")
+    return problems

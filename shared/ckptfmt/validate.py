@@ -9,7 +9,7 @@ from .config import CheckpointConfig, load_config
 from .constants import CONFIG_FILE, MANIFEST_FILE, RANK_FILE, SAFETENSORS_DTYPES
 from .errors import CheckpointError
 from .io import RankFileReader, verify_manifest
-from .names import expected_tensors
+from .names import expected_tensors, weight_only_layout_problems
 
 
 def _dtype_name(tag: str) -> str:
@@ -63,6 +63,7 @@ def validate_checkpoint(
             "int8/int4 (W8A16, W4A16, W4A16_AWQ/GPTQ without pre-quant scales)"
         ], []
     problems, warnings = verify_manifest(d, hash_files=hash_files), list(config.notes)
+    problems += [f"{d / CONFIG_FILE}: {p}" for p in weight_only_layout_problems(config)]
     if not (d / MANIFEST_FILE).exists():
         unverified = f"{d / MANIFEST_FILE}: missing, so the files' contents are unverified (written by another tool?)"
         (problems if require_manifest else warnings).append(unverified)
