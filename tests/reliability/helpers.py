@@ -78,7 +78,7 @@ def assert_failed_cleanly(rc: int, err: str, out: Path, *fragments: str, secret:
 def assert_no_secret(root: Path) -> None:
     """The secret's content is in no file under ``root`` except the secret itself."""
     for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink() and path.name != "shadow":
+        if path.is_file() and not path.is_symlink() and path.name != "shadow" and path.stat().st_size < 1 << 30:
             assert SECRET.encode() not in path.read_bytes(), f"secret copied into {path}"
 
 

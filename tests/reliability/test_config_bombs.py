@@ -51,9 +51,17 @@ def run_measured(cmd: list[str], timeout: float = 120) -> tuple[int, str, int]:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     config = {
-        "architecture": "LlamaForCausalLM", "dtype": "float16", "vocab_size": 250, "hidden_size": 64,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": "silu",
-        "intermediate_size": 96, "position_embedding_type": "rope_gpt_neox", "max_position_embeddings": 128,
+        "architecture": "LlamaForCausalLM",
+        "dtype": "float16",
+        "vocab_size": 250,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "hidden_act": "silu",
+        "intermediate_size": 96,
+        "position_embedding_type": "rope_gpt_neox",
+        "max_position_embeddings": 128,
     }
     from tests.eval.summarize_helpers import save_tiny_tokenizer
 
@@ -77,8 +85,13 @@ TOOLS = {
     "inspect": lambda ckpt, out: [str(BIN / "ckptfmt"), "inspect", str(ckpt)],
     "build": lambda ckpt, out: [str(BIN / "ckpt-build"), "--checkpoint_dir", str(ckpt), "--output_dir", str(out)],
     "run": lambda ckpt, out: [
-        str(BIN / "ckpt-run"), "--checkpoint_dir", str(ckpt), "--tokenizer_dir", str(ckpt / "tokenizer"),
-        "--input_text", "a",
+        str(BIN / "ckpt-run"),
+        "--checkpoint_dir",
+        str(ckpt),
+        "--tokenizer_dir",
+        str(ckpt / "tokenizer"),
+        "--input_text",
+        "a",
     ],
 }
 

@@ -96,7 +96,7 @@ def check_extraction_size(archive: Path, work: Path) -> int:
                     )
                 if member.isfile():
                     total += member.size
-    except (tarfile.TarError, EOFError) as err:
+    except (tarfile.TarError, EOFError, OSError) as err:  # OSError: a claimed size seeks past the largest file
         raise CheckpointError(f"{archive}: truncated or corrupt tar archive ({err})") from None
     stored = archive.stat().st_size
     if _compressed(archive) and total > MAX_EXPANSION * stored + EXPANSION_ALLOWANCE:
