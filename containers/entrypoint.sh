@@ -1,5 +1,5 @@
 #!/bin/sh
-# Entrypoint of every image (installed as /opt/ckpt/bin/ckpt-entry): `ckpt-entry TOOL [ARGS...]` runs TOOL.
+# Entrypoint of every image (installed as /opt/ckpt-code/bin/ckpt-entry): `ckpt-entry TOOL [ARGS...]` runs TOOL.
 # Before that it checks that the directories TOOL will write (--output_dir, --report) can be written by the
 # container's user, so that a host directory owned by someone else (CKPT_VOLUME) fails with one line saying
 # whose it is and what to do, instead of a bare "Permission denied" from deep inside the tool.

@@ -30,7 +30,8 @@ ARG CKPT_GID=1000
 COPY containers/create-user.sh /tmp/create-user.sh
 RUN sh /tmp/create-user.sh "${CKPT_UID}" "${CKPT_GID}" && rm /tmp/create-user.sh
 COPY --from=install /opt/ckpt /opt/ckpt
-ENV PATH=/opt/ckpt/bin:${PATH} \
+COPY --from=install /opt/ckpt-code /opt/ckpt-code
+ENV PATH=/opt/ckpt-code/bin:/opt/ckpt/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     XDG_CACHE_HOME=/tmp/cache \

@@ -1,8 +1,12 @@
 #!/bin/sh
-# Install ckptfmt and one tool into the virtual environment /opt/ckpt (build stage of every image).
+# Install one tool's dependencies into the virtual environment /opt/ckpt and ckptfmt + the tool themselves
+# into /opt/ckpt-code, which a .pth file puts on the venv's path (install stage of every image).
 #
 #   install-tool.sh deps EXTRAS   pyproject.toml files only: installs every dependency (cacheable layer)
-#   install-tool.sh code EXTRAS   full sources: installs ckptfmt and the tool themselves, without deps
+#   install-tool.sh code EXTRAS   full sources: installs ckptfmt and the tool into /opt/ckpt-code, without deps
+#
+# The final stage copies the two directories separately: a code change leaves /opt/ckpt (up to ~1 GB) as
+# it was, so its copy stays a cached layer and only the few MB of /opt/ckpt-code are copied again.
 #
 # Sources are expected in /tmp/ckpt-src/shared and /tmp/ckpt-src/tool. The venv sees the base image's
 # site-packages, so the NVIDIA images' own torch/TensorRT/mpi4py satisfy the requirements instead of being
@@ -15,6 +19,7 @@
 set -eu
 
 VENV=/opt/ckpt
+CODE=/opt/ckpt-code
 SRC=/tmp/ckpt-src
 stage=${1:?usage: install-tool.sh deps|code EXTRAS}
 extras=${2-}
@@ -58,6 +63,11 @@ sys.exit(0 if any(re.match(r"torch(?![\w.-])", r) for r in requirements) else 1)
 EOF
 }
 
+# The distribution names of ckptfmt and the tool (the `name` line of each pyproject.toml).
+project_names() {
+    sed -n 's/^name *= *"\([^"]*\)".*/\1/p' "$SRC/shared/pyproject.toml" "$SRC/tool/pyproject.toml"
+}
+
 pip_install() {
     "$VENV/bin/python" -m pip install --no-cache-dir --no-input --disable-pip-version-check "$@"
 }
@@ -73,12 +83,16 @@ case "$stage" in
                 pip_install --no-deps --index-url "$TORCH_INDEX_URL" torch
             )
         fi
-        # Empty distributions of both projects pull in every dependency; the code layer replaces them.
+        # Empty distributions of both projects pull in every dependency, then go: the code is in $CODE.
         pip_install "$SRC/shared" "$tool_spec"
+        # shellcheck disable=SC2046 # one word per name
+        "$VENV/bin/python" -m pip uninstall --yes --no-input --disable-pip-version-check $(project_names)
+        site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+        echo "$CODE" > "$site/ckpt-code.pth"
         ;;
     code)
-        pip_install --no-deps --force-reinstall "$SRC/shared" "$SRC/tool"
-        install -m 0755 "$SRC/entrypoint.sh" "$VENV/bin/ckpt-entry"
+        pip_install --no-deps --target "$CODE" "$SRC/shared" "$SRC/tool"
+        install -m 0755 "$SRC/entrypoint.sh" "$CODE/bin/ckpt-entry"
         ;;
     *)
         echo "install-tool.sh: unknown stage '$stage' (expected deps or code)" >&2
