@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import logging
 import multiprocessing
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +19,7 @@ from pathlib import Path
 
 from ckptfmt import __version__ as ckptfmt_version
 from ckptfmt.config import CheckpointConfig
-from ckptfmt.constants import ENGINE_FILE, RANK_FILE
+from ckptfmt.constants import CONFIG_FILE, ENGINE_FILE, MANIFEST_FILE, RANK_FILE
 from ckptfmt.engine import BoundTo, BuildConfig, EngineConfig
 from ckptfmt.errors import CheckpointError
 from ckptfmt.io import BackgroundChecksums, RankFileReader, atomic_output_dir, check_output_dir, write_manifest
@@ -27,6 +31,14 @@ from .interrupts import run_cancellable
 from .limits import Limits, check_supported, refuse_quantized, resolve_limits
 from .lower_trt import TrtBuildError, TrtOps
 from .network import define_rank_network
+from .output import (
+    OutputWriteError,
+    check_written,
+    from_os_error,
+    is_output_path,
+    output_error,
+    weights_size,
+)
 from .progress import make_progress_monitor
 from .trt_api import TrtModule, load_trt, resolve_targets
 from .weights import RankWeights
@@ -79,20 +91,42 @@ def make_logger(trt, quiet: Callable[[], bool] = lambda: False):
     return Logger()
 
 
-def _stream_writer(trt, path: Path):
+def _stream_writer(trt, path: Path, failed: threading.Event | None = None):
     class FileWriter(trt.IStreamWriter):
-        """Streams the plan to disk (no in-memory copy of the whole plan), hashing as it goes."""
+        """Streams the plan to disk (no in-memory copy of the whole plan), hashing as it goes.
+
+        An ``OSError`` (full disk, file size limit) is kept in ``error`` and answered with a short write, which
+        stops TensorRT: an exception raised here would be printed by the bindings with a stack and swallowed.
+        """
 
         def __init__(self):
             trt.IStreamWriter.__init__(self)
             self.file = open(path, "wb")  # noqa: SIM115 (closed by the caller)
             self.sha, self.size = hashlib.sha256(), 0
+            self.error: OSError | None = None
 
         def write(self, data) -> int:
-            self.file.write(data)
+            if self.error is not None:
+                return 0
+            try:
+                self.file.write(data)
+            except OSError as err:
+                self._failed(err)
+                return 0
             self.sha.update(data)
             self.size += len(data)
             return len(data)
+
+        def close(self) -> None:
+            try:
+                self.file.close()  # flushes the buffer: may fail too
+            except OSError as err:
+                self._failed(err)
+
+        def _failed(self, err: OSError) -> None:
+            self.error = self.error or err
+            if failed is not None:
+                failed.set()
 
     return FileWriter()
 
@@ -166,7 +200,8 @@ def _build_plan(
 ) -> tuple[bool, int, str, str]:
     """Define the rank's network and stream its plan to ``engine_path``: (ok, size, sha256, TensorRT's error)."""
     trt, rank = module.trt, plan.rank
-    logger = make_logger(trt, quiet=cancelled)
+    write_failed = threading.Event()  # TensorRT's messages about the short write it got are not the news
+    logger = make_logger(trt, quiet=lambda: cancelled() or write_failed.is_set())
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     builder_config = builder.create_builder_config()
@@ -183,23 +218,47 @@ def _build_plan(
         if cancelled():
             return False, 0, "", "interrupted"
         log.info("rank %d: network defined (%d layers); TensorRT builds the plan", rank, network.num_layers)
-        writer = _stream_writer(trt, engine_path)
+        try:
+            writer = _stream_writer(trt, engine_path, write_failed)
+        except OSError as err:
+            raise OutputWriteError.of(engine_path.name, err) from None
         try:
             with release_mapped_pages(reader):
                 ok = module.serialize(builder, network, builder_config, writer)
         finally:
-            writer.file.close()
+            writer.close()
         del network, ops  # release the weight references before the next rank
+    if writer.error is not None:  # full disk, file size limit: named as such, not as a failed TensorRT build
+        raise OutputWriteError.of(engine_path.name, writer.error)
     return ok, writer.size, writer.sha.hexdigest(), logger.last_error()
 
 
-def _init_worker() -> None:
-    """Worker processes leave Ctrl-C to their parent, which terminates them (SIGTERM ends them at once)."""
+_PARENT = 0  # in a worker process: the pid of the ckpt-build that started it
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _init_worker(parent: int) -> None:
+    """Worker processes leave Ctrl-C to their parent, which terminates them (SIGTERM ends them at once), and die
+    with it: a parent killed by SIGKILL (the OOM killer, ``kill -9``) cannot stop them, the kernel does."""
+    global _PARENT
+    _PARENT = parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _exit_if_orphaned()  # the parent may have died before prctl took effect
+
+
+def _exit_if_orphaned() -> None:
+    """End this worker at once when the ckpt-build that started it is gone (where prctl is not available)."""
+    if _PARENT and os.getppid() != _PARENT:
+        os._exit(1)
 
 
 def _build_rank_in_worker(args: tuple) -> dict:
+    _exit_if_orphaned()  # between ranks: nobody would use this one
     backend, config_dict, rank, build, checkpoint_dir, targets, engine_path, level = args
     logging.basicConfig(level=level, format="[ckpt-build] %(levelname)s %(message)s")
     module = load_trt(backend)
@@ -268,6 +327,29 @@ def _build_into(
     engine: EngineConfig,
     checksums: BackgroundChecksums | None,
 ) -> None:
+    """``_write_engine_dir``, with every ``OSError`` of the output (full disk, read-only parent) in one line."""
+    sizes: list[int] = []  # the plans' sizes once they are built: what the engines need
+    try:
+        _write_engine_dir(request, module, config, build, targets, engine, checksums, sizes)
+    except (OutputWriteError, OSError) as err:
+        if isinstance(err, OSError) and not is_output_path(err.filename, request.output_dir):
+            raise  # not ours to name (e.g. a checkpoint file that vanished)
+        if isinstance(err, OSError):
+            err = from_os_error(err, request.output_dir)
+        weights = weights_size(request.checkpoint_dir)
+        raise output_error(request.output_dir, err, sum(sizes) or None, weights) from None
+
+
+def _write_engine_dir(
+    request: BuildRequest,
+    module: TrtModule,
+    config: CheckpointConfig,
+    build: BuildConfig,
+    targets: list[str],
+    engine: EngineConfig,
+    checksums: BackgroundChecksums | None,
+    sizes: list[int],
+) -> None:
     """Every rank's plan, the engine config and the manifest into a temp dir, published when all checks pass."""
     world = config.mapping.world_size
     with atomic_output_dir(request.output_dir, overwrite=request.overwrite, inputs=[request.checkpoint_dir]) as tmp:
@@ -286,20 +368,23 @@ def _build_into(
         ]
         if request.workers > 1 and world > 1:
             ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(min(request.workers, world), initializer=_init_worker) as pool:  # exit: terminate
+            with ctx.Pool(min(request.workers, world), _init_worker, (os.getpid(),)) as pool:  # exit: terminate
                 results = pool.map(_build_rank_in_worker, jobs)
         else:
             results = [
                 build_rank(module, config, rank, build, request.checkpoint_dir, targets, job[6], request.stop_at_once)
                 for rank, job in zip(range(world), jobs)
             ]
-        engine.save(tmp)
-        write_manifest(
-            tmp,
-            {
-                ENGINE_FILE.format(rank=r): {"size": res["size"], "sha256": res["sha256"]}
-                for r, res in enumerate(results)
-            },
-        )
+        sizes.extend(res["size"] for res in results)
+        plans = {
+            ENGINE_FILE.format(rank=r): {"size": res["size"], "sha256": res["sha256"]} for r, res in enumerate(results)
+        }
+        try:
+            engine.save(tmp)
+            sizes.append((tmp / CONFIG_FILE).stat().st_size)
+            write_manifest(tmp, plans)  # lists every file: the plans (digests computed as they streamed), config.json
+        except OSError as err:
+            raise OutputWriteError.of(Path(str(err.filename)).name if err.filename else MANIFEST_FILE, err) from None
+        check_written(tmp)
         if checksums is not None:
             checksums.wait()  # the checkpoint's bytes match its manifest, else nothing is published
