@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import hashlib
 import logging
 import multiprocessing
 import os
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +38,7 @@ from .output import (
 from .progress import make_progress_monitor
 from .trt_api import TrtModule, load_trt, resolve_targets
 from .weights import RankWeights
+from .workers import exit_if_orphaned, init_worker
 
 log = logging.getLogger("ckpt_build")
 
@@ -233,32 +230,8 @@ def _build_plan(
     return ok, writer.size, writer.sha.hexdigest(), logger.last_error()
 
 
-_PARENT = 0  # in a worker process: the pid of the ckpt-build that started it
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _init_worker(parent: int) -> None:
-    """Worker processes leave Ctrl-C to their parent, which terminates them (SIGTERM ends them at once), and die
-    with it: a parent killed by SIGKILL (the OOM killer, ``kill -9``) cannot stop them, the kernel does."""
-    global _PARENT
-    _PARENT = parent
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    _exit_if_orphaned()  # the parent may have died before prctl took effect
-
-
-def _exit_if_orphaned() -> None:
-    """End this worker at once when the ckpt-build that started it is gone (where prctl is not available)."""
-    if _PARENT and os.getppid() != _PARENT:
-        os._exit(1)
-
-
 def _build_rank_in_worker(args: tuple) -> dict:
-    _exit_if_orphaned()  # between ranks: nobody would use this one
+    exit_if_orphaned()  # between ranks: nobody would use this one
     backend, config_dict, rank, build, checkpoint_dir, targets, engine_path, level = args
     logging.basicConfig(level=level, format="[ckpt-build] %(levelname)s %(message)s")
     module = load_trt(backend)
@@ -368,7 +341,7 @@ def _write_engine_dir(
         ]
         if request.workers > 1 and world > 1:
             ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(min(request.workers, world), _init_worker, (os.getpid(),)) as pool:  # exit: terminate
+            with ctx.Pool(min(request.workers, world), init_worker, (os.getpid(),)) as pool:  # exit: terminate
                 results = pool.map(_build_rank_in_worker, jobs)
         else:
             results = [

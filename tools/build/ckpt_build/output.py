@@ -97,6 +97,8 @@ def from_os_error(err: OSError, output_dir: Path) -> OutputWriteError:
     path, out = Path(os.path.abspath(str(err.filename))), Path(os.path.abspath(output_dir))
     if path in out.parents and err.errno in (errno.EEXIST, errno.ENOTDIR):  # mkdir of a parent that is a file
         return OutputWriteError("", errno.ENOTDIR, f"{err.filename} is not a directory")
+    if path in out.parents:
+        return OutputWriteError("", err.errno, f"cannot create {err.filename} ({err.strerror})")
     inside = path.parent.parent == out.parent and path.parent.name.startswith(f".{out.name}.tmp-")
     return OutputWriteError.of(path.name if inside else "", err)
 
