@@ -251,8 +251,10 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
     failed = [t for t in trials if t.problems]
     outputs = {s: sum(t.after_kill.split(":")[0] == s for t in trials) for s in ("absent", "valid", "INVALID")}
+    finished = sum(not t.killed_at for t in trials)
     print(
-        f"summary: {len(trials)} kills, {len(trials) - len(failed)} ok, {len(failed)} failed; output after the kill: "
+        f"summary: {len(trials)} trials ({len(trials) - finished} killed mid-build, {finished} finished before their "
+        f"moment), {len(trials) - len(failed)} ok, {len(failed)} failed; output after the kill: "
         f"{outputs['absent']} absent, {outputs['valid']} valid, {outputs['INVALID']} invalid; "
         f"slowest end of all processes {max(t.gone_s for t in trials):.2f} s; every rerun succeeded: "
         f"{'yes' if not any('rerun' in p for t in trials for p in t.problems) else 'no'}"

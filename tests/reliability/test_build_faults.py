@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,33 @@ def test_sigkill_at_random_moments(faults, tmp_path):
     delays = [rng.uniform(0.3, 0.9) * duration for _ in range(2)]  # mostly while the workers exist
     trials = faults.run_trials(ckpt, out, delays, report=lambda _: None)
     assert [t.problems for t in trials] == [[], []], [faults._row(i, t) for i, t in enumerate(trials)]
+
+
+def test_a_worker_killed_mid_build_fails_the_build_in_one_line(faults, tmp_path):
+    """The OOM killer takes one worker: the build used to wait for its rank forever (multiprocessing.Pool)."""
+    import psutil
+
+    ckpt = faults.make_checkpoint(tmp_path / "ckpt", layers=12)
+    out = tmp_path / "engine"
+    proc = subprocess.Popen(faults.command(ckpt, out, False), stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "Determining refit engines" in line:
+                break
+        workers = [p for p in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+        assert len(workers) == 2, "".join(lines)
+        workers[0].kill()
+        killed = time.monotonic()
+        err = proc.stderr.read()
+        assert proc.wait(timeout=30) == 1, err
+        assert time.monotonic() - killed < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    last = err.strip().splitlines()[-1]
+    assert "a worker process died before finishing (killed: out of memory? use fewer --workers)" in last, err
+    assert last.startswith("ckpt-build: error: rank") and "Traceback" not in err, err
+    assert faults.wait_gone(workers, timeout=5) == []
+    assert not out.exists() and faults.beside(out) == []

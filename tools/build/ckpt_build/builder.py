@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import multiprocessing
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +36,7 @@ from .output import (
 from .progress import make_progress_monitor
 from .trt_api import TrtModule, load_trt, resolve_targets
 from .weights import RankWeights
-from .workers import exit_if_orphaned, init_worker
+from .workers import exit_if_orphaned, run_in_workers
 
 log = logging.getLogger("ckpt_build")
 
@@ -340,9 +338,7 @@ def _write_engine_dir(
             for rank in range(world)
         ]
         if request.workers > 1 and world > 1:
-            ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(min(request.workers, world), init_worker, (os.getpid(),)) as pool:  # exit: terminate
-                results = pool.map(_build_rank_in_worker, jobs)
+            results = run_in_workers(_build_rank_in_worker, jobs, min(request.workers, world))
         else:
             results = [
                 build_rank(module, config, rank, build, request.checkpoint_dir, targets, job[6], request.stop_at_once)
