@@ -52,13 +52,15 @@ class Compose:
         )
 
     def configure_builds(self, base_image: str, torch_index_url: str, trusted_host: str) -> None:
-        """The documented build settings: a local base image, torch from a plain-HTTP index, local CAs."""
+        """The documented build settings: a local base image, torch from a plain-HTTP index on this machine's
+        loopback (builds on the host network), local CAs."""
         self.env.update(
             CONVERT_BASE_IMAGE=base_image,
             BUILD_BASE_IMAGE=base_image,
             EVAL_BASE_IMAGE=base_image,
             TORCH_INDEX_URL=torch_index_url,
             CKPT_PIP_TRUSTED_HOST=trusted_host,
+            CKPT_BUILD_NETWORK="host",
             CKPT_EXTRA_CA_CERTS=local_ca_certificates(),
         )
 

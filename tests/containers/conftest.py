@@ -17,6 +17,8 @@ from .compose import BUILD_TIMEOUT_S, Compose, documented_block
 from .docker_daemon import DockerDaemon, running_daemon
 from .wheel_server import local_wheels, serving_index
 
+LOOPBACK = "127.0.0.1"  # the wheel index: never an address off this machine's loopback
+
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs/containers.md"
 TORCH_WHEEL = "torch-2.13.0+cpu-"  # the pin in constraints.txt, CPU build
@@ -60,18 +62,18 @@ def compose(
 ) -> Iterator[Compose]:
     """The CPU pipeline with its three images built by docs/containers.md's own commands on the local base.
 
-    torch comes from the documented TORCH_INDEX_URL, here a plain-HTTP index on the Docker bridge serving the
-    machine's local CPU wheel (PyTorch's CPU index, the default, cannot be reached from here).
+    torch comes from the documented TORCH_INDEX_URL, here a plain-HTTP index on 127.0.0.1 serving the machine's
+    local CPU wheel to builds on the host network (CKPT_BUILD_NETWORK=host); PyTorch's CPU index, the default,
+    cannot be reached from here.
     """
     wheels = local_wheels(TORCH_WHEEL)
     if not wheels:
         pytest.fail(f"no local {TORCH_WHEEL}*.whl in pip's find-links folders: test images would pull CUDA torch")
     work = tmp_path_factory.mktemp("compose")
     project = Compose(REPO, work, docker_daemon.env, project="ckpt-suite-test")
-    gateway = docker_daemon.bridge_gateway()
     seconds = {}
-    with serving_index(wheels[:1], work / "index", host=gateway) as url:
-        project.configure_builds(base_image=base_image, torch_index_url=url, trusted_host=gateway)
+    with serving_index(wheels[:1], work / "index", host=LOOPBACK) as url:
+        project.configure_builds(base_image=base_image, torch_index_url=url, trusted_host=LOOPBACK)
         start = time.monotonic()
         project.warm_install_stages()
         seconds["install stages"] = time.monotonic() - start

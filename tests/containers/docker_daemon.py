@@ -34,17 +34,6 @@ class DockerDaemon:
         env.pop("DOCKER_CONTEXT", None)
         return env
 
-    def bridge_gateway(self) -> str:
-        """The host's address on the default bridge network: what build containers reach the host on."""
-        name = self.docker(
-            "network", "inspect", "bridge", "--format", '{{index .Options "com.docker.network.bridge.name"}}'
-        ).stdout.strip()
-        addresses = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", name], capture_output=True, text=True)
-        words = addresses.stdout.split()
-        if "inet" not in words:
-            raise RuntimeError(f"no IPv4 address on the bridge {name!r}: {addresses.stderr.strip()}")
-        return words[words.index("inet") + 1].split("/")[0]
-
     def docker(self, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
         """Run the docker CLI against this daemon, capturing text output."""
         return subprocess.run(["docker", *args], env=self.env, check=check, text=True, capture_output=True, **kwargs)
@@ -90,7 +79,8 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 def running_daemon(data_root: Path, run_dir: Path, compose_plugin: Path | None) -> Iterator[DockerDaemon]:
     """Start dockerd with images in `data_root` (kept) and sockets/exec state in `run_dir`; stop it by PID.
 
-    Builds use Docker's default bridge (with its NAT rules), as on a user's machine; services have no network.
+    The daemon runs without a bridge or iptables rules: the tests' builds use the host network
+    (CKPT_BUILD_NETWORK=host, to reach the wheel index on 127.0.0.1 and the registries), services none.
     """
     with _exclusive(data_root.parent / f"{data_root.name}.lock"):
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -107,6 +97,9 @@ def running_daemon(data_root: Path, run_dir: Path, compose_plugin: Path | None) 
             "--exec-root", str(run_dir / "exec"),
             "--host", f"unix://{socket}",
             "--pidfile", str(run_dir / "dockerd.pid"),
+            "--bridge", "none",
+            "--iptables=false",
+            "--ip6tables=false",
         ]  # fmt: skip
         proc = _start(command, data_root, socket, log)
         try:

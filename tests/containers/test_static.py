@@ -157,12 +157,16 @@ def test_cpu_override_needs_no_nvidia_image_nor_cuda_torch() -> None:
         assert gpu[name]["build"]["args"]["TORCH_INDEX_URL"] == "", f"{name}: NVIDIA's bases bring their torch"
 
 
-def test_torch_source_and_trusted_host_reach_the_builds() -> None:
-    settings = {"TORCH_INDEX_URL": "http://172.17.0.1:8000/", "CKPT_PIP_TRUSTED_HOST": "172.17.0.1"}
+def test_torch_source_trusted_host_and_build_network_reach_the_builds() -> None:
+    settings = {"TORCH_INDEX_URL": "http://127.0.0.1:8000/", "CKPT_PIP_TRUSTED_HOST": "127.0.0.1"}
     for files in [(COMPOSE,), (COMPOSE, COMPOSE_CPU)]:
-        for name, service in _resolved(*files, env=_clean_env(**settings))["services"].items():
+        resolved = _resolved(*files, env=_clean_env(**settings, CKPT_BUILD_NETWORK="host"))
+        for name, service in resolved["services"].items():
             args = service["build"]["args"]
             assert (args["TORCH_INDEX_URL"], args["PIP_TRUSTED_HOST"]) == tuple(settings.values()), name
+            assert service["build"]["network"] == "host", name
+        for name, service in _resolved(*files, env=_clean_env())["services"].items():
+            assert service["build"]["network"] == "default", name
 
 
 @pytest.mark.parametrize("files", [(COMPOSE,), (COMPOSE, COMPOSE_CPU)], ids=["gpu", "cpu"])

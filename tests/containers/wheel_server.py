@@ -2,8 +2,9 @@
 
 From PyPI, `torch` resolves to a multi-GB CUDA build, and PyTorch's CPU index cannot be reached from here. The
 images take torch from `TORCH_INDEX_URL`; the tests point it at this server, which serves pip's find-links CPU
-wheel as `<url>/torch/<wheel>` (a directory listing is a valid simple-index page) on the Docker bridge's
-gateway address, a plain-HTTP host that builds must be told to trust (`CKPT_PIP_TRUSTED_HOST`).
+wheel as `<url>/torch/<wheel>` (a directory listing is a valid simple-index page) on 127.0.0.1, which the builds
+reach on the host network (`CKPT_BUILD_NETWORK=host`): a plain-HTTP host they must be told to trust
+(`CKPT_PIP_TRUSTED_HOST`).
 """
 
 from __future__ import annotations
