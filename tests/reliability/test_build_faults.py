@@ -10,6 +10,7 @@ import importlib.util
 import random
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -75,10 +76,16 @@ def test_a_worker_killed_mid_build_fails_the_build_in_one_line(faults, tmp_path)
         assert len(workers) == 2, "".join(lines)
         workers[0].kill()
         killed = time.monotonic()
-        err = proc.stderr.read()
-        assert proc.wait(timeout=30) == 1, err
+        rest: list[str] = []
+        reader = threading.Thread(target=lambda: rest.append(proc.stderr.read()), daemon=True)
+        reader.start()
+        reader.join(30)  # the build used to hang here
+        err = "".join(rest)
+        assert proc.wait(timeout=1) == 1, err
         assert time.monotonic() - killed < 5
     finally:
+        for p in psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []:
+            p.kill()
         if proc.poll() is None:
             proc.kill()
     last = err.strip().splitlines()[-1]
