@@ -114,6 +114,15 @@ def test_fp32_parity_with_transformers(models, name):
 
 
 @pytest.mark.parametrize("name", VARIANTS)
+def test_fp32_parity_without_padding(models, name):
+    """Prompts of one length: the prefill takes the plain causal path (no mask, ``Transformer.plain_causal``)."""
+    gen = torch.Generator().manual_seed(5)
+    batch = [torch.randint(1, 250, (6,), generator=gen) for _ in range(3)]  # 0 is the reference's pad id
+    ours = run_ours(ModelRunner.from_dir(models.checkpoint(name), device="cpu"), batch)
+    assert_matches_reference(ours, reference(models.hf(name), batch), batch, FP32_TOL)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize(("dtype", "tol"), [("float16", FP16_TOL), ("bfloat16", BF16_TOL)])
 def test_half_precision_logits_within_tolerance(models, name, dtype, tol):
     batch = prompts()

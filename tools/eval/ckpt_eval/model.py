@@ -212,10 +212,13 @@ class Attention(nn.Module):
             q, k = rotary.apply(q, *cos_sin), rotary.apply(k, *cos_sin)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))
         k, v = self.kv_cache.update(slots, k, v)
-        if t == 1:
+        gqa = self.kv_heads != self.heads
+        if mask is None:  # prefill from slot 0 without padding: causal attention over the first t slots
+            y = F.scaled_dot_product_attention(q, k[:, :, :t], v[:, :, :t], is_causal=True, enable_gqa=gqa)
+        elif t == 1:
             y = decode_attention(q, k, v, mask)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.heads)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.dense(y.transpose(1, 2).reshape(b, t, q_size))
 
 
@@ -357,6 +360,15 @@ class Transformer(nn.Module):
                 length = max(max_seq, old.length if old is not None else 0)
                 a.kv_cache = KVCache(batch, a.kv_heads, length, a.head_size, p.dtype, p.device)
 
+    def plain_causal(self, slots: torch.Tensor, pad: torch.Tensor) -> bool:
+        """True for a prefill from cache slot 0 with no left padding, no window and no ALiBi: attention is
+        then plain causal over the first ``t`` slots, and SDPA's causal kernels skip the masked half (the
+        summarization prompts, cut to --max_input_length, are mostly such batches). Reads two numbers from
+        the device, once per prefill."""
+        if slots.numel() == 1 or self.window or self.alibi is not None:
+            return False
+        return int(slots[0]) == 0 and not bool(pad.any())
+
     def embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         t = self.transformer
         x = t.vocab_embedding(tokens)
@@ -383,9 +395,11 @@ class Transformer(nn.Module):
         ``last_only``: logits of the last position only."""
         positions = (slots.unsqueeze(0) - pad.unsqueeze(1)).clamp(min=0)
         x = self.embed(inputs, positions) if self.shapes.first_stage else inputs
-        mask = attention_mask(slots, pad, self.transformer.layers[0].attention.kv_cache.length, self.window)
-        if self.alibi is not None:
-            mask = alibi_bias(self.alibi, pad, mask, x.dtype)
+        mask = None
+        if not self.plain_causal(slots, pad):
+            mask = attention_mask(slots, pad, self.transformer.layers[0].attention.kv_cache.length, self.window)
+            if self.alibi is not None:
+                mask = alibi_bias(self.alibi, pad, mask, x.dtype)
         cos_sin = self.rotary.cos_sin(positions, x.dtype) if self.rotary is not None else None
         for layer in self.transformer.layers:
             x = layer(x, slots, mask, self.rotary, cos_sin)
