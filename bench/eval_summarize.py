@@ -95,7 +95,8 @@ def main() -> None:
     for name, run in runs.items():
         print(f"{name:<13} {run.speed()['tokens_per_s']:7.2f} tokens/s  ({run.new_tokens} tokens)")
     print(
-        f"ours / transformers: {ratio['median']:.2f}x median of {ratio['batches']} interleaved batches, "
+        f"ours / transformers: {ratio['median']:.2f}x (median of {ratio['batches']} interleaved batches in "
+        "order-balanced pairs), "
         f"{ratio['overall']:.2f}x of the totals; threads {result['threads']}; "
         f"same summaries: {result['same_summaries']}"
     )

@@ -251,8 +251,8 @@ def accuracy_gate(systems: dict[str, dict], ours: str | None, threshold: float) 
 
 def speed_line(ratio: dict[str, float], ours: str) -> str:
     return (
-        f"speed: {ours} / {HF_NAME} tokens/s = {ratio['median']:.2f}x (median over {ratio['batches']} "
-        f"batches run in turn; {ratio['overall']:.2f}x over all batches)"
+        f"speed: {ours} / {HF_NAME} tokens/s = {ratio['median']:.2f}x (batch by batch in turn, median of "
+        f"{ratio['batches']} batches in order-balanced pairs; {ratio['overall']:.2f}x of the totals)"
     )
 
 
