@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -42,10 +43,12 @@ def convert_here(*argv: str | Path, capsys) -> tuple[int, str, str]:
     return rc, captured.out, captured.err
 
 
-def start(*argv: str | Path) -> subprocess.Popen:
-    """``ckpt-convert ARGV`` started in its own session (so a test can kill it without killing pytest)."""
+def start(*argv: str | Path, output: bool = True) -> subprocess.Popen:
+    """``ckpt-convert ARGV`` started in its own session (so a test can kill it without killing pytest); without
+    ``output`` nothing is piped (orphaned workers holding a pipe would block ``communicate``)."""
     cmd = [CONSOLE, *map(str, argv)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    pipe = subprocess.PIPE if output else subprocess.DEVNULL
+    return subprocess.Popen(cmd, stdout=pipe, stderr=pipe, text=True, start_new_session=True)
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout: float = 60, poll: float = 0.002) -> None:
@@ -94,13 +97,14 @@ def assert_all_gone(processes: list[psutil.Process], timeout: float = 5) -> None
     assert alive == [], f"still running after {timeout} s: {[p.pid for p in alive]}"
 
 
-def kill_tree(proc: subprocess.Popen) -> None:
-    """Last resort for a test that failed midway: no process of ours outlives it."""
-    for child in descendants(proc.pid):
-        child.kill()
+def kill_tree(proc: subprocess.Popen, others: list[psutil.Process] = ()) -> None:
+    """Last resort for a test that failed midway: no process of ours (``others``: seen earlier) outlives it."""
+    for child in [*descendants(proc.pid), *others]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
     if proc.poll() is None:
         os.kill(proc.pid, 9)
-    proc.communicate()
+    proc.communicate(timeout=30)
 
 
 def validate(out: Path) -> subprocess.CompletedProcess:
