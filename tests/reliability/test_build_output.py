@@ -87,6 +87,26 @@ def test_full_disk_says_the_disk_is_full(tp2, tmp_path):
     assert "the engines need more than the 2." in line and "MB free there" in line and "free space" in line
 
 
+@pytest.mark.skipif(not shutil.which("unshare"), reason="needs unshare (util-linux)")
+def test_full_disk_after_the_plans_names_config_json_and_their_size(tp2, tmp_path):
+    """A tmpfs exactly as large as the plans (measured by a first build): config.json is what no longer fits."""
+    first = tmp_path / "first"
+    assert build(tp2, first).returncode == 0
+    pages = sum(-(-p.stat().st_size // 4096) for p in first.glob("rank*.engine"))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    out = disk / "engine"
+    cmd = [CKPT_BUILD, "--checkpoint_dir", str(tp2), "--output_dir", str(out), *LIMITS, "--log_level", "warning"]
+    script = f'mount -t tmpfs -o size={pages * 4}k tmpfs "{disk}" || exit 77; "$@"; rc=$?; ls -A "{disk}" >&2; exit $rc'
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *cmd], capture_output=True, text=True)
+    if proc.returncode == 77:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    plans = sum(p.stat().st_size for p in first.glob("rank*.engine"))
+    assert_one_line(
+        proc, out, f"{out}: cannot write config.json: the disk is full", f"the plans alone need {plans / 1e6:.1f} MB"
+    )
+
+
 @pytest.mark.parametrize("where", ["file", "proc"])
 def test_output_parent_that_cannot_be_written(tp2, tmp_path, where):
     """Root ignores 0555: a file where the parent directory should be, or a directory under /proc."""

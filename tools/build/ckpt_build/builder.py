@@ -32,6 +32,7 @@ from .output import (
     is_output_path,
     output_error,
     weights_size,
+    writing,
 )
 from .progress import make_progress_monitor
 from .trt_api import TrtModule, load_trt, resolve_targets
@@ -348,12 +349,9 @@ def _write_engine_dir(
         plans = {
             ENGINE_FILE.format(rank=r): {"size": res["size"], "sha256": res["sha256"]} for r, res in enumerate(results)
         }
-        try:
-            engine.save(tmp)
-            sizes.append((tmp / CONFIG_FILE).stat().st_size)
-            write_manifest(tmp, plans)  # lists every file: the plans (digests computed as they streamed), config.json
-        except OSError as err:
-            raise OutputWriteError.of(Path(str(err.filename)).name if err.filename else MANIFEST_FILE, err) from None
+        writing(CONFIG_FILE, engine.save, tmp)
+        sizes.append((tmp / CONFIG_FILE).stat().st_size)
+        writing(MANIFEST_FILE, write_manifest, tmp, plans)  # every file: the plans (hashed as they streamed), config
         check_written(tmp)
         if checksums is not None:
             checksums.wait()  # the checkpoint's bytes match its manifest, else nothing is published

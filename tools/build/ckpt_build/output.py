@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from ckptfmt.constants import MANIFEST_FILE
@@ -33,6 +34,14 @@ class OutputWriteError(Exception):
         return cls(file, err.errno, err.strerror or str(err))
 
 
+def writing(file: str, write: Callable[..., None], *args) -> None:
+    """``write(*args)``, its ``OSError`` (which may name no file: a failed write or close) about ``file``."""
+    try:
+        write(*args)
+    except OSError as err:
+        raise OutputWriteError.of(file, err) from None
+
+
 def megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
@@ -45,13 +54,14 @@ def weights_size(checkpoint_dir: Path) -> int:
 def output_error(output_dir: Path, err: OutputWriteError, known: int | None, weights: int) -> CheckpointError:
     """One line: the output directory, the file, the cause, and what to do.
 
-    ``known``: bytes of the engine directory when every plan was built, else None; ``weights``: the checkpoint's.
+    ``known``: bytes of the plans (and config.json) once every plan was built, else None; ``weights``: the
+    checkpoint's rank files.
     """
     where = f"{output_dir}: cannot write {err.file}" if err.file else f"{output_dir}: cannot write the engine directory"
     if err.code in FULL:  # the failed run's files are removed by now: what is free is what we had
         free = megabytes(_free(output_dir))
         need = (
-            f"the engines need {megabytes(known)}, {free} free"
+            f"the plans alone need {megabytes(known)}, {free} free"
             if known
             else f"the engines need more than the {free} free there (their weights alone are {megabytes(weights)})"
         )
