@@ -536,6 +536,22 @@ def atomic_output_dir(
         yield tmp
 
 
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root`` (rank files written by our writers are synced already)."""
+    for path in sorted(root.rglob("*"), reverse=True):
+        if not path.is_symlink():
+            _fsync_path(path)
+    _fsync_path(root)
+
+
 @contextlib.contextmanager
 def _output_lock(final: Path) -> Iterator[None]:
     """Hold ``.NAME.lock`` beside ``final`` exclusively, so two runs on one output cannot both publish."""
@@ -544,7 +560,9 @@ def _output_lock(final: Path) -> Iterator[None]:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
         except OSError as err:
-            raise CheckpointError(f"{lock}: cannot create the output lock ({err.strerror})") from None
+            raise CheckpointError(
+                f"{final}: cannot write beside it ({lock.name}: {err.strerror}); choose a writable --output_dir"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -590,13 +608,16 @@ def _publish_when_done(final: Path, overwrite: bool, inputs: list) -> Iterator[P
         yield tmp
         check_output_dir(final, overwrite, inputs)  # the world may have changed while we worked
         tmp.chmod(0o777 & ~_umask())
+        _sync_tree(tmp)  # a power loss after the rename must not publish truncated files
         if final.exists():
             trash = final.parent / f".{final.name}.old-{os.getpid()}"
             final.rename(trash)
             tmp.rename(final)
+            _fsync_path(final.parent)
             shutil.rmtree(trash, ignore_errors=True)
         else:
             tmp.rename(final)
+            _fsync_path(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
