@@ -18,6 +18,7 @@ from ckptfmt.engine import BoundTo, BuildConfig, EngineConfig
 from ckptfmt.errors import CheckpointError
 from ckptfmt.io import BackgroundChecksums, RankFileReader, atomic_output_dir, check_output_dir, write_manifest
 from ckptfmt.validate import check_checkpoint
+from ckptfmt.workers import exit_if_orphaned
 
 from . import __version__
 from .contract import RankPlan, io_contract, make_plan
@@ -37,7 +38,7 @@ from .output import (
 from .progress import make_progress_monitor
 from .trt_api import TrtModule, load_trt, resolve_targets
 from .weights import RankWeights
-from .workers import exit_if_orphaned, run_in_workers
+from .workers import run_in_workers
 
 log = logging.getLogger("ckpt_build")
 

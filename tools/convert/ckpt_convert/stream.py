@@ -8,8 +8,6 @@ when config, every rank file and the manifest (written last) are complete.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import multiprocessing
 import os
 import resource
@@ -39,6 +37,7 @@ from ckptfmt import (
 from ckptfmt.entry import deferred_interrupts
 from ckptfmt.io import check_output_dir
 from ckptfmt.sharding import shard
+from ckptfmt.workers import exit_if_orphaned, init_worker, stop_workers
 
 from .mapping import Table
 from .plan import TensorProducer, canonical_name, check_coverage, check_quantizable
@@ -223,7 +222,7 @@ def _run_in_processes(jobs: list[RankGroup], workers: int, progress: Callable[[i
         _drain(queue, progress)
     except BaseException:
         with deferred_interrupts():  # a second Ctrl-C must not leave workers writing into the temp dir
-            _stop_workers(pool)
+            stop_workers(pool)
         raise
     pool.shutdown()
     return entries
@@ -244,52 +243,19 @@ def _children_ignore_sigint() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _stop_workers(pool: ProcessPoolExecutor | None) -> None:
-    """Terminate the workers and wait until they are gone, so that no file is written into the temp dir while
-    it is being removed."""
-    children = multiprocessing.active_children()
-    for child in children:
-        child.terminate()
-    for child in children:
-        child.join(10)
-    if pool is not None:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
 _QUEUE = None
-_PARENT = 0
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _init_worker(queue, parent: int) -> None:
-    """Worker setup: Ctrl-C is the parent's to handle, and the worker dies with its parent (SIGKILL included)."""
-    global _QUEUE, _PARENT
-    _QUEUE, _PARENT = queue, parent
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates the workers
-    _die_with_parent()
-    _exit_if_orphaned()  # the parent may have died before prctl took effect
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel sends SIGKILL to this process when its parent dies (elsewhere: the ppid check only)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _exit_if_orphaned() -> None:
-    """A worker whose parent is gone stops at once (no one would read its result; the temp dir it writes into is
-    reclaimed by the next run on the same output)."""
-    if os.getppid() != _PARENT:
-        os._exit(1)
+    """Worker setup: progress goes to ``queue``; Ctrl-C is the parent's, and the worker dies with its parent
+    (SIGKILL included: ``ckptfmt.workers``)."""
+    global _QUEUE
+    _QUEUE = queue
+    init_worker(parent)
 
 
 def _progress_in_worker(n: int) -> None:
-    _exit_if_orphaned()  # between tensors
+    exit_if_orphaned()  # between tensors
     _QUEUE.put(n)
 
 
