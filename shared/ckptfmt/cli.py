@@ -139,6 +139,8 @@ def _main(argv: list[str] | None) -> int:
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        raise  # run_main: the reader went away, exit quietly
     except OSError as err:  # disk full, permissions
         print(f"error: {err.filename or args.directory}: {err.strerror or err}", file=sys.stderr)
         return 1

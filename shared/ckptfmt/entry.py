@@ -47,15 +47,21 @@ def _on_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None, prog: str = "") -> int:
-    """Run ``main(argv)`` and turn interrupts and a closed stdout into exit codes with one line each."""
+Main = Callable[[list[str] | None], int | None]
+
+
+def run_main(main: Main | str, argv: list[str] | None = None, prog: str = "") -> int:
+    """Run ``main(argv)`` and turn interrupts and a closed stdout into exit codes with one line each.
+
+    ``main`` may be ``"package.module:function"``: the module is then imported with the signals held, so a
+    console script whose CLI module imports numpy or torch at load time still ends a Ctrl-C in one line.
+    """
     prog = prog or os.path.basename(sys.argv[0]) or "ckpt"
     previous = {}
     if _on_main_thread():
         previous = {s: signal.signal(s, raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        _import_holding_signals(HELD_IMPORTS)
-        code = main(argv)
+        code = _resolve(main)(argv)
         sys.stdout.flush()
     except KeyboardInterrupt as err:
         # the process is on its way out: further signals stay ignored (restoring Python's handler would let a
@@ -69,6 +75,16 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
     for s, handler in previous.items():  # in-process callers (tests) get their handlers back
         signal.signal(s, handler)
     return int(code or 0)
+
+
+def _resolve(main: Main | str) -> Main:
+    """``main`` itself, or the function ``"module:function"`` names, its module imported with the signals held."""
+    if not isinstance(main, str):
+        _import_holding_signals(HELD_IMPORTS)
+        return main
+    module, name = main.split(":")
+    _import_holding_signals((*HELD_IMPORTS, module))
+    return getattr(importlib.import_module(module), name)
 
 
 def _import_holding_signals(modules: tuple[str, ...]) -> None:
@@ -128,3 +144,8 @@ def deferred_interrupts() -> Iterator[PendingSignal]:
         for s, handler in previous.items():
             signal.signal(s, handler)
     flag.raise_if_pending()
+
+
+def ckptfmt_console() -> int:
+    """The ``ckptfmt`` console script (its CLI module, which loads numpy, imported with the signals held)."""
+    return run_main("ckptfmt.cli:_main", prog="ckptfmt")

@@ -331,3 +331,35 @@ def test_engine_reader_names_a_checkpoint_or_hf_directory(tmp_path):
     (hf / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(CheckpointError, match="HuggingFace model directory"):
         load_engine_config(hf)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_while_the_cli_module_imports(tmp_path, sig):
+    """run_main("module:function") imports the CLI module with the signals held: one line, never a traceback."""
+    (tmp_path / "slow_cli.py").write_text(
+        "import sys, time\nprint('importing', flush=True)\ntime.sleep(2)\ndef main(argv):\n    print('ran')\n"
+    )
+    code = "import sys\nfrom ckptfmt.entry import run_main\nsys.exit(run_main('slow_cli:main', prog='tool'))\n"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    p = subprocess.Popen([sys.executable, "-c", code], **pipes, env=env, text=True)
+    assert p.stdout.readline().strip() == "importing"
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 128 + sig and "Traceback" not in err and "ran" not in out, err
+
+
+def test_console_scripts_hold_signals_while_their_cli_modules_import():
+    """Every console script of the suite goes through run_main with a "module:function" target (or, for
+    ckpt-convert, a CLI module that imports only the standard library at load time)."""
+    import importlib.metadata
+
+    scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
+    assert scripts["ckptfmt"] == "ckptfmt.entry:ckptfmt_console"
+    assert scripts["ckpt-build"] == "ckpt_build.console:ckpt_build"
+    assert scripts["ckpt-run"] == "ckpt_eval.console:ckpt_run"
+    assert scripts["ckpt-summarize"] == "ckpt_eval.console:ckpt_summarize"
+    for module in ("ckptfmt.entry", "ckpt_build.console", "ckpt_eval.console", "ckpt_convert.cli"):
+        code = f"import sys, {module}; print(sorted(m for m in ('numpy', 'torch') if m in sys.modules))"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
+        assert out == "[]", f"{module} loads {out} before run_main holds the signals"

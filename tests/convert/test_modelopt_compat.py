@@ -197,7 +197,7 @@ def test_config_fields_modelopt_misses_follow_the_model(converted, model, tp, pp
 @pytest.mark.parametrize(("model", "tp", "pp"), CASES, ids=CASE_IDS)
 def test_modelopt_export_loads_in_ckptfmt(model, tp, pp):
     """The other direction: ckptfmt validates ModelOpt's export (GPT-2: its wrong rope type is corrected from
-    the position table the rank file holds, with a note)."""
+    the position table the rank file holds, with a note; no manifest: valid but unverified, with a note)."""
     problems, warnings = validate_checkpoint(_case_dir(model, tp, pp))
     assert problems == []
     expected = []
@@ -206,4 +206,5 @@ def test_modelopt_export_loads_in_ckptfmt(model, tp, pp):
             "config.json: position_embedding_type 'rope_gpt_neox' contradicts rank0.safetensors, which holds "
             "transformer.position_embedding.weight: using learned_absolute"
         ]
-    assert warnings == expected
+    unverified = [w for w in warnings if "manifest.json: missing" in w]  # ModelOpt writes no manifest
+    assert len(unverified) == 1 and [w for w in warnings if w not in unverified] == expected

@@ -73,7 +73,8 @@ def test_tp2_error_is_reported_once_and_stops_the_job(tmp_path):
     assert errors == [f"error: {tmp_path / 'missing.jsonl'}: no such dataset file or directory"]
 
 
-def test_tp2_error_while_the_model_runs_stops_every_rank(tmp_path):
+def test_tp2_refusal_stops_every_rank(tmp_path):
+    """A length the model cannot hold is refused up front (before the ranks run the model), on every rank."""
     tp2 = convert_tiny("llama-gqa", tmp_path / "tp2", tp=2)
     tok = save_tiny_tokenizer(tmp_path / "tok")
     done = summarize(
@@ -89,5 +90,5 @@ def test_tp2_error_while_the_model_runs_stops_every_rank(tmp_path):
     )
     assert done.returncode != 0 and "ROUGE" not in done.stdout and not (tmp_path / "r").exists()
     errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
-    assert errors[0].startswith("error: prompt 0: ") and "max_position_embeddings 128" in errors[0]
-    assert all(line.startswith("error (rank 1): prompt 0: ") for line in errors[1:])  # if it spoke before the abort
+    assert errors[0].startswith("error: --output_len 200: ") and "max_position_embeddings 128" in errors[0]
+    assert all(line.startswith("error (rank 1): --output_len 200: ") for line in errors[1:])  # if it spoke first

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -144,14 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # before run_main holds the signals
         print("ckpt-build: interrupted", file=sys.stderr)
         return 130
-    code = run_main(_main, argv, prog="ckpt-build")
-    from .interrupts import still_running
+    from .interrupts import exit_code
 
-    if still_running():  # an interrupt left TensorRT running on its thread: exit without finalizing under it
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    return exit_code(run_main(_main, argv, prog="ckpt-build"))
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -95,3 +97,13 @@ def _raise(signum: int, _frame) -> None:
 def still_running() -> bool:
     """A build thread left running by ``stop_at_once`` is still inside TensorRT."""
     return any(not done.is_set() for done in _LEFT_RUNNING)
+
+
+def exit_code(code: int) -> int:
+    """``code``, or, when an interrupt left TensorRT running on its thread, exit now with it: the interpreter
+    must not finalize under TensorRT."""
+    if still_running():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

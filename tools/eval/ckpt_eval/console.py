@@ -1,0 +1,14 @@
+"""Console scripts: each CLI module (torch, transformers, numpy at load time) is imported with Ctrl-C and SIGTERM
+held by ``ckptfmt.entry.run_main``, so a signal at any moment ends the tool in one line."""
+
+from __future__ import annotations
+
+from ckptfmt.entry import run_main
+
+
+def ckpt_run() -> int:
+    return run_main("ckpt_eval.run_cli:_main", prog="ckpt-run")
+
+
+def ckpt_summarize() -> int:
+    return run_main("ckpt_eval.summarize:_main", prog="ckpt-summarize")
