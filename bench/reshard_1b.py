@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from build_1b import SHAPE, write_random_checkpoint  # noqa: E402
+from build_1b import SHAPE, watch_rss, write_random_checkpoint  # noqa: E402
 
 from ckptfmt.config import CheckpointConfig  # noqa: E402
 from ckptfmt.names import expected_tensors  # noqa: E402
@@ -33,14 +33,7 @@ def timed(cmd: list[str]) -> tuple[float, int]:
     """(seconds, peak RSS bytes) of ``cmd`` run as a child process."""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    status, peak = Path(f"/proc/{proc.pid}/status"), 0
-    while proc.poll() is None:
-        try:
-            line = next(x for x in status.read_text().splitlines() if x.startswith("VmHWM:"))
-            peak = max(peak, int(line.split()[1]) * 1024)
-        except (OSError, StopIteration, ValueError):
-            pass
-        time.sleep(0.02)
+    peak = watch_rss(proc)[0]
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed: {proc.stderr.read()}")
     return time.monotonic() - start, peak

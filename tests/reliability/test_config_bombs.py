@@ -8,15 +8,14 @@ bounded (<500 MB: the interpreter, numpy and torch imports, nothing from the cla
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from ckptfmt import CheckpointConfig
 from tests.random_checkpoint import random_checkpoint
+from tests.rss import run_watching_rss
 
 BIN = Path(sys.executable).parent
 RSS_BOUND = 500 << 20
@@ -29,23 +28,6 @@ BOMBS = [
     ("intermediate_size", 10**11),
     ("max_position_embeddings", 10**15),
 ]
-
-
-def run_measured(cmd: list[str], timeout: float = 120) -> tuple[int, str, int]:
-    """(exit code, stderr, peak RSS in bytes read from /proc/PID/status while it ran)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    status, peak, deadline = Path(f"/proc/{proc.pid}/status"), 0, time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            line = next(x for x in status.read_text().splitlines() if x.startswith("VmHWM:"))
-            peak = max(peak, int(line.split()[1]) * 1024)
-        except (OSError, StopIteration, ValueError):
-            pass
-        time.sleep(0.02)
-    if proc.poll() is None:
-        proc.kill()
-        pytest.fail(f"{cmd[0]} still running after {timeout} s")
-    return proc.returncode, proc.communicate()[1], peak
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +85,8 @@ CASES = [(t, f, v) for t in TOOLS for f, v in BOMBS if t in ("validate", "inspec
 @pytest.mark.parametrize(("tool", "field", "value"), CASES, ids=[f"{t}-{f}={v:.0e}" for t, f, v in CASES])
 def test_config_bomb_is_refused_with_bounded_memory(checkpoint, tmp_path, tool, field, value):
     ckpt = bomb(checkpoint, tmp_path / "bomb", field, value)
-    rc, err, peak = run_measured(TOOLS[tool](ckpt, tmp_path / "out"))
+    done, peak = run_watching_rss(TOOLS[tool](ckpt, tmp_path / "out"), period=0.02, timeout=120)
+    rc, err = done.returncode, done.stderr
     assert rc == 1 and "Traceback" not in err and field in err, err
     assert peak < RSS_BOUND, f"peak RSS {peak / 2**20:.0f} MB"
     assert not (tmp_path / "out").exists()
