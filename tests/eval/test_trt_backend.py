@@ -413,6 +413,23 @@ def test_real_engine_directory_is_checked_before_tensorrt_loads_it(rtx_engine):
 
 
 @pytest.mark.trt
+def test_a_tampered_plan_is_refused_before_anything_loads_it(rtx_engine, tmp_path):
+    """The plans are hashed against the manifest first: TensorRT never deserializes a plan ckpt-build did not
+    write (--skip_checksum passes it on to the next check)."""
+    copy = tmp_path / "engine"
+    shutil.copytree(rtx_engine, copy)
+    plan = copy / "rank0.engine"
+    data = bytearray(plan.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    plan.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"rank0\.engine: sha256 checksum mismatch"):
+        ModelRunner.from_dir(copy, backend="trt")
+    with pytest.raises(RunnerError) as err:  # unchecked, the next refusal is this machine's lack of a GPU
+        ModelRunner.from_dir(copy, backend="trt", checksums=False)
+    assert "sha256" not in str(err.value)
+
+
+@pytest.mark.trt
 def test_deserializing_without_a_gpu_is_one_error_not_a_crash(rtx_engine):
     """The executor's TensorRT calls up to deserialization, on the real plan (TensorRT returns None on CPU)."""
     import tensorrt_rtx_bindings as trt

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ckptfmt import CheckpointError
+from ckptfmt.config import read_json_file
 
 from ..foreign import foreign_format
 from ..source_guard import check_inside, source_roots
@@ -22,17 +22,8 @@ WEIGHT_LAYOUTS = (
 
 
 def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing") from None
-    except OSError as err:
-        raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        line = f" (line {err.lineno}: {err.msg})" if isinstance(err, json.JSONDecodeError) else ""
-        raise CheckpointError(f"{path}: not valid JSON{line}") from None
-    except RecursionError:
-        raise CheckpointError(f"{path}: not valid JSON (nested too deeply)") from None
+    """A source's JSON file (config, index, quantization config): ckptfmt's strict small-JSON reader."""
+    return read_json_file(path)
 
 
 def model_directory(model_dir: str | Path) -> Path:

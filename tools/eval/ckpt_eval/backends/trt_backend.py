@@ -98,7 +98,7 @@ class EngineStepper:
         self.max_positions = self.spec.max_position_embeddings
         self.is_sampler = self.par.is_sampler
         self.caches: dict[str, torch.Tensor] = {}
-        self.checksums: BackgroundChecksums | None = None  # set by open_backend; ModelRunner.verify waits
+        self.checksums: BackgroundChecksums | None = None  # the plans were verified before loading (open_backend)
 
     def _agree(self, action: Callable[[], object]) -> None:
         """Run a fallible step on every rank; if any rank failed, every rank raises (no rank left waiting)."""
@@ -261,10 +261,11 @@ class TrtExecutor:
 def open_backend(path: str, device: str = "cuda", checksums: bool = True, **options) -> EngineStepper:
     """Check the engine directory and what its plans are bound to before any TensorRT call, then load.
 
-    With ``checksums`` the plans are hashed against manifest.json in the background (``ModelRunner.verify``)."""
+    With ``checksums`` the plans are hashed against manifest.json first: TensorRT deserializes only plans that
+    are what ckpt-build wrote."""
     if options:
         raise RunnerError(f"backend trt takes no options (got {', '.join(options)})")
-    config = check_engine_dir(path)
+    config = check_engine_dir(path, hash_files=checksums)
     launch = detect_launch()
     check_world(config.checkpoint_config.mapping, launch)
     index = torch.device(device).index
@@ -274,14 +275,6 @@ def open_backend(path: str, device: str = "cuda", checksums: bool = True, **opti
         raise RunnerError(f"device {device!r}: backend trt runs engines on a CUDA device (use --device cuda)")
     trt = import_runtime(config.bound_to)
     engine_path = Path(path) / ENGINE_FILE.format(rank=launch.rank)
-    sums = BackgroundChecksums(path) if checksums else None
-    try:
-        stepper = EngineStepper(
-            config, device, lambda plan, par: TrtExecutor(trt, engine_path, plan, par), str(Path(path) / "config.json")
-        )
-    except BaseException:
-        if sums is not None:
-            sums.cancel()
-        raise
-    stepper.checksums = sums
-    return stepper
+    return EngineStepper(
+        config, device, lambda plan, par: TrtExecutor(trt, engine_path, plan, par), str(Path(path) / "config.json")
+    )
