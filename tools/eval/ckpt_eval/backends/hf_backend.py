@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -32,7 +34,14 @@ class HFStepper:
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise RunnerError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
         try:
-            self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype]).to(device).eval()
+            with warnings.catch_warnings():  # torch's note on a pickle's protocol is not the user's concern
+                warnings.simplefilter("ignore", UserWarning)
+                self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype]).to(device).eval()
+        except pickle.UnpicklingError:  # torch.load(weights_only=True) met a class it does not allow
+            raise RunnerError(
+                f"{model_dir}: a weights file is a pickle that names code to run; refused (never executed). "
+                "Convert it to safetensors with a trusted tool, or use ckpt-convert's checkpoint"
+            ) from None
         except (OSError, ValueError) as err:
             raise RunnerError(f"{model_dir}: cannot load with transformers ({str(err).splitlines()[0]})") from None
         cfg = self.model.config
