@@ -46,7 +46,7 @@ def load_tokenizer(directory: str):
     except ImportError:
         raise RunnerError("tokenizing needs transformers: pip install 'ckpt-eval[torch]'") from None
     try:
-        return AutoTokenizer.from_pretrained(directory)
+        return AutoTokenizer.from_pretrained(directory, local_files_only=True)  # never a model hub
     except (OSError, ValueError, TypeError) as err:
         raise RunnerError(
             f"{directory}: no usable tokenizer ({str(err).splitlines()[0]}); pass --tokenizer_dir"

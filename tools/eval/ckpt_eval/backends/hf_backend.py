@@ -36,7 +36,8 @@ class HFStepper:
         try:
             with warnings.catch_warnings():  # torch's note on a pickle's protocol is not the user's concern
                 warnings.simplefilter("ignore", UserWarning)
-                self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype]).to(device).eval()
+                model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype], local_files_only=True)
+                self.model = model.to(device).eval()
         except pickle.UnpicklingError:  # torch.load(weights_only=True) met a class it does not allow
             raise RunnerError(
                 f"{model_dir}: a weights file is a pickle that names code to run; refused (never executed). "
