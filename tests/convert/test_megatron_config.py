@@ -69,3 +69,11 @@ def test_missing_position_embedding_type_says_to_set_rope(tmp_path, capsys):
     assert rc == 1 and err.count("\n") == 1 and not out.exists(), err
     assert "no position_embedding_type (Megatron's default is learned_absolute)" in err
     assert "set position_embedding_type: rope" in err
+
+
+def test_quick_gelu_is_refused_not_computed_as_tanh_gelu():
+    """x * sigmoid(1.702 x) is not the tanh GELU (they differ by up to ~0.02): no executor has it, so it is refused."""
+    from ckptfmt import CheckpointError
+
+    with pytest.raises(CheckpointError, match="quick_gelu"):
+        read_model({**BASE, "activation": "quick_gelu"}, "h.yaml")
