@@ -93,6 +93,7 @@ class ModelSpec:
     rotary_scaling: dict | None
     embed_proj_dim: int | None  # OPT projection dims
     lm_head_bias: bool
+    sliding_window: int | None = None  # attention sees the last N positions only (Mistral, Qwen2 use_sliding_window)
 
     @property
     def learned_positions(self) -> bool:
@@ -183,6 +184,9 @@ def model_spec(config: CheckpointConfig) -> ModelSpec:
         rotary_scaling=config.get("rotary_scaling"),
         embed_proj_dim=proj if proj and proj != config.hidden_size else None,
         lm_head_bias=bool(config.get("lm_head_bias", False)),
+        sliding_window=int(config.get("sliding_window"))
+        if config.get("use_sliding_window", True) and config.get("sliding_window")
+        else None,
     )
 
 

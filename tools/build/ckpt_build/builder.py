@@ -23,7 +23,7 @@ from ckptfmt.workers import exit_if_orphaned
 from . import __version__
 from .contract import RankPlan, io_contract, make_plan
 from .interrupts import run_cancellable
-from .limits import Limits, check_supported, refuse_quantized, resolve_limits
+from .limits import Limits, check_supported, check_window, refuse_quantized, resolve_limits
 from .lower_trt import TrtBuildError, TrtOps
 from .network import define_rank_network
 from .output import (
@@ -247,6 +247,7 @@ def prepare(request: BuildRequest) -> tuple[TrtModule, CheckpointConfig, BuildCo
         log.warning("%s", note)
     check_supported(config)
     build = resolve_limits(config, request.limits)
+    check_window(config, build)
     module = load_trt(request.backend)
     needs = [config.dtype] + ([config.quantization.weight_only] if config.quantization.weight_only else [])
     targets = resolve_targets(module, request.targets, needs)

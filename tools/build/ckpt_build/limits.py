@@ -205,3 +205,15 @@ def check_supported(config: CheckpointConfig) -> None:
         raise CheckpointError(
             f"config.json: rotary_dim: {spec.rotary_dim} must be even and within head_size {spec.head_size}"
         )
+
+
+def check_window(config: CheckpointConfig, build: BuildConfig) -> None:
+    """A sliding window the engine's sequences can outgrow is refused: the network attends to every cached
+    position (the torch backend honours the window; ``ckpt-run --backend torch`` runs such a checkpoint)."""
+    window = model_spec(config).sliding_window
+    if window is not None and window < build.max_seq_len:
+        raise CheckpointError(
+            f"config.json: sliding_window: {window} is not supported by ckpt-build (its attention sees every "
+            f"cached position; max_seq_len {build.max_seq_len} exceeds the window); the torch backend supports it "
+            f"(ckpt-run --backend torch), or build with --max_seq_len {window} or less"
+        )

@@ -112,6 +112,5 @@ def load_model(directory: str | Path, config: CheckpointConfig, par: Parallel) -
         model.rotary.inv_freq = model.rotary.inv_freq.to(par.device)
     if model.alibi is not None:
         model.alibi = model.alibi.to(par.device)
-    if config.get("sliding_window") and config.get("use_sliding_window", True):
-        model.window = int(config.get("sliding_window"))
+    model.window = model.spec.sliding_window
     return model.eval()
