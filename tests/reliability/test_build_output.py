@@ -72,17 +72,23 @@ def test_file_size_limit_beyond_the_plans_still_builds(tp2, tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.skipif(not shutil.which("unshare"), reason="needs unshare (util-linux)")
-def test_full_disk_says_the_disk_is_full(tp2, tmp_path):
-    """A 2 MB tmpfs, mounted in a private mount namespace (gone with the process): ENOSPC on the first plan."""
-    disk = tmp_path / "disk"
+def _build_on_tmpfs(tp2, disk, size: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """ckpt-build into ``disk/engine`` where ``disk`` is a tmpfs of ``size``, mounted in a private mount namespace
+    (gone with the process); skips the test where no tmpfs can be mounted."""
     disk.mkdir()
     out = disk / "engine"
     cmd = [CKPT_BUILD, "--checkpoint_dir", str(tp2), "--output_dir", str(out), *LIMITS, "--log_level", "warning"]
-    script = f'mount -t tmpfs -o size=2m tmpfs "{disk}" || exit 77; "$@"; rc=$?; ls -A "{disk}" >&2; exit $rc'
+    script = f'mount -t tmpfs -o size={size} tmpfs "{disk}" || exit 77; "$@"; rc=$?; ls -A "{disk}" >&2; exit $rc'
     proc = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *cmd], capture_output=True, text=True)
     if proc.returncode == 77:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    return proc, out
+
+
+@pytest.mark.skipif(not shutil.which("unshare"), reason="needs unshare (util-linux)")
+def test_full_disk_says_the_disk_is_full(tp2, tmp_path):
+    """A 2 MB tmpfs, mounted in a private mount namespace (gone with the process): ENOSPC on the first plan."""
+    proc, out = _build_on_tmpfs(tp2, tmp_path / "disk", "2m")
     line = assert_one_line(proc, out, f"{out}: cannot write rank0.engine: the disk is full (No space left on device)")
     assert "the engines need more than the 2." in line and "MB free there" in line and "free space" in line
 
@@ -93,14 +99,7 @@ def test_full_disk_after_the_plans_names_config_json_and_their_size(tp2, tmp_pat
     first = tmp_path / "first"
     assert build(tp2, first).returncode == 0
     pages = sum(-(-p.stat().st_size // 4096) for p in first.glob("rank*.engine"))
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    out = disk / "engine"
-    cmd = [CKPT_BUILD, "--checkpoint_dir", str(tp2), "--output_dir", str(out), *LIMITS, "--log_level", "warning"]
-    script = f'mount -t tmpfs -o size={pages * 4}k tmpfs "{disk}" || exit 77; "$@"; rc=$?; ls -A "{disk}" >&2; exit $rc'
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *cmd], capture_output=True, text=True)
-    if proc.returncode == 77:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    proc, out = _build_on_tmpfs(tp2, tmp_path / "disk", f"{pages * 4}k")
     plans = sum(p.stat().st_size for p in first.glob("rank*.engine"))
     assert_one_line(
         proc, out, f"{out}: cannot write config.json: the disk is full", f"the plans alone need {plans / 1e6:.1f} MB"
