@@ -375,12 +375,15 @@ class BackgroundChecksums:
     Without a manifest there is nothing to check and ``wait()`` returns at once.
     """
 
-    def __init__(self, directory: str | os.PathLike, workers: int = 2):
+    def __init__(self, directory: str | os.PathLike, workers: int = 2, skip: Iterable[str] = ()):
+        """``skip``: manifest entries this reader does not read (a rank of a parallel run: the other ranks' files,
+        which their own ranks hash); they are still checked to exist with their listed size."""
         self.directory = Path(directory)
         self._stop = threading.Event()
         self._problems: list[str] = []
         self._threads: list[threading.Thread] = []
-        pending = self._listed_files()
+        skipped = {self.directory / rel for rel in skip}
+        pending = [(f, sha) for f, sha in self._listed_files() if f not in skipped]
         for i in range(min(workers, len(pending))):
             t = threading.Thread(target=self._hash_files, args=(pending[i::workers],), daemon=True, name="checksums")
             t.start()

@@ -363,3 +363,15 @@ def test_console_scripts_hold_signals_while_their_cli_modules_import():
         code = f"import sys, {module}; print(sorted(m for m in ('numpy', 'torch') if m in sys.modules))"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
         assert out == "[]", f"{module} loads {out} before run_main holds the signals"
+
+
+def test_background_checksums_skip_what_other_ranks_hash(tmp_path):
+    ckpt = random_checkpoint(tmp_path / "ckpt", CheckpointConfig.from_dict(llama_dict(tp=2)))
+    rank1 = ckpt / "rank1.safetensors"
+    _corrupt(rank1, rank1.stat().st_size - 3)
+    BackgroundChecksums(ckpt, skip=["rank1.safetensors"]).wait()  # rank 0's reader: rank 1 hashes its own file
+    with pytest.raises(CheckpointError, match=r"rank1\.safetensors: sha256"):
+        BackgroundChecksums(ckpt, skip=["rank0.safetensors"]).wait()
+    rank1.write_bytes(rank1.read_bytes()[:-1])  # sizes are still checked for every listed file
+    with pytest.raises(CheckpointError, match=r"rank1\.safetensors: size"):
+        BackgroundChecksums(ckpt, skip=["rank1.safetensors"])

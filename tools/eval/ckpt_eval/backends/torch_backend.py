@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from ckptfmt import BackgroundChecksums, CheckpointError, check_checkpoint, load_config, model_spec
+from ckptfmt import (
+    RANK_FILE,
+    BackgroundChecksums,
+    CheckpointError,
+    check_checkpoint,
+    load_config,
+    model_spec,
+)
 
 from ..distributed import init_parallel
 from ..weights import TORCH_DTYPES, load_model
@@ -25,7 +32,8 @@ class TorchStepper:
         self.par = init_parallel(config.mapping, device)
         error, self.checksums = None, None
         try:
-            self.checksums = BackgroundChecksums(directory) if checksums else None
+            others = [RANK_FILE.format(rank=r) for r in range(config.mapping.world_size) if r != self.par.rank]
+            self.checksums = BackgroundChecksums(directory, skip=others) if checksums else None  # their ranks
             check_checkpoint(directory, hash_files=False)  # sizes and structure now; sha256 in the background
             self.model = load_model(directory, config, self.par)
         except (CheckpointError, OSError, RuntimeError, ValueError) as err:
