@@ -7,12 +7,13 @@ command takes it, instead of "missing mandatory field architecture" or "no weigh
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import read_json_file
 from .constants import CONFIG_FILE
+from .errors import CheckpointError
 
 
 @dataclass(frozen=True)
@@ -65,19 +66,21 @@ KINDS: tuple[Kind, ...] = (
 )
 
 
-def directory_kind(path: str | os.PathLike) -> Kind | None:
-    """The first ``KINDS`` entry ``path`` matches, or None (not a directory, or nothing recognisable)."""
+def directory_kind(path: str | os.PathLike, read_config: bool = True) -> Kind | None:
+    """The first ``KINDS`` entry ``path`` matches, or None (not a directory, or nothing recognisable).
+
+    ``read_config=False`` matches marker files only (for a caller that already knows config.json is not its own).
+    """
     d = Path(path)
     if not d.is_dir():
         return None
     keys: set[str] = set()
-    config = d / CONFIG_FILE
-    if config.is_file() and config.stat().st_size < (16 << 20):
+    if read_config and (d / CONFIG_FILE).is_file():
         try:
-            data = json.loads(config.read_text())
+            data = read_json_file(d / CONFIG_FILE)
             keys = set(data) if isinstance(data, dict) else set()
-        except (OSError, ValueError):
-            pass
+        except CheckpointError:
+            pass  # unreadable: judged by its marker files alone
     for kind in KINDS:
         if kind.config_keys and set(kind.config_keys) <= keys:
             return kind

@@ -375,3 +375,13 @@ def test_background_checksums_skip_what_other_ranks_hash(tmp_path):
     rank1.write_bytes(rank1.read_bytes()[:-1])  # sizes are still checked for every listed file
     with pytest.raises(CheckpointError, match=r"rank1\.safetensors: size"):
         BackgroundChecksums(ckpt, skip=["rank1.safetensors"])
+
+
+def test_kind_sniffing_survives_a_hostile_config(tmp_path):
+    """The engine reader asks what a directory is before reading it: a config nested too deeply is still one line."""
+    from ckptfmt.engine import load_engine_config
+
+    (tmp_path / "config.json").write_text("[" * 100_000)
+    assert directory_kind(tmp_path) is None
+    with pytest.raises(CheckpointError, match="nested too deeply"):
+        load_engine_config(tmp_path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ckptfmt.kinds import KINDS, Kind
+from ckptfmt.kinds import directory_kind
 
 # kind name -> what a converter user can do about it
 TIPS: dict[str, str] = {
@@ -22,17 +22,10 @@ TIPS: dict[str, str] = {
 }
 
 
-def marker_kind(directory: Path) -> Kind | None:
-    """The first ``KINDS`` entry whose marker files ``directory`` holds (its config.json is not looked at)."""
-    if not directory.is_dir():
-        return None
-    return next((k for k in KINDS if k.markers and any(next(directory.glob(m), None) for m in k.markers)), None)
-
-
 def foreign_format(directory: Path, wanted: str) -> str | None:
     """``"a DeepSpeed checkpoint (DeepSpeed sources are not supported yet; ...)"`` for a directory recognisably in
     another format than ``wanted``, or None."""
-    kind = marker_kind(directory)
+    kind = directory_kind(directory, read_config=False)
     if kind is None or kind.name == wanted:
         return None
     hints = "; ".join(h for h in (kind.hint, TIPS.get(kind.name)) if h)
