@@ -9,7 +9,7 @@ setup:
 
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check shared tools bench
+	$(PY) -m ruff format --check shared tools bench tests
 	$(PY) -m mypy shared/ckptfmt
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
@@ -18,7 +18,7 @@ demo: setup
 
 lint: setup
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check shared tools bench
+	$(PY) -m ruff format --check shared tools bench tests
 	$(PY) -m mypy shared/ckptfmt
 
 bench: setup

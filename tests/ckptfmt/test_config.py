@@ -27,13 +27,16 @@ def test_world_size_derived_when_absent():
     assert cfg.mapping.world_size == 4 and cfg.problems() == []
 
 
-@pytest.mark.parametrize(("algo", "expect"), [
-    ({"quant_algo": "W8A16"}, ("int8", False, None)),
-    ({"quant_algo": "W4A16"}, ("int4", False, None)),
-    ({"quant_algo": "W4A16_AWQ", "group_size": 128}, ("int4", True, None)),
-    ({"quant_algo": None, "kv_cache_quant_algo": "INT8"}, (None, False, "int8")),
-    ({"quant_algo": "FP8", "kv_cache_quant_algo": "FP8"}, (None, False, "fp8")),
-])
+@pytest.mark.parametrize(
+    ("algo", "expect"),
+    [
+        ({"quant_algo": "W8A16"}, ("int8", False, None)),
+        ({"quant_algo": "W4A16"}, ("int4", False, None)),
+        ({"quant_algo": "W4A16_AWQ", "group_size": 128}, ("int4", True, None)),
+        ({"quant_algo": None, "kv_cache_quant_algo": "INT8"}, (None, False, "int8")),
+        ({"quant_algo": "FP8", "kv_cache_quant_algo": "FP8"}, (None, False, "fp8")),
+    ],
+)
 def test_quant_algo_spelling_normalized_and_written_back(algo, expect):
     cfg = CheckpointConfig.from_dict(llama_dict(quantization=algo))
     q = cfg.quantization
@@ -46,8 +49,16 @@ def test_quant_algo_spelling_normalized_and_written_back(algo, expect):
 
 
 def test_flag_and_algo_spellings_describe_the_same_mode():
-    flags = CheckpointConfig.from_dict(llama_dict(quantization={
-        "use_weight_only": True, "weight_only_precision": "int4", "per_group": True, "group_size": 128}))
+    flags = CheckpointConfig.from_dict(
+        llama_dict(
+            quantization={
+                "use_weight_only": True,
+                "weight_only_precision": "int4",
+                "per_group": True,
+                "group_size": 128,
+            }
+        )
+    )
     algo = CheckpointConfig.from_dict(llama_dict(quantization={"quant_algo": "W4A16_AWQ", "group_size": 128}))
     for field in ("weight_only", "per_group", "group_size", "kv_cache", "quant_algo"):
         assert getattr(flags.quantization, field) == getattr(algo.quantization, field), field
@@ -69,16 +80,15 @@ def test_every_problem_reported_with_field_path():
 
 def test_tp_must_divide_heads():
     problems = CheckpointConfig.from_dict(
-        llama_dict(tp=5, num_attention_heads=12, num_key_value_heads=12, hidden_size=96,
-                   intermediate_size=100)).problems()
+        llama_dict(tp=5, num_attention_heads=12, num_key_value_heads=12, hidden_size=96, intermediate_size=100)
+    ).problems()
     assert "mapping.tp_size: must divide num_attention_heads (12)" in problems
 
 
 def test_kv_heads_replicated_when_fewer_than_ranks():
     cfg = CheckpointConfig.from_dict(llama_dict(tp=4, num_attention_heads=8, num_key_value_heads=2, hidden_size=64))
     assert cfg.problems() == []
-    cfg = CheckpointConfig.from_dict(llama_dict(tp=4, num_attention_heads=12, num_key_value_heads=3,
-                                                hidden_size=96))
+    cfg = CheckpointConfig.from_dict(llama_dict(tp=4, num_attention_heads=12, num_key_value_heads=3, hidden_size=96))
     assert any("num_key_value_heads (3)" in p for p in cfg.problems())
 
 
@@ -87,9 +97,14 @@ def test_bool_is_not_an_int():
     assert "num_hidden_layers: must be integer, got true" in problems
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (None, "missing"), ("{not json", "not valid JSON"), ("[1, 2]", "top level must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "missing"),
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "top level must be a JSON object"),
+    ],
+)
 def test_load_config_bad_files(tmp_path, content, message):
     if content is not None:
         (tmp_path / "config.json").write_text(content)
@@ -105,21 +120,34 @@ def test_load_config_raises_all_problems(tmp_path):
     assert len(err.value.problems) == 2 and "(and 1 more)" in str(err.value)
 
 
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.text(max_size=8),
-                         st.floats(allow_nan=False, allow_infinity=False))
-json_values = st.recursive(json_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)), max_leaves=6)
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.text(max_size=8),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=6,
+)
 
 
-@given(extra=st.dictionaries(st.text(min_size=1, max_size=10).filter(
-    lambda k: k not in llama_dict() and k not in ("quantization",)), json_values, max_size=5),
-    qextra=st.dictionaries(st.sampled_from(["exclude_modules", "has_zero_point", "producer_note"]),
-                           json_values, max_size=2),
-    algo_style=st.booleans())
+@given(
+    extra=st.dictionaries(
+        st.text(min_size=1, max_size=10).filter(lambda k: k not in llama_dict() and k not in ("quantization",)),
+        json_values,
+        max_size=5,
+    ),
+    qextra=st.dictionaries(
+        st.sampled_from(["exclude_modules", "has_zero_point", "producer_note"]), json_values, max_size=2
+    ),
+    algo_style=st.booleans(),
+)
 def test_save_load_is_identity_including_unknown_fields(tmp_path_factory, extra, qextra, algo_style):
     src = llama_dict(**extra)
-    src["quantization"] = ({"quant_algo": "W8A16", **qextra} if algo_style
-                           else {"use_weight_only": True, **qextra})
+    src["quantization"] = {"quant_algo": "W8A16", **qextra} if algo_style else {"use_weight_only": True, **qextra}
     cfg = CheckpointConfig.from_dict(src)
     d = tmp_path_factory.mktemp("cfg")
     cfg.save(d)

@@ -40,6 +40,7 @@ def test_writer_reader_roundtrip_all_dtypes(tmp_path):
         assert r[n].dtype == a.dtype and np.array_equal(r[n], a)
     # the safetensors library itself reads our files (its numpy API has no bf16: check the others)
     from safetensors import safe_open
+
     with safe_open(tmp_path / "x.safetensors", framework="numpy") as f:
         assert sorted(f.keys()) == sorted(tensors)
         for n in ("a", "c", "d", "scalar"):
@@ -110,6 +111,7 @@ def test_unexpected_tensor_is_a_warning(tmp_path):
     random_checkpoint(d, cfg)
     from ckptfmt import save_checkpoint
     from ckptfmt.io import RankFileReader as R
+
     r = R(d / "rank0.safetensors")
     tensors = {n: np.array(r[n]) for n in r} | {"extra.thing": np.zeros(2, np.float16)}
     save_checkpoint(d, cfg, {0: tensors}, overwrite=True)
@@ -124,8 +126,9 @@ def test_cli_validate_exit_codes(llama_ckpt, tmp_path, capsys):
     assert "architecture: unsupported 'Nope'" in err and "Traceback" not in err
     r = subprocess.run([sys.executable, "-m", "ckptfmt.cli", "validate"], capture_output=True, text=True)
     assert r.returncode == 2
-    r = subprocess.run([sys.executable, "-m", "ckptfmt.cli", "validate", str(tmp_path / "nothing")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "ckptfmt.cli", "validate", str(tmp_path / "nothing")], capture_output=True, text=True
+    )
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 

@@ -54,15 +54,23 @@ def test_opt_example_tensors():
 def test_weight_only_tensors():
     cfg = CheckpointConfig.from_dict(llama_dict(quantization={"quant_algo": "W4A16_AWQ", "group_size": 32}))
     e = expected_tensors(cfg, 0)
-    assert e["transformer.layers.0.mlp.fc.weight"].shape == (64, 48) and e[
-        "transformer.layers.0.mlp.fc.weight"].dtype == "int8"
+    assert (
+        e["transformer.layers.0.mlp.fc.weight"].shape == (64, 48)
+        and e["transformer.layers.0.mlp.fc.weight"].dtype == "int8"
+    )
     assert e["transformer.layers.0.mlp.fc.per_channel_scale"].shape == (2, 96)
     assert e["lm_head.weight"].dtype == "float16"
 
 
 @settings(max_examples=60, deadline=None)
-@given(tp=st.sampled_from([1, 2, 4, 8]), kv=st.sampled_from([1, 2, 4, 8]), group=st.integers(1, 3),
-       head=st.sampled_from([2, 4, 6]), cols=st.integers(1, 5), seed=st.integers(0, 2**16))
+@given(
+    tp=st.sampled_from([1, 2, 4, 8]),
+    kv=st.sampled_from([1, 2, 4, 8]),
+    group=st.integers(1, 3),
+    head=st.sampled_from([2, 4, 6]),
+    cols=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+)
 def test_qkv_split_merge_exact(tp, kv, group, head, cols, seed):
     heads = kv * group
     if heads % tp or (kv % tp and tp % kv):
@@ -75,12 +83,26 @@ def test_qkv_split_merge_exact(tp, kv, group, head, cols, seed):
 
 
 @settings(max_examples=60, deadline=None)
-@given(tp=st.sampled_from([1, 2, 3, 4]), vocab=st.integers(1, 40), ffn_mult=st.integers(1, 4),
-       parallel_embedding=st.booleans(), sharding_dim=st.sampled_from([0, 1]), seed=st.integers(0, 2**16))
+@given(
+    tp=st.sampled_from([1, 2, 3, 4]),
+    vocab=st.integers(1, 40),
+    ffn_mult=st.integers(1, 4),
+    parallel_embedding=st.booleans(),
+    sharding_dim=st.sampled_from([0, 1]),
+    seed=st.integers(0, 2**16),
+)
 def test_shard_unshard_exact_for_every_tensor(tp, vocab, ffn_mult, parallel_embedding, sharding_dim, seed):
-    d = llama_dict(tp=tp, num_attention_heads=12, num_key_value_heads=tp if tp != 3 else 3, hidden_size=48,
-                   intermediate_size=12 * ffn_mult, vocab_size=vocab, num_hidden_layers=1,
-                   use_parallel_embedding=parallel_embedding, embedding_sharding_dim=sharding_dim)
+    d = llama_dict(
+        tp=tp,
+        num_attention_heads=12,
+        num_key_value_heads=tp if tp != 3 else 3,
+        hidden_size=48,
+        intermediate_size=12 * ffn_mult,
+        vocab_size=vocab,
+        num_hidden_layers=1,
+        use_parallel_embedding=parallel_embedding,
+        embedding_sharding_dim=sharding_dim,
+    )
     cfg = CheckpointConfig.from_dict(d)
     assert cfg.problems() == []
     full_cfg = cfg.with_mapping(1, 1)

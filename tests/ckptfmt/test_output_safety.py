@@ -218,7 +218,9 @@ def test_closed_pipe_is_quiet():
     tool += "def main(argv):\n    for i in range(10**6): print('line', i)\nsys.exit(run_main(main))"
     p = subprocess.run(
         ["bash", "-o", "pipefail", "-c", '"$0" -c "$1" | head -1', sys.executable, tool],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert p.stdout.strip() == "line 0" and p.stderr == "" and p.returncode == EXIT_SIGPIPE
 
@@ -247,7 +249,9 @@ def test_ckptfmt_inspect_into_a_closed_pipe(tmp_path):
     ckptfmt = Path(sys.executable).with_name("ckptfmt")
     p = subprocess.run(
         ["bash", "-o", "pipefail", "-c", '"$0" inspect --json "$1" | head -1', str(ckptfmt), str(ckpt)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert p.stdout.strip() == "{" and p.stderr == "" and p.returncode in (0, EXIT_SIGPIPE)
 

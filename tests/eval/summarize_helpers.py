@@ -26,5 +26,3 @@ def save_tiny_tokenizer(path: str | Path, vocab_size: int = 250) -> Path:
 
 
 ROOT = Path(__file__).resolve().parents[2]
-
-

@@ -88,8 +88,6 @@ def share_embedding_table(src: Path) -> Path:
     return out
 
 
-
-
 def result_file(out: Path, ckpt: str | Path, rank: int) -> Path:
     return out / f"{Path(ckpt).parent.name}-{Path(ckpt).name}.rank{rank}.pt"
 
