@@ -52,4 +52,4 @@ def test_weight_only_defaults_apply_with_use_weight_only(tiny_hf, tmp_path, caps
     assert quant["use_weight_only"] and quant["weight_only_precision"] == "int8" and not quant["per_group"]
     argv = ["hf", "--model_dir", tiny_hf("gpt2"), "--output_dir", tmp_path / "g", "--use_weight_only", "--per_group"]
     rc, _, err = run_cli(*argv, capsys=capsys)
-    assert rc == 1 and "--group_size 128: does not divide the input size 64" in err  # the default group size
+    assert rc == 1 and "group_size: 128 does not divide the per-rank input size 64" in err  # the default group size

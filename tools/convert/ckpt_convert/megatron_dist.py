@@ -16,8 +16,8 @@ import numpy as np
 
 from ckptfmt import CheckpointError, to_numpy
 
+from .lazy_source import LazyTensorSource
 from .megatron_names import LAYER_TEMPLATE, normalize_name, split_layer_name
-from .megatron_source import LazyTensorSource
 from .sources import LazyTensor
 
 METADATA_FILE = ".metadata"

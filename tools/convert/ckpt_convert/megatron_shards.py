@@ -15,8 +15,8 @@ import numpy as np
 
 from ckptfmt import CheckpointError, to_numpy
 
+from .lazy_source import LazyTensorSource
 from .megatron_names import GATED, LAYER_TEMPLATE, normalize_name, split_layer_name, tp_split_dim
-from .megatron_source import LazyTensorSource
 from .sources import LazyTensor
 
 ShardKey = tuple[int, int]  # (tp rank, pp rank)

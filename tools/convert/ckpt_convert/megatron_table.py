@@ -10,7 +10,7 @@ import numpy as np
 
 from ckptfmt import ModelSpec
 
-from .mapping import Rule, Table
+from .rules import Rule, Table
 from .transforms import identity, ungroup_qkv_per_kv_head
 
 L = "decoder.layers.{i}."

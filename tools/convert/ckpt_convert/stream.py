@@ -39,8 +39,8 @@ from ckptfmt.io import check_output_dir
 from ckptfmt.sharding import shard
 from ckptfmt.workers import exit_if_orphaned, init_worker, stop_workers
 
-from .mapping import Table
-from .plan import TensorProducer, canonical_name, check_coverage, check_quantizable
+from .producer import TensorProducer, canonical_name, check_coverage, check_quantizable
+from .rules import Table
 from .source_guard import check_all_unchanged
 from .sources import TensorSource
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ...mapping import Table
+from ...rules import Table
 from ..hf_config import HFConfig
 
 

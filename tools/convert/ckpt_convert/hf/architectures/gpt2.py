@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ckptfmt.names import LAYER, LM_HEAD, LN_F, POSITION_EMBEDDING, VOCAB_EMBEDDING
 
-from ...mapping import Rule, Table
+from ...rules import Rule, Table
 from ...transforms import transpose
 from ..hf_config import HFConfig
 from .base import HFArchitecture, sizes

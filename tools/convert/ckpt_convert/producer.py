@@ -1,4 +1,4 @@
-"""Planning: which source tensors make each canonical tensor, checked before anything is written.
+"""Making canonical tensors: which source tensors make each one (checked up front), then one at a time.
 
 ``check_coverage`` resolves every rule the model needs against the source (missing tensors, tensors the
 table does not know) from names alone; ``TensorProducer`` then makes one canonical tensor at a time.
@@ -12,10 +12,11 @@ import re
 import numpy as np
 
 from ckptfmt import DTYPES, CheckpointConfig, CheckpointError, TensorSpec, expected_tensors, model_spec
+from ckptfmt.names import weight_only_layout_problems
 from ckptfmt.quant import quantize_weight_only
 
-from .mapping import Rule, Table
 from .quantized import quantization_tensor, quantization_tensor_error
+from .rules import Rule, Table
 from .sources import TensorSource
 
 SCALE_SUFFIX = ".per_channel_scale"
@@ -83,23 +84,10 @@ def check_coverage(table: Table, source: TensorSource, config: CheckpointConfig)
 
 
 def check_quantizable(config: CheckpointConfig) -> None:
-    """Weight-only quantization constraints: group size divides every (per-rank) input dim, int4 packs evenly."""
-    quant = config.quantization
-    if not quant.use_weight_only:
-        return
-    for rank in range(config.mapping.world_size):
-        tensors = expected_tensors(config, rank)
-        for name, scale in tensors.items():
-            if not name.endswith(SCALE_SUFFIX):
-                continue
-            linear = name[: -len(SCALE_SUFFIX)]
-            inputs, outputs = tensors[linear + ".weight"].shape[0], scale.shape[-1]
-            if quant.per_group and scale.shape[0] * quant.group_size != inputs:
-                raise CheckpointError(
-                    f"--group_size {quant.group_size}: does not divide the input size {inputs} of {linear}"
-                )
-            if quant.weight_only_precision == "int4" and outputs % 2:
-                raise CheckpointError(f"--weight_only_precision int4: output size {outputs} of {linear} is odd")
+    """Weight-only layouts the target mapping cannot hold (``ckptfmt.names.weight_only_layout_problems``)."""
+    if problems := weight_only_layout_problems(config):
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(f"--use_weight_only: {problems[0]}{more}")
 
 
 class TensorProducer:

@@ -1,4 +1,4 @@
-"""The ``TensorSource`` protocol over a dict of lazy tensors, shared by the two Megatron readers."""
+"""``LazyTensorSource``: the ``TensorSource`` protocol over a dict of lazy tensors (the Megatron readers use it)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Mapping tables: how each canonical checkpoint tensor is made from source tensors.
+"""Mapping rules: how each canonical checkpoint tensor is made from source tensors (``Rule``, ``Table``).
 
 A table is data: one ``Rule`` per canonical template (``{i}`` = global layer index) naming its source
 templates and a transform. Which canonical tensors are needed comes from ``ckptfmt.expected_tensors``;
