@@ -1,7 +1,8 @@
-"""The summarization results: a text table of the tested systems and a report folder (JSON + PNG chart).
+"""The results of every eval task: a text table of the tested systems and a report folder (JSON + PNG chart).
 
-A system's entry maps the ROUGE keys of `metrics.ROUGE_KEYS` (×100) and optionally `tokens_per_s` and
-`latency_per_batch_s` to numbers; missing values print as "-".
+A system's entry maps score keys (ckpt-summarize: the ROUGE keys of `metrics.ROUGE_KEYS` ×100; ckpt-mmlu:
+accuracy; ckpt-perplexity: perplexity) and optionally `tokens_per_s` and `latency_per_batch_s` to numbers;
+missing values print as "-". Which scores a table shows and a chart draws is a `Chart` (default: ROUGE).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import platform
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
@@ -47,12 +49,31 @@ class ReportError(Exception):
     """The report cannot be written; the message is one line naming the path."""
 
 
-def format_table(systems: dict[str, dict[str, Any]]) -> str:
-    """ROUGE scores and speed of each system in one column; a difference column when there are two."""
+@dataclass(frozen=True)
+class Chart:
+    """What a task's table and chart show: score keys with labels, the chart's file name, title and y label."""
+
+    scores: dict[str, str]
+    file: str = CHART_FILE
+    title: str = "ROUGE per system"
+    ylabel: str = "F-measure × 100"
+
+    @property
+    def rows(self) -> dict[str, str]:
+        """Table rows: the scores, then the timings."""
+        return {**self.scores, "tokens_per_s": ROW_LABELS["tokens_per_s"], **TIMING_LABELS}
+
+
+TIMING_LABELS = {"latency_per_batch_s": "latency/batch (s)"}
+ROUGE_CHART = Chart({key: ROW_LABELS[key] for key in ROUGE_KEYS})
+
+
+def format_table(systems: dict[str, dict[str, Any]], chart: Chart = ROUGE_CHART) -> str:
+    """The chart's scores and the speed of each system in one column; a difference column when there are two."""
     names = list(systems)
     paired = len(names) == 2
     rows = [["metric", *names] + ([f"{names[0]} - {names[1]}"] if paired else [])]
-    for key, label in ROW_LABELS.items():
+    for key, label in chart.rows.items():
         values = [_number(systems[name].get(key)) for name in names]
         row = [label] + [_format(key, value) for value in values]
         if paired:
@@ -62,9 +83,9 @@ def format_table(systems: dict[str, dict[str, Any]]) -> str:
     return "\n".join(_join_cells(row, widths) for row in rows)
 
 
-def print_table(systems: dict[str, dict[str, Any]], file: TextIO | None = None) -> None:
-    """Print `format_table(systems)` to `file` (standard output by default)."""
-    print(format_table(systems), file=file or sys.stdout)
+def print_table(systems: dict[str, dict[str, Any]], file: TextIO | None = None, chart: Chart = ROUGE_CHART) -> None:
+    """Print `format_table(systems, chart)` to `file` (standard output by default)."""
+    print(format_table(systems, chart), file=file or sys.stdout)
 
 
 def write_report(
@@ -72,8 +93,10 @@ def write_report(
     results: dict[str, Any],
     overwrite: bool = False,
     inputs: Iterable[str | os.PathLike] = (),
+    chart: Chart = ROUGE_CHART,
 ) -> dict[str, Path]:
-    """Write `results.json` (results plus library versions), `rouge.png` and `manifest.json` as `directory`.
+    """Write `results.json` (results plus library versions), the chart (`rouge.png` by default) and
+    `manifest.json` as `directory`.
 
     `results["systems"]` maps each system's name to its scores and timings; everything else in `results`
     (settings, timings, ...) is written as given. The files go to a temporary directory that is renamed to
@@ -90,15 +113,15 @@ def write_report(
     try:
         with atomic_output_dir(folder, overwrite=overwrite, inputs=inputs) as temporary:
             (temporary / RESULTS_FILE).write_text(text, encoding="utf-8")
-            _draw_chart(systems, temporary / CHART_FILE)
-            for name in (RESULTS_FILE, CHART_FILE):
+            _draw_chart(systems, temporary / chart.file, chart)
+            for name in (RESULTS_FILE, chart.file):
                 os.chmod(temporary / name, 0o644)
             write_manifest(temporary)
     except CheckpointError as exc:
         raise ReportError(str(exc)) from None
     except OSError as exc:
         raise ReportError(f"{exc.filename or folder}: cannot write the report ({exc.strerror or exc})") from None
-    return {"results": folder / RESULTS_FILE, "chart": folder / CHART_FILE}
+    return {"results": folder / RESULTS_FILE, "chart": folder / chart.file}
 
 
 def library_versions() -> dict[str, str]:
@@ -114,34 +137,35 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def _draw_chart(systems: dict[str, dict[str, Any]], path: Path) -> None:
+def _draw_chart(systems: dict[str, dict[str, Any]], path: Path, chart: Chart) -> None:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise ReportError(f"{CHART_FILE}: the chart needs matplotlib (pip install matplotlib)") from exc
+        raise ReportError(f"{chart.file}: the chart needs matplotlib (pip install matplotlib)") from exc
 
     figure = Figure(figsize=(11, 4.5), layout="constrained")
     FigureCanvasAgg(figure)
     scores_axes, latency_axes = figure.subplots(1, 2, width_ratios=(2, 1))
-    colors = _draw_scores(scores_axes, systems)
+    colors = _draw_scores(scores_axes, systems, chart)
     _draw_latencies(latency_axes, systems, colors)
     figure.savefig(path, format="png", dpi=100)
 
 
-def _draw_scores(axes: Any, systems: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Grouped bars, one group per ROUGE metric; returns each system's bar color."""
+def _draw_scores(axes: Any, systems: dict[str, dict[str, Any]], chart: Chart) -> dict[str, Any]:
+    """Grouped bars, one group per score of the chart; returns each system's bar color."""
     bar_width = 0.8 / len(systems)
     colors = {}
+    keys = list(chart.scores)
     for index, (name, system) in enumerate(systems.items()):
-        scores = [_number(system.get(key)) or 0.0 for key in ROUGE_KEYS]
+        scores = [_number(system.get(key)) or 0.0 for key in keys]
         shift = (index - (len(systems) - 1) / 2) * bar_width
-        bars = axes.bar([position + shift for position in range(len(ROUGE_KEYS))], scores, bar_width, label=name)
+        bars = axes.bar([position + shift for position in range(len(keys))], scores, bar_width, label=name)
         axes.bar_label(bars, fmt="%.1f", fontsize=8)
         colors[name] = bars.patches[0].get_facecolor()
-    axes.set_xticks(range(len(ROUGE_KEYS)), [ROW_LABELS[key] for key in ROUGE_KEYS])
-    axes.set_ylabel("F-measure × 100")
-    axes.set_title("ROUGE per system")
+    axes.set_xticks(range(len(keys)), list(chart.scores.values()))
+    axes.set_ylabel(chart.ylabel)
+    axes.set_title(chart.title)
     axes.legend()
     return colors
 

@@ -9,6 +9,7 @@ import torch
 from .backends import RunnerError, Stepper, open_backend
 from .generate import Step, check_prompts, generate_steps
 from .sampling import SamplingConfig
+from .scoring import TokenScores, check_scored, next_token_logprobs, score_batch
 
 # generate() values a SamplingConfig object may carry
 SAMPLING_FIELDS = (
@@ -221,6 +222,21 @@ class ModelRunner:
         for step in steps:
             outputs.add(step)
         result = outputs.result(*shape)
+        self.verify()
+        return result
+
+    def score(self, sequences: Sequence[torch.Tensor], starts: Sequence[int]) -> list[TokenScores]:
+        """Log-probability of tokens ``seq[start:]`` of each sequence, each given all tokens before it (one
+        forward pass with context logits on torch/hf; prefill + one step per scored token on trt)."""
+        seqs = check_scored(sequences, starts, self.model.vocab_size, self.model.max_positions)
+        result = score_batch(self.model, seqs, starts)
+        self.verify()
+        return result
+
+    def next_logprobs(self, prompts: Sequence[torch.Tensor], token_ids: Sequence[int]) -> torch.Tensor:
+        """[batch, len(token_ids)] log-probabilities of ``token_ids`` as the token after each prompt."""
+        checked = check_prompts(prompts, self.model.vocab_size, self.model.max_positions, 1)
+        result = next_token_logprobs(self.model, checked, token_ids)
         self.verify()
         return result
 

@@ -19,6 +19,7 @@ class Stepper(Protocol):
     max_positions: int | None  # longest sequence the model can position (None: unbounded)
     device: torch.device
     is_sampler: bool  # this rank gets logits from ``step`` and picks the next tokens
+    context_logits: bool  # ``step(all_logits=True)`` works (False: last-position logits only)
 
     def reset(self, batch: int, max_seq: int) -> None:
         """Start a new batch with room for ``max_seq`` positions per sequence."""

@@ -21,6 +21,7 @@ class HFStepper:
     """``AutoModelForCausalLM`` with a dynamic cache; left padding via attention mask and position ids."""
 
     is_sampler = True
+    context_logits = True  # step(all_logits=True) returns every position's logits
 
     def __init__(self, model_dir: str, device: str = "cpu", dtype: str = "auto"):
         from transformers import AutoModelForCausalLM

@@ -24,6 +24,8 @@ class TorchStepper:
     With ``checksums`` the files are hashed against manifest.json in background threads while the model loads
     and runs; ``checksums`` holds the ``BackgroundChecksums`` that ``ModelRunner.verify`` waits for."""
 
+    context_logits = True  # step(all_logits=True) returns every position's logits
+
     def __init__(self, directory: str, device: str = "cpu", checksums: bool = True, compile: bool | str = False):
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise RunnerError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")

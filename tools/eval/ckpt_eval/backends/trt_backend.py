@@ -83,6 +83,8 @@ class EngineStepper:
     """This rank's engine behind the ``Stepper`` interface. ``open_executor`` makes the thing that runs a step
     (``TrtExecutor`` for real engines)."""
 
+    context_logits = False  # the engine returns the last token's logits only (``scoring`` steps token by token)
+
     def __init__(self, config: EngineConfig, device: str, open_executor: OpenExecutor, source: str = "config.json"):
         self.config = config
         ckpt = config.checkpoint_config
