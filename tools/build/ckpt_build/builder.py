@@ -26,15 +26,7 @@ from .interrupts import run_cancellable
 from .limits import Limits, check_supported, check_window, refuse_quantized, resolve_limits
 from .lower_trt import TrtBuildError, TrtOps
 from .network import define_rank_network
-from .output import (
-    OutputWriteError,
-    check_written,
-    from_os_error,
-    is_output_path,
-    output_error,
-    weights_size,
-    writing,
-)
+from .output import OutputWriteError, check_written, output_errors, writing
 from .progress import make_progress_monitor
 from .trt_api import TrtModule, load_trt, resolve_targets
 from .weights import RankWeights
@@ -239,8 +231,8 @@ def _build_rank_in_worker(args: tuple) -> dict:
     return build_rank(module, config, rank, build, checkpoint_dir, targets, engine_path)
 
 
-def prepare(request: BuildRequest) -> tuple[TrtModule, CheckpointConfig, BuildConfig, list[str]]:
-    """Every check that can fail before building: checkpoint, support, limits, TensorRT module, targets."""
+def check_model(request: BuildRequest) -> tuple[CheckpointConfig, BuildConfig]:
+    """The checks that need no TensorRT: checkpoint, support, limits (``--finalize`` stops here)."""
     refuse_quantized(request.checkpoint_dir)  # before its scales and 8-bit tensors fail the validation
     config = check_checkpoint(request.checkpoint_dir, hash_files=False)
     for note in config.notes:  # what load_config corrected (e.g. a ModelOpt GPT-2's position_embedding_type)
@@ -248,6 +240,12 @@ def prepare(request: BuildRequest) -> tuple[TrtModule, CheckpointConfig, BuildCo
     check_supported(config)
     build = resolve_limits(config, request.limits)
     check_window(config, build)
+    return config, build
+
+
+def prepare(request: BuildRequest) -> tuple[TrtModule, CheckpointConfig, BuildConfig, list[str]]:
+    """Every check that can fail before building: checkpoint, support, limits, TensorRT module, targets."""
+    config, build = check_model(request)
     module = load_trt(request.backend)
     needs = [config.dtype] + ([config.quantization.weight_only] if config.quantization.weight_only else [])
     targets = resolve_targets(module, request.targets, needs)
@@ -259,22 +257,28 @@ def prepare(request: BuildRequest) -> tuple[TrtModule, CheckpointConfig, BuildCo
     return module, config, build, targets
 
 
+def bound_to(module: TrtModule, targets: list[str]) -> BoundTo:
+    return BoundTo(
+        module=module.name,
+        module_version=module.version,
+        compute_capabilities=targets,
+        builder="ckpt-build",
+        builder_version=f"{__version__} (ckptfmt {ckptfmt_version})",
+    )
+
+
+def engine_config(config: CheckpointConfig, build: BuildConfig, bound: BoundTo) -> EngineConfig:
+    """What ``config.json`` of the engine directory says (one place for plain builds and ``--finalize``)."""
+    return EngineConfig(
+        pretrained_config=config.to_dict(), build_config=build, io=io_contract(config, build), bound_to=bound
+    )
+
+
 def build_engines(request: BuildRequest) -> EngineConfig:
     """Build every rank's engine into ``request.output_dir`` (atomically: all or nothing)."""
     module, config, build, targets = prepare(request)
     world = config.mapping.world_size
-    engine = EngineConfig(
-        pretrained_config=config.to_dict(),
-        build_config=build,
-        io=io_contract(config, build),
-        bound_to=BoundTo(
-            module=module.name,
-            module_version=module.version,
-            compute_capabilities=targets,
-            builder="ckpt-build",
-            builder_version=f"{__version__} (ckptfmt {ckptfmt_version})",
-        ),
-    )
+    engine = engine_config(config, build, bound_to(module, targets))
     log.info(
         "building %d rank(s) of %s with %s %s for %s",
         world,
@@ -303,15 +307,8 @@ def _build_into(
 ) -> None:
     """``_write_engine_dir``, with every ``OSError`` of the output (full disk, read-only parent) in one line."""
     sizes: list[int] = []  # the plans' sizes once they are built: what the engines need
-    try:
+    with output_errors(request.output_dir, request.checkpoint_dir, sizes):
         _write_engine_dir(request, module, config, build, targets, engine, checksums, sizes)
-    except (OutputWriteError, OSError) as err:
-        if isinstance(err, OSError) and not is_output_path(err.filename, request.output_dir):
-            raise  # not ours to name (e.g. a checkpoint file that vanished)
-        if isinstance(err, OSError):
-            err = from_os_error(err, request.output_dir)
-        weights = weights_size(request.checkpoint_dir)
-        raise output_error(request.output_dir, err, sum(sizes) or None, weights) from None
 
 
 def _write_engine_dir(

@@ -100,6 +100,21 @@ def parser() -> argparse.ArgumentParser:
         help="TensorRT-RTX compute capabilities, e.g. sm80,sm86,sm89,sm120 (default: every supported one)",
     )
     p.add_argument("--workers", type=int, default=1, help="build ranks in parallel processes")
+    spread = p.add_mutually_exclusive_group()
+    spread.add_argument(
+        "--rank",
+        type=int,
+        default=None,
+        metavar="R",
+        help="build only rank R, into the staging area .NAME.ranks beside --output_dir (one task of a cluster "
+        "job; --output_dir itself is written by --finalize)",
+    )
+    spread.add_argument(
+        "--finalize",
+        action="store_true",
+        help="after every --rank task: check each rank is staged once, built with these flags and one TensorRT "
+        "version, then publish --output_dir (config.json, manifest.json) and remove the staging area",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing engine directory written by us")
     p.add_argument(
         "--skip_checksum",
@@ -181,6 +196,10 @@ def _main(argv: list[str] | None = None) -> int:
         ),
     )
     try:
+        if args.rank is not None:
+            return _staged_rank(request, args.rank)
+        if args.finalize:
+            return _finalized(request)
         engine = build_engines(request)
     except CheckpointError as err:
         print(f"ckpt-build: error: {err}", file=sys.stderr)
@@ -190,12 +209,39 @@ def _main(argv: list[str] | None = None) -> int:
             f"ckpt-build: error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", file=sys.stderr
         )
         return 1
+    print(f"built {_summary(engine, args.output_dir)}")
+    return 0
+
+
+def _summary(engine, output_dir: Path) -> str:
     b = engine.build_config
-    print(
-        f"built {engine.world_size} engine(s) into {args.output_dir} for {engine.bound_to.module} "
+    return (
+        f"{engine.world_size} engine(s) into {output_dir} for {engine.bound_to.module} "
         f"{engine.bound_to.module_version} ({','.join(engine.bound_to.compute_capabilities)}); "
         f"max_batch_size {b.max_batch_size}, max_input_len {b.max_input_len}, max_seq_len {b.max_seq_len}"
     )
+
+
+def _staged_rank(request, rank: int) -> int:
+    from .rank_task import build_staged_rank
+
+    if request.workers != 1:
+        print("ckpt-build: error: --workers: one rank per --rank task (drop --workers)", file=sys.stderr)
+        return 1
+    rec = build_staged_rank(request, rank)
+    print(
+        f"built rank {rank} of {rec['world_size']} into {rec['plan']} ({rec['size'] / 1e6:.1f} MB, "
+        f"{rec['seconds']:.1f} s, peak RSS {rec['peak_rss_bytes'] / 1e6:.0f} MB); publish with --finalize"
+    )
+    return 0
+
+
+def _finalized(request) -> int:
+    from .finalize import finalize
+
+    engine, records = finalize(request)
+    times = ", ".join(f"{rec.rank}: {rec.data['seconds']:.1f} s" for rec in records)
+    print(f"finalized {_summary(engine, request.output_dir)}; rank build times {times}")
     return 0
 
 

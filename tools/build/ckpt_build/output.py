@@ -8,10 +8,11 @@ exceptions TensorRT swallows) or as a bare ``OSError``. Every ``OSError`` while 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ckptfmt.constants import MANIFEST_FILE
@@ -121,3 +122,17 @@ def check_written(directory: Path) -> None:
     problems = verify_manifest(directory, hash_files=False) + [f"{name}: not in {MANIFEST_FILE}" for name in unlisted]
     if not listed or problems:
         raise OutputWriteError(MANIFEST_FILE, errno.EIO, problems[0] if problems else "no files listed")
+
+
+@contextlib.contextmanager
+def output_errors(output_dir: Path, checkpoint_dir: Path, sizes: list[int]) -> Iterator[None]:
+    """Every ``OSError`` about the output inside the block in one line (``output_error``); ``sizes``: the bytes
+    of the plans built so far, filled in by the block."""
+    try:
+        yield
+    except (OutputWriteError, OSError) as err:
+        if isinstance(err, OSError) and not is_output_path(err.filename, output_dir):
+            raise  # not ours to name (e.g. a checkpoint file that vanished)
+        if isinstance(err, OSError):
+            err = from_os_error(err, output_dir)
+        raise output_error(output_dir, err, sum(sizes) or None, weights_size(checkpoint_dir)) from None
