@@ -10,6 +10,7 @@ command -v mpirun >/dev/null || need_apt+=(openmpi-bin libopenmpi-dev)
 command -v strings >/dev/null || need_apt+=(binutils)
 command -v dockerd >/dev/null || need_apt+=(docker.io)
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+{ [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/munged ]; } || need_apt+=(slurm-wlm munge)
 if ((${#need_apt[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: apt-get install ${need_apt[*]}"
