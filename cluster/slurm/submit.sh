@@ -5,6 +5,7 @@
 # Prints one line: convert=ID build=ID finalize=ID eval=ID report=ID (convert absent with CKPT_SKIP_CONVERT=1).
 # Variables: those of the batch scripts (convert.sbatch, build_rank.sbatch, finalize.sbatch, eval.sbatch), and
 #   CKPT_TP, CKPT_PP          parallel sizes: the array has TP*PP tasks, eval TP*PP tasks (default 1 each)
+#   CKPT_BUILD_JOB            (set here for report_failed.sbatch: the build array's job id)
 #   CKPT_LOGS                 folder of the jobs' output files (default ./ckpt-logs), on storage the nodes see
 #   CKPT_SKIP_CONVERT=1       start at the build (CKPT_CHECKPOINT exists already)
 #   CKPT_SKIP_EVAL=1          stop after finalize
