@@ -30,6 +30,10 @@ ACTIVATIONS: dict[str, tuple[str, bool]] = {
     "reglu": ("relu", True),
     "fast-reglu": ("relu", True),
 }
+# Megatron's gelu is F.gelu (exact, erf) unless one of these is on: openai_gelu (Megatron-LM / NeMo 1 legacy) or the
+# fused bias+activation kernels (bias_activation_fusion; NeMo 1's older bias_gelu_fusion), which compute the tanh
+# approximation for gelu and geglu. Absent fields take Megatron-core's defaults (all False).
+TANH_GELU_SWITCHES = ("openai_gelu", "bias_activation_fusion", "bias_gelu_fusion")
 # base activation -> its gated spelling, for gated_linear_unit: true
 GATED_SPELLINGS = {"silu": "swiglu", "gelu": "geglu", "relu": "reglu"}
 NORMS = {"rmsnorm": "rmsnorm", "layernorm": "layernorm"}
@@ -76,6 +80,7 @@ class MegatronModel:
     rotary_percent: float
     rotary_scaling: dict | None
     rotary_base: float
+    exact_gelu: bool = False  # gelu / geglu computed with erf (written as gelu_approximate: none)
     positions_defaulted: bool = False  # position_embedding_type absent: Megatron's default was taken
 
 
@@ -149,6 +154,7 @@ def read_model(h: dict, source: str) -> MegatronModel:
         norm=NORMS[norm],
         norm_epsilon=float(_get(h, source, "layernorm_epsilon", default=1e-5, kind=(int, float))),
         activation=activation,
+        exact_gelu=activation == "gelu" and not any(h.get(k) is True for k in TANH_GELU_SWITCHES),
         gated=gated,
         bias=bias,
         qkv_bias=bool(_get(h, source, "add_qkv_bias", "qkv_bias", default=bias)),
@@ -215,6 +221,8 @@ def checkpoint_config(model: MegatronModel, vocab_size: int, source: str) -> Che
         mlp = f"{'gated ' if model.gated else ''}{model.activation}"
         raise CheckpointError(f"{source}: unsupported Megatron variant: {model.norm} with a {mlp} MLP")
     extra: dict[str, Any] = {"bias": model.bias, "qkv_bias": model.qkv_bias}
+    if model.exact_gelu:
+        extra["gelu_approximate"] = "none"
     if model.head_size * model.num_heads != model.hidden_size:
         extra["head_size"] = model.head_size
     if model.positions.startswith("rope"):

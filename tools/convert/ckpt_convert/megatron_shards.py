@@ -1,58 +1,37 @@
 """NeMo 1 weights: torch-saved Megatron state dicts, one per (tp, pp) source rank, merged lazily.
 
-Each ``model_weights.ckpt`` is loaded with ``torch.load(weights_only=True, mmap=True)`` (only
-``io.BytesIO`` is allowed beyond tensors: Transformer Engine stores its ``_extra_state`` that way), so
-a pickle holding anything else is refused without running code. A merged tensor is assembled from its
+Each ``model_weights.ckpt`` (a file, or a member of an uncompressed ``.nemo`` tar read in place) is opened with
+``torch_pickle`` (torch's weights-only unpickler; only ``io.BytesIO`` is allowed beyond tensors: Transformer Engine
+stores its ``_extra_state`` that way), so a pickle holding anything else is refused without running code, and each
+tensor is read with ``preadv`` when needed. A merged tensor is assembled from its
 tensor-parallel parts when it is loaded; pipeline stages' local layer numbers become global ones.
 """
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 
-from ckptfmt import CheckpointError, to_numpy
+from ckptfmt import CheckpointError
 
 from .lazy_source import LazyTensorSource
 from .megatron_names import GATED, LAYER_TEMPLATE, normalize_name, split_layer_name, tp_split_dim
 from .sources import LazyTensor
+from .torch_pickle import Region, StoredTensor, TorchPickle
 
 ShardKey = tuple[int, int]  # (tp rank, pp rank)
 
 
-def load_state_dict(path: Path) -> dict:
-    """A state dict from a torch pickle, refusing anything but tensors (and TE's BytesIO extra state)."""
-    import torch
-
-    try:
-        with torch.serialization.safe_globals([io.BytesIO]):
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as err:  # the legacy (pre-zip) format cannot be memory-mapped
-                if "mmap" not in str(err):
-                    raise
-                state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing") from None
-    except Exception as err:  # torch raises many types for corrupt, truncated or unsafe pickles
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights only load failed" in first.lower() or "Unsupported global" in str(err):
-            detail = next((ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln or "global" in ln), first)
-            raise CheckpointError(f"{path}: refused: the pickle holds non-tensor objects ({detail})") from None
-        raise CheckpointError(f"{path}: cannot load ({first})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: not a state dict (got {type(state).__name__})")
-    return state
+def load_state_dict(region: Region) -> TorchPickle:
+    """A torch pickle refusing anything but tensors (and TE's BytesIO extra state); tensors read on demand."""
+    return TorchPickle(region, allowed=[io.BytesIO])
 
 
 class ShardedSource(LazyTensorSource):
     """A ``TensorSource`` over per-rank Megatron state dicts (any source tp x pp)."""
 
-    def __init__(self, files: dict[ShardKey, Path], gated_mlp: bool):
+    def __init__(self, files: dict[ShardKey, Region], gated_mlp: bool):
         tps = sorted({tp for tp, _ in files})
         pps = sorted({pp for _, pp in files})
         if (
@@ -61,12 +40,13 @@ class ShardedSource(LazyTensorSource):
             or pps != list(range(len(pps)))
         ):
             raise CheckpointError(
-                f"{next(iter(files.values())).parent.parent}: incomplete set of rank folders ({sorted(files)})"
+                f"{next(iter(files.values())).label}: incomplete set of rank folders ({sorted(files)})"
             )
         self.tp, self.gated = len(tps), gated_mlp
-        self.file = self.location = files[(0, 0)]
-        self._fingerprint(list(files.values()))
-        states = {key: self._tensors_of(path, load_state_dict(path)) for key, path in files.items()}
+        self.file = self.location = files[(0, 0)].path
+        self._pickles = {key: load_state_dict(region) for key, region in files.items()}
+        self._fingerprints = {p.region.path: p.fingerprint for p in self._pickles.values()}
+        states = {key: self._tensors_of(p.label, p.state_dict()) for key, p in self._pickles.items()}
         self._parts: dict[str, list] = {}
         offset = 0
         for pp in pps:
@@ -80,7 +60,7 @@ class ShardedSource(LazyTensorSource):
                 try:
                     parts = [s[name] for s in stage]
                 except KeyError:
-                    raise CheckpointError(f"{files[(0, pp)].parent}: tensor {name} missing in some tp ranks") from None
+                    raise CheckpointError(f"{files[(0, pp)].label}: tensor {name} missing in some tp ranks") from None
                 if glob in self._parts:
                     continue  # replicated on several pipeline stages (tied embedding copy)
                 self._parts[glob] = parts
@@ -91,14 +71,14 @@ class ShardedSource(LazyTensorSource):
         }
 
     @staticmethod
-    def _tensors_of(path: Path, state: dict) -> dict:
+    def _tensors_of(label: str, state: dict) -> dict[str, StoredTensor]:
         out = {}
         for key, value in state.items():
             name = normalize_name(str(key))
             if name is None:
                 continue
-            if type(value).__name__ != "Tensor":
-                raise CheckpointError(f"{path}: entry {key} is a {type(value).__name__}, not a tensor")
+            if not isinstance(value, StoredTensor):
+                raise CheckpointError(f"{label}: entry {key} is a {type(value).__name__}, not a tensor")
             out[name] = value
         return out
 
@@ -110,10 +90,10 @@ class ShardedSource(LazyTensorSource):
         return tuple(shape)
 
     def _merge(self, name: str) -> np.ndarray:
-        parts = [to_numpy(p) for p in self._parts[name]]
         dim = tp_split_dim(name)
         if dim is None or self.tp == 1:
-            return parts[0].copy()
+            return self._parts[name][0].read()
+        parts = [p.read() for p in self._parts[name]]
         if self.gated and name.endswith(GATED):
             halves = [np.split(p, 2, axis=0) for p in parts]
             return np.concatenate([h[0] for h in halves] + [h[1] for h in halves], axis=0)
@@ -121,4 +101,9 @@ class ShardedSource(LazyTensorSource):
 
     @property
     def dtypes(self) -> set[str]:
-        return {str(p[0].dtype).removeprefix("torch.") for p in self._parts.values()}
+        return {p[0].dtype for p in self._parts.values()}
+
+    def close(self) -> None:
+        super().close()
+        for p in self._pickles.values():
+            p.close()

@@ -74,14 +74,14 @@ def run(args: argparse.Namespace) -> int:
     # claimed for the whole run: the extraction is scratch space (.NAME.tmp-nemo-*) that the next run on the same
     # output reclaims if this one is killed; atomic_output_dir inside does not lock again
     with claim_output(output_dir, args.overwrite, inputs=[path]):
-        work = None
+        work, in_archive = None, {}
         try:  # Ctrl-C / SIGTERM (ckptfmt.entry.run_main) unwind through the removal of the work directory
             if path.is_dir():
                 root = path
             else:
-                work = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-nemo-", dir=output_dir.parent))
-                root = extract(path, work)
-            summary = convert_located(locate(root, args.model_config, str(path)), args, str(path))
+                root = work = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-nemo-", dir=output_dir.parent))
+                in_archive = extract(path, work)
+            summary = convert_located(locate(root, args.model_config, str(path), in_archive), args, str(path))
         finally:
             if work is not None:
                 shutil.rmtree(work, ignore_errors=True)

@@ -7,8 +7,9 @@ Accepted inputs (``locate``):
 - NeMo 2 directory: ``context/model.yaml`` (+ ``context/nemo_tokenizer/``) and ``weights/`` (torch_dist);
 - Megatron-core torch_dist directory (``.metadata``; Megatron-LM ``iter_*`` folders resolved through
   ``latest_checkpointed_iteration.txt``); its hyper-parameters come from ``--model_config``.
-Tar members are extracted (regular files only, tarfile's ``data`` filter) into a work directory that
-the caller removes.
+Tar members are extracted (regular files only, names that would leave it refused) into a work directory that the
+caller removes, except the weights of an uncompressed archive: each ``model_weights.ckpt`` that is a torch zip is read
+in place inside the archive (a ``torch_pickle.Region``), never copied.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ckptfmt import CheckpointError
 
 from .foreign import foreign_format
 from .source_guard import check_inside, source_roots
+from .torch_pickle import Region
 
 NEMO1_CONFIG = "model_config.yaml"
 NEMO1_WEIGHTS = "model_weights.ckpt"
@@ -53,29 +55,54 @@ class Located:
     hparams: dict | None
     config_file: str  # named in errors
     dist_dir: Path | None = None  # torch_dist weights
-    shard_files: dict[tuple[int, int], Path] = field(default_factory=dict)  # (tp, pp) -> model_weights.ckpt
+    shard_files: dict[tuple[int, int], Region] = field(default_factory=dict)  # (tp, pp) -> model_weights.ckpt
     tokenizer_files: dict[str, Path] = field(default_factory=dict)  # name in <out>/tokenizer -> file
 
 
-def extract(archive: Path, work: Path) -> Path:
-    """Extract ``archive`` (tar) into ``work``; one-line errors for non-tar and truncated archives.
+def extract(archive: Path, work: Path) -> dict[str, Region]:
+    """Extract ``archive`` (tar) into ``work`` but for its weights read in place (returned: name under ``work`` ->
+    ``Region`` of the archive); one-line errors for non-tar and truncated archives.
 
-    Bounded before a byte is written: the regular members' sizes (as the tar headers claim them) must fit the free
+    Bounded before a byte is written: the extracted members' sizes (as the tar headers claim them) must fit the free
     space beside the output, a compressed archive may not expand more than ``MAX_EXPANSION`` times, and sparse
     members (whose real size exceeds what the archive stores) are refused. Every member is copied up to its claimed
     size and no further.
     """
     if not tarfile.is_tarfile(archive):
         raise CheckpointError(f"{archive}: not a .nemo archive (neither a tar file nor a directory)")
-    check_extraction_size(archive, work)
+    in_place = weights_in_place(archive)
+    check_extraction_size(archive, work, skip=set(in_place))
     try:
         with tarfile.open(archive, "r|*") as tar:
             for member in tar:
-                if member.isfile():
+                if member.isfile() and member_name(member) not in in_place:
                     _extract_file(tar, member, work, archive)
     except (tarfile.TarError, EOFError) as err:
         raise CheckpointError(f"{archive}: truncated or corrupt tar archive ({err})") from None
-    return work
+    return in_place
+
+
+def member_name(member: tarfile.TarInfo) -> str:
+    """The member's path relative to the extraction directory (``./a/b`` -> ``a/b``)."""
+    return "/".join(p for p in Path(member.name).parts if p not in (".", ""))
+
+
+def weights_in_place(archive: Path) -> dict[str, Region]:
+    """The ``model_weights.ckpt`` members of an uncompressed archive that are torch zips (read where they lie)."""
+    if _compressed(archive):
+        return {}
+    found = {}
+    try:
+        with tarfile.open(archive, "r:") as tar, open(archive, "rb") as f:
+            for member in tar:
+                if member.isfile() and not member.issparse() and Path(member.name).name == NEMO1_WEIGHTS:
+                    f.seek(member.offset_data)
+                    if f.read(4) == b"PK\x03\x04":
+                        name = member_name(member)
+                        found[name] = Region(archive, member.offset_data, member.size, name)
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise CheckpointError(f"{archive}: truncated or corrupt tar archive ({err})") from None
+    return found
 
 
 MAX_EXPANSION = 20  # a compressed .nemo of weights expands ~1.1x; zeros and bombs far more
@@ -83,8 +110,9 @@ EXPANSION_ALLOWANCE = 64 << 20  # small archives (tokenizers, tiny test models) 
 FREE_MARGIN = 256 << 20  # left free on the output's disk after the extraction
 
 
-def check_extraction_size(archive: Path, work: Path) -> int:
-    """Total bytes the archive's headers claim for its regular files; refused if it cannot or should not fit."""
+def check_extraction_size(archive: Path, work: Path, skip: set[str] = frozenset()) -> int:
+    """Total bytes the archive's headers claim for its regular files (but ``skip``, not extracted); refused if it
+    cannot or should not fit."""
     total = 0
     try:
         with tarfile.open(archive, "r:*") as tar:  # headers only: a plain tar is seeked through, not read
@@ -94,7 +122,7 @@ def check_extraction_size(archive: Path, work: Path) -> int:
                         f"{archive}: member {member.name!r} is a sparse file ({member.size} bytes stored as "
                         "fewer): refused (a .nemo archive holds no sparse files)"
                     )
-                if member.isfile():
+                if member.isfile() and member_name(member) not in skip:
                     total += member.size
     except (tarfile.TarError, EOFError, OSError) as err:  # OSError: a claimed size seeks past the largest file
         raise CheckpointError(f"{archive}: truncated or corrupt tar archive ({err})") from None
@@ -137,15 +165,16 @@ def _extract_file(tar: tarfile.TarFile, member: tarfile.TarInfo, work: Path, arc
             raise CheckpointError(f"{archive}: member {member.name!r} holds more than its claimed {member.size} bytes")
 
 
-def locate(root: Path, model_config: Path | None, label: str) -> Located:
-    """Identify the checkpoint layout under ``root`` (an extracted archive or a directory); every file it names
-    is checked not to be a link out of ``root`` (the config before it is read)."""
+def locate(root: Path, model_config: Path | None, label: str, in_archive: dict[str, Region] | None = None) -> Located:
+    """Identify the checkpoint layout under ``root`` (an extracted archive, whose weights may be ``in_archive``,
+    or a directory); every file it names is checked not to be a link out of ``root`` (the config before it is
+    read)."""
     roots = source_roots(root)
     for name in (NEMO2_CONFIG, NEMO1_CONFIG):
         if (root / name).exists():
             check_inside(root / name, roots, "the model config")
-    found = _locate(root, model_config, label)
-    weights = list(found.shard_files.values())
+    found = _locate(root, model_config, label, in_archive or {})
+    weights = [r.path for r in found.shard_files.values() if not r.member]
     if found.dist_dir is not None:
         check_inside(found.dist_dir, roots, "the weights directory")
         weights += sorted(found.dist_dir.iterdir())
@@ -156,7 +185,7 @@ def locate(root: Path, model_config: Path | None, label: str) -> Located:
     return found
 
 
-def _locate(root: Path, model_config: Path | None, label: str) -> Located:
+def _locate(root: Path, model_config: Path | None, label: str, in_archive: dict[str, Region]) -> Located:
     override = read_hparams(model_config) if model_config else None
     cfg_label = str(model_config) if model_config else None
     if (root / NEMO2_CONFIG).is_file() and (root / "weights").is_dir():
@@ -175,7 +204,7 @@ def _locate(root: Path, model_config: Path | None, label: str) -> Located:
         hparams = override or read_yaml(root / NEMO1_CONFIG, f"{label}: {NEMO1_CONFIG}")
         if not isinstance(hparams, dict):
             raise CheckpointError(f"{label}: {NEMO1_CONFIG}: not a mapping")
-        return _nemo1(root, hparams, cfg_label or f"{label}: {NEMO1_CONFIG}", label)
+        return _nemo1(root, hparams, cfg_label or f"{label}: {NEMO1_CONFIG}", label, in_archive)
     dist = _megatron_dir(root)
     if dist is not None:
         if override is None:
@@ -184,7 +213,12 @@ def _locate(root: Path, model_config: Path | None, label: str) -> Located:
                 "pass them with --model_config FILE.yaml|json"
             )
         return Located("mcore", override, cfg_label, dist_dir=dist)
-    if any(root.glob("*.distcp")) or any(root.glob("*/" + NEMO1_WEIGHTS)) or (root / NEMO1_WEIGHTS).exists():
+    if (
+        in_archive
+        or any(root.glob("*.distcp"))
+        or any(root.glob("*/" + NEMO1_WEIGHTS))
+        or (root / NEMO1_WEIGHTS).exists()
+    ):
         raise CheckpointError(f"{label}: missing {NEMO1_CONFIG} (NeMo 1) or {NEMO2_CONFIG} (NeMo 2)")
     if other := foreign_format(root, NEMO_DIRECTORY):
         raise CheckpointError(f"{label}: not a NeMo or Megatron checkpoint but {other}")
@@ -193,18 +227,21 @@ def _locate(root: Path, model_config: Path | None, label: str) -> Located:
     )
 
 
-def _nemo1(root: Path, hparams: dict, cfg_label: str, label: str) -> Located:
+def _nemo1(root: Path, hparams: dict, cfg_label: str, label: str, in_archive: dict[str, Region]) -> Located:
     tokens = _nemo1_tokenizer(root, hparams)
     if (root / "model_weights" / DIST_METADATA).is_file():
         return Located("nemo1", hparams, cfg_label, dist_dir=root / "model_weights", tokenizer_files=tokens)
-    shards: dict[tuple[int, int], Path] = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        m = _RANK_DIR.match(d.name)
-        if m and (d / NEMO1_WEIGHTS).is_file():
+    files = [root / NEMO1_WEIGHTS, *sorted(root.glob(f"*/{NEMO1_WEIGHTS}"))]
+    weights = {p.relative_to(root).as_posix(): Region(p) for p in files if p.is_file()} | in_archive
+    shards: dict[tuple[int, int], Region] = {}
+    for name in sorted(weights):
+        folder, _, file = name.rpartition("/")
+        m = _RANK_DIR.match(folder)
+        if m and file == NEMO1_WEIGHTS:
             tp, pp = (int(m.group(1)), 0) if m.group(1) is not None else (int(m.group(2)), int(m.group(3)))
-            shards[(tp, pp)] = d / NEMO1_WEIGHTS
-    if not shards and (root / NEMO1_WEIGHTS).is_file():
-        shards[(0, 0)] = root / NEMO1_WEIGHTS
+            shards[(tp, pp)] = weights[name]
+    if not shards and NEMO1_WEIGHTS in weights:
+        shards[(0, 0)] = weights[NEMO1_WEIGHTS]
     if not shards:
         raise CheckpointError(
             f"{label}: no weights ({NEMO1_WEIGHTS}, mp_rank_XX/, tp_rank_XX_pp_rank_XXX/ or model_weights/)"

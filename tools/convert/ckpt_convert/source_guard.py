@@ -7,6 +7,8 @@ that folder counts as part of the source.
 
 ``Fingerprint`` (size, mtime, inode) is taken when a file is opened and compared after its tensors are read and
 again before the output is published: a file truncated, rewritten in place or replaced during the run is refused.
+``GuardedFile`` reads with ``os.preadv`` into the process's own memory and checks the fingerprint after each read:
+never a memory map, so a file truncated by someone else is an error line, not SIGBUS.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ckptfmt import CheckpointError
 
@@ -82,3 +86,47 @@ def _what_changed(before: Fingerprint, now: Fingerprint | None) -> str:
 def check_all_unchanged(before: dict[Path, Fingerprint]) -> None:
     for path, fp in before.items():
         check_unchanged(path, fp)
+
+
+class GuardedFile:
+    """A source file open for exact ``pread``s; each read is followed by a check that the file is unchanged."""
+
+    CHUNK = 1 << 30
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: missing") from None
+        except OSError as err:
+            raise CheckpointError(f"{path}: cannot open ({err.strerror})") from None
+        self.fingerprint = Fingerprint.of(os.fstat(self._fd))
+        self.size = self.fingerprint.size
+
+    def read(self, offset: int, size: int, what: str) -> np.ndarray:
+        """``size`` bytes at ``offset`` as a fresh uint8 array; ``what`` (e.g. ``tensor X``) is named in errors."""
+        out = np.empty(size, np.uint8)
+        view, done = memoryview(out), 0
+        while done < size:
+            try:
+                n = os.preadv(self._fd, [view[done : done + self.CHUNK]], offset + done)
+            except OSError as err:
+                raise CheckpointError(f"{self.path}: {what}: cannot read ({err.strerror})") from None
+            if n == 0:
+                check_unchanged(self.path, self.fingerprint)  # names how it changed
+                raise CheckpointError(f"{self.path}: {what}: file ends early; {NOTHING_WRITTEN}")
+            done += n
+        check_unchanged(self.path, self.fingerprint)
+        return out
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> GuardedFile:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()

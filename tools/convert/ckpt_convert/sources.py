@@ -1,9 +1,9 @@
-"""Lazy tensors from weight files: safetensors (read per tensor, no torch) and torch pickles.
+"""Lazy tensors from weight files: safetensors (read per tensor, no torch) and torch pickles (``torch_pickle``).
 
 A ``TensorSource`` maps tensor names to ``LazyTensor``s whose shape and dtype are known from the file
-header; ``load()`` reads that one tensor. A safetensors tensor is read with ``os.preadv`` straight into its
-array (not memory-mapped: a mapped file truncated by someone else kills the process with SIGBUS, a short read
-is an error message), so peak memory stays at a few tensors, not at the model size.
+header; ``load()`` reads that one tensor with ``os.preadv`` straight into its array (never memory-mapped: a mapped
+file truncated by someone else kills the process with SIGBUS, a short read is an error message), so peak memory
+stays at a few tensors, not at the model size.
 
 Every file is fingerprinted (``source_guard.Fingerprint``) when opened and checked again after each tensor is
 read: a source truncated, rewritten or replaced during the run is refused rather than mixed into the output.
@@ -11,7 +11,6 @@ read: a source truncated, rewritten or replaced during the run is refused rather
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ckptfmt import CheckpointError, RankFileReader, to_numpy
+from ckptfmt import CheckpointError, RankFileReader
 
-from .source_guard import NOTHING_WRITTEN, Fingerprint, check_unchanged
+from .source_guard import Fingerprint, GuardedFile
+from .torch_pickle import Region, StoredTensor, TorchPickle
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,14 @@ class SafetensorsFile:
 
     def __init__(self, path: Path):
         self.path = path
-        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._file = GuardedFile(path)
         try:
-            self.fingerprint = Fingerprint.of(os.fstat(self._fd))
             header = RankFileReader(path)  # validates header, dtypes, offsets and file size
-            self._data_start = 8 + struct.unpack("<Q", os.pread(self._fd, 8, 0))[0]
+            self._data_start = 8 + struct.unpack("<Q", self._file.read(0, 8, "header").tobytes())[0]
         except BaseException:
-            os.close(self._fd)
+            self._file.close()
             raise
+        self.fingerprint = self._file.fingerprint
         self._entries = header.entries
         self._dtypes = {name: header.spec(name)[0] for name in header.entries}
 
@@ -63,82 +63,32 @@ class SafetensorsFile:
             yield LazyTensor(name, tuple(entry["shape"]), self.path, lambda n=name: self._read(n))
 
     def _read(self, name: str) -> np.ndarray:
-        dtype, shape = self._dtypes[name], self._entries[name]["shape"]
         lo, hi = self._entries[name]["data_offsets"]
-        raw = np.empty(hi - lo, np.uint8)  # bytes, then viewed (bfloat16 & co. have no buffer format)
-        view, offset, done = memoryview(raw), self._data_start + lo, 0
-        while done < hi - lo:
-            try:
-                n = os.preadv(self._fd, [view[done : done + (1 << 30)]], offset + done)
-            except OSError as err:
-                raise CheckpointError(f"{self.path}: tensor {name}: cannot read ({err.strerror})") from None
-            if n == 0:
-                check_unchanged(self.path, self.fingerprint)  # names how it changed
-                raise CheckpointError(f"{self.path}: tensor {name}: file ends early; {NOTHING_WRITTEN}")
-            done += n
-        check_unchanged(self.path, self.fingerprint)
-        return raw.view(dtype).reshape(shape)
+        raw = self._file.read(self._data_start + lo, hi - lo, f"tensor {name}")  # bytes, then viewed (bf16 & co.)
+        return raw.view(self._dtypes[name]).reshape(self._entries[name]["shape"])
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._file.close()
 
 
 class TorchFile:
-    """Tensors of one torch pickle (``pytorch_model.bin``), loaded ``weights_only`` and memory-mapped."""
+    """Tensors of one torch pickle (``pytorch_model.bin``): names and shapes from its pickle, each tensor read
+    with ``preadv`` (``torch_pickle``), never memory-mapped."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.fingerprint = Fingerprint.of(os.stat(path))
-        self._state = _torch_load(path)
+        self._pickle = TorchPickle(Region(path))
+        self.fingerprint = self._pickle.fingerprint
+        self._state = self._pickle.state_dict()
 
     def tensors(self) -> Iterable[LazyTensor]:
-        import torch
-
         for name, value in self._state.items():
-            if not isinstance(value, torch.Tensor):
-                continue
-            yield LazyTensor(name, tuple(value.shape), self.path, lambda v=value: self._copy(v))
-
-    def _copy(self, value) -> np.ndarray:
-        """The tensor's data, copied out of the mapping; the file is checked before (a mapped page past a
-        truncated end would be SIGBUS) and after the copy."""
-        check_unchanged(self.path, self.fingerprint)
-        array = to_numpy(value).copy()
-        check_unchanged(self.path, self.fingerprint)
-        return array
+            if isinstance(value, StoredTensor):
+                yield LazyTensor(str(name), value.shape, self.path, value.read)
 
     def close(self) -> None:
         self._state = {}
-
-
-def _torch_load(path: Path) -> dict:
-    try:
-        import torch
-    except ImportError:
-        raise CheckpointError(f"{path}: reading .bin files needs torch (pip install 'ckpt-convert[hf]')") from None
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:
-            if "mmap" not in str(err):
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing") from None
-    except Exception as err:  # torch raises many types for corrupt or unsafe pickles
-        raise CheckpointError(f"{path}: cannot load ({_first_line(err)})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: not a state dict (got {type(state).__name__})")
-    return state
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+        self._pickle.close()
 
 
 READERS: dict[str, Callable[[Path], SafetensorsFile | TorchFile]] = {

@@ -23,6 +23,18 @@ class HFArchitecture:
         return bool(hf.get("tie_word_embeddings", default=self.tied_default))
 
 
+# transformers' ACT2FN names of the exact (erf) GELU; gelu_new, gelu_fast, gelu_pytorch_tanh are the tanh form
+EXACT_GELU = ("gelu", "gelu_python")
+
+
+def activation(name: str) -> dict:
+    """``hidden_act`` for transformers activation ``name``: the exact GELU is ``gelu`` + ``gelu_approximate: none``
+    (the format's ``gelu`` is TensorRT-LLM's tanh approximation)."""
+    if name in EXACT_GELU:
+        return {"hidden_act": "gelu", "gelu_approximate": "none"}
+    return {"hidden_act": name}
+
+
 def sizes(
     hf: HFConfig,
     architecture: str,

@@ -10,7 +10,7 @@ from ckptfmt.names import LAYER, LM_HEAD, LN_F, VOCAB_EMBEDDING
 from ...rules import Rule, Table
 from ...transforms import ungroup_qkv_per_kv_head
 from ..hf_config import HFConfig
-from .base import HFArchitecture, sizes
+from .base import HFArchitecture, activation, sizes
 
 H = "transformer.h.{i}."
 
@@ -65,7 +65,7 @@ def translate(hf: HFConfig) -> dict:
             layers=("num_hidden_layers", "n_layer"),
         ),
         "num_key_value_heads": kv_heads,
-        "hidden_act": hf.get("activation", default="gelu"),
+        **activation(hf.get("activation", default="gelu")),
         "intermediate_size": hf.get("ffn_hidden_size", default=4 * hidden),
         "norm_epsilon": float(hf.get("layer_norm_epsilon", default=1e-5)),
         "position_embedding_type": "alibi" if alibi else "rope_gpt_neox",

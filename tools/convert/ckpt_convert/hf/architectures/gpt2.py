@@ -7,7 +7,7 @@ from ckptfmt.names import LAYER, LM_HEAD, LN_F, POSITION_EMBEDDING, VOCAB_EMBEDD
 from ...rules import Rule, Table
 from ...transforms import transpose
 from ..hf_config import HFConfig
-from .base import HFArchitecture, sizes
+from .base import HFArchitecture, activation, sizes
 
 H = "transformer.h.{i}."
 
@@ -63,7 +63,7 @@ def translate(hf: HFConfig) -> dict:
             heads=("n_head",),
             positions=("n_positions",),
         ),
-        "hidden_act": hf.get("activation_function", default="gelu_new"),
+        **activation(hf.get("activation_function", default="gelu_new")),
         "intermediate_size": hf.get("n_inner", default=4 * hidden),
         "norm_epsilon": float(hf.get("layer_norm_epsilon", default=1e-5)),
         "position_embedding_type": "learned_absolute",

@@ -7,7 +7,7 @@ from ckptfmt.names import LAYER, LM_HEAD, LN_F, VOCAB_EMBEDDING
 from ...rules import Rule, Table
 from ...transforms import ungroup_qkv_per_head
 from ..hf_config import HFConfig
-from .base import HFArchitecture, sizes
+from .base import HFArchitecture, activation, sizes
 
 L = "gpt_neox.layers.{i}."
 
@@ -43,7 +43,7 @@ def translate(hf: HFConfig) -> dict:
         raise hf.unsupported("attention_bias", "GPT-NeoX without attention biases")
     return {
         **sizes(hf, MODEL_TYPES[hf.model_type]),
-        "hidden_act": hf.get("hidden_act", default="gelu"),
+        **activation(hf.get("hidden_act", default="gelu")),
         "intermediate_size": hf.require("intermediate_size"),
         "norm_epsilon": float(hf.get("layer_norm_eps", default=1e-5)),
         "position_embedding_type": "rope_gpt_neox",

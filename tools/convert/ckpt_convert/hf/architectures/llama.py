@@ -7,7 +7,7 @@ from ckptfmt.names import LAYER, LM_HEAD, LN_F, VOCAB_EMBEDDING
 from ...rules import Rule, Table
 from ...transforms import concat_rows
 from ..hf_config import HFConfig
-from .base import HFArchitecture, sizes
+from .base import HFArchitecture, activation, sizes
 
 L = "model.layers.{i}."
 ATTN = L + "self_attn."
@@ -49,7 +49,7 @@ def translate(hf: HFConfig) -> dict:
         **sizes(hf, MODEL_TYPES[hf.model_type]),
         "num_key_value_heads": hf.get("num_key_value_heads", default=heads),
         "head_size": hf.get("head_dim", default=hidden // heads),
-        "hidden_act": hf.require("hidden_act", kind=str),
+        **activation(hf.require("hidden_act", kind=str)),
         "intermediate_size": hf.require("intermediate_size"),
         "norm_epsilon": hf.require("rms_norm_eps", kind=float),
         "position_embedding_type": "rope_gpt_neox",

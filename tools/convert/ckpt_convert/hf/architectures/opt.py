@@ -7,7 +7,7 @@ from ckptfmt.names import LAYER, LM_HEAD, LN_F, POSITION_EMBEDDING, PROJECT_IN, 
 from ...rules import Rule, Table
 from ...transforms import DropRows, concat_rows
 from ..hf_config import HFConfig
-from .base import HFArchitecture, sizes
+from .base import HFArchitecture, activation, sizes
 
 D = "model.decoder."
 L = D + "layers.{i}."
@@ -54,7 +54,7 @@ def translate(hf: HFConfig) -> dict:
     hidden = hf.require("hidden_size")
     return {
         **sizes(hf, MODEL_TYPES[hf.model_type]),
-        "hidden_act": hf.get("activation_function", default="relu"),
+        **activation(hf.get("activation_function", default="relu")),
         "intermediate_size": hf.require("ffn_dim"),
         "norm_epsilon": 1e-5,  # OPT uses nn.LayerNorm's default
         "position_embedding_type": "learned_absolute",

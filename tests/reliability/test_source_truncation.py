@@ -1,0 +1,148 @@
+"""A torch-pickle source changed while it is converted: a ``pytorch_model.bin``, a NeMo ``model_weights.ckpt`` and
+a ``.nemo`` whose weights are read in place. Truncated (with a memory map that would be SIGBUS: the process dies
+without a word) or rewritten in place with the same size: one line naming the file, exit 1, nothing published, no
+temp dir left; and the file is never memory-mapped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.numpy import load_file
+
+from tests.reliability.conftest import SLOW_LAYERS
+from tests.reliability.helpers import assert_failed_cleanly, kill_tree, start, wait_for
+
+torch = pytest.importorskip("torch")
+
+NEMO1 = Path(__file__).resolve().parents[1] / "fixtures" / "nemo" / "llama_tp1.nemo"
+LAYER = "model.decoder.layers.0."
+
+
+@pytest.fixture(scope="module")
+def slow_bin(slow_llama, tmp_path_factory) -> Path:
+    """The slow LLaMA (thousands of small tensors) as ``pytorch_model.bin``."""
+    path = tmp_path_factory.mktemp("bin") / "model"
+    shutil.copytree(slow_llama, path)
+    tensors = load_file(path / "model.safetensors")
+    torch.save({n: torch.from_numpy(a) for n, a in tensors.items()}, path / "pytorch_model.bin")
+    (path / "model.safetensors").unlink()
+    return path
+
+
+@pytest.fixture(scope="module")
+def slow_nemo(tmp_path_factory) -> Path:
+    """The fixture's NeMo 1 LLaMA with SLOW_LAYERS copies of its layer 0: an extracted directory."""
+    root = tmp_path_factory.mktemp("nemo") / "extracted"
+    with tarfile.open(NEMO1) as tar:
+        tar.extractall(root, filter="data")
+    state = torch.load(root / "model_weights.ckpt", weights_only=True)
+    layer = {k[len(LAYER) :]: v for k, v in state.items() if k.startswith(LAYER)}
+    state = {k: v for k, v in state.items() if ".layers." not in k}
+    for i in range(SLOW_LAYERS):
+        state.update({f"model.decoder.layers.{i}.{k}": v if v is None else v.clone() for k, v in layer.items()})
+    torch.save(state, root / "model_weights.ckpt")
+    config = yaml.safe_load((root / "model_config.yaml").read_text())
+    (root / "model_config.yaml").write_text(yaml.safe_dump({**config, "num_layers": SLOW_LAYERS}))
+    return root
+
+
+def _copy(source: Path, tmp_path: Path, archive: bool) -> Path:
+    if not archive:
+        return Path(shutil.copytree(source, tmp_path / "src"))
+    path = tmp_path / "model.nemo"
+    with tarfile.open(path, "w") as tar:  # uncompressed, as NeMo writes it
+        for item in sorted(source.iterdir()):
+            tar.add(item, f"./{item.name}")
+    return path
+
+
+def _started(kind: str, source: Path, out: Path, workers: int = 1):
+    flag = "--model_dir" if kind == "hf" else "--nemo_ckpt_path"
+    proc = start(kind, flag, source, "--output_dir", out, "--tp_size", "2", "--workers", str(workers))
+    wait_for(lambda: list(out.parent.glob(f".{out.name}.tmp-*/rank*.safetensors")), proc)
+    return proc
+
+
+def _mapped(proc, path: Path) -> list[str]:
+    """Lines of the process's (and its workers') memory maps that map ``path``."""
+    lines = []
+    for pid in [proc.pid, *(int(p) for p in _children(proc.pid))]:
+        with contextlib.suppress(OSError):  # the process ended meanwhile
+            lines += [ln for ln in Path(f"/proc/{pid}/maps").read_text().splitlines() if ln.endswith(str(path))]
+    return lines
+
+
+def _children(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+
+
+def _finish(proc) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        kill_tree(proc)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_truncated_bin(slow_bin, tmp_path, workers):
+    model, out = _copy(slow_bin, tmp_path, archive=False), tmp_path / "out"
+    weights = model / "pytorch_model.bin"
+    size = weights.stat().st_size
+    proc = _started("hf", model, out, workers)
+    assert _mapped(proc, weights) == []
+    os.truncate(weights, size // 3)
+    rc, err = _finish(proc)
+    assert_failed_cleanly(rc, err, out, str(weights), f"truncated ({size} -> {size // 3} bytes) during the conversion")
+    assert "nothing was written" in err
+
+
+def test_bin_rewritten_in_place(slow_bin, tmp_path):
+    """Same size, different bytes: the mtime says so."""
+    model, out = _copy(slow_bin, tmp_path, archive=False), tmp_path / "out"
+    weights = model / "pytorch_model.bin"
+    size = weights.stat().st_size
+    proc = _started("hf", model, out)
+    with open(weights, "r+b") as f:
+        f.seek(size // 2)
+        f.write(os.urandom(4096))
+    rc, err = _finish(proc)
+    assert weights.stat().st_size == size
+    assert_failed_cleanly(rc, err, out, str(weights), "modified during the conversion")
+
+
+@pytest.mark.parametrize("archive", [False, True], ids=["directory", "nemo-archive"])
+def test_truncated_nemo_weights(slow_nemo, tmp_path, archive):
+    """A ``model_weights.ckpt`` in a directory, or inside an uncompressed ``.nemo`` (read in place, not
+    extracted: the archive itself is the file that changed)."""
+    source, out = _copy(slow_nemo, tmp_path, archive), tmp_path / "out"
+    weights = source if archive else source / "model_weights.ckpt"
+    size = weights.stat().st_size
+    proc = _started("nemo", source, out)
+    assert _mapped(proc, weights) == []
+    if archive:  # streamed: no extracted copy of the weights beside the output
+        assert not list(tmp_path.glob(f".{out.name}.tmp-nemo-*/model_weights.ckpt"))
+    os.truncate(weights, size // 2)
+    rc, err = _finish(proc)
+    assert_failed_cleanly(rc, err, out, str(weights), f"truncated ({size} -> {size // 2} bytes)")
+
+
+def test_nemo_weights_rewritten_in_place(slow_nemo, tmp_path):
+    source, out = _copy(slow_nemo, tmp_path, archive=False), tmp_path / "out"
+    weights = source / "model_weights.ckpt"
+    size = weights.stat().st_size
+    proc = _started("nemo", source, out)
+    with open(weights, "r+b") as f:
+        f.seek(size // 2)
+        f.write(os.urandom(4096))
+    rc, err = _finish(proc)
+    assert_failed_cleanly(rc, err, out, str(weights), "modified during the conversion")
