@@ -149,6 +149,8 @@ class TorchPickle:
                 raise CheckpointError(f"{self.label}: cannot load (big-endian tensors are not supported)")
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as err:
             raise CheckpointError(f"{self.label}: cannot load (not a valid torch zip file: {err})") from None
+        if not data.endswith(pickle.STOP):
+            raise CheckpointError(f"{self.label}: cannot load (data.pkl is truncated)")
         prefix = pickles[0][: -len("data.pkl")]
         storages = _MetaStorages(self, names, prefix)
         obj = _unpickle(data, self.label, allowed, storages.persistent_load)
