@@ -136,3 +136,29 @@ def test_failed_rank_stops_finalize_and_is_named(slurm: SlurmCluster, chain, tmp
     assert "rank2.safetensors: sha256 checksum mismatch" in report and "1 rank build(s) failed" in report, report
     staged = sorted(p.name.split(".")[0] for p in (tmp_path / ".engine.ranks").glob("*.json"))
     assert staged == ["rank0", "rank1", "rank3"]  # kept for a rebuild of rank 2 and finalize
+
+
+def test_eval_of_the_engines_checks_them_and_stops_without_a_gpu(slurm: SlurmCluster, chain):
+    """eval.sbatch's default backend on the finalized engines: every task verifies the engine directory (sha256 of
+    the plans) and its rank, then stops in one line since engines need a CUDA GPU, which this machine lacks."""
+    root = chain["root"]
+    env = {
+        **slurm.env,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "CKPT_SLURM_DIR": str(SUBMIT.parent),
+        "CKPT_ENGINE": str(root / "engine"),
+        "CKPT_EVAL_TOOL": "ckpt-run",
+        "CKPT_EVAL_ARGS": f"--tokenizer_dir {chain['tok']} --input_text hello",
+    }
+    out = root / "logs" / "eval-trt.out"
+    job = subprocess.run(
+        ["sbatch", "--parsable", "--ntasks=4", "--overcommit", "-o", str(out), str(SUBMIT.parent / "eval.sbatch")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    slurm.wait_idle(CHAIN_TIMEOUT_S)
+    assert slurm.job_states(job)[job] == "FAILED"
+    text = out.read_text()
+    assert "engines built by tensorrt_rtx" in text and "cannot run here" in text and "Traceback" not in text, text
