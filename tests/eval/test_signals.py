@@ -144,7 +144,7 @@ def test_a_report_inside_an_input_is_refused_before_the_run(tiny, tmp_path):
         text=True,
         timeout=300,
     )
-    assert done.returncode == 1 and done.stdout == ""
+    assert done.returncode == 2 and done.stdout == ""
     assert (
         done.stderr
         == f"error: {copy / 'report'}: output directory lies inside the input {copy}; name a directory outside it\n"

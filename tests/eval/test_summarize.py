@@ -187,7 +187,7 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_is_one_line_and_exit_1(tiny, bad_inputs, case, capsys):
+def test_bad_input_is_one_line_and_exit_2(tiny, bad_inputs, case, capsys):
     extra, message = BAD[case]
     report = bad_inputs["base"] / f"report-{case.replace(' ', '-')}"
     if extra is None:
@@ -203,7 +203,7 @@ def test_bad_input_is_one_line_and_exit_1(tiny, bad_inputs, case, capsys):
         ]
     rc, out, err = run(capsys, [*argv, *SMALL, "--report", str(report), *(extra(tiny, bad_inputs) if extra else [])])
     lines = error_lines(err)
-    assert rc == 1 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
     assert len(err.strip().splitlines()) <= 2  # at most the first status line before the error
     assert message.format(big_tok=bad_inputs["big_tok"], ckpt=tiny["ckpt"], other_hf=bad_inputs["other_hf"]) in lines[0]
     assert not report.exists() and "ROUGE" not in out
@@ -228,7 +228,7 @@ def test_console_script_engine_dir_without_config(tiny, bad_inputs):
         text=True,
         timeout=120,
     )
-    assert done.returncode == 1 and done.stdout == ""
+    assert done.returncode == 2 and done.stdout == ""
     assert (
         done.stderr.strip()
         == f"error: {bad_inputs['base'] / 'empty_engine' / 'config.json'}: missing (not an engine directory?)"
@@ -247,7 +247,7 @@ def test_trt_backend_on_this_machine_says_what_is_missing(tiny, tmp_path, capsys
     rc, _, err = run(
         capsys, ["--engine_dir", str(engine), "--tokenizer_dir", str(tiny["tok"]), "--test_trt_llm", *SMALL]
     )
-    assert rc == 1 and len(error_lines(err)) == 1, err  # after the first status line: the engine was opened
+    assert rc == 2 and len(error_lines(err)) == 1, err  # after the first status line: the engine was opened
     assert f"error: {engine}: engines built by tensorrt_rtx 1.7.1.116 for sm80,sm86 cannot run here: " in err
     assert "TensorRT engines run only on a CUDA GPU" in err
 
@@ -298,7 +298,7 @@ def test_a_corrupt_rank_file_fails_unless_skip_checksum(tiny, tmp_path, capsys):
         f.write(bytes([byte[0] ^ 0x10]))
     argv = ["--checkpoint_dir", str(ckpt), "--tokenizer_dir", str(tiny["tok"]), "--test_trt_llm", *SMALL]
     rc, out, err = run(capsys, [*argv, "--max_ite", "1", "--report", str(tmp_path / "report")])
-    assert rc == 1 and out == "" and not (tmp_path / "report").exists()
+    assert rc == 2 and out == "" and not (tmp_path / "report").exists()
     assert error_lines(err) == [
         f"error: {ckpt / 'rank0.safetensors'}: sha256 checksum mismatch with manifest.json "
         "(corrupt file; --skip_checksum ignores it)"

@@ -12,3 +12,11 @@ def ckpt_run() -> int:
 
 def ckpt_summarize() -> int:
     return run_main("ckpt_eval.summarize:_main", prog="ckpt-summarize")
+
+
+def ckpt_mmlu() -> int:
+    return run_main("ckpt_eval.mmlu:_main", prog="ckpt-mmlu")
+
+
+def ckpt_perplexity() -> int:
+    return run_main("ckpt_eval.perplexity:_main", prog="ckpt-perplexity")

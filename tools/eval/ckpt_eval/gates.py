@@ -72,7 +72,7 @@ def parse_regression(text: str | None) -> Regression:
     return Regression(float(match.group(1)), bool(match.group(2)))
 
 
-def load_baseline(path: str | None, max_regression: str | None) -> dict | None:
+def load_baseline(path: str | None, max_regression: str | None, task: str) -> dict | None:
     """The baseline's ``systems`` (checked before any model runs); None without ``--baseline``."""
     regression = parse_regression(max_regression)
     if path is None:
@@ -88,7 +88,9 @@ def load_baseline(path: str | None, max_regression: str | None) -> dict | None:
     systems = document.get("systems") if isinstance(document, dict) else None
     if not isinstance(systems, dict) or not all(isinstance(s, dict) for s in systems.values()):
         raise GateError(f"{path}: systems: missing (not a results.json of ckpt-summarize/mmlu/perplexity)")
-    return {"path": path, "systems": systems, "regression": regression, "task": document.get("task")}
+    if document.get("task", task) != task:
+        raise GateError(f"{path}: task: a {document['task']} baseline, not {task}")
+    return {"path": path, "systems": systems, "regression": regression}
 
 
 def match_system(name: str, baseline: dict) -> str | None:
@@ -100,10 +102,8 @@ def match_system(name: str, baseline: dict) -> str | None:
     return ours[0] if name.startswith("ours") and len(ours) == 1 else None
 
 
-def baseline_gates(baseline: dict, systems: dict[str, dict], metrics: list[Metric], task: str) -> list[Gate]:
+def baseline_gates(baseline: dict, systems: dict[str, dict], metrics: list[Metric]) -> list[Gate]:
     """One gate per (system, metric) that both runs have."""
-    if baseline["task"] not in (None, task):
-        raise GateError(f"{baseline['path']}: a {baseline['task']} baseline, not {task}")
     gates = []
     for name, scores in systems.items():
         other = match_system(name, baseline)

@@ -5,7 +5,7 @@ ROUGE-1/2/L/Lsum x 100 per tested system, ``--check_accuracy`` fails (exit 1) wh
 ``--tensorrt_llm_rouge1_threshold``. Both systems run through ``ModelRunner`` (same batching, sampling and
 stopping), transformers as the ``hf`` backend, batch by batch in turn (``compare.run_interleaved``) so that
 their speed ratio holds under changing machine load. Under ``mpirun -n N`` every rank runs our model, rank 0
-also runs transformers, prints and writes the report. Errors are one line on stderr with exit status 1;
+also runs transformers, prints and writes the report. Errors are one line on stderr with exit status 2;
 Ctrl-C / SIGTERM exit 130 / 143 with one line and no report. torch and transformers are imported inside the
 functions, after the first status line.
 """
@@ -26,9 +26,10 @@ from ckptfmt.entry import run_main
 from .backends import RunnerError
 from .compare import SystemRun, progress_line, run_interleaved, speed_ratio
 from .dataset import DatasetError, load_summarization_dataset
+from .gates import EXIT_USAGE, Gate, GateError, Metric, add_gate_flags, baseline_gates, finish, load_baseline
 from .launch import detect_launch
 from .metrics import compute_rouge, encode_prompt
-from .report import ReportError, print_table, write_report
+from .report import ROUGE_CHART, ReportError, print_table, write_report
 from .run_cli import add_runner_flags, backend_options
 from .sampling import SamplingConfig
 from .tokenizer import find_tokenizer_dir, load_tokenizer, missing_tokenizer
@@ -37,6 +38,7 @@ log = logging.getLogger("ckpt_eval")
 
 HF_NAME = "transformers"
 DEFAULT_MAX_INPUT_LENGTH = 923  # summarize.py's default
+ROUGE_METRICS = [Metric(key, label) for key, label in ROUGE_CHART.scores.items()]  # gated by --baseline
 
 
 class SummarizeError(Exception):
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--report", metavar="DIR", help="write results.json, rouge.png and a manifest into the new DIR")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier --report DIR")
+    add_gate_flags(p)
     add_runner_flags(p)
     p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     return p
@@ -268,6 +271,7 @@ def prepare(args) -> dict:
     tok_dir = tokenizer_dir(args, model_dir)
     if args.report and detect_launch().rank == 0:
         check_output_dir(args.report, args.overwrite, report_inputs(args, model_dir, tok_dir))
+    baseline = load_baseline(args.baseline, args.max_regression, "summarize")
     records = load_summarization_dataset(args.dataset)
     ours = f"ours ({backend})" if model_dir else None
     tested = ([f"{ours} from {model_dir}"] if ours else []) + ([HF_NAME] if args.test_hf else [])
@@ -286,6 +290,7 @@ def prepare(args) -> dict:
         "tok_dir": tok_dir,
         "tokenizer": tokenizer,
         "batches": make_batches(records, tokenizer, args),
+        "baseline": baseline,
     }
 
 
@@ -325,25 +330,30 @@ def summarize(args) -> int:
     if ratio is not None:
         print(speed_line(ratio, ours))
     passed, gate_line = accuracy_gate(systems, ours, args.tensorrt_llm_rouge1_threshold)
-    if args.check_accuracy:
-        print(gate_line)
+    gates = [Gate(f"{ours or HF_NAME} ROUGE-1 threshold", passed, gate_line)] if args.check_accuracy else []
+    if job["baseline"] is not None:
+        gates += baseline_gates(job["baseline"], systems, ROUGE_METRICS)
+    code = finish(args, "ckpt-summarize", systems, ROUGE_CHART.rows, gates)
     if args.report:
         results = report_results(args, job, systems, runs, ratio, (passed, gate_line), len(references))
+        results["gates"] = [vars(gate) for gate in gates]
         inputs = report_inputs(args, job["model_dir"], job["tok_dir"])
         paths = write_report(args.report, results, overwrite=args.overwrite, inputs=inputs)
         print(f"report: {paths['results']} and {paths['chart']}")
-    return 0 if passed or not args.check_accuracy else 1
+    return code
 
 
 def report_inputs(args, model_dir: str | None, tok_dir: str) -> list[str]:
     """What --report DIR must not replace or lie inside."""
-    return [d for d in (model_dir, tok_dir, args.hf_model_dir, args.dataset) if d and Path(d).exists()]
+    inputs = (model_dir, tok_dir, args.hf_model_dir, args.dataset, args.baseline)
+    return [d for d in inputs if d and Path(d).exists()]
 
 
 def report_results(args, job: dict, systems: dict, runs: dict[str, SystemRun], ratio, gate, articles: int) -> dict:
     """The content of results.json."""
     settings = {k: v for k, v in vars(args).items() if k not in ("report", "model_running")}
     return {
+        "task": "summarize",
         "settings": {**settings, "backend": job["backend"], "tokenizer_dir": job["tok_dir"]},
         "dataset": {"source": args.dataset or "shipped cnn_dailymail_mini", "articles": articles},
         "systems": systems,
@@ -367,7 +377,7 @@ def report_results(args, job: dict, systems: dict, runs: dict[str, SystemRun], r
 
 
 def fail(message: str, peers_print: bool) -> int:
-    """One line on stderr, exit status 1.
+    """One line on stderr, exit status 2 (``gates.EXIT_USAGE``: usage or input error).
 
     Under mpirun rank 0 prints at once; the other ranks wait a moment first, because mpirun stops the whole
     job as soon as one rank exits non-zero and rank 0 must have spoken by then. Up to the model run every
@@ -385,8 +395,8 @@ def fail(message: str, peers_print: bool) -> int:
     if launch.world_size > 1 and peers_print:
         from .distributed import abort
 
-        abort(1)
-    return 1
+        abort(EXIT_USAGE)
+    return EXIT_USAGE
 
 
 class StderrHandler(logging.StreamHandler):
@@ -401,14 +411,15 @@ class StderrHandler(logging.StreamHandler):
         pass
 
 
-def setup_logging(level: str) -> None:
-    """Progress lines on stderr, prefixed ``[ckpt-summarize]``; only rank 0 below warnings."""
+def setup_logging(level: str, prog: str = "ckpt-summarize") -> None:
+    """Progress lines on stderr, prefixed ``[prog]``; only rank 0 below warnings."""
     log.setLevel(level.upper() if detect_launch().rank == 0 else "WARNING")
-    if not any(isinstance(handler, StderrHandler) for handler in log.handlers):
+    handler = next((h for h in log.handlers if isinstance(h, StderrHandler)), None)
+    if handler is None:
         handler = StderrHandler()
-        handler.setFormatter(logging.Formatter("[ckpt-summarize] %(message)s"))
         log.addHandler(handler)
         log.propagate = False
+    handler.setFormatter(logging.Formatter(f"[{prog}] %(message)s"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -422,7 +433,7 @@ def _main(argv: list[str] | None) -> int:
     setup_logging(args.log_level)
     try:
         return summarize(args)
-    except (SummarizeError, CheckpointError, RunnerError, DatasetError, ReportError) as err:
+    except (SummarizeError, CheckpointError, RunnerError, DatasetError, ReportError, GateError) as err:
         return fail(str(err).splitlines()[0] if str(err) else type(err).__name__, args.model_running)
 
 
