@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,3 +168,19 @@ def test_corrupt_rank_file_fails_only_its_rank(tmp_path):
     assert run_cli("--checkpoint_dir", ckpt, "--output_dir", engine, *LIMITS, "--rank", "0")[0] == 0
     assert [p.name.split(".")[0] for p in sorted((tmp_path / ".engine.ranks").iterdir())] == ["rank0", "rank0"]
     refused(ckpt, tmp_path / ".engine.ranks", engine, "rank 1 of 2 missing")
+
+
+def test_sigterm_during_a_rank_build_stages_nothing(tmp_path):
+    ckpt = random_checkpoint(tmp_path / "ckpt", layout_config("llama-gqa", tp=2, num_hidden_layers=8))
+    cmd = [sys.executable, "-m", "ckpt_build.cli", "--checkpoint_dir", str(ckpt), "--output_dir", str(tmp_path / "e")]
+    proc = subprocess.Popen([*cmd, *LIMITS, "--rank", "1"], stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "TensorRT builds the plan" in line:  # the plan is streaming to its .partial file now
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 143 and "Traceback" not in rest, rest
+    staging = tmp_path / ".e.ranks"
+    assert not staging.exists() or not any(staging.iterdir())
+    assert "ranks 0, 1 of 2 missing" in finalize(ckpt, tmp_path / "e")[2]
