@@ -160,7 +160,7 @@ def test_truncated_dist_shard(tmp_path, capsys):
     shard = ckpt / "__0_0.distcp"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
     error = convert_fails(ckpt, tmp_path, capsys, "--model_config", MCORE_CONFIG)
-    assert "cannot read tensor" in error or "incomplete" in error
+    assert "__0_0.distcp:chunk at byte" in error and "ends past the end of the file" in error
 
 
 def test_megatron_checkpoint_needs_model_config(tmp_path, capsys):
@@ -177,3 +177,18 @@ def test_model_config_that_does_not_fit_the_tensors(tmp_path, capsys):
 
 def test_target_tp_that_does_not_divide_the_heads(tmp_path, capsys):
     assert "tp_size" in convert_fails(NEMO1, tmp_path, capsys, "--tp_size", "3")
+
+
+def test_dist_chunk_outside_the_checkpoint_is_refused(tmp_path, capsys):
+    """A ``.metadata`` naming a chunk file outside its directory is refused, not read."""
+    from ckpt_convert.megatron_dist import read_metadata
+
+    ckpt = tmp_path / "mcore"
+    shutil.copytree(MCORE, ckpt)
+    metadata = read_metadata(ckpt)
+    for info in metadata.storage_data.values():
+        info.relative_path = "../elsewhere.distcp"
+    (ckpt / ".metadata").write_bytes(pickle.dumps(metadata))
+    shutil.copy(ckpt / "__0_0.distcp", tmp_path / "elsewhere.distcp")
+    error = convert_fails(ckpt, tmp_path, capsys, "--model_config", MCORE_CONFIG)
+    assert "chunk file '../elsewhere.distcp' refused" in error

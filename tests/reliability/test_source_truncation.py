@@ -1,7 +1,7 @@
-"""A torch-pickle source changed while it is converted: a ``pytorch_model.bin``, a NeMo ``model_weights.ckpt`` and
-a ``.nemo`` whose weights are read in place. Truncated (with a memory map that would be SIGBUS: the process dies
-without a word) or rewritten in place with the same size: one line naming the file, exit 1, nothing published, no
-temp dir left; and the file is never memory-mapped."""
+"""A torch-pickle source changed while it is converted: a ``pytorch_model.bin``, a NeMo ``model_weights.ckpt``, a
+torch_dist ``.distcp`` file, and ``.nemo`` archives whose weights are read in place. Truncated (with a memory map
+that would be SIGBUS: the process dies without a word) or rewritten in place with the same size: one line naming the
+file, exit 1, nothing published, no temp dir left; and the file is never memory-mapped."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import contextlib
 import os
 import shutil
 import tarfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -52,13 +53,34 @@ def slow_nemo(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def slow_dist(slow_nemo, tmp_path_factory) -> Path:
+    """The same model as a NeMo 1 directory with a torch_dist ``model_weights/`` (layers stacked, as Megatron-core
+    saves them), written by torch's own DCP writer."""
+    import torch.distributed.checkpoint as dcp
+
+    root = Path(shutil.copytree(slow_nemo, tmp_path_factory.mktemp("dist") / "extracted"))
+    state = torch.load(root / "model_weights.ckpt", weights_only=True)
+    stacked = {k.replace(".layers.0.", ".layers."): v for k, v in state.items() if ".layers.0." in k and v is not None}
+    stacked = {
+        k: torch.stack([state[k.replace(".layers.", f".layers.{i}.")] for i in range(SLOW_LAYERS)]) for k in stacked
+    }
+    stacked.update({k: v for k, v in state.items() if ".layers." not in k and v is not None})
+    (root / "model_weights.ckpt").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "assuming the intent is to save in a single process": it is
+        dcp.save(stacked, checkpoint_id=str(root / "model_weights"), no_dist=True)
+    return root
+
+
 def _copy(source: Path, tmp_path: Path, archive: bool) -> Path:
     if not archive:
         return Path(shutil.copytree(source, tmp_path / "src"))
     path = tmp_path / "model.nemo"
     with tarfile.open(path, "w") as tar:  # uncompressed, as NeMo writes it
-        for item in sorted(source.iterdir()):
-            tar.add(item, f"./{item.name}")
+        for item in sorted(source.rglob("*")):
+            if item.is_file():
+                tar.add(item, f"./{item.relative_to(source).as_posix()}")
     return path
 
 
@@ -131,6 +153,20 @@ def test_truncated_nemo_weights(slow_nemo, tmp_path, archive):
     assert _mapped(proc, weights) == []
     if archive:  # streamed: no extracted copy of the weights beside the output
         assert not list(tmp_path.glob(f".{out.name}.tmp-nemo-*/model_weights.ckpt"))
+    os.truncate(weights, size // 2)
+    rc, err = _finish(proc)
+    assert_failed_cleanly(rc, err, out, str(weights), f"truncated ({size} -> {size // 2} bytes)")
+
+
+@pytest.mark.parametrize("archive", [False, True], ids=["directory", "nemo-archive"])
+def test_truncated_dist_weights(slow_dist, tmp_path, archive):
+    source, out = _copy(slow_dist, tmp_path, archive), tmp_path / "out"
+    weights = source if archive else source / "model_weights" / "__0_0.distcp"
+    size = weights.stat().st_size
+    proc = _started("nemo", source, out)
+    assert _mapped(proc, weights) == []
+    if archive:
+        assert not list(tmp_path.glob(f".{out.name}.tmp-nemo-*/model_weights/*.distcp"))
     os.truncate(weights, size // 2)
     rc, err = _finish(proc)
     assert_failed_cleanly(rc, err, out, str(weights), f"truncated ({size} -> {size // 2} bytes)")

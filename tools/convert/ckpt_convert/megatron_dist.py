@@ -2,28 +2,30 @@
 
 The ``.metadata`` file is a plain pickle that names megatron classes; it is read with an allow-list
 unpickler (torch's checkpoint metadata classes only, megatron's two subclasses mapped onto torch's), so
-neither megatron nor arbitrary code is needed. Tensor data is read through torch's ``FileSystemReader``
-(which loads each stored chunk with ``torch.load(weights_only=True)``) into a box of the global tensor.
+neither megatron nor arbitrary code is needed. Each stored chunk is a ``torch.save`` blob at an offset of a ``.distcp``
+file; it is read in place with ``torch_pickle`` (weights-only, ``preadv``, never memory-mapped), and only the
+bytes of the requested box (one layer of a stacked tensor) are read.
 """
 
 from __future__ import annotations
 
-import functools
 import pickle
 from pathlib import Path
 
 import numpy as np
 
-from ckptfmt import CheckpointError, to_numpy
+from ckptfmt import CheckpointError
 
 from .lazy_source import LazyTensorSource
 from .megatron_names import LAYER_TEMPLATE, normalize_name, split_layer_name
 from .sources import LazyTensor
+from .torch_pickle import NUMPY_DTYPES, Region, StoredTensor, TorchPickle
 
 METADATA_FILE = ".metadata"
 _TORCH_DCP = "torch.distributed.checkpoint."
 _ALLOWED = {
     ("torch", "Size"),
+    ("pathlib", "PosixPath"),  # StorageMeta.checkpoint_id of a plain torch DCP save (a path object, no I/O)
     ("torch.serialization", "_get_layout"),
     (_TORCH_DCP + "filesystem", "_StorageInfo"),
     *(
@@ -77,57 +79,17 @@ def read_metadata(directory: Path):
         raise CheckpointError(f"{path}: unreadable checkpoint metadata ({err})") from None
 
 
-@functools.cache
-def _reader_and_planner():
-    """torch's FileSystemReader without its pickle-based ``read_metadata``, and a one-box load planner."""
-    import torch
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner
-
-    class SafeFileSystemReader(FileSystemReader):
-        def read_metadata(self, *args, **kwargs):
-            return read_metadata(Path(self.path))
-
-    class BoxPlanner(LoadPlanner):
-        """Fills ``target`` (a box of one global tensor) from the stored chunks that overlap it."""
-
-        def __init__(self, target: torch.Tensor):
-            self.target = target
-
-        def set_up_planner(self, *args, **kwargs) -> None:
-            pass
-
-        def create_local_plan(self) -> LoadPlan:
-            return LoadPlan([])
-
-        def create_global_plan(self, global_plan):
-            return global_plan
-
-        def finish_plan(self, central_plan):
-            return central_plan
-
-        def load_bytes(self, read_item, value) -> None:
-            pass
-
-        def resolve_tensor(self, read_item) -> torch.Tensor:
-            out = self.target
-            for dim, (start, length) in enumerate(zip(read_item.dest_offsets, read_item.lengths)):
-                out = out.narrow(dim, start, length)
-            return out
-
-        def commit_tensor(self, read_item, tensor) -> None:
-            pass
-
-    return SafeFileSystemReader, BoxPlanner
-
-
 class DistCheckpoint:
-    """One torch_dist directory: global tensor shapes from the metadata, boxes read on demand."""
+    """One torch_dist checkpoint: global tensor shapes from the metadata, boxes read from the chunks overlapping them.
 
-    def __init__(self, directory: Path):
-        self.directory = directory
+    ``files`` maps data file names to where they lie when not in ``directory`` (members of a ``.nemo`` read in
+    place); ``fingerprints`` (path -> as first seen) are compared each time a file is opened again.
+    """
+
+    def __init__(self, directory: Path, files: dict[str, Region] | None = None, fingerprints: dict | None = None):
+        self.directory, self.files, self.fingerprints = directory, files or {}, fingerprints or {}
         self.metadata = read_metadata(directory)
-        self._reader = None
+        self._chunks = {(k.fqn, tuple(k.offset or ())): v for k, v in self.metadata.storage_data.items()}
 
     def tensors(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Stored tensor key -> (global shape, dtype name); byte entries (``_extra_state``) left out."""
@@ -138,32 +100,47 @@ class DistCheckpoint:
         return out
 
     def read(self, key: str, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> np.ndarray:
-        """The box ``offsets``/``sizes`` of stored tensor ``key``."""
-        import torch
-        from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
-        from torch.distributed.checkpoint.planner import LoadPlan
-        from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
-
-        reader_cls, planner_cls = _reader_and_planner()
-        if self._reader is None:
-            self._reader = reader_cls(str(self.directory))
-            self._reader.set_up_storage_reader(self.metadata, is_coordinator=True)
+        """The box ``offsets``/``sizes`` of stored tensor ``key``: only the bytes it covers are read."""
         md = self.metadata.state_dict_metadata[key]
-        target = torch.empty(sizes, dtype=md.properties.dtype)
-        box = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes))
-        planner = planner_cls(target)
-        items = create_read_items_for_chunk_list(key, md, [box])
-        try:
-            self._reader.read_data(LoadPlan(items), planner).wait()
-        except FileNotFoundError as err:
-            raise CheckpointError(f"{self.directory}: {Path(err.filename).name} missing (tensor {key})") from None
-        except Exception as err:  # truncated or corrupt .distcp file: torch raises many kinds
-            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CheckpointError(f"{self.directory}: cannot read tensor {key} ({detail})") from None
-        covered = sum(int(np.prod(i.lengths)) for i in items)
+        dtype = str(md.properties.dtype).removeprefix("torch.")
+        if dtype not in NUMPY_DTYPES:
+            raise CheckpointError(f"{self.directory}: tensor {key}: dtype {dtype} is not supported")
+        out, covered = np.empty(sizes, NUMPY_DTYPES[dtype]), 0
+        for chunk in md.chunks:
+            lo = [max(o, c) for o, c in zip(offsets, chunk.offsets)]
+            hi = [min(o + n, c + m) for o, n, c, m in zip(offsets, sizes, chunk.offsets, chunk.sizes)]
+            if any(h <= low for low, h in zip(lo, hi)):
+                continue
+            starts, lengths = [low - c for low, c in zip(lo, chunk.offsets)], [h - low for low, h in zip(lo, hi)]
+            box = tuple(slice(low - o, h - o) for low, h, o in zip(lo, hi, offsets))
+            out[box] = self._read_chunk(key, tuple(chunk.offsets), tuple(chunk.sizes), dtype, starts, lengths)
+            covered += int(np.prod([h - low for low, h in zip(lo, hi)]))
         if covered != int(np.prod(sizes)):
             raise CheckpointError(f"{self.directory}: tensor {key} is incomplete in the checkpoint")
-        return to_numpy(target)
+        return out
+
+    def _read_chunk(self, key: str, offsets: tuple, sizes: tuple, dtype: str, starts: list, lengths: list):
+        """The box ``starts``/``lengths`` of the stored chunk of ``key`` at ``offsets`` (a torch.save blob inside a
+        ``.distcp`` file), checked to be the tensor the metadata says."""
+        info = self._chunks.get((key, offsets))
+        if info is None:
+            raise CheckpointError(f"{self.directory}: tensor {key}: no stored chunk at {list(offsets)}")
+        name = info.relative_path
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise CheckpointError(f"{self.directory / METADATA_FILE}: tensor {key}: chunk file {name!r} refused")
+        if getattr(info, "transform_descriptors", None):
+            raise CheckpointError(f"{self.directory}: tensor {key}: transformed (compressed) chunks are not supported")
+        whole = self.files.get(name) or Region(self.directory / name)
+        member = f"{whole.member}, " if whole.member else ""
+        region = Region(whole.path, whole.start + info.offset, info.length, f"{member}chunk at byte {info.offset}")
+        blob = TorchPickle(region, expected=self.fingerprints.get(whole.path))
+        try:
+            stored = blob.root
+            if not isinstance(stored, StoredTensor) or stored.shape != sizes or stored.dtype != dtype:
+                raise CheckpointError(f"{region.label}: tensor {key}: not the {dtype} chunk of {list(sizes)} expected")
+            return stored.narrow(starts, lengths).read()
+        finally:
+            blob.close()
 
 
 class DistSource(LazyTensorSource):
@@ -173,9 +150,12 @@ class DistSource(LazyTensorSource):
     per layer (``decoder.layers.{i}.X``), each read on its own.
     """
 
-    def __init__(self, directory: Path, num_layers: int):
-        self._fingerprint(sorted(directory.iterdir()) if directory.is_dir() else [])
-        self.checkpoint = DistCheckpoint(directory)
+    def __init__(self, directory: Path, num_layers: int, files: dict[str, Region] | None = None):
+        files = files or {}
+        self._fingerprint(
+            sorted({*(directory.iterdir() if directory.is_dir() else ()), *(r.path for r in files.values())})
+        )
+        self.checkpoint = DistCheckpoint(directory, files, self._fingerprints)
         self.location = directory
         self.tensors: dict[str, LazyTensor] = {}
         self.dtypes: set[str] = set()

@@ -1,9 +1,10 @@
 """``ckpt-convert nemo``: NeMo 1 ``.nemo`` archives, NeMo 2 directories and Megatron-core torch_dist checkpoints.
 
-Nothing from nemo_toolkit or megatron is imported: tar + YAML for the archive, ``torch.load(weights_only=True)``
-for NeMo 1 pickles, ``torch.distributed.checkpoint`` for torch_dist (one tensor, or one layer of a stacked
-tensor, at a time). The shared streaming machinery (``stream.convert_checkpoint``) writes the checkpoint;
-tokenizer files are carried into ``<output_dir>/tokenizer/`` inside the same atomic output directory.
+Nothing from nemo_toolkit or megatron is imported: tar + YAML for the archive, torch's weights-only unpickler for
+NeMo 1 pickles and torch_dist chunks (``torch_pickle``: tensors read with ``preadv``, one tensor, or one layer of a
+stacked tensor, at a time; in place inside an uncompressed ``.nemo``). The shared streaming machinery
+(``stream.convert_checkpoint``) writes the checkpoint; tokenizer files are carried into ``<output_dir>/tokenizer/``
+inside the same atomic output directory.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class SourceSpec:
     """Picklable description of the weights (workers reopen the source from it)."""
 
     dist_dir: Path | None
+    dist_files: dict = field(default_factory=dict)
     shard_files: dict = field(default_factory=dict)
     num_layers: int = 0
     gated: bool = False
@@ -60,7 +62,7 @@ class SourceSpec:
 
 def open_source(spec: SourceSpec) -> DistSource | ShardedSource:
     if spec.dist_dir is not None:
-        return DistSource(spec.dist_dir, spec.num_layers)
+        return DistSource(spec.dist_dir, spec.num_layers, spec.dist_files)
     return ShardedSource(spec.shard_files, spec.gated)
 
 
@@ -102,7 +104,7 @@ def _require_extra() -> None:
 
 def convert_located(found: Located, args: argparse.Namespace, label: str) -> str:
     model = read_model(found.hparams, found.config_file)
-    spec = SourceSpec(found.dist_dir, found.shard_files, model.num_layers, model.gated)
+    spec = SourceSpec(found.dist_dir, found.dist_files, found.shard_files, model.num_layers, model.gated)
     with open_source(spec) as source:
         if EMBEDDING not in source:
             raise CheckpointError(f"{label}: no tensor {EMBEDDING} (not a Megatron-core GPT checkpoint?)")

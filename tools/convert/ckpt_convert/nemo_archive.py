@@ -55,6 +55,7 @@ class Located:
     hparams: dict | None
     config_file: str  # named in errors
     dist_dir: Path | None = None  # torch_dist weights
+    dist_files: dict[str, Region] = field(default_factory=dict)  # its .distcp files read inside the archive
     shard_files: dict[tuple[int, int], Region] = field(default_factory=dict)  # (tp, pp) -> model_weights.ckpt
     tokenizer_files: dict[str, Path] = field(default_factory=dict)  # name in <out>/tokenizer -> file
 
@@ -88,18 +89,22 @@ def member_name(member: tarfile.TarInfo) -> str:
 
 
 def weights_in_place(archive: Path) -> dict[str, Region]:
-    """The ``model_weights.ckpt`` members of an uncompressed archive that are torch zips (read where they lie)."""
+    """The weights of an uncompressed archive, read where they lie: ``model_weights.ckpt`` members that are torch
+    zips, and torch_dist ``.distcp`` files (their ``.metadata`` is extracted)."""
     if _compressed(archive):
         return {}
     found = {}
     try:
         with tarfile.open(archive, "r:") as tar, open(archive, "rb") as f:
             for member in tar:
-                if member.isfile() and not member.issparse() and Path(member.name).name == NEMO1_WEIGHTS:
-                    f.seek(member.offset_data)
-                    if f.read(4) == b"PK\x03\x04":
-                        name = member_name(member)
-                        found[name] = Region(archive, member.offset_data, member.size, name)
+                if not member.isfile() or member.issparse():
+                    continue
+                f.seek(member.offset_data)
+                if member.name.endswith(".distcp") or (
+                    Path(member.name).name == NEMO1_WEIGHTS and f.read(4) == b"PK\x03\x04"
+                ):
+                    name = member_name(member)
+                    found[name] = Region(archive, member.offset_data, member.size, name)
     except (tarfile.TarError, EOFError, OSError) as err:
         raise CheckpointError(f"{archive}: truncated or corrupt tar archive ({err})") from None
     return found
@@ -230,7 +235,10 @@ def _locate(root: Path, model_config: Path | None, label: str, in_archive: dict[
 def _nemo1(root: Path, hparams: dict, cfg_label: str, label: str, in_archive: dict[str, Region]) -> Located:
     tokens = _nemo1_tokenizer(root, hparams)
     if (root / "model_weights" / DIST_METADATA).is_file():
-        return Located("nemo1", hparams, cfg_label, dist_dir=root / "model_weights", tokenizer_files=tokens)
+        dist = {n.removeprefix("model_weights/"): r for n, r in in_archive.items() if n.startswith("model_weights/")}
+        return Located(
+            "nemo1", hparams, cfg_label, dist_dir=root / "model_weights", dist_files=dist, tokenizer_files=tokens
+        )
     files = [root / NEMO1_WEIGHTS, *sorted(root.glob(f"*/{NEMO1_WEIGHTS}"))]
     weights = {p.relative_to(root).as_posix(): Region(p) for p in files if p.is_file()} | in_archive
     shards: dict[tuple[int, int], Region] = {}

@@ -65,7 +65,12 @@ def check_unchanged(path: Path, before: Fingerprint) -> None:
     except OSError:
         now = None
     if now != before:
-        raise CheckpointError(f"{path}: {_what_changed(before, now)} during the conversion; {NOTHING_WRITTEN}")
+        raise changed(path, before, now)
+
+
+def changed(path: Path, before: Fingerprint, now: Fingerprint | None) -> CheckpointError:
+    """The one-line error for a source that is no longer what it was (``now`` None: removed)."""
+    return CheckpointError(f"{path}: {_what_changed(before, now)} during the conversion; {NOTHING_WRITTEN}")
 
 
 NOTHING_WRITTEN = "nothing was written: convert again from a source that is not being modified"
@@ -93,15 +98,19 @@ class GuardedFile:
 
     CHUNK = 1 << 30
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, expected: Fingerprint | None = None):
+        """``expected``: the file as first seen (opened again later): a change since is refused."""
         self.path = Path(path)
         try:
             self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
-            raise CheckpointError(f"{path}: missing") from None
+            raise changed(path, expected, None) if expected else CheckpointError(f"{path}: missing") from None
         except OSError as err:
             raise CheckpointError(f"{path}: cannot open ({err.strerror})") from None
         self.fingerprint = Fingerprint.of(os.fstat(self._fd))
+        if expected is not None and expected != self.fingerprint:
+            os.close(self._fd)
+            raise changed(path, expected, self.fingerprint)
         self.size = self.fingerprint.size
 
     def read(self, offset: int, size: int, what: str) -> np.ndarray:

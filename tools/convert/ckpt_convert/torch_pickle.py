@@ -26,7 +26,7 @@ import numpy as np
 
 from ckptfmt import CheckpointError, to_numpy
 
-from .source_guard import GuardedFile
+from .source_guard import Fingerprint, GuardedFile
 
 MAX_PICKLE = 256 << 20  # data.pkl holds names and shapes only
 LEGACY_MAX = 2 << 30  # a pre-zip pickle is read whole: bounded
@@ -100,14 +100,14 @@ class StoredTensor:
 class TorchPickle:
     """One ``torch.save`` blob (``Region``): its object with tensors as ``StoredTensor``s, read on demand."""
 
-    def __init__(self, region: Region, allowed: Sequence[type] = ()):
+    def __init__(self, region: Region, allowed: Sequence[type] = (), expected: Fingerprint | None = None):
         self.region, self.label = region, region.label
-        self.file = GuardedFile(region.path)
+        self.file = GuardedFile(region.path, expected)
         self.fingerprint = self.file.fingerprint
         try:
             self.size = self.file.size - region.start if region.size is None else region.size
             if region.start + self.size > self.file.size:
-                raise CheckpointError(f"{self.label}: ends past the end of the file")
+                raise CheckpointError(f"{self.label}: ends past the end of the file (truncated?)")
             magic = self.read_bytes(0, min(4, self.size), "header").tobytes()
             self.root = self._load_zip(allowed) if magic == b"PK\x03\x04" else self._load_legacy(allowed)
         except BaseException:
