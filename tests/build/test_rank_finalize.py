@@ -184,3 +184,21 @@ def test_sigterm_during_a_rank_build_stages_nothing(tmp_path):
     staging = tmp_path / ".e.ranks"
     assert not staging.exists() or not any(staging.iterdir())
     assert "ranks 0, 1 of 2 missing" in finalize(ckpt, tmp_path / "e")[2]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d.update(plan="../../outside.engine"),  # a record may only name the plan beside it
+        lambda d: d.pop("size"),
+        lambda d: d["engine"].pop("bound_to"),
+        lambda d: d.update(rank=2),
+    ],
+)
+def test_malformed_record_is_refused_in_one_line(staged, edit):
+    ckpt, staging, engine = staged
+    record = next(staging.glob("rank1.*.json"))
+    data = json.loads(record.read_text())
+    edit(data)
+    record.write_text(json.dumps(data))
+    refused(ckpt, staging, engine, f"{record.name}: not a ckpt-build-rank/1 record for rank 1; build that rank again")

@@ -62,6 +62,21 @@ class RankRecord:
         return str(self.data.get("task", "?"))
 
 
+def _well_formed(data: object, rank: int, plan: str) -> bool:
+    """The fields ``--finalize`` reads, with their types (the engine config itself is compared field by field);
+    the plan is the one beside the record, of its rank and task."""
+    if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT or data.get("rank") != rank:
+        return False
+    engine = data.get("engine")
+    types = {"plan": str, "size": int, "sha256": str, "seconds": (int, float)}
+    return (
+        all(isinstance(data.get(k), t) for k, t in types.items())
+        and isinstance(engine, dict)
+        and isinstance(engine.get("bound_to"), dict)
+        and data["plan"] == plan
+    )
+
+
 class StagingArea:
     """The files of one staging directory: where a rank task writes, what ``--finalize`` reads."""
 
@@ -99,8 +114,7 @@ class StagingArea:
                 data = json.loads(path.read_text())
             except (OSError, ValueError) as err:
                 raise CheckpointError(f"{path}: unreadable rank record ({err}); build that rank again") from None
-            ok = isinstance(data, dict) and data.get("format") == RECORD_FORMAT and data.get("rank") == int(m[1])
-            if not ok or not isinstance(data.get("engine"), dict) or not isinstance(data.get("plan"), str):
+            if not _well_formed(data, int(m[1]), f"rank{m[1]}.{m[2]}.engine"):
                 raise CheckpointError(f"{path}: not a {RECORD_FORMAT} record for rank {m[1]}; build that rank again")
             out.setdefault(int(m[1]), []).append(RankRecord(int(m[1]), path, data))
         return out
