@@ -3,6 +3,8 @@
 #   cluster/k8s/run.sh [KUSTOMIZATION_DIR]     (default: cluster/k8s/base; e.g. cluster/k8s/overlays/example)
 # convert -> build (Indexed Job, one pod per rank) -> finalize -> eval. A failed rank build stops the chain
 # before finalize, naming the failed ranks (the build Job's status.failedIndexes).
+# A Job of the same name left by an earlier run is deleted before its stage is applied (a Job's pod template
+# cannot be changed in place).
 # Variables:
 #   KUBECTL          the kubectl command (default: kubectl), with its context and namespace flags if needed
 #   CKPT_STAGES      the stages to run, in order (default: "convert build finalize eval")
