@@ -12,13 +12,16 @@ from .constants import RANK_FILE
 from .entry import run_main
 from .errors import CheckpointError
 from .io import RankFileReader
-from .names import family_of
+from .names import family_of, model_spec
+from .reconcile import reconcile
+from .semantics import EXECUTORS, support_rows
 from .validate import validate_checkpoint
 
 
 def inspect_checkpoint(directory: str) -> dict:
-    """Summary of a checkpoint: architecture, dtype, mapping, quantization, tensors and bytes per rank."""
-    cfg = load_config(directory)
+    """Summary of a checkpoint: architecture, dtype, mapping, quantization, the math features with the
+    executors that compute each (``semantics``), fields its tensors correct, tensors and bytes per rank."""
+    cfg = reconcile(load_config(directory), directory)
     ranks = []
     for rank in range(cfg.mapping.world_size):
         path = Path(directory) / RANK_FILE.format(rank=rank)
@@ -56,6 +59,10 @@ def inspect_checkpoint(directory: str) -> dict:
             "kv_cache_quant_algo": q.kv_cache_quant_algo,
             "group_size": q.group_size if q.per_group else None,
         },
+        "features": [
+            {"field": name, "value": value, "executors": who} for name, value, who in support_rows(model_spec(cfg))
+        ],
+        "notes": cfg.notes,
         "ranks": ranks,
     }
 
@@ -71,6 +78,13 @@ def _print_inspect(info: dict) -> None:
         f"mapping: world {m['world_size']} = tp {m['tp_size']} x pp {m['pp_size']}; "
         f"quantization: {q['quant_algo'] or 'none'}, kv cache {q['kv_cache_quant_algo'] or 'none'}"
     )
+    print("features (executors: " + ", ".join(f"{k} = {v}" for k, v in EXECUTORS.items()) + "):")
+    width = max(len(f["field"]) for f in info["features"])
+    for f in info["features"]:
+        who = ", ".join(f["executors"]) or "none: no executor computes it"
+        print(f"  {f['field']:<{width}}  {f['value']}: {who}")
+    for note in info["notes"]:
+        print(f"note: {note}")
     for r in info["ranks"]:
         detail = r.get("error") or f"{r['tensors']} tensors, {r['bytes'] / 1e6:.1f} MB"
         print(f"  {r['file']} (tp {r['tp_rank']}, pp {r['pp_rank']}): {detail}")

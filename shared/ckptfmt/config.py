@@ -14,9 +14,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .constants import CONFIG_FILE, DTYPES, KV_CACHE_ALGOS, RANK_FILE, WEIGHT_ONLY_ALGOS
+from .constants import ARCHITECTURES, CONFIG_FILE, DTYPES, KV_CACHE_ALGOS, WEIGHT_ONLY_ALGOS
 from .errors import CheckpointError
+from .io import read_json_file
+from .kinds import CHECKPOINT, wrong_kind_message
 from .mapping import Mapping
+from .semantics import field_problems
 
 MANDATORY = object()  # marker default for mandatory fields
 
@@ -379,19 +382,17 @@ class CheckpointConfig:
     # ---- validation -----------------------------------------------------------------------------
     def problems(self) -> list[str]:
         """Every problem of the config, each prefixed with its field path."""
-        from .names import SUPPORTED_ARCHITECTURES  # late: names depends on config
-
         out = list(self.parse_problems)
         bad = {p.split(":")[0] for p in out}
-        if "architecture" not in bad and self.architecture not in SUPPORTED_ARCHITECTURES:
+        if "architecture" not in bad and self.architecture not in ARCHITECTURES:
             out.append(
-                f"architecture: unsupported {self.architecture!r} "
-                f"(supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))})"
+                f"architecture: unsupported {self.architecture!r} (supported: {', '.join(sorted(ARCHITECTURES))})"
             )
         for name in ("dtype", "logits_dtype"):
             if name not in bad and getattr(self, name) not in DTYPES:
                 out.append(f"{name}: must be one of {list(DTYPES)}, got {getattr(self, name)!r}")
         out += self._domain_problems(bad)
+        out += field_problems(self.extra, self.hidden_act)
         bad |= {p.split(":")[0] for p in out}
         if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
             out.append(
@@ -454,36 +455,9 @@ class CheckpointConfig:
         return self
 
 
-MAX_JSON_BYTES = 64 << 20  # config.json, manifest.json: far beyond any real one
-
-
-def read_json_file(path: Path, missing: str | None = None) -> Any:
-    """Parse a small JSON file: a regular file of at most ``MAX_JSON_BYTES``, UTF-8, not nested beyond reason.
-
-    Every failure is one ``CheckpointError`` line naming the file (``missing`` replaces the not-found one).
-    """
-    try:
-        if not path.exists():
-            raise CheckpointError(missing or f"{path}: missing")
-        if not path.is_file():
-            raise CheckpointError(f"{path}: not a regular file")
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise CheckpointError(f"{path}: {path.stat().st_size} bytes, more than any config ({MAX_JSON_BYTES})")
-        text = path.read_bytes().decode("utf-8")
-    except OSError as err:
-        raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
-    except UnicodeDecodeError as err:
-        raise CheckpointError(f"{path}: not UTF-8 text (byte {err.start})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
-    except RecursionError:
-        raise CheckpointError(f"{path}: not valid JSON (nested too deeply)") from None
-
-
 def load_config(path: str | os.PathLike, check: bool = True) -> CheckpointConfig:
-    """Read a checkpoint's ``config.json`` (``path``: the directory or the file); validated by default."""
+    """Read a checkpoint's ``config.json`` (``path``: the directory or the file), as written; validated by
+    default. Fields that its tensors contradict are corrected only by ``reconcile.reconcile``, a separate step."""
     p = Path(path)
     if p.is_dir():
         p = p / CONFIG_FILE
@@ -491,28 +465,8 @@ def load_config(path: str | os.PathLike, check: bool = True) -> CheckpointConfig
     cfg = CheckpointConfig.from_dict(src)
     if cfg.parse_problems and "architecture" not in src and (message := _wrong_kind(p.parent)):
         raise CheckpointError(message)
-    if not cfg.parse_problems:
-        _reconcile(cfg, p.parent)
     return cfg.check(str(p)) if check else cfg
 
 
 def _wrong_kind(directory: Path) -> str | None:
-    from .kinds import CHECKPOINT, wrong_kind_message
-
     return wrong_kind_message(directory, CHECKPOINT)
-
-
-def _reconcile(cfg: CheckpointConfig, directory: Path) -> None:
-    """Let the first rank file's tensor names correct contradicting fields (see ``reconcile``)."""
-    from .io import RankFileReader
-    from .names import SUPPORTED_ARCHITECTURES
-    from .reconcile import reconcile_with_tensors
-
-    rank0 = directory / RANK_FILE.format(rank=0)
-    if cfg.architecture not in SUPPORTED_ARCHITECTURES or not rank0.is_file():
-        return
-    try:
-        names = set(RankFileReader(rank0).entries)
-    except CheckpointError:
-        return  # reported by validation
-    cfg.notes = reconcile_with_tensors(cfg, names, rank0.name)

@@ -36,3 +36,16 @@ SAFETENSORS_TAGS: dict[np.dtype, str] = {v: k for k, v in SAFETENSORS_DTYPES.ite
 # quant_algo (newer TensorRT-LLM / ModelOpt spelling) <-> the boolean-flag spelling
 WEIGHT_ONLY_ALGOS = {"W8A16": "int8", "W4A16": "int4"}
 KV_CACHE_ALGOS = ("INT8", "FP8")
+
+# architecture string in config.json -> model family (TensorRT-LLM's names and the HF names ModelOpt writes);
+# names.FAMILIES says what each family looks like
+ARCHITECTURES: dict[str, str] = {
+    "GPTForCausalLM": "gpt",
+    "GPT2LMHeadModel": "gpt",
+    "OPTForCausalLM": "opt",
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "GPTNeoXForCausalLM": "gptneox",
+    "FalconForCausalLM": "falcon",
+}

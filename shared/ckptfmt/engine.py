@@ -20,7 +20,7 @@ from typing import Any
 from .config import CheckpointConfig
 from .constants import CONFIG_FILE, ENGINE_FILE
 from .errors import CheckpointError
-from .io import verify_manifest
+from .io import read_json_file, verify_manifest
 
 ENGINE_FORMAT_VERSION = "ckpt-engine/1"
 IO_DTYPES = ("float32", "float16", "bfloat16", "int32", "int64", "int8", "bool")
@@ -226,7 +226,6 @@ class EngineConfig:
 
 def load_engine_config(directory: str | os.PathLike) -> EngineConfig:
     """Read and check an engine directory's ``config.json``."""
-    from .config import read_json_file
     from .kinds import ENGINE_DIRECTORY, wrong_kind_message
 
     d = Path(directory)

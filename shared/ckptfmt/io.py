@@ -23,6 +23,7 @@ import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -326,8 +327,6 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, tuple[int, str]] | 
     Every entry must name a file inside ``directory`` (no absolute path, no ``..``) with an integer size and a
     sha256 hex digest; anything else is one ``CheckpointError`` naming the manifest and the entry.
     """
-    from .config import read_json_file
-
     p = Path(directory) / MANIFEST_FILE
     if not p.exists() and not p.is_symlink():
         return None
@@ -651,3 +650,31 @@ def save_checkpoint(
             entries[name] = writer.close()
         config.save(tmp / CONFIG_FILE)
         write_manifest(tmp, entries)
+
+
+MAX_JSON_BYTES = 64 << 20  # config.json, manifest.json: far beyond any real one
+
+
+def read_json_file(path: Path, missing: str | None = None) -> Any:
+    """Parse a small JSON file: a regular file of at most ``MAX_JSON_BYTES``, UTF-8, not nested beyond reason.
+
+    Every failure is one ``CheckpointError`` line naming the file (``missing`` replaces the not-found one).
+    """
+    try:
+        if not path.exists():
+            raise CheckpointError(missing or f"{path}: missing")
+        if not path.is_file():
+            raise CheckpointError(f"{path}: not a regular file")
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise CheckpointError(f"{path}: {path.stat().st_size} bytes, more than any config ({MAX_JSON_BYTES})")
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: not valid JSON (nested too deeply)") from None

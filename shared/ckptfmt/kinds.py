@@ -11,9 +11,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import read_json_file
 from .constants import CONFIG_FILE
 from .errors import CheckpointError
+from .io import read_json_file
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import CheckpointConfig
+from .constants import ARCHITECTURES
+from .semantics import ACTIVATIONS, UNIMPLEMENTED_FIELDS, activation_of, read_field
 
 # --- canonical templates ---------------------------------------------------------------------------
 VOCAB_EMBEDDING = "transformer.vocab_embedding.weight"
@@ -48,17 +50,6 @@ FAMILIES: dict[str, Family] = {
     "falcon": Family("layernorm", False, False, False, "input_layernorm", "post_layernorm", False),
 }
 
-# architecture string in config.json -> family (TensorRT-LLM names and HF names ModelOpt writes)
-ARCHITECTURES: dict[str, str] = {
-    "GPTForCausalLM": "gpt",
-    "GPT2LMHeadModel": "gpt",
-    "OPTForCausalLM": "opt",
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "llama",
-    "Qwen2ForCausalLM": "qwen2",
-    "GPTNeoXForCausalLM": "gptneox",
-    "FalconForCausalLM": "falcon",
-}
 SUPPORTED_ARCHITECTURES = frozenset(ARCHITECTURES)
 
 
@@ -78,7 +69,8 @@ class ModelSpec:
     norm: str
     norm_epsilon: float
     norm_bias: bool
-    hidden_act: str
+    hidden_act: str  # as written; ``activation`` is what it computes
+    activation: str  # relu | silu | gelu_tanh | gelu_erf (semantics.ACTIVATIONS), or an unknown name as written
     gated_mlp: bool
     bias: bool
     qkv_bias: bool
@@ -94,6 +86,10 @@ class ModelSpec:
     embed_proj_dim: int | None  # OPT projection dims
     lm_head_bias: bool
     sliding_window: int | None = None  # attention sees the last N positions only (Mistral, Qwen2 use_sliding_window)
+    quantization: str = "none"  # quant_algo, qualified by zero points / pre-quant scales
+    kv_cache_quantization: str = "none"
+    prompt_tuning: bool = False
+    unimplemented: tuple[str, ...] = ()  # "field=value" of set fields no executor computes (semantics)
 
     @property
     def learned_positions(self) -> bool:
@@ -133,29 +129,52 @@ def family_of(config: CheckpointConfig) -> str:
 def _rotary_dim(config: CheckpointConfig, head_size: int) -> int:
     if not config.position_embedding_type.startswith("rope"):
         return 0
-    if config.get("rotary_dim"):
-        return int(config.get("rotary_dim"))
-    pct = config.get("rotary_pct", 1.0)
-    return int(head_size * pct) // 2 * 2
+    if read_field(config.extra, "rotary_dim"):
+        return int(read_field(config.extra, "rotary_dim"))
+    pct = read_field(config.extra, "rotary_pct")
+    return int(head_size * (1.0 if pct is None else pct)) // 2 * 2
+
+
+def _flag(config: CheckpointConfig, key: str, default: bool) -> bool:
+    value = read_field(config.extra, key)
+    return default if value is None else bool(value)
+
+
+def _quantization(config: CheckpointConfig) -> str:
+    q = config.quantization
+    mode = q.quant_algo or "none"
+    if q.extra.get("has_zero_point"):
+        mode += " with zero points"
+    if q.extra.get("pre_quant_scale"):
+        mode += " with pre-quant scales"
+    return mode
 
 
 def model_spec(config: CheckpointConfig) -> ModelSpec:
-    """Resolve a (valid) config into the decoder layout it describes."""
+    """Resolve a (valid) config into the decoder layout it describes: the one reader of the math fields
+    (``semantics.MODEL_FIELDS``)."""
     fam_name = family_of(config)
     fam = FAMILIES[fam_name]
     head_size = config.head_size
-    bias = bool(config.get("bias", fam.bias))
-    qkv_bias = bool(config.get("qkv_bias", config.get("attn_bias", bias or fam.qkv_bias)))
+    bias = _flag(config, "bias", fam.bias)
+    qkv_bias = _flag(config, "qkv_bias", bias or fam.qkv_bias)
     attn_norm, mlp_norm, parallel = fam.attn_norm, fam.mlp_norm, fam.parallel_residual
     if fam_name == "falcon":
-        if config.get("new_decoder_architecture", False):
+        if _flag(config, "new_decoder_architecture", False):
             mlp_norm, parallel = "mlp_layernorm", True
-        elif config.get("parallel_attention", True):
+        elif _flag(config, "parallel_attention", True):
             mlp_norm, parallel = None, True
     if fam_name == "gptneox":
-        parallel = bool(config.get("use_parallel_residual", True))
-    pre_norm = bool(config.get("do_layer_norm_before", True))
-    proj = config.get("word_embed_proj_dim")
+        parallel = _flag(config, "use_parallel_residual", True)
+    pre_norm = _flag(config, "do_layer_norm_before", True)
+    proj = read_field(config.extra, "word_embed_proj_dim")
+    base = read_field(config.extra, "rotary_base")
+    window = read_field(config.extra, "sliding_window")
+    unimplemented = tuple(
+        f"{key}={config.extra[key]!r}"
+        for key, neutral in UNIMPLEMENTED_FIELDS.items()
+        if key in config.extra and config.extra[key] not in neutral
+    )
     return ModelSpec(
         family=fam_name,
         num_layers=config.num_hidden_layers,
@@ -170,7 +189,8 @@ def model_spec(config: CheckpointConfig) -> ModelSpec:
         norm_epsilon=config.norm_epsilon,
         norm_bias=fam.norm == "layernorm",
         hidden_act=config.hidden_act,
-        gated_mlp=fam.gated_mlp or config.hidden_act in ("swiglu", "geglu"),
+        activation=activation_of(config.hidden_act, read_field(config.extra, "gelu_approximate")),
+        gated_mlp=fam.gated_mlp or ACTIVATIONS.get(config.hidden_act, ("", False))[1],
         bias=bias,
         qkv_bias=qkv_bias,
         attn_norm=attn_norm,
@@ -180,13 +200,15 @@ def model_spec(config: CheckpointConfig) -> ModelSpec:
         has_ln_f=pre_norm,
         position_embedding_type=config.position_embedding_type,
         rotary_dim=_rotary_dim(config, head_size),
-        rotary_base=float(config.get("rotary_base", config.get("rotary_emb_base", 10000.0))),
-        rotary_scaling=config.get("rotary_scaling"),
+        rotary_base=float(10000.0 if base is None else base),
+        rotary_scaling=read_field(config.extra, "rotary_scaling"),
         embed_proj_dim=proj if proj and proj != config.hidden_size else None,
-        lm_head_bias=bool(config.get("lm_head_bias", False)),
-        sliding_window=int(config.get("sliding_window"))
-        if config.get("use_sliding_window", True) and config.get("sliding_window")
-        else None,
+        lm_head_bias=_flag(config, "lm_head_bias", False),
+        sliding_window=int(window) if window and _flag(config, "use_sliding_window", True) else None,
+        quantization=_quantization(config),
+        kv_cache_quantization=config.quantization.kv_cache_quant_algo or "none",
+        prompt_tuning=config.use_prompt_tuning,
+        unimplemented=unimplemented,
     )
 
 

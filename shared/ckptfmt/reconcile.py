@@ -1,4 +1,7 @@
-"""Correct config fields that the rank files contradict ("believe the tensors").
+"""Correct config fields that the rank files contradict ("believe the tensors"): an explicit step.
+
+``load_config`` returns config.json as written; a tool that runs or builds a checkpoint calls ``reconcile``
+and prints its notes.
 
 ModelOpt's fallback exporter (used when tensorrt_llm is not installed) writes some fields wrong, e.g.
 GPT-2 with ``position_embedding_type: rope_gpt_neox`` beside a learned position table, or Qwen2 with
@@ -7,11 +10,17 @@ GPT-2 with ``position_embedding_type: rope_gpt_neox`` beside a learned position 
 
 from __future__ import annotations
 
+import copy
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import CheckpointConfig
-from .names import POSITION_EMBEDDING, model_spec
+from .constants import RANK_FILE
+from .errors import CheckpointError
+from .io import RankFileReader
+from .names import POSITION_EMBEDDING, SUPPORTED_ARCHITECTURES, model_spec
 
 QKV_BIAS = "transformer.layers.0.attention.qkv.bias"
 
@@ -57,3 +66,20 @@ def reconcile_with_tensors(config: CheckpointConfig, first_rank_names: set[str],
                 f"using {rule.value}"
             )
     return notes
+
+
+def reconcile(config: CheckpointConfig, directory: str | os.PathLike) -> CheckpointConfig:
+    """A copy of ``config`` with the fields that the first rank file's tensor names contradict corrected; its
+    ``notes`` say what changed (``config`` itself is left as read). Unreadable rank files are left to
+    validation."""
+    rank0 = Path(directory) / RANK_FILE.format(rank=0)
+    out = copy.deepcopy(config)
+    if config.architecture not in SUPPORTED_ARCHITECTURES or not rank0.is_file():
+        return out
+    try:
+        with RankFileReader(rank0) as reader:
+            names = set(reader.entries)
+    except CheckpointError:
+        return out
+    out.notes = reconcile_with_tensors(out, names, rank0.name)
+    return out

@@ -10,6 +10,7 @@ from .constants import CONFIG_FILE, MANIFEST_FILE, RANK_FILE, SAFETENSORS_DTYPES
 from .errors import CheckpointError
 from .io import RankFileReader, verify_manifest
 from .names import expected_tensors, weight_only_layout_problems
+from .reconcile import reconcile
 
 
 def _dtype_name(tag: str) -> str:
@@ -53,7 +54,7 @@ def validate_checkpoint(
     if not d.is_dir():
         return [f"{d}: not a directory"], []
     try:
-        config = load_config(d)
+        config = reconcile(load_config(d), d)  # the tensors decide what they contradict; noted as warnings
     except CheckpointError as err:
         return err.problems, []
     if mode := config.quantization.undescribed:
@@ -81,9 +82,10 @@ def validate_checkpoint(
 
 
 def check_checkpoint(directory: str | os.PathLike, hash_files: bool = True) -> CheckpointConfig:
-    """Raise one ``CheckpointError`` (all problems attached) unless the checkpoint is valid."""
+    """The checkpoint's config, reconciled with its tensors (``reconcile``; what changed in ``notes``); one
+    ``CheckpointError`` (all problems attached) unless the checkpoint is valid."""
     problems, _ = validate_checkpoint(directory, hash_files)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise CheckpointError(problems[0] + more, problems)
-    return load_config(directory)
+    return reconcile(load_config(directory), directory)

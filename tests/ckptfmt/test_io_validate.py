@@ -184,8 +184,10 @@ def test_background_writer_writes_the_same_file_and_digest(tmp_path):
 
 
 def test_config_corrected_from_the_tensors(tmp_path):
-    """A position table in the rank file beats a config claiming rotary positions (ModelOpt fallback configs)."""
+    """A position table in the rank file beats a config claiming rotary positions (ModelOpt fallback configs),
+    in an explicit step: load_config returns the file as written, reconcile returns the corrected copy."""
     from ckptfmt import load_config
+    from ckptfmt.reconcile import reconcile
 
     d = tmp_path / "c"
     cfg = CheckpointConfig.from_dict(llama_dict(position_embedding_type="learned_absolute"))
@@ -194,8 +196,11 @@ def test_config_corrected_from_the_tensors(tmp_path):
     src["position_embedding_type"] = "rope_gpt_neox"
     (d / "config.json").write_text(json.dumps(src))
     os.remove(d / "manifest.json")
-    again = load_config(d)
+    as_written = load_config(d)
+    assert as_written.position_embedding_type == "rope_gpt_neox" and as_written.notes == []
+    again = reconcile(as_written, d)
     assert again.position_embedding_type == "learned_absolute" and len(again.notes) == 1
+    assert as_written.position_embedding_type == "rope_gpt_neox"  # the input is left as read
     problems, warnings = validate_checkpoint(d)
     assert problems == [] and warnings[0] == again.notes[0] and "manifest.json: missing" in warnings[1]
 

@@ -138,7 +138,7 @@ def test_runner_fused_greedy_tokens_equal_eager(tmp_path):
           "num_key_value_heads": 4}, "layernorm"),
         ({"architecture": "FalconForCausalLM", "position_embedding_type": "alibi", "num_key_value_heads": 4,
           "hidden_act": "gelu"}, "alibi"),
-        ({"architecture": "MistralForCausalLM", "sliding_window": 8}, "sliding window"),
+        ({"architecture": "MistralForCausalLM", "sliding_window": 8}, "sliding_window"),
     ],
 )  # fmt: skip
 def test_unsupported_models_name_the_reason_and_auto_falls_back(tmp_path, overrides, reason):

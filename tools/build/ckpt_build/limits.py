@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -12,19 +13,8 @@ from ckptfmt.constants import DTYPES
 from ckptfmt.engine import BuildConfig
 from ckptfmt.errors import CheckpointError
 from ckptfmt.names import model_spec
+from ckptfmt.semantics import BUILDER, check_support
 
-SUPPORTED_ACTIVATIONS = (
-    "relu",
-    "gelu",
-    "geglu",
-    "gelu_new",
-    "gelu_pytorch_tanh",
-    "gelu_fast",
-    "openai-gelu",
-    "silu",
-    "swish",
-    "swiglu",
-)
 DEFAULT_INPUT_LEN = 1024
 DEFAULT_OUTPUT_LEN = 1024
 
@@ -167,40 +157,18 @@ def refuse_quantized(checkpoint_dir: Path) -> None:
 
 
 def check_supported(config: CheckpointConfig) -> None:
-    """Reject what the network cannot express, naming the config field."""
+    """Reject what the network cannot express: the support table's features (``ckptfmt.semantics``, one line
+    naming the field, the value and the executors that compute it) and the quantization details it does not
+    model. The sliding window depends on the sequence length: ``check_window``."""
     q = config.quantization
-    if q.use_smooth_quant:
-        raise CheckpointError(
-            "config.json: quantization: SmoothQuant (W8A8) is not supported by ckpt-build; "
-            "supported: none, weight-only int8/int4"
-        )
-    if q.enable_fp8:
-        raise CheckpointError(
-            "config.json: quantization: FP8 is not supported by ckpt-build; supported: none, weight-only int8/int4"
-        )
-    if q.kv_cache:
-        raise CheckpointError(f"config.json: quantization: {q.kv_cache} KV cache is not supported by ckpt-build")
     if q.use_weight_only and q.extra.get("has_zero_point"):
-        raise CheckpointError("config.json: quantization.has_zero_point: zero points are not supported")
+        raise CheckpointError("config.json: quantization.has_zero_point: zero points are not supported by ckpt-build")
     if q.use_weight_only and q.extra.get("pre_quant_scale"):
-        raise CheckpointError("config.json: quantization.pre_quant_scale: AWQ pre-quant scales are not supported")
-    if config.use_prompt_tuning:
-        raise CheckpointError("config.json: use_prompt_tuning: prompt tuning is not supported by ckpt-build")
-    if config.position_embedding_type.startswith("alibi"):
         raise CheckpointError(
-            f"config.json: position_embedding_type: {config.position_embedding_type!r} is not supported by ckpt-build"
+            "config.json: quantization.pre_quant_scale: AWQ pre-quant scales are not supported by ckpt-build"
         )
     spec = model_spec(config)
-    if spec.hidden_act not in SUPPORTED_ACTIVATIONS:
-        raise CheckpointError(
-            f"config.json: hidden_act: unsupported {spec.hidden_act!r} (supported: {', '.join(SUPPORTED_ACTIVATIONS)})"
-        )
-    scaling = spec.rotary_scaling
-    if scaling and scaling.get("type", scaling.get("rope_type")) not in ("linear", "default", None):
-        raise CheckpointError(
-            f"config.json: rotary_scaling: type {scaling.get('type', scaling.get('rope_type'))!r} "
-            "is not supported (supported: linear)"
-        )
+    check_support(dataclasses.replace(spec, sliding_window=None), BUILDER)
     if spec.rotary and (spec.rotary_dim <= 0 or spec.rotary_dim % 2 or spec.rotary_dim > spec.head_size):
         raise CheckpointError(
             f"config.json: rotary_dim: {spec.rotary_dim} must be even and within head_size {spec.head_size}"
@@ -217,3 +185,4 @@ def check_window(config: CheckpointConfig, build: BuildConfig) -> None:
             f"cached position; max_seq_len {build.max_seq_len} exceeds the window); the torch backend supports it "
             f"(ckpt-run --backend torch), or build with --max_seq_len {window} or less"
         )
+    # a window the sequences never reach computes what full attention computes: nothing to refuse

@@ -162,14 +162,11 @@ def norm(ops: Ops, plan: RankPlan, x: Tensor, key: str, params) -> Tensor:
 
 
 def activation(ops: Ops, x: Tensor, kind: str) -> Tensor:
-    if kind in ("silu", "swish", "swiglu"):
+    """``kind``: ``ModelSpec.activation`` (relu, silu, gelu_tanh, gelu_erf; ckptfmt.semantics)."""
+    if kind == "silu":
         return ops.mul(x, ops.activation(x, "sigmoid"))
-    if kind in ("gelu", "geglu"):
-        return ops.activation(x, "gelu_erf")
-    if kind in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "openai-gelu"):
-        return ops.activation(x, "gelu_tanh")
-    if kind == "relu":
-        return ops.activation(x, "relu")
+    if kind in ("gelu_erf", "gelu_tanh", "relu"):
+        return ops.activation(x, kind)
     raise ValueError(f"hidden_act: unsupported {kind!r}")
 
 
@@ -214,7 +211,7 @@ def _mlp(ops: Ops, plan: RankPlan, w: RankWeights, local: int, x: Tensor) -> Ten
     else:
         fc = linear(ops, plan, x, w.linear(local, FC))
         gate = linear(ops, plan, x, w.linear(local, GATE)) if plan.spec.gated_mlp else None
-    h = activation(ops, fc, plan.spec.hidden_act)
+    h = activation(ops, fc, plan.spec.activation)
     if gate is not None:
         h = ops.mul(h, gate)
     return linear(ops, plan, h, w.linear(local, PROJ), reduce=True)

@@ -25,6 +25,7 @@ from ckptfmt.names import (
     QKV,
     VOCAB_EMBEDDING,
 )
+from ckptfmt.semantics import rotary_inv_freq
 from ckptfmt.sharding import split_padded
 
 from .contract import RankPlan
@@ -162,12 +163,8 @@ class RankWeights:
 def rope_tables(plan: RankPlan) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin ``[max_seq_len, rotary_dim / 2]`` in the model dtype, computed in fp32 like transformers."""
     spec = plan.spec
-    rd = spec.rotary_dim
-    inv_freq = 1.0 / (spec.rotary_base ** (np.arange(0, rd, 2, dtype=np.int64).astype(np.float32) / rd))
+    inv_freq = rotary_inv_freq(spec.rotary_dim, spec.rotary_base, spec.rotary_scaling)
     positions = np.arange(plan.build.max_seq_len, dtype=np.float32)
-    scaling = spec.rotary_scaling or {}
-    if scaling.get("type", scaling.get("rope_type")) == "linear":
-        positions = positions / np.float32(scaling["factor"])
-    angles = np.outer(positions, inv_freq.astype(np.float32)).astype(np.float32)
+    angles = np.outer(positions, inv_freq).astype(np.float32)
     dt = DTYPES[plan.dtype]
     return np.cos(angles).astype(dt), np.sin(angles).astype(dt)

@@ -19,20 +19,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ckptfmt.semantics import FUSED, support_rows
+
 from .model import Transformer
 
-# hidden_act -> the kernel's activation
-KERNEL_ACTIVATIONS = {
-    "silu": "silu",
-    "swish": "silu",
-    "swiglu": "silu",
-    "relu": "relu",
-    "gelu": "gelu",
-    "geglu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_fast": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-}
+# ``ModelSpec.activation`` -> the kernel's activation
+KERNEL_ACTIVATIONS = {"silu": "silu", "relu": "relu", "gelu_erf": "gelu", "gelu_tanh": "gelu_tanh"}
 MAX_BATCH = 1  # from batch 2 on, torch.compile's GEMMs are faster than these GEMVs (docs/performance.md)
 
 
@@ -48,20 +40,12 @@ def unsupported(model: Transformer) -> str | None:
         import triton  # noqa: F401
     except ImportError:
         return "triton is not installed"
-    checks = {
-        "a post-norm layer (do_layer_norm_before false)": not spec.pre_norm,
-        f"{spec.norm} (only rmsnorm is fused)": spec.norm != "rmsnorm",
-        "a parallel residual": spec.parallel_residual,
-        "no MLP norm": spec.mlp_norm is None,
-        f"position embedding {spec.position_embedding_type!r} (only rotary is fused)": not spec.rotary,
-        "a sliding window": bool(model.window),
-        "embedding projections": bool(spec.embed_proj_dim),
-        "no final norm": not spec.has_ln_f,
-        f"activation {spec.hidden_act!r}": spec.hidden_act not in KERNEL_ACTIVATIONS,
-        f"dtype {dtype}": dtype not in (torch.float16, torch.bfloat16, torch.float32),
-    }
-    found = [what for what, present in checks.items() if present]
-    return f"the model has {', '.join(found)}" if found else None
+    features = [f"{name} {value!r}" for name, value, who in support_rows(spec) if FUSED not in who]
+    if features:  # the model features the kernels do not compute (ckptfmt.semantics)
+        return f"the kernels do not compute {', '.join(features)} (ckptfmt inspect lists who does)"
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"the model has dtype {dtype}"
+    return None
 
 
 def gemv_blocks(k: int) -> dict:
@@ -119,7 +103,7 @@ class FusedDecoder:
         self.kernels = decode_kernels
         self.model, self.fallback = model, fallback
         spec = model.spec
-        self.act = KERNEL_ACTIVATIONS[spec.hidden_act]
+        self.act = KERNEL_ACTIVATIONS[spec.activation]
         self.eps = spec.norm_epsilon
         for layer in model.transformer.layers:
             if layer.mlp.gate is not None and layer.mlp.fc_gate is None:

@@ -15,21 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ckptfmt import CheckpointError, ModelSpec
+from ckptfmt import ModelSpec
 from ckptfmt.names import kv_heads_per_rank, pad_to_multiple
+from ckptfmt.semantics import TORCH, check_support, rotary_inv_freq
 
 from .distributed import Parallel
 
+# ``ModelSpec.activation`` -> function (semantics.ACTIVATIONS maps the config's names onto these)
 ACTIVATIONS = {
-    "gelu": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "geglu": F.gelu,
+    "gelu_erf": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
     "silu": F.silu,
-    "swish": F.silu,
-    "swiglu": F.silu,
 }
 
 # Families whose ALiBi bias is scaled by 1/sqrt(head_size) like q.k even when the config says plain "alibi"
@@ -147,9 +144,8 @@ class Rotary(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.dim, self.interleaved = spec.rotary_dim, spec.rotary_interleaved
-        exponents = torch.arange(0, self.dim, 2, dtype=torch.int64, device="cpu").float() / self.dim
-        inv_freq = 1.0 / (spec.rotary_base**exponents)  # real even under a meta-device context
-        self.register_buffer("inv_freq", scale_inv_freq(inv_freq, spec.rotary_scaling), persistent=False)
+        inv_freq = rotary_inv_freq(self.dim, spec.rotary_base, spec.rotary_scaling)
+        self.register_buffer("inv_freq", torch.tensor(inv_freq, device="cpu"), persistent=False)  # real under meta
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin [batch, seq, 1, rotary_dim] for integer ``positions`` [batch, seq], computed in float32."""
@@ -166,28 +162,6 @@ class Rotary(nn.Module):
             half = self.dim // 2
             turned = torch.cat([-rot[..., half:], rot[..., :half]], -1)
         return torch.cat([rot * cos + turned * sin, rest], -1)
-
-
-def scale_inv_freq(inv_freq: torch.Tensor, scaling: dict | None) -> torch.Tensor:
-    """Apply the config's ``rotary_scaling`` (linear, llama3) to the rotary frequencies."""
-    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type")) or "default"
-    if kind == "default":
-        return inv_freq
-    factor = float(scaling.get("factor", 1.0))
-    if kind == "linear":
-        return inv_freq / factor
-    if kind == "llama3":
-        low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
-        old_len = float(scaling.get("original_max_position_embeddings", 8192))
-        wavelen = 2 * math.pi / inv_freq
-        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
-        smooth = (old_len / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
-        return torch.where(medium, smoothed, scaled)
-    raise CheckpointError(
-        f"config.json: rotary_scaling type {kind!r} is not supported by the torch backend (supported: linear, llama3)"
-    )
 
 
 class Attention(nn.Module):
@@ -243,12 +217,7 @@ class MLP(nn.Module):
 
     def __init__(self, spec: ModelSpec, par: Parallel):
         super().__init__()
-        if spec.hidden_act not in ACTIVATIONS:
-            raise CheckpointError(
-                f"config.json: hidden_act {spec.hidden_act!r} is not supported by the torch "
-                f"backend (supported: {', '.join(ACTIVATIONS)})"
-            )
-        self.act = ACTIVATIONS[spec.hidden_act]
+        self.act = ACTIVATIONS[spec.activation]
         ffn = spec.intermediate_size // par.tp_size
         self.fc = nn.Linear(spec.hidden_size, ffn, bias=spec.bias)
         self.gate = nn.Linear(spec.hidden_size, ffn, bias=spec.bias) if spec.gated_mlp else None
@@ -333,6 +302,7 @@ class Transformer(nn.Module):
 
     def __init__(self, spec: ModelSpec, shapes: RankShapes, par: Parallel):
         super().__init__()
+        check_support(spec, TORCH)  # one line naming the field this backend does not compute
         self.spec, self.shapes, self.par = spec, shapes, par
         self.transformer = Backbone(spec, shapes, par)
         if shapes.last_stage:

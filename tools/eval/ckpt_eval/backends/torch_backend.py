@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from ckptfmt import (
@@ -12,6 +14,7 @@ from ckptfmt import (
     load_config,
     model_spec,
 )
+from ckptfmt.reconcile import reconcile
 
 from ..distributed import init_parallel
 from ..weights import TORCH_DTYPES, load_model
@@ -29,9 +32,12 @@ class TorchStepper:
     def __init__(self, directory: str, device: str = "cpu", checksums: bool = True, compile: bool | str = False):
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise RunnerError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
-        config = load_config(directory)
+        config = reconcile(load_config(directory), directory)  # fields its tensors contradict, corrected
         self.config, self.spec = config, model_spec(config)
         self.par = init_parallel(config.mapping, device)
+        if self.par.rank == 0:
+            for note in config.notes:
+                print(f"note: {note}", file=sys.stderr)
         error, self.checksums = None, None
         try:
             others = [RANK_FILE.format(rank=r) for r in range(config.mapping.world_size) if r != self.par.rank]
