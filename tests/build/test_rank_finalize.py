@@ -4,6 +4,7 @@ every inconsistency of the staged ranks refused in one line with nothing publish
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import signal
 import subprocess
@@ -202,3 +203,21 @@ def test_malformed_record_is_refused_in_one_line(staged, edit):
     edit(data)
     record.write_text(json.dumps(data))
     refused(ckpt, staging, engine, f"{record.name}: not a ckpt-build-rank/1 record for rank 1; build that rank again")
+
+
+def test_file_size_limit_during_a_rank_build_is_one_line_and_stages_nothing(tmp_path):
+    """Plans are ~2.6 MB: at a 1 MB limit (as a full disk would) the staged plan's write fails."""
+    ckpt = random_checkpoint(tmp_path / "ckpt", layout_config("llama-gqa", tp=2))
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+
+    out = tmp_path / "e"
+    cmd = [sys.executable, "-m", "ckpt_build.cli", "--checkpoint_dir", str(ckpt), "--output_dir", str(out)]
+    done = subprocess.run(
+        [*cmd, *LIMITS, "--rank", "0", "--log_level", "warning"], capture_output=True, text=True, preexec_fn=limit
+    )
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"ckpt-build: error: {out}: cannot write rank0.") and "File too large" in done.stderr
+    assert not any((tmp_path / ".e.ranks").iterdir()) and not out.exists()
