@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -74,3 +75,13 @@ def run_cli(*argv: str, capsys) -> tuple[int, str, str]:
 def cli_command() -> list[str]:
     """The installed ``ckpt-convert`` entry point (subprocess runs)."""
     return [sys.executable, "-m", "ckpt_convert.cli"]
+
+
+class RunsCode:
+    """Unpickling this would create ``marker`` (a stand-in for arbitrary code in a hostile pickle)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import shutil
 import tarfile
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.convert.conftest import run_cli
+from tests.convert.conftest import RunsCode, run_cli
 
 torch = pytest.importorskip("torch")
 
@@ -55,16 +54,6 @@ def edit_config(root: Path, **changes) -> None:
     config = yaml.safe_load((root / "model_config.yaml").read_text())
     config.update(changes)
     (root / "model_config.yaml").write_text(yaml.safe_dump(config))
-
-
-class RunsCode:
-    """Unpickling this would create ``marker`` (a stand-in for arbitrary code)."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_missing_path(tmp_path, capsys):

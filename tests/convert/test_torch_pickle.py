@@ -14,6 +14,7 @@ import pytest
 from ckpt_convert import torch_pickle
 from ckpt_convert.torch_pickle import Region, TorchPickle
 from ckptfmt import CheckpointError, to_numpy
+from tests.convert.conftest import RunsCode
 
 torch = pytest.importorskip("torch")
 
@@ -112,17 +113,9 @@ def test_truncated_file_is_named(tmp_path):
     assert str(path) in str(err.value)
 
 
-class _RunsCode:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_code_is_refused_without_running(tmp_path):
     marker, path = tmp_path / "ran", tmp_path / "w.bin"
-    torch.save({"x": torch.ones(2), "y": _RunsCode(marker)}, path)
+    torch.save({"x": torch.ones(2), "y": RunsCode(marker)}, path)
     with pytest.raises(CheckpointError, match="refused: the pickle holds non-tensor objects"):
         TorchPickle(Region(path))
     assert not marker.exists()

@@ -115,70 +115,46 @@ def _finish(proc) -> tuple[int, str]:
     return proc.returncode, err
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_truncated_bin(slow_bin, tmp_path, workers):
-    model, out = _copy(slow_bin, tmp_path, archive=False), tmp_path / "out"
-    weights = model / "pytorch_model.bin"
+# (source fixture, subcommand, the weight file inside it; "" with archive: the .nemo itself, weights read in place)
+TRUNCATED = {
+    "bin": ("slow_bin", "hf", "pytorch_model.bin", False, 1),
+    "bin-2-workers": ("slow_bin", "hf", "pytorch_model.bin", False, 2),
+    "nemo-ckpt": ("slow_nemo", "nemo", "model_weights.ckpt", False, 1),
+    "nemo-archive": ("slow_nemo", "nemo", "", True, 1),
+    "distcp": ("slow_dist", "nemo", "model_weights/__0_0.distcp", False, 1),
+    "distcp-nemo-archive": ("slow_dist", "nemo", "", True, 1),
+}
+
+
+@pytest.mark.parametrize(("fixture", "kind", "name", "archive", "workers"), TRUNCATED.values(), ids=TRUNCATED)
+def test_truncated_mid_conversion(fixture, kind, name, archive, workers, request, tmp_path):
+    source, out = _copy(request.getfixturevalue(fixture), tmp_path, archive), tmp_path / "out"
+    weights = source / name if name else source
     size = weights.stat().st_size
-    proc = _started("hf", model, out, workers)
+    proc = _started(kind, source, out, workers)
     assert _mapped(proc, weights) == []
-    os.truncate(weights, size // 3)
+    extracted = [p for p in tmp_path.glob(f".{out.name}.tmp-nemo-*/**/*") if p.suffix in (".ckpt", ".distcp")]
+    assert extracted == []  # an archive's weights are read in place, not copied beside the output
+    os.truncate(weights, size // 2)
     rc, err = _finish(proc)
-    assert_failed_cleanly(rc, err, out, str(weights), f"truncated ({size} -> {size // 3} bytes) during the conversion")
+    assert_failed_cleanly(rc, err, out, str(weights), f"truncated ({size} -> {size // 2} bytes) during the conversion")
     assert "nothing was written" in err
 
 
-def test_bin_rewritten_in_place(slow_bin, tmp_path):
+@pytest.mark.parametrize(
+    ("fixture", "kind", "name"),
+    [("slow_bin", "hf", "pytorch_model.bin"), ("slow_nemo", "nemo", "model_weights.ckpt")],
+    ids=["bin", "nemo-ckpt"],
+)
+def test_rewritten_in_place_mid_conversion(fixture, kind, name, request, tmp_path):
     """Same size, different bytes: the mtime says so."""
-    model, out = _copy(slow_bin, tmp_path, archive=False), tmp_path / "out"
-    weights = model / "pytorch_model.bin"
+    source, out = _copy(request.getfixturevalue(fixture), tmp_path, archive=False), tmp_path / "out"
+    weights = source / name
     size = weights.stat().st_size
-    proc = _started("hf", model, out)
+    proc = _started(kind, source, out)
     with open(weights, "r+b") as f:
         f.seek(size // 2)
         f.write(os.urandom(4096))
     rc, err = _finish(proc)
     assert weights.stat().st_size == size
-    assert_failed_cleanly(rc, err, out, str(weights), "modified during the conversion")
-
-
-@pytest.mark.parametrize("archive", [False, True], ids=["directory", "nemo-archive"])
-def test_truncated_nemo_weights(slow_nemo, tmp_path, archive):
-    """A ``model_weights.ckpt`` in a directory, or inside an uncompressed ``.nemo`` (read in place, not
-    extracted: the archive itself is the file that changed)."""
-    source, out = _copy(slow_nemo, tmp_path, archive), tmp_path / "out"
-    weights = source if archive else source / "model_weights.ckpt"
-    size = weights.stat().st_size
-    proc = _started("nemo", source, out)
-    assert _mapped(proc, weights) == []
-    if archive:  # streamed: no extracted copy of the weights beside the output
-        assert not list(tmp_path.glob(f".{out.name}.tmp-nemo-*/model_weights.ckpt"))
-    os.truncate(weights, size // 2)
-    rc, err = _finish(proc)
-    assert_failed_cleanly(rc, err, out, str(weights), f"truncated ({size} -> {size // 2} bytes)")
-
-
-@pytest.mark.parametrize("archive", [False, True], ids=["directory", "nemo-archive"])
-def test_truncated_dist_weights(slow_dist, tmp_path, archive):
-    source, out = _copy(slow_dist, tmp_path, archive), tmp_path / "out"
-    weights = source if archive else source / "model_weights" / "__0_0.distcp"
-    size = weights.stat().st_size
-    proc = _started("nemo", source, out)
-    assert _mapped(proc, weights) == []
-    if archive:
-        assert not list(tmp_path.glob(f".{out.name}.tmp-nemo-*/model_weights/*.distcp"))
-    os.truncate(weights, size // 2)
-    rc, err = _finish(proc)
-    assert_failed_cleanly(rc, err, out, str(weights), f"truncated ({size} -> {size // 2} bytes)")
-
-
-def test_nemo_weights_rewritten_in_place(slow_nemo, tmp_path):
-    source, out = _copy(slow_nemo, tmp_path, archive=False), tmp_path / "out"
-    weights = source / "model_weights.ckpt"
-    size = weights.stat().st_size
-    proc = _started("nemo", source, out)
-    with open(weights, "r+b") as f:
-        f.seek(size // 2)
-        f.write(os.urandom(4096))
-    rc, err = _finish(proc)
     assert_failed_cleanly(rc, err, out, str(weights), "modified during the conversion")
