@@ -92,11 +92,15 @@ class StagingArea:
         final = self.path / f"rank{rank}.{token}.json"
         tmp = final.with_name(f".{final.name}.tmp")
         body = {"format": RECORD_FORMAT, "rank": rank, "plan": self.plan_path(rank, token).name, **data}
-        with open(tmp, "w") as f:
-            f.write(json.dumps(body, indent=1) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.rename(final)
+        try:
+            with open(tmp, "w") as f:
+                f.write(json.dumps(body, indent=1) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.rename(final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return final
 
     def _ours(self) -> list[tuple[Path, re.Match]]:
