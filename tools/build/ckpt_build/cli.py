@@ -6,6 +6,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ckptfmt.engine import EngineConfig
+
+    from .builder import BuildRequest
 
 # Heavy modules (numpy, ckptfmt, TensorRT) are imported inside the functions: a Ctrl-C while they load still
 # ends in one line (run_main), not a traceback.
@@ -213,7 +219,7 @@ def _main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _summary(engine, output_dir: Path) -> str:
+def _summary(engine: EngineConfig, output_dir: Path) -> str:
     b = engine.build_config
     return (
         f"{engine.world_size} engine(s) into {output_dir} for {engine.bound_to.module} "
@@ -222,7 +228,7 @@ def _summary(engine, output_dir: Path) -> str:
     )
 
 
-def _staged_rank(request, rank: int) -> int:
+def _staged_rank(request: BuildRequest, rank: int) -> int:
     from .rank_task import build_staged_rank
 
     if request.workers != 1:
@@ -236,7 +242,7 @@ def _staged_rank(request, rank: int) -> int:
     return 0
 
 
-def _finalized(request) -> int:
+def _finalized(request: BuildRequest) -> int:
     from .finalize import finalize
 
     engine, records = finalize(request)
