@@ -17,9 +17,10 @@ from ckptfmt.config import load_config
 from ckptfmt.constants import RANK_FILE
 from ckptfmt.engine import HIDDEN_IN, HIDDEN_OUT, INPUT_IDS, LAST_TOKEN_INDEX, LOGITS, POSITION_IDS, BuildConfig
 from ckptfmt.io import RankFileReader
+from ckptfmt.reconcile import reconcile
 
 from .contract import make_plan, stage_io
-from .limits import Limits, check_supported, resolve_limits
+from .limits import Limits, check_supported, check_window, resolve_limits
 from .lower_torch import TORCH_DTYPES, ThreadGroup, TorchOps
 from .network import define_rank_network
 from .weights import RankWeights
@@ -29,9 +30,10 @@ class TorchRanks:
     """Every rank of a checkpoint, executing the engine network on torch tensors."""
 
     def __init__(self, checkpoint_dir: str | Path, limits: Limits | None = None, build: BuildConfig | None = None):
-        self.config = load_config(checkpoint_dir)
+        self.config = reconcile(load_config(checkpoint_dir), checkpoint_dir)
         check_supported(self.config)
         self.build = build or resolve_limits(self.config, limits or Limits())
+        check_window(self.config, self.build)  # what ckpt-build refuses, this refuses too
         self._stack = ExitStack()
         m = self.config.mapping
         self.plans = [make_plan(self.config, r, self.build) for r in range(m.world_size)]
