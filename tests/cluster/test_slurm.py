@@ -26,10 +26,20 @@ EVAL = "--batch_size 3 --max_ite 1 --max_input_length 80 --output_len 8 --data_t
 CHAIN_TIMEOUT_S = 240
 
 
-def submit(slurm: SlurmCluster, env: dict[str, str]) -> dict[str, str]:
-    """Run submit.sh with ``env``; its one line of ``step=JOBID``."""
+def submit(slurm: SlurmCluster, root: Path, **env: str) -> dict[str, str]:
+    """Run submit.sh for tp 2 x pp 2 on ``root``/ckpt -> ``root``/engine with ``env``; its ``step=JOBID``s."""
     venv = Path(sys.executable).parent
-    full = {**slurm.env, "PATH": f"{venv}:{os.environ['PATH']}", **env}
+    full = {
+        **slurm.env,
+        "PATH": f"{venv}:{os.environ['PATH']}",
+        "CKPT_CHECKPOINT": str(root / "ckpt"),
+        "CKPT_ENGINE": str(root / "engine"),
+        "CKPT_TP": "2",
+        "CKPT_PP": "2",
+        "CKPT_LOGS": str(root / "logs"),
+        "CKPT_BUILD_ARGS": LIMITS,
+        **env,
+    }
     done = subprocess.run(["bash", str(SUBMIT)], env=full, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return dict(item.split("=") for item in done.stdout.split())
@@ -60,20 +70,15 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def chain(slurm: SlurmCluster, inputs) -> dict:
     root = inputs["root"]
-    env = {
-        "CKPT_HF_DIR": str(inputs["hf"]),
-        "CKPT_CHECKPOINT": str(root / "ckpt"),
-        "CKPT_ENGINE": str(root / "engine"),
-        "CKPT_TP": "2",
-        "CKPT_PP": "2",
-        "CKPT_LOGS": str(root / "logs"),
-        "CKPT_BUILD_ARGS": LIMITS,
-        "CKPT_EVAL_BACKEND": "torch",  # engines cannot run here: eval runs the checkpoint, one task per rank
-        "CKPT_EVAL_ARGS": f"--tokenizer_dir {inputs['tok']} --hf_model_dir {inputs['hf']} --test_trt_llm --test_hf "
+    ids = submit(
+        slurm,
+        root,
+        CKPT_HF_DIR=str(inputs["hf"]),
+        CKPT_EVAL_BACKEND="torch",  # engines cannot run here: eval runs the checkpoint, one task per rank
+        CKPT_EVAL_ARGS=f"--tokenizer_dir {inputs['tok']} --hf_model_dir {inputs['hf']} --test_trt_llm --test_hf "
         f"--check_accuracy --tensorrt_llm_rouge1_threshold 0 {EVAL} --report {root / 'report'}",
-        "CKPT_EVAL_SBATCH_ARGS": "--overcommit",  # 4 tasks on this 2-core node
-    }
-    ids = submit(slurm, env)
+        CKPT_EVAL_SBATCH_ARGS="--overcommit",  # 4 tasks on this 2-core node
+    )
     slurm.wait_idle(CHAIN_TIMEOUT_S)
     return {"ids": ids, "states": states(slurm, ids), **inputs}
 
@@ -115,17 +120,7 @@ def test_failed_rank_stops_finalize_and_is_named(slurm: SlurmCluster, chain, tmp
     data = bytearray((ckpt / "rank2.safetensors").read_bytes())
     data[-1] ^= 0xFF  # only the sha256 of rank 2's file tells
     (ckpt / "rank2.safetensors").write_bytes(bytes(data))
-    env = {
-        "CKPT_CHECKPOINT": str(ckpt),
-        "CKPT_ENGINE": str(tmp_path / "engine"),
-        "CKPT_TP": "2",
-        "CKPT_PP": "2",
-        "CKPT_LOGS": str(tmp_path / "logs"),
-        "CKPT_BUILD_ARGS": LIMITS,
-        "CKPT_SKIP_CONVERT": "1",
-        "CKPT_SKIP_EVAL": "1",
-    }
-    ids = submit(slurm, env)
+    ids = submit(slurm, tmp_path, CKPT_SKIP_CONVERT="1", CKPT_SKIP_EVAL="1")
     slurm.wait_idle(CHAIN_TIMEOUT_S)
     got = states(slurm, ids)
     assert got["build_2"] == "FAILED" and [got[f"build_{r}"] for r in (0, 1, 3)] == ["COMPLETED"] * 3, got
