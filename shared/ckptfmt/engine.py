@@ -35,6 +35,8 @@ LOGITS = "logits"
 KEY_IN, VALUE_IN = "past_key_{layer}", "past_value_{layer}"
 KEY_OUT, VALUE_OUT = "present_key_{layer}", "present_value_{layer}"
 CACHE_AXES = ["batch", "kv_heads", "max_seq_len", "head_size"]
+STEP_INPUTS = (INPUT_IDS, HIDDEN_IN, POSITION_IDS, LAST_TOKEN_INDEX)  # besides the KV caches, nothing else
+STEP_OUTPUTS = (LOGITS, HIDDEN_OUT)  # besides the updated KV caches (outputs aliasing their inputs)
 
 
 @dataclass
@@ -71,6 +73,57 @@ class StageIo:
         """output name -> input name for every output that shares its input's buffer (KV caches)."""
         return {t.name: t.alias_of for t in self.outputs if t.alias_of}
 
+    def contract_problems(self, kv: KvCacheLayout, first: bool, last: bool) -> list[str]:
+        """What breaks the ckpt-engine/1 step contract: the step inputs and outputs a stage must have and no
+        others, one aliased cache per key/value of each of its layers with the alias's dtype and shape."""
+        targets = set(self.aliases().values())
+        caches = [t for t in self.inputs if t.name in targets]
+        steps = [t for t in self.inputs if t.name not in targets]
+        out = []
+        for t in steps:
+            if kv_layer_of(kv, t.name) is not None:
+                out.append(f"KV cache input {t.name!r} has no output aliasing it (its updated cache)")
+            elif t.name not in STEP_INPUTS:
+                out.append(f"input {t.name!r} is not in the contract (step inputs: {', '.join(STEP_INPUTS)})")
+        names = {t.name for t in steps}
+        needed = [INPUT_IDS if first else HIDDEN_IN, POSITION_IDS] + ([LAST_TOKEN_INDEX] if last else [])
+        stage_kind = f"a {'first' if first else 'later'} {'and last ' if last else ''}stage"
+        out += [f"input {name!r} is missing ({stage_kind} needs it)" for name in needed if name not in names]
+        plain = [t for t in self.outputs if not t.alias_of]
+        out += [
+            f"output {t.name!r} is neither {' nor '.join(STEP_OUTPUTS)} nor an aliased KV cache"
+            for t in plain
+            if t.name not in STEP_OUTPUTS
+        ]
+        want = LOGITS if last else HIDDEN_OUT
+        if want not in {t.name for t in plain}:
+            out.append(f"output {want!r} is missing")
+        by_name = {t.name: t for t in self.inputs}
+        for o in self.outputs:
+            cache = by_name.get(o.alias_of or "")
+            if cache is not None and (o.dtype, o.shape) != (cache.dtype, cache.shape):
+                out.append(
+                    f"output {o.name!r} aliases {cache.name!r} but their dtype/shape differ "
+                    f"({o.dtype}{o.shape} vs {cache.dtype}{cache.shape})"
+                )
+        for cache in caches:
+            if (
+                len(cache.shape) != 4
+                or cache.shape[0] != "batch"
+                or not all(isinstance(d, int) for d in cache.shape[1:])
+            ):
+                out.append(
+                    f"KV cache {cache.name!r}: shape {cache.shape} is not [batch, kv_heads, max_seq_len, head_size] "
+                    "with static sizes"
+                )
+            elif kv_layer_of(kv, cache.name) is None:
+                out.append(f"KV cache {cache.name!r}: name does not follow {kv.key_input!r} / {kv.value_input!r}")
+        expected = {t.format(layer=i) for i in self.layers for t in (kv.key_input, kv.value_input)}
+        missing = sorted(expected - {c.name for c in caches})
+        if missing:
+            out.append(f"no aliased KV cache {missing[0]!r} for layer {kv_layer_of(kv, missing[0])} of this stage")
+        return out
+
 
 @dataclass
 class KvCacheLayout:
@@ -85,6 +138,16 @@ class KvCacheLayout:
     value_input: str
     key_output: str
     value_output: str
+
+
+def kv_layer_of(kv: KvCacheLayout, name: str) -> int | None:
+    """The layer index in a cache input name made from the layout's templates, else None."""
+    for template in (kv.key_input, kv.value_input):
+        prefix, _, suffix = template.partition("{layer}")
+        middle = name[len(prefix) : len(name) - len(suffix)] if len(name) > len(prefix) + len(suffix) else ""
+        if name.startswith(prefix) and name.endswith(suffix) and middle.isdigit():
+            return int(middle)
+    return None
 
 
 @dataclass
@@ -218,6 +281,10 @@ class EngineConfig:
             for out, inp in stage.aliases().items():
                 if inp not in {t.name for t in stage.inputs}:
                     raise CheckpointError(f"{source}: io tensor {out}: aliases unknown input {inp!r}")
+            last = stage.pp_rank == len(self.io.stages) - 1
+            problems = stage.contract_problems(self.io.kv_cache, stage.pp_rank == 0, last)
+            if problems:
+                raise CheckpointError(f"{source}: io.stages[{stage.pp_rank}]: {problems[0]}")
         return self
 
     def save(self, directory: str | os.PathLike) -> None:

@@ -117,7 +117,7 @@ def edited(config, pp_rank=0, inputs=None, outputs=None):
     [
         (
             dict(inputs=lambda ins: ins + [IoTensor("attention_mask", "bool", ["batch", "seq"])]),
-            "input 'attention_mask' is not one this ckpt-eval knows how to feed",
+            "input 'attention_mask' is not in the contract",
         ),
         (
             dict(inputs=lambda ins: [t for t in ins if t.name != "last_token_index"]),

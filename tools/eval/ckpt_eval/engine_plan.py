@@ -14,20 +14,11 @@ from dataclasses import dataclass
 import torch
 
 from ckptfmt.engine import (
-    HIDDEN_IN,
-    HIDDEN_OUT,
-    INPUT_IDS,
-    LAST_TOKEN_INDEX,
-    LOGITS,
-    POSITION_IDS,
     EngineConfig,
-    IoTensor,
+    StageIo,
 )
 
 from .backends.base import RunnerError
-
-STEP_INPUTS = (INPUT_IDS, HIDDEN_IN, POSITION_IDS, LAST_TOKEN_INDEX)
-STEP_OUTPUTS = (LOGITS, HIDDEN_OUT)
 
 TORCH_DTYPES = {
     "float32": torch.float32,
@@ -78,72 +69,13 @@ class StagePlan:
         self.step_inputs = [t for t in stage.inputs if t.name not in targets]
         self.outputs = [t for t in stage.outputs if not t.alias_of]
         self.alias_outputs = [t for t in stage.outputs if t.alias_of]
-        self._check(stage.inputs)
+        self._check(stage)
 
-    def _fail(self, message: str):
-        raise RunnerError(f"{self.source}: io.stages[{self.pp_rank}]: {message}")
-
-    def _check(self, inputs: list[IoTensor]) -> None:
-        names = {t.name for t in self.step_inputs}
-        for t in self.step_inputs:
-            if self._layer_of(t.name) is not None:
-                self._fail(f"KV cache input {t.name!r} has no output aliasing it (its updated cache)")
-            if t.name not in STEP_INPUTS:
-                self._fail(
-                    f"input {t.name!r} is not one this ckpt-eval knows how to feed (known: "
-                    f"{', '.join(STEP_INPUTS)}, and KV caches aliased by an output); update ckpt-eval"
-                )
-        needed = [INPUT_IDS if self.first else HIDDEN_IN, POSITION_IDS] + ([LAST_TOKEN_INDEX] if self.last else [])
-        for name in needed:
-            if name not in names:
-                self._fail(
-                    f"input {name!r} is missing (a {'first' if self.first else 'later'} "
-                    f"{'and last ' if self.last else ''}stage needs it)"
-                )
-        for t in self.outputs:
-            if t.name not in STEP_OUTPUTS:
-                self._fail(f"output {t.name!r} is neither {' nor '.join(STEP_OUTPUTS)} nor an aliased KV cache")
-        want = LOGITS if self.last else HIDDEN_OUT
-        if want not in {t.name for t in self.outputs}:
-            self._fail(f"output {want!r} is missing")
-        by_name = {t.name: t for t in inputs}
-        for out in self.alias_outputs:
-            cache = by_name[out.alias_of]
-            if (out.dtype, out.shape) != (cache.dtype, cache.shape):
-                self._fail(
-                    f"output {out.name!r} aliases {cache.name!r} but their dtype/shape differ "
-                    f"({out.dtype}{out.shape} vs {cache.dtype}{cache.shape})"
-                )
-        for cache in self.caches:
-            if (
-                len(cache.shape) != 4
-                or cache.shape[0] != "batch"
-                or not all(isinstance(d, int) for d in cache.shape[1:])
-            ):
-                self._fail(
-                    f"KV cache {cache.name!r}: shape {cache.shape} is not [batch, kv_heads, max_seq_len, "
-                    "head_size] with static sizes"
-                )
-        expected = {t.format(layer=i) for i in self.layers for t in (self.kv.key_input, self.kv.value_input)}
-        missing = sorted(expected - {c.name for c in self.caches})
-        if missing:
-            self._fail(f"no aliased KV cache {missing[0]!r} for layer {self._layer_of(missing[0])} of this stage")
-        self._layers()
-
-    def _layer_of(self, name: str) -> int | None:
-        """The layer index in a cache input name made from the layout's templates, else None."""
-        for template in (self.kv.key_input, self.kv.value_input):
-            prefix, _, suffix = template.partition("{layer}")
-            middle = name[len(prefix) : len(name) - len(suffix)] if len(name) > len(prefix) + len(suffix) else ""
-            if name.startswith(prefix) and name.endswith(suffix) and middle.isdigit():
-                return int(middle)
-        return None
-
-    def _layers(self) -> list[int]:
-        layers = [self._layer_of(cache.name) for cache in self.caches]
-        if None in layers:
-            self._fail(f"KV cache names do not follow {self.kv.key_input!r} / {self.kv.value_input!r}")
-        return layers
+    def _check(self, stage: StageIo) -> None:
+        """The format's step contract (``ckptfmt.engine``), in case ``config`` was not loaded through its check."""
+        problems = stage.contract_problems(self.kv, self.first, self.last)
+        if problems:
+            raise RunnerError(f"{self.source}: io.stages[{self.pp_rank}]: {problems[0]}")
 
     @property
     def max_seq_len(self) -> int:

@@ -27,21 +27,20 @@ from typing import Protocol
 import torch
 
 from ckptfmt import ENGINE_FILE, BackgroundChecksums, CheckpointError
-from ckptfmt.engine import EngineConfig, check_engine_dir
-from ckptfmt.names import model_spec
-
-from ..distributed import Parallel, check_world, detect_launch, init_parallel
-from ..engine_plan import (
+from ckptfmt.engine import (
     HIDDEN_IN,
     HIDDEN_OUT,
     INPUT_IDS,
     LAST_TOKEN_INDEX,
     LOGITS,
     POSITION_IDS,
-    Buffer,
-    StagePlan,
-    schedule_step,
+    EngineConfig,
+    check_engine_dir,
 )
+from ckptfmt.names import model_spec
+
+from ..distributed import Parallel, check_world, detect_launch, init_parallel
+from ..engine_plan import Buffer, StagePlan, schedule_step
 from ..trt_runtime import check_bound_to, import_runtime, probe_runtime
 from .base import RunnerError
 
