@@ -14,7 +14,6 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
 from .gates import Metric, threshold_gate
 from .launch import detect_launch
@@ -115,7 +114,7 @@ def evaluate(args) -> int:
 
     if args.ntrain < 0:
         raise TaskError(f"--ntrain: must be >= 0 (got {args.ntrain})")
-    job = prepare_models(args, "mmlu", lambda model_dir, tok: report_inputs(args, model_dir, tok))
+    job = prepare_models(args, "mmlu", args.data_dir)
     job["metrics"] = [ACCURACY]
     subjects = load_subjects(args.data_dir, args.ntrain)
     limit = fit_length(args, job["limits"])
@@ -158,14 +157,7 @@ def evaluate(args) -> int:
         "predictions": {name: [CHOICES[c] for c in r["choices"]] for name, r in runs.items()},
         "letter_logprobs": {name: r["logprobs"] for name, r in runs.items()},
     }
-    return conclude(
-        args, job, "mmlu", systems, gates, results, chart, report_inputs(args, job["model_dir"], job["tok_dir"])
-    )
-
-
-def report_inputs(args, model_dir: str | None, tok_dir: str) -> list[str]:
-    """What --report DIR must not replace or lie inside."""
-    return [d for d in (model_dir, tok_dir, args.hf_model_dir, args.data_dir, args.baseline) if d and Path(d).exists()]
+    return conclude(args, job, "mmlu", systems, gates, results, chart)
 
 
 _main = task_main(evaluate, build_parser, "ckpt-mmlu", (DataError,))

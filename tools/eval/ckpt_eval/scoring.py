@@ -1,11 +1,11 @@
 """Log-likelihood of given tokens under a model (teacher forcing), over any ``Stepper``.
 
-Sequences are laid out so that every row's first scored token sits in the same column ``S`` (left padding
-``S - start``; shorter rows end in filler columns that no real token attends to). A backend with context
-logits (torch, hf) scores every column in one forward pass; one without (trt: the engine returns the last
-token's logits only) runs the columns before ``S`` as one prefill and then feeds the scored tokens one step
-at a time, each step giving the logits of the next column. Every rank runs the same steps; the sampler
-rank's results are shared at the end.
+A backend with context logits (torch, hf) scores left-padded sequences in one forward pass. One without
+(trt: the engine returns the last token's logits only) gets rows laid out so that their first scored tokens
+share a column ``S`` (left padding ``S - start``; shorter rows end in filler columns no real token attends
+to), runs the columns before ``S`` as one prefill and then feeds the scored tokens one step at a time, each
+step giving the logits of the next column; rows are grouped so that this layout is no wider than the longest
+row. Every rank runs the same steps; the sampler rank's results are shared at the end.
 """
 
 from __future__ import annotations
@@ -74,30 +74,68 @@ def column_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
 
 def score_batch(model: Stepper, sequences: list[torch.Tensor], starts: Sequence[int]) -> list[TokenScores]:
     """``TokenScores`` of tokens ``seq[start:]`` given ``seq[:k]`` for each sequence (see module doc)."""
+    if getattr(model, "context_logits", True):
+        return score_context(model, sequences, starts)
+    out: list[TokenScores] = [None] * len(sequences)  # type: ignore[list-item]
+    for group in aligned_groups(sequences, starts):
+        scores = score_stepped(model, [sequences[i] for i in group], [starts[i] for i in group])
+        for i, score in zip(group, scores):
+            out[i] = score
+    return out
+
+
+def score_context(model: Stepper, sequences: list[torch.Tensor], starts: Sequence[int]) -> list[TokenScores]:
+    """One forward pass over the left-padded sequences with every position's logits."""
+    width = max(seq.numel() for seq in sequences)
+    tokens = torch.zeros(len(sequences), width, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        tokens[row, width - seq.numel() :] = seq
+    pad = torch.tensor([width - seq.numel() for seq in sequences])
+    model.reset(len(sequences), width)
+    dev = model.device
+    out = model.step(tokens.to(dev), torch.arange(width, device=dev), pad.to(dev), all_logits=True)
+    scored = None if out is None else column_scores(out[:, :-1], tokens[:, 1:])
+    lp, greedy = share_scores(model, scored, (len(sequences), width - 1))
+    first = [int(p) + start - 1 for p, start in zip(pad, starts)]
+    return [TokenScores(lp[row, first[row] :], greedy[row, first[row] :]) for row in range(len(sequences))]
+
+
+def aligned_groups(sequences: list[torch.Tensor], starts: Sequence[int]) -> list[list[int]]:
+    """Rows in groups whose aligned layout is no wider than their longest sequence (similar starts)."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(sequences)), key=lambda i: starts[i]):
+        group = groups[-1] + [i] if groups else [i]
+        longest = max(sequences[j].numel() for j in group)
+        if groups and starts[i] + max(sequences[j].numel() - starts[j] for j in group) <= longest:
+            groups[-1] = group
+        else:
+            groups.append([i])
+    return groups
+
+
+def score_stepped(model: Stepper, sequences: list[torch.Tensor], starts: Sequence[int]) -> list[TokenScores]:
+    """Prefill of the columns before the first scored one, then one step per scored column."""
     tokens, pad, first = aligned(sequences, starts)
     b, width = tokens.shape
     tokens, pad = tokens.to(model.device), pad.to(model.device)
     model.reset(b, width)
-    targets = tokens[:, first:]
-    if getattr(model, "context_logits", True):
-        out = model.step(tokens, torch.arange(width, device=model.device), pad, all_logits=True)
-        columns = None if out is None else out[:, first - 1 : width - 1]
-    else:
-        out = model.step(tokens[:, :first], torch.arange(first, device=model.device), pad, all_logits=False)
-        kept = [out]
-        for col in range(first, width - 1):
-            slot = torch.tensor([col], device=model.device)
-            kept.append(model.step(tokens[:, col : col + 1], slot, pad, all_logits=False))
-        columns = None if out is None else torch.cat(kept, dim=1)
-    lp = greedy = None
-    if columns is not None:
-        lp, greedy = column_scores(columns, targets)
-    shape = (b, width - first)
-    lp = model.share(None if lp is None else lp.to(model.device), shape, torch.float64).cpu()
-    greedy = model.share(None if greedy is None else greedy.to(model.device, torch.float32), shape, torch.float32)
-    greedy = greedy.cpu() > 0.5
+    out = model.step(tokens[:, :first], torch.arange(first, device=model.device), pad, all_logits=False)
+    kept = [out]
+    for col in range(first, width - 1):
+        slot = torch.tensor([col], device=model.device)
+        kept.append(model.step(tokens[:, col : col + 1], slot, pad, all_logits=False))
+    scored = None if out is None else column_scores(torch.cat(kept, dim=1), tokens[:, first:])
+    lp, greedy = share_scores(model, scored, (b, width - first))
     n = [seq.numel() - start for seq, start in zip(sequences, starts)]
     return [TokenScores(lp[row, : n[row]], greedy[row, : n[row]]) for row in range(b)]
+
+
+def share_scores(model: Stepper, scored: tuple | None, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampler rank's (log-probabilities, greedy flags) on every rank, on the CPU."""
+    lp, greedy = scored if scored is not None else (None, None)
+    lp = model.share(None if lp is None else lp.to(model.device), shape, torch.float64).cpu()
+    flags = model.share(None if greedy is None else greedy.to(model.device, torch.float32), shape, torch.float32)
+    return lp, flags.cpu() > 0.5
 
 
 def next_token_logprobs(model: Stepper, prompts: list[torch.Tensor], token_ids: Sequence[int]) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from ckptfmt import CheckpointError, check_output_dir
 
@@ -69,8 +70,15 @@ def check_models(args) -> tuple[str, str | None]:
     return backend, model_dir if args.test_trt_llm else None
 
 
-def prepare_models(args, task: str, inputs: Callable[[str | None, str], list[str]]) -> dict:
-    """Flags, model limits, tokenizer location, baseline and report directory checked; tokenizer loaded."""
+def report_inputs(args, model_dir: str | None, tok_dir: str, data: str | None) -> list[str]:
+    """What --report DIR must not replace or lie inside."""
+    paths = (model_dir, tok_dir, args.hf_model_dir, data, args.baseline)
+    return [d for d in paths if d and Path(d).exists()]
+
+
+def prepare_models(args, task: str, data: str | None) -> dict:
+    """Flags, model limits, tokenizer location, baseline and report directory checked (``data``: the input
+    data path, kept out of the report directory)."""
     backend, model_dir = check_models(args)
     limits = {model_dir: model_limits(backend, model_dir)} if model_dir else {}
     if args.test_hf:
@@ -78,7 +86,7 @@ def prepare_models(args, task: str, inputs: Callable[[str | None, str], list[str
     tok_dir = tokenizer_dir(args, model_dir)
     baseline = load_baseline(args.baseline, args.max_regression, task)
     if args.report and detect_launch().rank == 0:
-        check_output_dir(args.report, args.overwrite, inputs(model_dir, tok_dir))
+        check_output_dir(args.report, args.overwrite, report_inputs(args, model_dir, tok_dir, data))
     return {
         "backend": backend,
         "model_dir": model_dir,
@@ -86,6 +94,7 @@ def prepare_models(args, task: str, inputs: Callable[[str | None, str], list[str
         "tok_dir": tok_dir,
         "limits": limits,
         "baseline": baseline,
+        "inputs": report_inputs(args, model_dir, tok_dir, data),
     }
 
 
@@ -106,14 +115,14 @@ def open_systems(args, job: dict) -> list[tuple[str, object]]:
     return systems
 
 
-def conclude(args, job: dict, task: str, systems: dict, gates: list, results: dict, chart, inputs: list) -> int:
+def conclude(args, job: dict, task: str, systems: dict, gates: list, results: dict, chart) -> int:
     """Baseline gates, the report, JUnit / step summary; the exit status (rank 0)."""
     if job["baseline"] is not None:
         gates = gates + baseline_gates(job["baseline"], systems, job["metrics"])
     results = {"task": task, **results, "systems": systems, "gates": [vars(g) for g in gates]}
     code = finish(args, f"ckpt-{task}", systems, chart.rows, gates)
     if args.report:
-        paths = write_report(args.report, results, overwrite=args.overwrite, inputs=inputs, chart=chart)
+        paths = write_report(args.report, results, overwrite=args.overwrite, inputs=job["inputs"], chart=chart)
         print(f"report: {paths['results']} and {paths['chart']}")
     return code
 
