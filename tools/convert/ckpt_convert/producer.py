@@ -84,10 +84,14 @@ def check_coverage(table: Table, source: TensorSource, config: CheckpointConfig)
 
 
 def check_quantizable(config: CheckpointConfig) -> None:
-    """Weight-only layouts the target mapping cannot hold (``ckptfmt.names.weight_only_layout_problems``)."""
+    """Weight-only layouts the target mapping cannot hold (``ckptfmt.names.weight_only_layout_problems``), named by
+    the flag that asked for them."""
     if problems := weight_only_layout_problems(config):
+        quant = config.quantization
+        group = problems[0].startswith("quantization.group_size")
+        flag = f"--group_size {quant.group_size}" if group else f"--weight_only_precision {quant.weight_only_precision}"
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise CheckpointError(f"--use_weight_only: {problems[0]}{more}")
+        raise CheckpointError(f"{flag}: {problems[0]}{more}")
 
 
 class TensorProducer:

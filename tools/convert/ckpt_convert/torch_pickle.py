@@ -44,6 +44,7 @@ NUMPY_DTYPES = {
     "uint8": np.dtype(np.uint8),
     "bool": np.dtype(np.bool_),
 }
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError, struct.error)
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length
 
 
@@ -147,7 +148,14 @@ class TorchPickle:
             order = names.get(pickles[0][: -len("data.pkl")] + "byteorder")
             if order is not None and order.file_size < 16 and archive.read(order) != b"little":
                 raise CheckpointError(f"{self.label}: cannot load (big-endian tensors are not supported)")
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as err:
+        except (
+            zipfile.BadZipFile,
+            zipfile.LargeZipFile,
+            EOFError,
+            ValueError,
+            NotImplementedError,
+            struct.error,
+        ) as err:
             raise CheckpointError(f"{self.label}: cannot load (not a valid torch zip file: {err})") from None
         if not data.endswith(pickle.STOP):
             raise CheckpointError(f"{self.label}: cannot load (data.pkl is truncated)")
@@ -162,14 +170,14 @@ class TorchPickle:
                 f"{self.label}: a legacy (pre-zip) torch pickle of {self.size / 1e9:.1f} GB: refused (read whole, "
                 f"at most {LEGACY_MAX / 1e9:.1f} GB); re-save it with a current torch.save"
             )
-        data = self.read_bytes(0, self.size, "legacy pickle").tobytes()
         torch = _torch(self.label)
-        try:
+        try:  # read through preads (checked), not a memory map
             with torch.serialization.safe_globals(list(allowed)):
-                obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+                obj = torch.load(io.BufferedReader(_RegionFile(self)), map_location="cpu", weights_only=True)
+        except CheckpointError:
+            raise
         except Exception as err:  # torch raises many types for corrupt or unsafe pickles
             raise _load_error(self.label, err) from None
-        del data
 
         def stored(name: str, t) -> StoredTensor:
             array = to_numpy(t).reshape(-1).view(np.uint8)
