@@ -7,10 +7,13 @@ PY := $(VENV)/bin/python
 setup:
 	@VENV=$(VENV) scripts/setup.sh
 
+# packages whose types mypy checks (the format library and the tools)
+TYPED := -p ckptfmt -p ckpt_build
+
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check shared tools bench tests
-	$(PY) -m mypy shared/ckptfmt
+	$(PY) -m mypy $(TYPED)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: setup

@@ -97,7 +97,8 @@ MEANINGS = {
 def stage_io(config: CheckpointConfig, pp_rank: int, build: BuildConfig) -> StageIo:
     """Inputs and outputs of the engines of pipeline stage ``pp_rank``."""
     plan = make_plan(config, config.mapping.rank(0, pp_rank), build)
-    dt, hidden = plan.dtype, ["batch", "seq", plan.spec.hidden_size]
+    dt = plan.dtype
+    hidden: list[int | str] = ["batch", "seq", plan.spec.hidden_size]
     first = IoTensor(INPUT_IDS, "int32", ["batch", "seq"]) if plan.first_stage else IoTensor(HIDDEN_IN, dt, hidden)
     inputs = [first, IoTensor(POSITION_IDS, "int32", ["batch", "seq"])]
     if plan.last_stage and build.gather_last_token_logits:

@@ -62,7 +62,8 @@ class TorchRanks:
                 }
             )
 
-    def _run_stage(self, pp_rank: int, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _run_stage(self, pp_rank: int, feed: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Every tp rank of stage ``pp_rank`` on ``feed``; each rank's outputs by name."""
         m = self.config.mapping
         ranks = [m.rank(t, pp_rank) for t in range(m.tp_size)]
         group = ThreadGroup(m.tp_size) if m.tp_size > 1 else None
@@ -86,10 +87,13 @@ class TorchRanks:
                 t.start()
             for t in threads:
                 t.join()
+        outputs: list[dict[str, torch.Tensor]] = []
         for res in results:
             if isinstance(res, BaseException):
                 raise res
-        return results  # type: ignore[return-value]
+            assert res is not None
+            outputs.append(res)
+        return outputs
 
     @torch.no_grad()
     def step(
@@ -106,6 +110,8 @@ class TorchRanks:
         pp = self.config.mapping.pp_size
         for p in range(pp):
             if p == pp - 1 and self.build.gather_last_token_logits:
+                if last_token_index is None:
+                    raise ValueError("last_token_index: needed by an engine that gathers the last token's logits")
                 feed[LAST_TOKEN_INDEX] = last_token_index.to(torch.int32)
             outs = self._run_stage(p, feed)
             if p < pp - 1:

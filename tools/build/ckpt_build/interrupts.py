@@ -57,6 +57,7 @@ def run_cancellable(fn: Callable[[], T], cancel: threading.Event, label: str, st
         while not done.is_set():
             if time.monotonic() > deadline:  # TensorRT is inside a long step: do not wait for it
                 _LEFT_RUNNING.append(done)
+                assert interrupt is not None  # the deadline is set when an interrupt arrives
                 raise interrupt
             try:
                 done.wait(0.1)

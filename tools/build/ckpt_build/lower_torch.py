@@ -41,7 +41,7 @@ class ThreadGroup:
     def _exchange(self, rank: int, x: torch.Tensor) -> list[torch.Tensor]:
         self._slots[rank] = x
         self._barrier.wait()
-        parts = list(self._slots)
+        parts = [p for p in self._slots if p is not None]
         self._barrier.wait()
         return parts
 

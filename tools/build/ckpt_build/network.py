@@ -131,6 +131,7 @@ def linear(ops: Ops, plan: RankPlan, x: Tensor, lin: Linear, reduce: bool = Fals
     if lin.precision is None:
         y = ops.matmul(x, ops.constant(lin.key + ".weight", lin.weight.reshape(1, *lin.weight.shape)), transpose_b=True)
     else:
+        assert lin.scale is not None  # weight-only linears carry their scales
         k, n = lin.in_features, lin.out_features
         q = ops.constant(lin.key + ".weight", lin.weight, dtype=lin.precision, shape=(1, k, n))
         if lin.group_size:

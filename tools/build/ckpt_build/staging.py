@@ -68,7 +68,7 @@ def _well_formed(data: object, rank: int, plan: str) -> bool:
     if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT or data.get("rank") != rank:
         return False
     engine = data.get("engine")
-    types = {"plan": str, "size": int, "sha256": str, "seconds": (int, float)}
+    types: dict[str, type | tuple[type, ...]] = {"plan": str, "size": int, "sha256": str, "seconds": (int, float)}
     return (
         all(isinstance(data.get(k), t) for k, t in types.items())
         and isinstance(engine, dict)

@@ -121,6 +121,7 @@ class RankWeights:
 
         bias = scaled(lin.bias, 0) if lin.bias is not None else None
         if lin.precision:
+            assert lin.scale is not None  # weight-only linears carry their scales
             return Linear(
                 lin.key, lin.weight, bias, scaled(lin.scale, lin.scale.ndim - 1), lin.precision, lin.group_size
             )
@@ -130,7 +131,9 @@ class RankWeights:
         """(weight, bias) of a norm, as stored (bias None for RMSNorm)."""
         return self.get(prefix + ".weight"), self.optional(prefix + ".bias")
 
-    def layer_norm(self, local: int, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    def layer_norm(self, local: int, name: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+        if name is None:
+            raise ValueError("layer_norm: this layer has no such norm")
         return self.norm(LAYER.format(i=local) + name)
 
     def final_norm(self) -> tuple[np.ndarray, np.ndarray | None]:
