@@ -44,9 +44,15 @@ class ShardedSource(LazyTensorSource):
             )
         self.tp, self.gated = len(tps), gated_mlp
         self.file = self.location = files[(0, 0)].path
-        self._pickles = {key: load_state_dict(region) for key, region in files.items()}
+        self._pickles: dict[ShardKey, TorchPickle] = {}
+        try:  # a file that fails closes the ones opened before it
+            for key, region in files.items():
+                self._pickles[key] = load_state_dict(region)
+            states = {key: self._tensors_of(p.label, p.state_dict()) for key, p in self._pickles.items()}
+        except BaseException:
+            self.close()
+            raise
         self._fingerprints = {p.region.path: p.fingerprint for p in self._pickles.values()}
-        states = {key: self._tensors_of(p.label, p.state_dict()) for key, p in self._pickles.items()}
         self._parts: dict[str, list] = {}
         offset = 0
         for pp in pps:
