@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.fixtures.nemo.make_nemo1 import megatron_state
 from tests.reliability.helpers import CONSOLE
 from tests.rss import run_watching_rss
 
@@ -53,22 +54,12 @@ def big_bin(tmp_path_factory) -> Path:
 def big_nemo(big_bin) -> Path:
     """The same weights in Megatron-core naming, as an uncompressed NeMo 1 archive."""
     hf = torch.load(big_bin / "pytorch_model.bin", weights_only=True, mmap=True)
-    state = {"model.embedding.word_embeddings.weight": hf["model.embed_tokens.weight"]}
-    for i in range(LAYERS):
-        p, m = f"model.layers.{i}.", f"model.decoder.layers.{i}."
-        qkv = [hf[p + f"self_attn.{n}_proj.weight"].reshape(8, 1, HIDDEN // 8, HIDDEN) for n in "qkv"]
-        state[m + "self_attention.linear_qkv.weight"] = torch.cat(qkv, dim=1).reshape(-1, HIDDEN)
-        state[m + "self_attention.linear_qkv.layer_norm_weight"] = hf[p + "input_layernorm.weight"]
-        state[m + "self_attention.linear_proj.weight"] = hf[p + "self_attn.o_proj.weight"]
-        state[m + "mlp.linear_fc1.layer_norm_weight"] = hf[p + "post_attention_layernorm.weight"]
-        state[m + "mlp.linear_fc1.weight"] = torch.cat([hf[p + "mlp.gate_proj.weight"], hf[p + "mlp.up_proj.weight"]])
-        state[m + "mlp.linear_fc2.weight"] = hf[p + "mlp.down_proj.weight"]
-    state["model.decoder.final_layernorm.weight"] = hf["model.norm.weight"]
-    state["model.output_layer.weight"] = hf["lm_head.weight"]
+    shape = {"num_layers": LAYERS, "hidden_size": HIDDEN, "num_attention_heads": 8, "num_query_groups": 8}
+    state = megatron_state(hf, shape)
     work = big_bin.parent / "nemo"
     work.mkdir()
     torch.save(state, work / "model_weights.ckpt")
-    hparams = {"num_layers": LAYERS, "hidden_size": HIDDEN, "ffn_hidden_size": FFN, "num_attention_heads": 8}
+    hparams = shape | {"ffn_hidden_size": FFN}
     hparams |= {"normalization": "rmsnorm", "activation": "swiglu", "bias": False, "position_embedding_type": "rope"}
     (work / "model_config.yaml").write_text(yaml.safe_dump(hparams | {"max_position_embeddings": 128}))
     with tarfile.open(big_bin.parent / "model.nemo", "w") as tar:
