@@ -12,10 +12,12 @@ from .constants import RANK_FILE
 from .entry import run_main
 from .errors import CheckpointError
 from .io import RankFileReader
-from .names import family_of, model_spec
+from .names import KV_CACHE_SCALES, LINEAR_SCALES, PER_CHANNEL_SCALE, family_of, model_spec
 from .reconcile import reconcile
 from .semantics import EXECUTORS, support_rows
 from .validate import validate_checkpoint
+
+SCALE_KINDS = (*LINEAR_SCALES, *KV_CACHE_SCALES, PER_CHANNEL_SCALE)
 
 
 def inspect_checkpoint(directory: str) -> dict:
@@ -23,6 +25,7 @@ def inspect_checkpoint(directory: str) -> dict:
     executors that compute each (``semantics``), fields its tensors correct, tensors and bytes per rank."""
     cfg = reconcile(load_config(directory), directory)
     ranks = []
+    scales = dict.fromkeys(SCALE_KINDS, 0)  # scaling-factor tensors per kind, over all rank files
     for rank in range(cfg.mapping.world_size):
         path = Path(directory) / RANK_FILE.format(rank=rank)
         entry = {
@@ -34,6 +37,10 @@ def inspect_checkpoint(directory: str) -> dict:
         try:
             r = RankFileReader(path)
             entry["tensors"] = len(r.keys())
+            for name in r:
+                kind = name.rsplit(".", 1)[-1]
+                if kind in scales:
+                    scales[kind] += 1
             entry["bytes"] = sum(e["data_offsets"][1] - e["data_offsets"][0] for e in r.entries.values())
         except CheckpointError as err:
             entry["error"] = str(err)
@@ -58,6 +65,8 @@ def inspect_checkpoint(directory: str) -> dict:
             "quant_algo": q.quant_algo,
             "kv_cache_quant_algo": q.kv_cache_quant_algo,
             "group_size": q.group_size if q.per_group else None,
+            "scheme": q.scheme,
+            "scales": {kind: n for kind, n in scales.items() if n},
         },
         "features": [
             {"field": name, "value": value, "executors": who} for name, value, who in support_rows(model_spec(cfg))
@@ -78,6 +87,8 @@ def _print_inspect(info: dict) -> None:
         f"mapping: world {m['world_size']} = tp {m['tp_size']} x pp {m['pp_size']}; "
         f"quantization: {q['quant_algo'] or 'none'}, kv cache {q['kv_cache_quant_algo'] or 'none'}"
     )
+    if q["scales"]:
+        print(f"scales ({q['scheme']} layout): " + ", ".join(f"{kind} {n}" for kind, n in q["scales"].items()))
     print("features (executors: " + ", ".join(f"{k} = {v}" for k, v in EXECUTORS.items()) + "):")
     width = max(len(f["field"]) for f in info["features"])
     for f in info["features"]:

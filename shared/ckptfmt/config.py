@@ -185,13 +185,15 @@ class QuantConfig:
         return "int8" if self.int8_kv_cache else "fp8" if self.fp8_kv_cache else None
 
     @property
-    def undescribed(self) -> str | None:
-        """The mode whose tensors (8-bit weights, scaling factors) ckptfmt does not describe yet, or None."""
-        if self.enable_fp8 or self.use_smooth_quant:
-            return f"quant_algo {self.quant_algo}"
-        if self.kv_cache:
-            return f"kv_cache_quant_algo {self.kv_cache_quant_algo}"
-        return None
+    def scheme(self) -> str:
+        """The linears' tensor layout (``names.linear_tensors``): ``none``, ``weight_only`` (int8/int4 ``[in, out]``
+        with ``per_channel_scale``), or ModelOpt's ``fp8``, ``int8_sq``, ``int4_awq`` (INT4 per group with
+        ``pre_quant_scale``: ``weights_scaling_factor`` / ``prequant_scaling_factor`` beside an ``[out/2, in]``
+        weight)."""
+        if self.use_weight_only:  # the precedence of ``quant_algo``
+            awq = self.per_group and self.weight_only_precision == "int4" and self.extra.get("pre_quant_scale")
+            return "int4_awq" if awq else "weight_only"
+        return "fp8" if self.enable_fp8 else "int8_sq" if self.use_smooth_quant else "none"
 
     @property
     def quant_algo(self) -> str | None:

@@ -218,6 +218,7 @@ class TensorSpec:
 
     shape: tuple[int, ...]
     dtype: str
+    optional: bool = False  # may be absent (ModelOpt's separate k/v cache scales beside the merged one)
 
 
 def pad_to_multiple(n: int, k: int) -> int:
@@ -284,11 +285,17 @@ def expected_tensors(config: CheckpointConfig, rank: int) -> dict[str, TensorSpe
         for n in layer_norms(spec):
             norm(prefix + n, spec.hidden_size)
         biases = {}  # after the weights, so that a gated MLP's fc and gate weights are adjacent in the file
+        scales: dict[str, TensorSpec] = {}  # ModelOpt's scaling factors: after the biases, for the same reason
         for name, (rows, cols, has_bias) in layer_linears(spec, tp).items():
-            out.update(linear_tensors(prefix + name, rows, cols, dt, quant))
+            for tensor, tspec in linear_tensors(prefix + name, rows, cols, dt, quant).items():
+                modelopt_scale = quant.scheme in MODELOPT_SCHEMES and not tensor.endswith(".weight")
+                (scales if modelopt_scale else out)[tensor] = tspec
             if has_bias:
                 biases[f"{prefix}{name}.bias"] = TensorSpec((rows if name in COLUMN_LINEARS else spec.hidden_size,), dt)
         out.update(biases)
+        out.update(scales)
+        if quant.kv_cache:
+            out.update(kv_cache_tensors(prefix + "attention"))
     if m.is_last_stage(rank):
         if spec.has_ln_f:
             norm(LN_F, spec.hidden_size)
@@ -301,15 +308,62 @@ def expected_tensors(config: CheckpointConfig, rank: int) -> dict[str, TensorSpe
     return out
 
 
+# scaling-factor tensor suffixes (ModelOpt's ``LinearConfig`` / ``AttentionConfig`` field names)
+WEIGHTS_SCALE = "weights_scaling_factor"
+ACTIVATION_SCALE = "activation_scaling_factor"
+PREQUANT_SCALE = "prequant_scaling_factor"
+PER_CHANNEL_SCALE = "per_channel_scale"
+KV_CACHE_SCALE = "kv_cache_scaling_factor"
+KV_CACHE_SCALES = ("k_cache_scaling_factor", KV_CACHE_SCALE, "v_cache_scaling_factor")
+LINEAR_SCALES = (WEIGHTS_SCALE, ACTIVATION_SCALE, PREQUANT_SCALE)
+SCALE_DTYPE = "float32"  # every scaling factor but the pre-quant one (model dtype) and ours (per_channel_scale)
+MODELOPT_SCHEMES = ("fp8", "int8_sq", "int4_awq")
+
+
+def kv_cache_tensors(attention: str) -> dict[str, TensorSpec]:
+    """KV-cache scales of one attention (INT8 or FP8 cache), float32 ``[1]`` each: ModelOpt writes the separate
+    ``k_cache_scaling_factor`` / ``v_cache_scaling_factor`` (optional here) and their maximum
+    ``kv_cache_scaling_factor``, the one TensorRT-LLM reads."""
+    return {f"{attention}.{n}": TensorSpec((1,), SCALE_DTYPE, optional=n != KV_CACHE_SCALE) for n in KV_CACHE_SCALES}
+
+
 def linear_tensors(name: str, rows: int, cols: int, dtype: str, quant) -> dict[str, TensorSpec]:
-    """The tensors of one linear weight: plain ``[out, in]``, or weight-only quantized.
+    """The tensors of one linear weight (``rows`` x ``cols`` = per-rank out x in): plain ``[out, in]``,
+    weight-only quantized (ours), or quantized as ModelOpt's TensorRT-LLM export lays it out.
 
     Weight-only layout (ours, documented in docs/checkpoint-format.md): ``weight`` int8 ``[in, out]``
     (int4: two values per byte along ``out``, element 2j in the low nibble, so ``[in, out/2]``) and
     ``per_channel_scale`` ``[out]`` (per group: ``[in/group_size, out]``) in the model dtype.
+
+    ModelOpt layouts (``quant.scheme``), scaling factors float32 but the pre-quant one (model dtype):
+    FP8 ``weight`` float8_e4m3fn ``[out, in]``, ``weights_scaling_factor`` and ``activation_scaling_factor`` ``[1]``;
+    INT8 SmoothQuant ``weight`` int8 ``[out, in]``, ``weights_scaling_factor`` ``[out]`` (per tensor: ``[1]``),
+    ``activation_scaling_factor`` ``[1]``, ``prequant_scaling_factor`` ``[in]``; INT4 AWQ ``weight`` int8
+    ``[out/2, in]`` (two values a byte along ``out``, element 2j in the low nibble), ``weights_scaling_factor``
+    ``[out, in/group_size]``, ``prequant_scaling_factor`` ``[in]``.
     """
-    if not quant.use_weight_only:
+    scheme = quant.scheme
+    if scheme == "none":
         return {f"{name}.weight": TensorSpec((rows, cols), dtype)}
+    if scheme == "fp8":
+        return {
+            f"{name}.weight": TensorSpec((rows, cols), "float8_e4m3fn"),
+            f"{name}.{ACTIVATION_SCALE}": TensorSpec((1,), SCALE_DTYPE),
+            f"{name}.{WEIGHTS_SCALE}": TensorSpec((1,), SCALE_DTYPE),
+        }
+    if scheme == "int8_sq":
+        return {
+            f"{name}.weight": TensorSpec((rows, cols), "int8"),
+            f"{name}.{ACTIVATION_SCALE}": TensorSpec((1,), SCALE_DTYPE),
+            f"{name}.{WEIGHTS_SCALE}": TensorSpec((rows,) if quant.per_channel else (1,), SCALE_DTYPE),
+            f"{name}.{PREQUANT_SCALE}": TensorSpec((cols,), dtype),
+        }
+    if scheme == "int4_awq":
+        return {
+            f"{name}.weight": TensorSpec((rows // 2, cols), "int8"),
+            f"{name}.{WEIGHTS_SCALE}": TensorSpec((rows, cols // quant.group_size), SCALE_DTYPE),
+            f"{name}.{PREQUANT_SCALE}": TensorSpec((cols,), dtype),
+        }
     packed = rows // 2 if quant.weight_only_precision == "int4" else rows
     scale_shape = (cols // quant.group_size, rows) if quant.per_group else (rows,)
     return {
@@ -322,7 +376,7 @@ def weight_only_layout_problems(config: CheckpointConfig) -> list[str]:
     """Weight-only layouts this mapping cannot hold: a group size that does not divide a per-rank input size,
     or an odd per-rank output size for packed int4 (two values per byte)."""
     quant = config.quantization
-    if not quant.use_weight_only:
+    if quant.scheme not in ("weight_only", "int4_awq"):
         return []
     spec, tp = model_spec(config), config.mapping.tp_size
     problems = []

@@ -76,8 +76,23 @@ class _Source:
             for local, layer in enumerate(m.pp_layers(config.num_hidden_layers, p))
         }
 
+    def holds(self, global_name: str) -> bool:
+        """Whether every tp rank holds the tensor (optional ones, ModelOpt's k/v cache scales, may be absent)."""
+        try:
+            name, stage = self.locate(global_name)
+        except CheckpointError:
+            return False
+        m = self.config.mapping
+        return all(name in self.readers[m.rank(t, stage)] for t in range(m.tp_size))
+
     def parts(self, global_name: str) -> tuple[str, list[np.ndarray]]:
         """(the name in the source's rank files, the parts of every tp rank holding it)."""
+        name, stage = self.locate(global_name)
+        m = self.config.mapping
+        return name, [self.readers[m.rank(t, stage)][name] for t in range(m.tp_size)]
+
+    def locate(self, global_name: str) -> tuple[str, int]:
+        """(the name in the source's rank files, the pipeline stage holding it)."""
         m = self.config.mapping
         if match := _LOCAL_LAYER.match(global_name):
             stage, local = self.layer_home[int(match.group(1))]
@@ -88,7 +103,7 @@ class _Source:
             if not holders:
                 raise CheckpointError(f"{self.readers[0].path.parent}: no rank file holds tensor {name}")
             stage = holders[0]
-        return name, [self.readers[m.rank(t, stage)][name] for t in range(m.tp_size)]
+        return name, stage
 
     def release(self) -> None:
         for reader in self.readers:
@@ -128,8 +143,15 @@ def reshard(
             entries = {}
             for stage in range(m.pp_size):
                 ranks = [m.rank(t, stage) for t in range(m.tp_size)]
-                specs = {r: expected_tensors(new, r) for r in ranks}
                 layers = m.pp_layers(new.num_hidden_layers, stage)
+                specs = {
+                    r: {
+                        n: s
+                        for n, s in expected_tensors(new, r).items()
+                        if not s.optional or source.holds(_global(n, layers))
+                    }
+                    for r in ranks
+                }
                 writers = {
                     r: BackgroundRankFileWriter(
                         tmp / RANK_FILE.format(rank=r),

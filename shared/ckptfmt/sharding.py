@@ -12,13 +12,19 @@ import re
 import numpy as np
 
 from .config import CheckpointConfig
+from .errors import CheckpointError
 from .names import (
+    ACTIVATION_SCALE,
     COLUMN_LINEARS,
+    KV_CACHE_SCALES,
+    LINEAR_SCALES,
     LM_HEAD,
     POSITION_EMBEDDING,
+    PREQUANT_SCALE,
     QKV,
     ROW_LINEARS,
     VOCAB_EMBEDDING,
+    WEIGHTS_SCALE,
     kv_heads_per_rank,
     model_spec,
     pad_to_multiple,
@@ -88,7 +94,10 @@ def merge_qkv(parts: list, num_heads: int, num_kv_heads: int, head_size: int):
 
 
 # ---- rules by canonical name ----------------------------------------------------------------------
-_LAYER_RE = re.compile(r"^transformer\.layers\.\d+\.(.+)\.(weight|bias|per_channel_scale)$")
+_LAYER_RE = re.compile(
+    r"^transformer\.layers\.\d+\.(.+)\.(weight|bias|per_channel_scale|" + "|".join(LINEAR_SCALES) + ")$"
+)
+_SCALES = (*LINEAR_SCALES, *KV_CACHE_SCALES)
 
 
 def shard_rule(name: str, config: CheckpointConfig) -> tuple[str, int]:
@@ -117,7 +126,20 @@ def shard_rule(name: str, config: CheckpointConfig) -> tuple[str, int]:
         if column:
             return ("qkv" if module == QKV else "split"), out_dim
         return ("split", 0) if quant.per_group else ("replicate", 0)
-    out_dim = 1 if quant.use_weight_only else 0  # weight-only weights are stored [in, out]
+    # ModelOpt's rules (its postprocess.py tables): per-tensor scales replicated; the weight scales [out] (SQ per
+    # channel) and [out, in/group] (AWQ) split with the output rows of column linears, AWQ's also with the input
+    # columns of row linears (SQ's [out] replicated there); the pre-quant scales [in] split with row linears' input
+    if kind == ACTIVATION_SCALE or (kind == WEIGHTS_SCALE and quant.scheme == "fp8"):
+        return "replicate", 0
+    if kind == WEIGHTS_SCALE:
+        if quant.scheme == "int8_sq" and not quant.per_channel:
+            return "replicate", 0
+        if column:
+            return ("qkv" if module == QKV else "split"), 0
+        return ("split", 1) if quant.scheme == "int4_awq" else ("replicate", 0)
+    if kind == PREQUANT_SCALE:
+        return ("replicate", 0) if column else ("split", 0)
+    out_dim = 1 if quant.scheme == "weight_only" else 0  # our weight-only weights are stored [in, out]
     if column:
         return ("qkv" if module == QKV else "split"), out_dim
     return "split", 1 - out_dim
@@ -150,6 +172,12 @@ def unshard(name: str, parts: list, config: CheckpointConfig, full_rows: int | N
     """
     rule, dim = shard_rule(name, config)
     if rule == "replicate":
+        if name.endswith(_SCALES) and any(not np.array_equal(parts[0], p) for p in parts[1:]):
+            # ModelOpt merges by elementwise max before it quantizes; on quantized weights that would change them
+            raise CheckpointError(
+                f"tensor {name}: differs between tensor-parallel ranks, so the ranks' weights cannot be merged "
+                "without requantizing them (ckptfmt keeps replicated scales only where every rank agrees)"
+            )
         return parts[0]
     if rule == "split":
         return np.concatenate([np.asarray(p) for p in parts], axis=dim)

@@ -5,16 +5,30 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from .config import CheckpointConfig, load_config
 from .constants import CONFIG_FILE, MANIFEST_FILE, RANK_FILE, SAFETENSORS_DTYPES
 from .errors import CheckpointError
 from .io import RankFileReader, verify_manifest
-from .names import expected_tensors, weight_only_layout_problems
+from .names import KV_CACHE_SCALES, LINEAR_SCALES, expected_tensors, weight_only_layout_problems
 from .reconcile import reconcile
+
+SCALE_SUFFIXES = (*LINEAR_SCALES, *KV_CACHE_SCALES)  # ModelOpt's scaling factors: values checked
 
 
 def _dtype_name(tag: str) -> str:
     return str(SAFETENSORS_DTYPES[tag]) if tag in SAFETENSORS_DTYPES else tag
+
+
+def scale_problems(label: str, values) -> list[str]:
+    """A scaling factor must be finite and positive (a zero or negative one divides by zero or flips signs)."""
+    a = np.asarray(values, dtype=np.float32)
+    if not np.isfinite(a).all():
+        return [f"{label}: {int((~np.isfinite(a)).sum())} non-finite value(s) (NaN/inf) in a scaling factor"]
+    if (a <= 0).any():
+        return [f"{label}: {int((a <= 0).sum())} zero or negative value(s) in a scaling factor (min {a.min():g})"]
+    return []
 
 
 def rank_problems(directory: Path, config: CheckpointConfig, rank: int) -> tuple[list[str], list[str]]:
@@ -28,7 +42,8 @@ def rank_problems(directory: Path, config: CheckpointConfig, rank: int) -> tuple
     problems, warnings = [], []
     for name, spec in expected.items():
         if name not in reader:
-            problems.append(f"{path.name}: missing tensor {name}")
+            if not spec.optional:
+                problems.append(f"{path.name}: missing tensor {name}")
             continue
         e = reader.entries[name]
         dtype = _dtype_name(e["dtype"])
@@ -36,6 +51,8 @@ def rank_problems(directory: Path, config: CheckpointConfig, rank: int) -> tuple
             problems.append(
                 f"{path.name}: tensor {name}: {dtype}{list(e['shape'])}, expected {spec.dtype}{list(spec.shape)}"
             )
+        elif name.endswith(SCALE_SUFFIXES):
+            problems += scale_problems(f"{path.name}: tensor {name}", reader[name])
     for name in reader.entries:
         if name not in expected:
             warnings.append(f"{path.name}: unexpected tensor {name} (ignored)")
@@ -57,12 +74,6 @@ def validate_checkpoint(
         config = reconcile(load_config(d), d)  # the tensors decide what they contradict; noted as warnings
     except CheckpointError as err:
         return err.problems, []
-    if mode := config.quantization.undescribed:
-        return [
-            f"{d / CONFIG_FILE}: quantization: {mode} is a quantized (ModelOpt-style) checkpoint, whose scaling "
-            "factors and 8-bit tensors ckptfmt does not describe yet; supported: unquantized and weight-only "
-            "int8/int4 (W8A16, W4A16, W4A16_AWQ/GPTQ without pre-quant scales)"
-        ], []
     problems, warnings = verify_manifest(d, hash_files=hash_files), list(config.notes)
     problems += [f"{d / CONFIG_FILE}: {p}" for p in weight_only_layout_problems(config)]
     if not (d / MANIFEST_FILE).exists():
