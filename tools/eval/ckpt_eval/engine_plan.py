@@ -19,16 +19,7 @@ from ckptfmt.engine import (
 )
 
 from .backends.base import RunnerError
-
-TORCH_DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "int32": torch.int32,
-    "int64": torch.int64,
-    "int8": torch.int8,
-    "bool": torch.bool,
-}
+from .torch_dtypes import TORCH_DTYPES
 
 
 @dataclass(frozen=True)

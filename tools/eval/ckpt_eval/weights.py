@@ -15,8 +15,8 @@ from ckptfmt.sharding import split_padded
 
 from .distributed import Parallel
 from .model import RankShapes, Transformer
+from .torch_dtypes import TORCH_DTYPES
 
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SCALE = "per_channel_scale"
 
 

@@ -12,9 +12,10 @@ import torch
 from ckptfmt import CheckpointError
 from ckptfmt.config import canonical_dtype
 
+from ..torch_dtypes import TORCH_DTYPES
 from .base import RunnerError
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
+DTYPES: dict[str, torch.dtype | str] = {**TORCH_DTYPES, "auto": "auto"}
 
 
 class HFStepper:

@@ -17,7 +17,8 @@ from ckptfmt import (
 from ckptfmt.reconcile import reconcile
 
 from ..distributed import init_parallel
-from ..weights import TORCH_DTYPES, load_model
+from ..torch_dtypes import TORCH_DTYPES
+from ..weights import load_model
 from .base import RunnerError
 
 
