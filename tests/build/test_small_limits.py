@@ -42,7 +42,7 @@ def test_batch_one_builds_for_other_layouts(tmp_path, layout):
 def test_every_layer_and_tensor_has_a_unique_name(tmp_path, ckpt):
     """No "(Unnamed Layer* N)": TensorRT's errors then name the layer of our network they are about."""
     from ckpt_build.builder import make_logger
-    from ckpt_build.contract import io_contract, make_plan
+    from ckpt_build.contract import io_contract, rank_layout
     from ckpt_build.limits import Limits, resolve_limits
     from ckpt_build.lower_trt import TrtOps
     from ckpt_build.network import define_rank_network
@@ -58,7 +58,7 @@ def test_every_layer_and_tensor_has_a_unique_name(tmp_path, ckpt):
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     ops = TrtOps(trt, network, builder.create_optimization_profile(), io_contract(config, build).dims, logger)
-    plan = make_plan(config, 0, build)
+    plan = rank_layout(config, 0, build)
     with RankFileReader(ckpt / "rank0.safetensors") as reader:
         define_rank_network(ops, plan, RankWeights(reader, plan))
         layers = [network.get_layer(i) for i in range(network.num_layers)]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ckpt_build.contract import io_contract, make_plan
+from ckpt_build.contract import io_contract, rank_layout
 from ckpt_build.limits import Limits, resolve_limits
 from ckpt_build.lower_torch import TorchOps
 from ckpt_build.network import define_rank_network
@@ -75,9 +75,9 @@ class NetworkExecutor:
 
     def __init__(self, checkpoint_dir: Path, plan: StagePlan, par):
         config = load_config(checkpoint_dir)
-        self.rank_plan = make_plan(config, par.rank, plan.build)
+        self.rank_layout = rank_layout(config, par.rank, plan.build)
         self.reader = RankFileReader(Path(checkpoint_dir) / RANK_FILE.format(rank=par.rank)).__enter__()
-        self.weights = RankWeights(self.reader, self.rank_plan)
+        self.weights = RankWeights(self.reader, self.rank_layout)
         self.group = TpGroup(par.tp_group, par.tp_size) if par.tp_size > 1 else None
         self.tp_rank = par.tp_rank
         self.constants: dict = {}
@@ -93,7 +93,7 @@ class NetworkExecutor:
         addresses = {name: address for name, _, _, address in binding_addresses(bindings, tensors)}
         feed = {b.name: tensors[b.storage] for b in bindings if b.is_input}
         ops = TorchOps(feed, self.group, self.tp_rank, self.constants)
-        define_rank_network(ops, self.rank_plan, self.weights)
+        define_rank_network(ops, self.rank_layout, self.weights)
         for b in bindings:
             if b.is_input:
                 continue

@@ -21,7 +21,7 @@ from ckptfmt.validate import check_checkpoint
 from ckptfmt.workers import exit_if_orphaned
 
 from . import __version__
-from .contract import RankPlan, io_contract, make_plan
+from .contract import RankLayout, io_contract, rank_layout
 from .interrupts import run_cancellable
 from .limits import Limits, check_supported, check_window, refuse_quantized, resolve_limits
 from .lower_trt import TrtBuildError, TrtOps
@@ -163,10 +163,10 @@ def build_rank(
     may still be running (``interrupts.still_running``).
     """
     start = time.perf_counter()
-    plan, cancel = make_plan(config, rank, build), threading.Event()
+    layout, cancel = rank_layout(config, rank, build), threading.Event()
     dims = io_contract(config, build).dims
     ok, size, sha, error = run_cancellable(
-        lambda: _build_plan(module, plan, dims, checkpoint_dir, targets, engine_path, cancel.is_set),
+        lambda: _build_plan(module, layout, dims, checkpoint_dir, targets, engine_path, cancel.is_set),
         cancel,
         f"rank {rank}",
         stop_at_once,
@@ -180,7 +180,7 @@ def build_rank(
 
 def _build_plan(
     module: TrtModule,
-    plan: RankPlan,
+    layout: RankLayout,
     dims: dict[str, list[int]],
     checkpoint_dir: Path,
     targets: list[str],
@@ -188,7 +188,7 @@ def _build_plan(
     cancelled: Callable[[], bool],
 ) -> tuple[bool, int, str, str]:
     """Define the rank's network and stream its plan to ``engine_path``: (ok, size, sha256, TensorRT's error)."""
-    trt, rank = module.trt, plan.rank
+    trt, rank = module.trt, layout.rank
     write_failed = threading.Event()  # TensorRT's messages about the short write it got are not the news
     logger = make_logger(trt, quiet=lambda: cancelled() or write_failed.is_set())
     builder = trt.Builder(logger)
@@ -199,9 +199,9 @@ def _build_plan(
         builder_config.progress_monitor = make_progress_monitor(trt, f"rank {rank}", cancelled)
     profile = builder.create_optimization_profile()
     ops = TrtOps(trt, network, profile, dims, logger)
-    ops.tp_size = plan.tp_size
+    ops.tp_size = layout.tp_size
     with RankFileReader(checkpoint_dir / RANK_FILE.format(rank=rank)) as reader:
-        define_rank_network(ops, plan, RankWeights(reader, plan))
+        define_rank_network(ops, layout, RankWeights(reader, layout))
         if builder_config.add_optimization_profile(profile) < 0:
             raise TrtBuildError(f"rank {rank}: invalid optimization profile: {logger.last_error()}")
         if cancelled():

@@ -1,4 +1,4 @@
-"""What one rank's engine holds (``RankPlan``) and the I/O contract its network declares.
+"""What one rank's engine holds (``RankLayout``) and the I/O contract its network declares.
 
 Names and shapes live here once: the network declares its inputs/outputs from these ``IoTensor`` entries,
 and the same entries go into the engine config for the runtime.
@@ -31,7 +31,7 @@ from ckptfmt.names import ModelSpec, kv_heads_per_rank, model_spec, pad_to_multi
 
 
 @dataclass(frozen=True)
-class RankPlan:
+class RankLayout:
     """One rank's share of the model and the limits its engine is built for."""
 
     config: CheckpointConfig
@@ -80,8 +80,8 @@ class RankPlan:
         return pad_to_multiple(self.spec.vocab_size, self.tp_size)
 
 
-def make_plan(config: CheckpointConfig, rank: int, build: BuildConfig) -> RankPlan:
-    return RankPlan(config=config, spec=model_spec(config), rank=rank, build=build)
+def rank_layout(config: CheckpointConfig, rank: int, build: BuildConfig) -> RankLayout:
+    return RankLayout(config=config, spec=model_spec(config), rank=rank, build=build)
 
 
 MEANINGS = {
@@ -96,34 +96,37 @@ MEANINGS = {
 
 def stage_io(config: CheckpointConfig, pp_rank: int, build: BuildConfig) -> StageIo:
     """Inputs and outputs of the engines of pipeline stage ``pp_rank``."""
-    plan = make_plan(config, config.mapping.rank(0, pp_rank), build)
-    dt = plan.dtype
-    hidden: list[int | str] = ["batch", "seq", plan.spec.hidden_size]
-    first = IoTensor(INPUT_IDS, "int32", ["batch", "seq"]) if plan.first_stage else IoTensor(HIDDEN_IN, dt, hidden)
+    layout = rank_layout(config, config.mapping.rank(0, pp_rank), build)
+    dt = layout.dtype
+    hidden: list[int | str] = ["batch", "seq", layout.spec.hidden_size]
+    first = IoTensor(INPUT_IDS, "int32", ["batch", "seq"]) if layout.first_stage else IoTensor(HIDDEN_IN, dt, hidden)
     inputs = [first, IoTensor(POSITION_IDS, "int32", ["batch", "seq"])]
-    if plan.last_stage and build.gather_last_token_logits:
+    if layout.last_stage and build.gather_last_token_logits:
         inputs.append(IoTensor(LAST_TOKEN_INDEX, "int32", ["batch"]))
-    if not plan.last_stage:
+    if not layout.last_stage:
         outputs = [IoTensor(HIDDEN_OUT, dt, hidden)]
     elif build.gather_last_token_logits:
         outputs = [
             IoTensor(
                 LOGITS,
                 build.logits_dtype,
-                ["batch", plan.spec.vocab_size],
+                ["batch", layout.spec.vocab_size],
                 "logits of the token at last_token_index of each sequence (full vocab)",
             )
         ]
     else:
         outputs = [
             IoTensor(
-                LOGITS, build.logits_dtype, ["batch", "seq", plan.spec.vocab_size], "logits of every token (full vocab)"
+                LOGITS,
+                build.logits_dtype,
+                ["batch", "seq", layout.spec.vocab_size],
+                "logits of every token (full vocab)",
             )
         ]
     for t in inputs + outputs:
         t.meaning = t.meaning or MEANINGS[t.name]
-    cache_shape: list[int | str] = ["batch", plan.kv_heads, build.max_seq_len, plan.spec.head_size]
-    for layer in plan.layers:
+    cache_shape: list[int | str] = ["batch", layout.kv_heads, build.max_seq_len, layout.spec.head_size]
+    for layer in layout.layers:
         for tmpl_in, tmpl_out, what in ((KEY_IN, KEY_OUT, "key"), (VALUE_IN, VALUE_OUT, "value")):
             name = tmpl_in.format(layer=layer)
             inputs.append(IoTensor(name, dt, cache_shape, f"{what} cache of layer {layer} (updated in place)"))
@@ -136,7 +139,7 @@ def stage_io(config: CheckpointConfig, pp_rank: int, build: BuildConfig) -> Stag
                     alias_of=name,
                 )
             )
-    return StageIo(pp_rank=pp_rank, layers=list(plan.layers), inputs=inputs, outputs=outputs)
+    return StageIo(pp_rank=pp_rank, layers=list(layout.layers), inputs=inputs, outputs=outputs)
 
 
 def io_contract(config: CheckpointConfig, build: BuildConfig) -> IoContract:

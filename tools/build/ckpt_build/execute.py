@@ -19,7 +19,7 @@ from ckptfmt.engine import HIDDEN_IN, HIDDEN_OUT, INPUT_IDS, LAST_TOKEN_INDEX, L
 from ckptfmt.io import RankFileReader
 from ckptfmt.reconcile import reconcile
 
-from .contract import make_plan, stage_io
+from .contract import rank_layout, stage_io
 from .limits import Limits, check_supported, check_window, resolve_limits
 from .lower_torch import TORCH_DTYPES, ThreadGroup, TorchOps
 from .network import define_rank_network
@@ -36,12 +36,12 @@ class TorchRanks:
         check_window(self.config, self.build)  # what ckpt-build refuses, this refuses too
         self._stack = ExitStack()
         m = self.config.mapping
-        self.plans = [make_plan(self.config, r, self.build) for r in range(m.world_size)]
+        self.layouts = [rank_layout(self.config, r, self.build) for r in range(m.world_size)]
         readers = [
             self._stack.enter_context(RankFileReader(Path(checkpoint_dir) / RANK_FILE.format(rank=r)))
             for r in range(m.world_size)
         ]
-        self.weights = [RankWeights(readers[r], self.plans[r]) for r in range(m.world_size)]
+        self.weights = [RankWeights(readers[r], self.layouts[r]) for r in range(m.world_size)]
         self.constants: list[dict] = [{} for _ in range(m.world_size)]
         self.stages = [stage_io(self.config, p, self.build) for p in range(m.pp_size)]
         self.caches: list[dict[str, torch.Tensor]] = []
@@ -52,8 +52,8 @@ class TorchRanks:
     def reset(self, batch: int) -> None:
         """Fresh zeroed KV caches for ``batch`` sequences."""
         self.caches = []
-        for plan in self.plans:
-            stage = self.stages[plan.pp_rank]
+        for layout in self.layouts:
+            stage = self.stages[layout.pp_rank]
             cache_inputs = [stage.tensor(name) for name in stage.aliases().values()]
             self.caches.append(
                 {
@@ -72,7 +72,7 @@ class TorchRanks:
         def run(i: int, rank: int) -> None:
             try:
                 ops = TorchOps({**feed, **self.caches[rank]}, group, i, self.constants[rank])
-                define_rank_network(ops, self.plans[rank], self.weights[rank])
+                define_rank_network(ops, self.layouts[rank], self.weights[rank])
                 results[i] = ops.outputs
             except BaseException as err:  # re-raised in the caller
                 results[i] = err

@@ -25,37 +25,37 @@ from ckptfmt.engine import (
 )
 from ckptfmt.names import DENSE, FC, GATE, PROJ, QKV
 
-from .contract import RankPlan, stage_io
+from .contract import RankLayout, stage_io
 from .ops import Ops, Tensor
 from .weights import Linear, RankWeights, rope_tables
 
 F32 = "float32"
 
 
-def define_rank_network(ops: Ops, plan: RankPlan, weights: RankWeights) -> None:
+def define_rank_network(ops: Ops, layout: RankLayout, weights: RankWeights) -> None:
     """Declare one rank's inputs, layers and outputs on ``ops``."""
-    io = stage_io(plan.config, plan.pp_rank, plan.build)
+    io = stage_io(layout.config, layout.pp_rank, layout.build)
     positions = ops.input(io.tensor(POSITION_IDS))
-    if plan.first_stage:
+    if layout.first_stage:
         with ops.scope("embedding"):
-            h = embed(ops, plan, weights, ops.input(io.tensor(INPUT_IDS)), positions)
+            h = embed(ops, layout, weights, ops.input(io.tensor(INPUT_IDS)), positions)
     else:
         h = ops.input(io.tensor(HIDDEN_IN))
     with ops.scope("step"):
-        ctx = _StepContext(ops, plan, positions)
-    for local, layer in enumerate(plan.layers):
+        ctx = _StepContext(ops, layout, positions)
+    for local, layer in enumerate(layout.layers):
         caches = [ops.input(io.tensor(t.format(layer=layer))) for t in (KEY_IN, VALUE_IN)]
         with ops.scope(f"layers.{layer}"):
             h, present = decoder_layer(ctx, weights, local, h, caches)
         for name, tensor in zip((KEY_OUT, VALUE_OUT), present):
             ops.output(io.tensor(name.format(layer=layer)), tensor)
-    if plan.last_stage:
+    if layout.last_stage:
         with ops.scope("logits"):
-            if plan.build.gather_last_token_logits:
+            if layout.build.gather_last_token_logits:
                 last = ops.gather_batched(h, ops.input(io.tensor(LAST_TOKEN_INDEX)))  # [B, H]
-                out = ops.reshape(logits(ops, plan, weights, ops.reshape(last, (0, 1, -1))), (0, -1))
+                out = ops.reshape(logits(ops, layout, weights, ops.reshape(last, (0, 1, -1))), (0, -1))
             else:
-                out = logits(ops, plan, weights, h)
+                out = logits(ops, layout, weights, h)
         ops.output(io.tensor(LOGITS), out)
     else:
         ops.output(io.tensor(HIDDEN_OUT), h)
@@ -64,13 +64,13 @@ def define_rank_network(ops: Ops, plan: RankPlan, weights: RankWeights) -> None:
 class _StepContext:
     """Per-step tensors the layers share: positions, KV write index, rope tables (and each layer's mask)."""
 
-    def __init__(self, ops: Ops, plan: RankPlan, positions: Tensor):
-        self.ops, self.plan, self.positions = ops, plan, positions
+    def __init__(self, ops: Ops, layout: RankLayout, positions: Tensor):
+        self.ops, self.layout, self.positions = ops, layout, positions
         self.last_visible = ops.add(ops.reshape(positions, (0, 1, -1, 1)), ops.scalar(1, "int32", 4))  # [B, 1, S, 1]
         self.write_index = ops.gather(positions, ops.constant("zero_index", np.array(0, dtype=np.int32)), axis=1)
         self.rope = None
-        if plan.spec.rotary:
-            cos, sin = rope_tables(plan)
+        if layout.spec.rotary:
+            cos, sin = rope_tables(layout)
             self.rope = (ops.constant("rope_cos", cos), ops.constant("rope_sin", sin))
 
     def mask(self, local: int) -> Tensor:
@@ -80,15 +80,15 @@ class _StepContext:
         contains more than one op named ..._iota") when one mask feeds several attention layers at batch 1 and
         inputs of 2..16 tokens, and it merges identical masks back into one.
         """
-        ops, smax = self.ops, self.plan.build.max_seq_len
+        ops, smax = self.ops, self.layout.build.max_seq_len
         slots = ops.constant(f"key_slots.{local}", np.arange(local, smax + local, dtype=np.int32).reshape(1, 1, 1, -1))
         visible = self.last_visible if local == 0 else ops.add(self.last_visible, ops.scalar(local, "int32", 4))
         return ops.less(slots, visible)
 
 
-def embed(ops: Ops, plan: RankPlan, w: RankWeights, ids: Tensor, positions: Tensor) -> Tensor:
-    spec = plan.spec
-    h = embedding_lookup(ops, plan, "vocab_embedding", w.vocab_embedding(), ids, spec.vocab_size)
+def embed(ops: Ops, layout: RankLayout, w: RankWeights, ids: Tensor, positions: Tensor) -> Tensor:
+    spec = layout.spec
+    h = embedding_lookup(ops, layout, "vocab_embedding", w.vocab_embedding(), ids, spec.vocab_size)
     proj = w.project_in()
     if proj is not None:
         h = ops.matmul(h, ops.constant("project_in", proj.reshape(1, *proj.shape)), transpose_b=True)
@@ -97,36 +97,36 @@ def embed(ops: Ops, plan: RankPlan, w: RankWeights, ids: Tensor, positions: Tens
         h = ops.add(
             h,
             embedding_lookup(
-                ops, plan, "position_embedding", table, positions, spec.max_position_embeddings or table.shape[0]
+                ops, layout, "position_embedding", table, positions, spec.max_position_embeddings or table.shape[0]
             ),
         )
     return h
 
 
-def embedding_lookup(ops: Ops, plan: RankPlan, key: str, table, ids: Tensor, rows: int) -> Tensor:
+def embedding_lookup(ops: Ops, layout: RankLayout, key: str, table, ids: Tensor, rows: int) -> Tensor:
     """Gather rows of a replicated or tensor-parallel (split on rows or on width) embedding table."""
-    tp = plan.tp_size
+    tp = layout.tp_size
     const = ops.constant(key, table)
-    if tp == 1 or (table.shape[0] >= rows and not _split_width(plan)):
+    if tp == 1 or (table.shape[0] >= rows and not _split_width(layout)):
         return ops.gather(const, ids, axis=0)
-    if _split_width(plan):  # [rows, width / tp] on each rank: gather, then concatenate the widths
+    if _split_width(layout):  # [rows, width / tp] on each rank: gather, then concatenate the widths
         part = ops.transpose(ops.gather(const, ids, axis=0), (2, 0, 1))  # [W/tp, B, S]
         return ops.transpose(ops.all_gather(part), (1, 2, 0))
     per_rank = table.shape[0]
-    local = ops.sub(ids, ops.scalar(plan.tp_rank * per_rank, "int32", 2))
+    local = ops.sub(ids, ops.scalar(layout.tp_rank * per_rank, "int32", 2))
     inside = ops.logical_and(
         ops.less(ops.scalar(-1, "int32", 2), local), ops.less(local, ops.scalar(per_rank, "int32", 2))
     )
     rows_here = ops.gather(const, ops.where(inside, local, ops.scalar(0, "int32", 2)), axis=0)
-    keep = ops.cast(ops.reshape(inside, (0, 0, 1)), plan.dtype)
+    keep = ops.cast(ops.reshape(inside, (0, 0, 1)), layout.dtype)
     return ops.all_reduce(ops.mul(rows_here, keep))
 
 
-def _split_width(plan: RankPlan) -> bool:
-    return plan.config.use_parallel_embedding and plan.config.embedding_sharding_dim == 1 and plan.tp_size > 1
+def _split_width(layout: RankLayout) -> bool:
+    return layout.config.use_parallel_embedding and layout.config.embedding_sharding_dim == 1 and layout.tp_size > 1
 
 
-def linear(ops: Ops, plan: RankPlan, x: Tensor, lin: Linear, reduce: bool = False) -> Tensor:
+def linear(ops: Ops, layout: RankLayout, x: Tensor, lin: Linear, reduce: bool = False) -> Tensor:
     """``x @ W.T + b`` for x ``[B, S, in]``; row-parallel (``reduce``) all-reduces before the bias."""
     if lin.precision is None:
         y = ops.matmul(x, ops.constant(lin.key + ".weight", lin.weight.reshape(1, *lin.weight.shape)), transpose_b=True)
@@ -136,30 +136,30 @@ def linear(ops: Ops, plan: RankPlan, x: Tensor, lin: Linear, reduce: bool = Fals
         q = ops.constant(lin.key + ".weight", lin.weight, dtype=lin.precision, shape=(1, k, n))
         if lin.group_size:
             scale = ops.constant(lin.key + ".scale", lin.scale.reshape(1, *lin.scale.shape))
-            w = ops.dequantize(q, scale, plan.dtype)
+            w = ops.dequantize(q, scale, layout.dtype)
         else:
-            w = ops.dequantize(q, ops.constant(lin.key + ".scale", lin.scale), plan.dtype, axis=2)
+            w = ops.dequantize(q, ops.constant(lin.key + ".scale", lin.scale), layout.dtype, axis=2)
         y = ops.matmul(x, w)
-    if reduce and plan.tp_size > 1:
+    if reduce and layout.tp_size > 1:
         y = ops.all_reduce(y)
     if lin.bias is not None:
         y = ops.add(y, ops.constant(lin.key + ".bias", lin.bias.reshape(1, 1, -1)))
     return y
 
 
-def norm(ops: Ops, plan: RankPlan, x: Tensor, key: str, params) -> Tensor:
+def norm(ops: Ops, layout: RankLayout, x: Tensor, key: str, params) -> Tensor:
     """LayerNorm or RMSNorm computed in fp32; RMSNorm scales in the model dtype like transformers."""
     weight, bias = params
-    x32 = ops.cast(x, F32) if plan.dtype != F32 else x
-    if plan.spec.norm == "rmsnorm":
+    x32 = ops.cast(x, F32) if layout.dtype != F32 else x
+    if layout.spec.norm == "rmsnorm":
         var = ops.reduce_mean_last(ops.mul(x32, x32))
-        y = ops.div(x32, ops.sqrt(ops.add(var, ops.scalar(plan.spec.norm_epsilon, F32, 3))))
-        y = ops.cast(y, plan.dtype) if plan.dtype != F32 else y
+        y = ops.div(x32, ops.sqrt(ops.add(var, ops.scalar(layout.spec.norm_epsilon, F32, 3))))
+        y = ops.cast(y, layout.dtype) if layout.dtype != F32 else y
         return ops.mul(y, ops.constant(key + ".weight", weight.reshape(1, 1, -1)))
     w = ops.constant(key + ".weight", weight.astype(np.float32).reshape(1, 1, -1))
     b = ops.constant(key + ".bias", bias.astype(np.float32).reshape(1, 1, -1))
-    y = ops.layer_norm(x32, w, b, plan.spec.norm_epsilon)
-    return ops.cast(y, plan.dtype) if plan.dtype != F32 else y
+    y = ops.layer_norm(x32, w, b, layout.spec.norm_epsilon)
+    return ops.cast(y, layout.dtype) if layout.dtype != F32 else y
 
 
 def activation(ops: Ops, x: Tensor, kind: str) -> Tensor:
@@ -177,9 +177,9 @@ def attention(ctx: _StepContext, w: RankWeights, local: int, x: Tensor, caches) 
 
 
 def _attention(ctx: _StepContext, w: RankWeights, local: int, x: Tensor, caches) -> tuple[Tensor, list]:
-    ops, plan = ctx.ops, ctx.plan
-    d, nq, nkv = plan.spec.head_size, plan.heads, plan.kv_heads
-    qkv = linear(ops, plan, x, w.linear(local, QKV))  # [B, S, (nq + 2 nkv) d], q pre-scaled
+    ops, layout = ctx.ops, ctx.layout
+    d, nq, nkv = layout.spec.head_size, layout.heads, layout.kv_heads
+    qkv = linear(ops, layout, x, w.linear(local, QKV))  # [B, S, (nq + 2 nkv) d], q pre-scaled
 
     def heads(start: int, n: int) -> Tensor:  # -> [B, n, S, d]
         part = ops.slice_last(qkv, start * d, n * d)
@@ -188,64 +188,64 @@ def _attention(ctx: _StepContext, w: RankWeights, local: int, x: Tensor, caches)
     q, k, v = heads(0, nq), heads(nq, nkv), heads(nq + nkv, nkv)
     if ctx.rope is not None:
         cos, sin = ctx.rope
-        rd, inter = plan.spec.rotary_dim, plan.spec.rotary_interleaved
+        rd, inter = layout.spec.rotary_dim, layout.spec.rotary_interleaved
         q = ops.rope(q, cos, sin, ctx.positions, inter, rd)
         k = ops.rope(k, cos, sin, ctx.positions, inter, rd)
     k_all = ops.kv_cache_update(caches[0], k, ctx.write_index)
     v_all = ops.kv_cache_update(caches[1], v, ctx.write_index)
     o = ops.attention(q, k_all, v_all, ctx.mask(local))  # [B, nq, S, d]
     o = ops.reshape(ops.transpose(o, (0, 2, 1, 3)), (0, 0, nq * d))
-    return linear(ops, plan, o, w.linear(local, DENSE), reduce=True), [k_all, v_all]
+    return linear(ops, layout, o, w.linear(local, DENSE), reduce=True), [k_all, v_all]
 
 
-def mlp(ops: Ops, plan: RankPlan, w: RankWeights, local: int, x: Tensor) -> Tensor:
+def mlp(ops: Ops, layout: RankLayout, w: RankWeights, local: int, x: Tensor) -> Tensor:
     """``proj(act(fc(x)) [* gate(x)])``; a gated MLP stored fc-then-gate runs both as one GEMM."""
     with ops.scope("mlp"):
-        return _mlp(ops, plan, w, local, x)
+        return _mlp(ops, layout, w, local, x)
 
 
-def _mlp(ops: Ops, plan: RankPlan, w: RankWeights, local: int, x: Tensor) -> Tensor:
-    both = w.fc_gate(local) if plan.spec.gated_mlp else None
+def _mlp(ops: Ops, layout: RankLayout, w: RankWeights, local: int, x: Tensor) -> Tensor:
+    both = w.fc_gate(local) if layout.spec.gated_mlp else None
     if both is not None:
-        y, ffn = linear(ops, plan, x, both), both.out_features // 2
+        y, ffn = linear(ops, layout, x, both), both.out_features // 2
         fc, gate = ops.slice_last(y, 0, ffn), ops.slice_last(y, ffn, ffn)
     else:
-        fc = linear(ops, plan, x, w.linear(local, FC))
-        gate = linear(ops, plan, x, w.linear(local, GATE)) if plan.spec.gated_mlp else None
-    h = activation(ops, fc, plan.spec.activation)
+        fc = linear(ops, layout, x, w.linear(local, FC))
+        gate = linear(ops, layout, x, w.linear(local, GATE)) if layout.spec.gated_mlp else None
+    h = activation(ops, fc, layout.spec.activation)
     if gate is not None:
         h = ops.mul(h, gate)
-    return linear(ops, plan, h, w.linear(local, PROJ), reduce=True)
+    return linear(ops, layout, h, w.linear(local, PROJ), reduce=True)
 
 
 def decoder_layer(ctx: _StepContext, w: RankWeights, local: int, h: Tensor, caches) -> tuple[Tensor, list]:
-    ops, plan, spec = ctx.ops, ctx.plan, ctx.plan.spec
+    ops, layout, spec = ctx.ops, ctx.layout, ctx.layout.spec
     attn_norm = f"layers.{local}.{spec.attn_norm}"
     if not spec.pre_norm:  # OPT post-norm: x = norm(x + attn(x)); x = norm(x + mlp(x))
         a, present = attention(ctx, w, local, h, caches)
-        h = norm(ops, plan, ops.add(h, a), attn_norm, w.layer_norm(local, spec.attn_norm))
-        m = mlp(ops, plan, w, local, h)
+        h = norm(ops, layout, ops.add(h, a), attn_norm, w.layer_norm(local, spec.attn_norm))
+        m = mlp(ops, layout, w, local, h)
         return norm(
-            ops, plan, ops.add(h, m), f"layers.{local}.{spec.mlp_norm}", w.layer_norm(local, spec.mlp_norm)
+            ops, layout, ops.add(h, m), f"layers.{local}.{spec.mlp_norm}", w.layer_norm(local, spec.mlp_norm)
         ), present
-    x1 = norm(ops, plan, h, attn_norm, w.layer_norm(local, spec.attn_norm))
+    x1 = norm(ops, layout, h, attn_norm, w.layer_norm(local, spec.attn_norm))
     a, present = attention(ctx, w, local, x1, caches)
     if spec.parallel_residual:  # x + attn(n1(x)) + mlp(n2(x)); Falcon-7B: one norm feeds both
         x2 = (
             x1
             if spec.mlp_norm is None
-            else norm(ops, plan, h, f"layers.{local}.{spec.mlp_norm}", w.layer_norm(local, spec.mlp_norm))
+            else norm(ops, layout, h, f"layers.{local}.{spec.mlp_norm}", w.layer_norm(local, spec.mlp_norm))
         )
-        return ops.add(ops.add(h, a), mlp(ops, plan, w, local, x2)), present
+        return ops.add(ops.add(h, a), mlp(ops, layout, w, local, x2)), present
     h = ops.add(h, a)
-    x2 = norm(ops, plan, h, f"layers.{local}.{spec.mlp_norm}", w.layer_norm(local, spec.mlp_norm))
-    return ops.add(h, mlp(ops, plan, w, local, x2)), present
+    x2 = norm(ops, layout, h, f"layers.{local}.{spec.mlp_norm}", w.layer_norm(local, spec.mlp_norm))
+    return ops.add(h, mlp(ops, layout, w, local, x2)), present
 
 
-def logits(ops: Ops, plan: RankPlan, w: RankWeights, h: Tensor) -> Tensor:
+def logits(ops: Ops, layout: RankLayout, w: RankWeights, h: Tensor) -> Tensor:
     """[B, S, H] hidden states -> [B, S, vocab] logits in logits_dtype (full vocab on every tp rank)."""
-    if plan.spec.has_ln_f:
-        h = norm(ops, plan, h, "ln_f", w.final_norm())
+    if layout.spec.has_ln_f:
+        h = norm(ops, layout, h, "ln_f", w.final_norm())
     proj = w.project_out()
     if proj is not None:
         h = ops.matmul(h, ops.constant("project_out", proj.reshape(1, *proj.shape)), transpose_b=True)
@@ -253,8 +253,8 @@ def logits(ops: Ops, plan: RankPlan, w: RankWeights, h: Tensor) -> Tensor:
     out = ops.matmul(h, ops.constant("lm_head", head.reshape(1, *head.shape)), transpose_b=True)  # [B, S, V/tp]
     if bias is not None:
         out = ops.add(out, ops.constant("lm_head.bias", bias.reshape(1, 1, -1)))
-    if plan.tp_size > 1:  # ranks hold consecutive vocab slices: gather them on dim 0, move it last
+    if layout.tp_size > 1:  # ranks hold consecutive vocab slices: gather them on dim 0, move it last
         out = ops.transpose(ops.all_gather(ops.transpose(out, (2, 0, 1))), (1, 2, 0))  # [B, S, padded V]
-    if plan.padded_vocab != plan.spec.vocab_size:
-        out = ops.slice_last(out, 0, plan.spec.vocab_size)
-    return ops.cast(out, plan.build.logits_dtype) if plan.build.logits_dtype != plan.dtype else out
+    if layout.padded_vocab != layout.spec.vocab_size:
+        out = ops.slice_last(out, 0, layout.spec.vocab_size)
+    return ops.cast(out, layout.build.logits_dtype) if layout.build.logits_dtype != layout.dtype else out

@@ -28,7 +28,7 @@ from ckptfmt.names import (
 from ckptfmt.semantics import rotary_inv_freq
 from ckptfmt.sharding import split_padded
 
-from .contract import RankPlan
+from .contract import RankLayout
 
 
 @dataclass
@@ -56,10 +56,10 @@ class Linear:
 class RankWeights:
     """Prepared tensors of one rank, by role (layer indices are local to the pipeline stage)."""
 
-    def __init__(self, reader: RankFileReader, plan: RankPlan):
-        self.reader, self.plan = reader, plan
-        self.dtype = DTYPES[plan.dtype]
-        quant = plan.config.quantization
+    def __init__(self, reader: RankFileReader, layout: RankLayout):
+        self.reader, self.layout = reader, layout
+        self.dtype = DTYPES[layout.dtype]
+        quant = layout.config.quantization
         self.precision = quant.weight_only
         self.group_size = quant.group_size if quant.per_group else None
         self._prescaled: dict[int, Linear] = {}  # q-scaled qkv copies, made once per layer
@@ -109,8 +109,8 @@ class RankWeights:
 
     def _prescale_q(self, lin: Linear) -> Linear:
         """Fold attention's 1/sqrt(head_size) into the q rows (weight or quant scale, and bias)."""
-        factor = 1.0 / np.sqrt(self.plan.spec.head_size)
-        q_rows = self.plan.heads * self.plan.spec.head_size
+        factor = 1.0 / np.sqrt(self.layout.spec.head_size)
+        q_rows = self.layout.heads * self.layout.spec.head_size
 
         def scaled(a: np.ndarray, axis: int) -> np.ndarray:
             out = np.array(a, dtype=a.dtype)
@@ -157,17 +157,17 @@ class RankWeights:
         if LM_HEAD in self.reader:
             return self.get(LM_HEAD), bias
         table = self.get(VOCAB_EMBEDDING)  # shared embedding table (pp 1 only)
-        plan = self.plan
-        if table.shape[0] == plan.padded_vocab // plan.tp_size:  # already vocab-parallel
+        layout = self.layout
+        if table.shape[0] == layout.padded_vocab // layout.tp_size:  # already vocab-parallel
             return table, bias
-        return split_padded(table, plan.tp_size, plan.tp_rank), bias
+        return split_padded(table, layout.tp_size, layout.tp_rank), bias
 
 
-def rope_tables(plan: RankPlan) -> tuple[np.ndarray, np.ndarray]:
+def rope_tables(layout: RankLayout) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin ``[max_seq_len, rotary_dim / 2]`` in the model dtype, computed in fp32 like transformers."""
-    spec = plan.spec
+    spec = layout.spec
     inv_freq = rotary_inv_freq(spec.rotary_dim, spec.rotary_base, spec.rotary_scaling)
-    positions = np.arange(plan.build.max_seq_len, dtype=np.float32)
+    positions = np.arange(layout.build.max_seq_len, dtype=np.float32)
     angles = np.outer(positions, inv_freq).astype(np.float32)
-    dt = DTYPES[plan.dtype]
+    dt = DTYPES[layout.dtype]
     return np.cos(angles).astype(dt), np.sin(angles).astype(dt)
