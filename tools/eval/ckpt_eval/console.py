@@ -20,3 +20,7 @@ def ckpt_mmlu() -> int:
 
 def ckpt_perplexity() -> int:
     return run_main("ckpt_eval.perplexity:_main", prog="ckpt-perplexity")
+
+
+def ckpt_lm_eval() -> int:
+    return run_main("ckpt_eval.lm_eval_model:main", prog="ckpt-lm-eval")
