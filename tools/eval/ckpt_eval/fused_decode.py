@@ -40,9 +40,13 @@ def unsupported(model: Transformer) -> str | None:
         import triton  # noqa: F401
     except ImportError:
         return "triton is not installed"
-    features = [f"{name} {value!r}" for name, value, who in support_rows(spec) if FUSED not in who]
-    if features:  # the model features the kernels do not compute (ckptfmt.semantics)
-        return f"the kernels do not compute {', '.join(features)} (ckptfmt inspect lists who does)"
+    features = [  # the model features the kernels do not compute, with who does (ckptfmt.semantics)
+        f"{name} {value!r} (supported by: {', '.join(who) or 'none'})"
+        for name, value, who in support_rows(spec)
+        if FUSED not in who
+    ]
+    if features:
+        return f"the kernels do not compute {', '.join(features)}"
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return f"the model has dtype {dtype}"
     return None
