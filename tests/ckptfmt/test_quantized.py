@@ -11,6 +11,7 @@ The layout facts come from ModelOpt 0.47's ``modelopt/torch/export`` (``model_co
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import ml_dtypes
@@ -19,11 +20,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckptfmt import CheckpointConfig, CheckpointError, RankFileReader, expected_tensors, model_spec, validate_checkpoint
+from ckptfmt import (
+    CheckpointConfig,
+    CheckpointError,
+    RankFileReader,
+    expected_tensors,
+    load_config,
+    model_spec,
+    validate_checkpoint,
+)
 from ckptfmt.cli import inspect_checkpoint, main
 from ckptfmt.constants import DTYPES
 from ckptfmt.io import save_checkpoint
 from ckptfmt.names import KV_CACHE_SCALES, LINEAR_SCALES
+from ckptfmt.reconcile import reconcile
 from ckptfmt.reshard import reshard
 from ckptfmt.semantics import EXECUTORS, unsupported_by
 from ckptfmt.sharding import shard, unshard
@@ -375,20 +385,54 @@ def test_every_executor_still_refuses_the_new_modes_in_one_line(mode):
 
 
 # ---- real ModelOpt exports (tools/convert's fixtures, when they are there) -----------------------------------------
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "modelopt_quantized"
+# CKPTFMT_QUANTIZED_EXPORTS: another folder of exports laid out the same way (<model>/<mode>/tp{tp}_pp{pp}/)
+FIXTURES = Path(
+    os.environ.get("CKPTFMT_QUANTIZED_EXPORTS") or Path(__file__).parents[1] / "fixtures" / "modelopt_quantized"
+)
 EXPORTS = sorted(p.parent for p in FIXTURES.glob("**/rank0.safetensors")) if FIXTURES.is_dir() else []
+NO_EXPORTS = pytest.mark.skipif(not EXPORTS, reason=f"no ModelOpt quantized exports under {FIXTURES}")
 
 
-@pytest.mark.skipif(not EXPORTS, reason="no ModelOpt quantized exports under tests/fixtures/modelopt_quantized")
-@pytest.mark.parametrize("export", EXPORTS, ids=[str(p.relative_to(FIXTURES)) for p in EXPORTS] or None)
+def _ids(paths: list[Path]) -> list[str] | None:
+    return [str(p.relative_to(FIXTURES)) for p in paths] or None
+
+
+@NO_EXPORTS
+@pytest.mark.parametrize("export", EXPORTS, ids=_ids(EXPORTS))
 def test_expected_tensors_equal_modelopt_exports(export):
-    from ckptfmt import load_config
-    from ckptfmt.reconcile import reconcile
-
     config = reconcile(load_config(export), export)
     for rank in range(config.mapping.world_size):
         reader = RankFileReader(export / f"rank{rank}.safetensors")
         got = {n: (str(reader.spec(n)[0]), tuple(reader.spec(n)[1])) for n in reader}
         want = {n: (s.dtype, s.shape) for n, s in expected_tensors(config, rank).items() if n in got or not s.optional}
-        assert got == want, f"{export.name} rank {rank}"
+        assert got == want, f"{export.relative_to(FIXTURES)} rank {rank}"
     assert validate_checkpoint(export, hash_files=False)[0] == []
+    section = json.loads((export / "config.json").read_text())["quantization"]
+    assert config.quantization.to_dict() == section  # written back as read
+
+
+SINGLE = [p for p in EXPORTS if p.name == "tp1_pp1"]
+
+
+@NO_EXPORTS
+@pytest.mark.parametrize("export", SINGLE, ids=_ids(SINGLE))
+def test_reshard_of_a_tp1_export_equals_modelopts_own_layouts(tmp_path, export):
+    """ModelOpt splits the float weights and quantizes each rank's part; splitting its tp 1 export gives the same
+    bytes (per-tensor scales replicated, per-channel / per-group ones split with their weights)."""
+    others = [p for p in export.parent.iterdir() if p.name != export.name and (p / "rank0.safetensors").exists()]
+    for other in others:
+        m = load_config(other).mapping
+        out = tmp_path / other.name
+        reshard(export, out, m.tp_size, m.pp_size, verify=False)
+        for rank in range(m.world_size):
+            want, got = (
+                RankFileReader(other / f"rank{rank}.safetensors"),
+                RankFileReader(out / f"rank{rank}.safetensors"),
+            )
+            assert sorted(want) == sorted(got), other.name
+            for name in want:
+                assert np.asarray(got[name]).tobytes() == np.asarray(want[name]).tobytes(), f"{other.name} {name}"
+        reshard(other, tmp_path / f"{other.name}-back", 1, 1, verify=False)
+        for name in (ref := RankFileReader(export / "rank0.safetensors")):
+            back = RankFileReader(tmp_path / f"{other.name}-back" / "rank0.safetensors")
+            assert np.asarray(back[name]).tobytes() == np.asarray(ref[name]).tobytes(), f"{other.name} back {name}"
