@@ -217,7 +217,7 @@ def checkpoint_config(model: MegatronModel, vocab_size: int, source: str) -> Che
     """The (unsharded) checkpoint config of ``model``; dtype and mapping are set by the caller."""
     entry = ARCHITECTURES.get((model.norm, model.gated))
     hidden_act = entry[1].get(model.activation) if entry else None
-    if hidden_act is None:
+    if entry is None or hidden_act is None:
         mlp = f"{'gated ' if model.gated else ''}{model.activation}"
         raise CheckpointError(f"{source}: unsupported Megatron variant: {model.norm} with a {mlp} MLP")
     extra: dict[str, Any] = {"bias": model.bias, "qkv_bias": model.qkv_bias}

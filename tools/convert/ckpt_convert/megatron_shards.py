@@ -9,6 +9,7 @@ tensor-parallel parts when it is loaded; pipeline stages' local layer numbers be
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -60,8 +61,10 @@ class ShardedSource(LazyTensorSource):
             local_layers = set()
             for name in stage[0]:
                 layer, rest = split_layer_name(name)
-                glob = name if layer is None else LAYER_TEMPLATE.format(i=layer + offset) + rest
+                glob = name
                 if layer is not None:
+                    assert rest is not None  # a numbered layer name has a rest
+                    glob = LAYER_TEMPLATE.format(i=layer + offset) + rest
                     local_layers.add(layer)
                 try:
                     parts = [s[name] for s in stage]
@@ -72,7 +75,7 @@ class ShardedSource(LazyTensorSource):
                 self._parts[glob] = parts
             offset += len(local_layers)
         self.tensors = {
-            n: LazyTensor(n, self._merged_shape(n, p), self.file, lambda n=n: self._merge(n))
+            n: LazyTensor(n, self._merged_shape(n, p), self.file, functools.partial(self._merge, n))
             for n, p in self._parts.items()
         }
 

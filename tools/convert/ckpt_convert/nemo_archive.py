@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import tarfile
+from collections.abc import Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,7 +53,7 @@ class Located:
     """What was found: the hyper-parameter dict, where the weights are, and tokenizer files to carry."""
 
     kind: str  # "nemo1" | "nemo2" | "mcore"
-    hparams: dict | None
+    hparams: dict
     config_file: str  # named in errors
     dist_dir: Path | None = None  # torch_dist weights
     dist_files: dict[str, Region] = field(default_factory=dict)  # its .distcp files read inside the archive
@@ -115,7 +116,7 @@ EXPANSION_ALLOWANCE = 64 << 20  # small archives (tokenizers, tiny test models) 
 FREE_MARGIN = 256 << 20  # left free on the output's disk after the extraction
 
 
-def check_extraction_size(archive: Path, work: Path, skip: set[str] = frozenset()) -> int:
+def check_extraction_size(archive: Path, work: Path, skip: Set[str] = frozenset()) -> int:
     """Total bytes the archive's headers claim for its regular files (but ``skip``, not extracted); refused if it
     cannot or should not fit."""
     total = 0
@@ -161,6 +162,7 @@ def _extract_file(tar: tarfile.TarFile, member: tarfile.TarInfo, work: Path, arc
     target = work.joinpath(*[p for p in parts if p not in (".", "")])
     target.parent.mkdir(parents=True, exist_ok=True)
     src = tar.extractfile(member)
+    assert src is not None  # a regular file: the caller checks isfile()
     with open(target, "wb") as dst:
         left = member.size
         while left > 0 and (chunk := src.read(min(left, 16 << 20))):
@@ -212,7 +214,7 @@ def _locate(root: Path, model_config: Path | None, label: str, in_archive: dict[
         return _nemo1(root, hparams, cfg_label or f"{label}: {NEMO1_CONFIG}", label, in_archive)
     dist = _megatron_dir(root)
     if dist is not None:
-        if override is None:
+        if override is None or cfg_label is None:  # both set by --model_config
             raise CheckpointError(
                 f"{label}: a Megatron-core checkpoint carries no model hyper-parameters: "
                 "pass them with --model_config FILE.yaml|json"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import cast
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from ckptfmt.quant import quantize_weight_only
 
 from .quantized import quantization_tensor, quantization_tensor_error
 from .rules import Rule, Table
-from .sources import TensorSource
+from .sources import AnyTensorSource
 
 SCALE_SUFFIX = ".per_channel_scale"
 _LOCAL_LAYER = re.compile(r"^transformer\.layers\.(\d+)\.")
@@ -45,7 +46,7 @@ def canonical_name(config: CheckpointConfig, rank: int, name: str) -> tuple[str,
     return glob, "value"
 
 
-def resolve_sources(table: Table, source: TensorSource, canonical: str) -> tuple[Rule, list[str]]:
+def resolve_sources(table: Table, source: AnyTensorSource, canonical: str) -> tuple[Rule, list[str]]:
     """The rule for ``canonical`` and the actual source names it reads (optional prefixes and fallback applied)."""
     try:
         rule, layer = table.rule_for(canonical)
@@ -54,12 +55,12 @@ def resolve_sources(table: Table, source: TensorSource, canonical: str) -> tuple
     for templates in (rule.sources, rule.fallback):
         names = [_present(table, source, t.format(i=layer)) for t in templates]
         if templates and all(names):
-            return rule, names
+            return rule, cast(list[str], names)  # all(names): none is None
     missing = next(t.format(i=layer) for t in rule.sources if not _present(table, source, t.format(i=layer)))
     raise CheckpointError(f"source weights: tensor {missing} missing (needed for {canonical})")
 
 
-def _present(table: Table, source: TensorSource, name: str) -> str | None:
+def _present(table: Table, source: AnyTensorSource, name: str) -> str | None:
     if name in source:
         return name
     for prefix in table.optional_prefixes:
@@ -68,7 +69,7 @@ def _present(table: Table, source: TensorSource, name: str) -> str | None:
     return None
 
 
-def check_coverage(table: Table, source: TensorSource, config: CheckpointConfig) -> None:
+def check_coverage(table: Table, source: AnyTensorSource, config: CheckpointConfig) -> None:
     """Every needed tensor is present and every source tensor is used or knowingly ignored."""
     used: set[str] = set()
     for canonical in full_tensor_specs(config):
@@ -97,7 +98,7 @@ def check_quantizable(config: CheckpointConfig) -> None:
 class TensorProducer:
     """Makes full canonical tensors one at a time: read sources, transform, cast (or quantize)."""
 
-    def __init__(self, table: Table, source: TensorSource, config: CheckpointConfig):
+    def __init__(self, table: Table, source: AnyTensorSource, config: CheckpointConfig):
         self.table, self.source, self.config = table, source, config
         self.spec = model_spec(config)
         self.full_specs = full_tensor_specs(config)

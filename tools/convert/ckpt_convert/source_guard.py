@@ -116,7 +116,7 @@ class GuardedFile:
     def read(self, offset: int, size: int, what: str) -> np.ndarray:
         """``size`` bytes at ``offset`` as a fresh uint8 array; ``what`` (e.g. ``tensor X``) is named in errors."""
         out = np.empty(size, np.uint8)
-        view, done = memoryview(out), 0
+        view, done = out.data, 0
         while done < size:
             try:
                 n = os.preadv(self._fd, [view[done : done + self.CHUNK]], offset + done)

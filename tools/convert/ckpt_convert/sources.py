@@ -11,10 +11,12 @@ read: a source truncated, rewritten or replaced during the run is refused rather
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -60,7 +62,7 @@ class SafetensorsFile:
 
     def tensors(self) -> Iterable[LazyTensor]:
         for name, entry in self._entries.items():
-            yield LazyTensor(name, tuple(entry["shape"]), self.path, lambda n=name: self._read(n))
+            yield LazyTensor(name, tuple(entry["shape"]), self.path, functools.partial(self._read, name))
 
     def _read(self, name: str) -> np.ndarray:
         lo, hi = self._entries[name]["data_offsets"]
@@ -98,6 +100,20 @@ READERS: dict[str, Callable[[Path], SafetensorsFile | TorchFile]] = {
     ".ckpt": TorchFile,
     ".pth": TorchFile,
 }
+
+
+class AnyTensorSource(Protocol):
+    """What the converter reads from: a ``TensorSource`` or a ``lazy_source.LazyTensorSource`` (Megatron)."""
+
+    def names(self) -> list[str]: ...
+    def __contains__(self, name: str) -> bool: ...
+    def get(self, name: str) -> LazyTensor: ...
+    def load(self, name: str) -> np.ndarray: ...
+    def open_all(self) -> None: ...
+    def fingerprints(self) -> dict[Path, Fingerprint]: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> AnyTensorSource: ...
+    def __exit__(self, *_) -> None: ...
 
 
 class TensorSource:

@@ -42,9 +42,9 @@ from ckptfmt.workers import exit_if_orphaned, init_worker, stop_workers
 from .producer import TensorProducer, canonical_name, check_coverage, check_quantizable
 from .rules import Table
 from .source_guard import check_all_unchanged
-from .sources import TensorSource
+from .sources import AnyTensorSource
 
-SourceOpener = Callable[[], TensorSource]  # picklable (module-level function or functools.partial)
+SourceOpener = Callable[[], AnyTensorSource]  # picklable (module-level function or functools.partial)
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,7 @@ def convert_ranks(group: RankGroup, progress: Callable[[int], None]) -> dict[str
                 writers[r] = BackgroundRankFileWriter(group.directory / RANK_FILE.format(rank=r), file_specs)
             upcoming = prefetch.submit(producer.get, *parts[0]) if order else None
             for index, name in enumerate(order):
+                assert upcoming is not None  # submitted for every name of order
                 full = upcoming.result()
                 upcoming = prefetch.submit(producer.get, *parts[index + 1]) if index + 1 < len(order) else None
                 for rank, writer in writers.items():
@@ -256,6 +257,7 @@ def _init_worker(queue, parent: int) -> None:
 
 def _progress_in_worker(n: int) -> None:
     exit_if_orphaned()  # between tensors
+    assert _QUEUE is not None  # set by _init_worker
     _QUEUE.put(n)
 
 

@@ -250,7 +250,8 @@ def _unpickle(data: bytes, label: str, allowed: Sequence[type], persistent_load)
     try:
         with torch.serialization.safe_globals(list(allowed)):
             unpickler = Unpickler(io.BytesIO(data), encoding="utf-8")
-            unpickler.persistent_load = persistent_load
+            # pickle's documented hook, set on the instance
+            unpickler.persistent_load = persistent_load  # type: ignore[method-assign]
             return unpickler.load()
     except CheckpointError:
         raise
@@ -335,6 +336,6 @@ class _RegionFile(io.RawIOBase):
     def readinto(self, buffer) -> int:
         n = max(0, min(len(buffer), self.source.size - self.pos))
         if n:
-            memoryview(buffer).cast("B")[:n] = self.source.read_bytes(self.pos, n, "zip directory")
+            memoryview(buffer).cast("B")[:n] = self.source.read_bytes(self.pos, n, "zip directory").data
             self.pos += n
         return n

@@ -31,7 +31,10 @@ TOKENIZER_FILES = (
 )
 
 
-_DERIVED_ERRORS = {ZeroDivisionError: "a count is zero", OverflowError: "a number is too large"}
+_DERIVED_ERRORS: dict[type[Exception], str] = {
+    ZeroDivisionError: "a count is zero",
+    OverflowError: "a number is too large",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -64,7 +64,9 @@ def _indexed_files(index_path: Path) -> dict[Path, list[str] | None]:
     for name, file in weight_map.items():
         if not isinstance(file, str) or "/" in file or file.startswith("."):
             raise CheckpointError(f"{index_path}: weight_map entry {name}: bad file name {file!r}")
-        files.setdefault(index_path.parent / file, []).append(name)
+        names = files.setdefault(index_path.parent / file, [])
+        assert names is not None  # only lists are set here
+        names.append(name)
     return files
 
 

@@ -60,7 +60,8 @@ class HFConfig:
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
             raise CheckpointError(f"{self.path}: field {names[0]} must be {kind.__name__}, got {value!r}")
-        if kind is int and value < 1:  # every required integer is a size or a count (a divisor)
+        # every required integer is a size or a count (a divisor)
+        if kind is int and isinstance(value, int) and value < 1:
             raise CheckpointError(f"{self.path}: field {names[0]} must be a positive integer, got {value}")
         return value
 
