@@ -39,6 +39,11 @@ check_writable() {
     fi
 }
 
+# ckpt-eval without arguments (the eval image's default) writes its reports to EVAL_REPORT_DIR
+if [ "$tool" = ckpt-eval ] && [ "$#" -eq 0 ]; then
+    check_writable EVAL_REPORT_DIR "${EVAL_REPORT_DIR:-/data/reports/${MODEL_NAME:-model}}"
+fi
+
 previous=""
 for arg in "$@"; do
     case "$previous" in

@@ -1,4 +1,7 @@
-# ckpt-summarize: run a checkpoint or engine on a summarization data set, report ROUGE and speed.
+# ckpt-eval: the CI gate. With no arguments it runs the gates named by environment variables (EVAL_TASKS
+# summarize,mmlu,perplexity; thresholds, baseline: see `ckpt-eval --help`) over the volume at /data and exits
+# 0 (passed), 1 (a gate failed) or 2 (usage or input error). `ckpt-eval TASK ARGS...` runs one tool
+# (summarize, mmlu, perplexity, run, lm-eval); arguments starting with `-` go to ckpt-summarize.
 # Build context: the repository root (see .dockerignore). Classic builder compatible.
 #   docker build -f containers/eval.Dockerfile -t ckpt-suite/eval .
 # The base must provide python3 (>= 3.10) with venv and pip. NVIDIA's PyTorch image provides PyTorch,
@@ -38,10 +41,11 @@ ENV PATH=/opt/ckpt-code/bin:/opt/ckpt/bin:${PATH} \
     XDG_CONFIG_HOME=/tmp/config \
     MPLCONFIGDIR=/tmp/matplotlib \
     HF_HUB_OFFLINE=1
-RUN ckpt-summarize --help > /dev/null
+RUN ckpt-summarize --help > /dev/null && ckpt-mmlu --help > /dev/null && ckpt-perplexity --help > /dev/null \
+    && ckpt-eval --help > /dev/null
 USER ${CKPT_UID}:${CKPT_GID}
 WORKDIR /data
-LABEL org.opencontainers.image.title="ckpt-summarize" \
-      org.opencontainers.image.description="Evaluate TensorRT-LLM checkpoints and engines (ROUGE, latency)"
-ENTRYPOINT ["ckpt-entry", "ckpt-summarize"]
-CMD ["--help"]
+LABEL org.opencontainers.image.title="ckpt-eval" \
+      org.opencontainers.image.description="Evaluate TensorRT-LLM checkpoints and engines (ROUGE, MMLU, perplexity; CI gates)"
+ENTRYPOINT ["ckpt-entry", "ckpt-eval"]
+CMD []

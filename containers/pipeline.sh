@@ -15,7 +15,20 @@ case "$source" in
         ;;
 esac
 
+# EVAL_COMMAND: what the eval step runs instead of compose's eval command; `gates` runs the CI gates named by
+# the environment (`ckpt-eval --help`), whose variables below are handed to the container when set.
+GATE_VARIABLES="MODEL_NAME EVAL_TASKS EVAL_BACKEND EVAL_MODEL_DIR TOKENIZER_DIR EVAL_REPORT_DIR ROUGE1_THRESHOLD
+MMLU_THRESHOLD PERPLEXITY_THRESHOLD EVAL_BASELINE_DIR MAX_REGRESSION MAX_ITE OUTPUT_LEN MAX_INPUT_LEN EVAL_ARGS
+SUMMARIZE_ARGS MMLU_ARGS PERPLEXITY_ARGS"
+gate_env=""
+for name in $GATE_VARIABLES; do
+    if printenv "$name" > /dev/null; then gate_env="$gate_env -e $name"; fi
+done
+
 for service in "convert-$source" build eval; do
-    echo "pipeline.sh: docker compose run $service" >&2
-    docker compose "$@" run --rm -T "$service" < /dev/null
+    options="" args=""
+    if [ "$service" = eval ]; then options=$gate_env args=${EVAL_COMMAND:-}; fi
+    echo "pipeline.sh: docker compose run $service $args" >&2
+    # shellcheck disable=SC2086 # word lists
+    docker compose "$@" run --rm -T $options "$service" $args < /dev/null
 done

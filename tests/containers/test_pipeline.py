@@ -214,7 +214,7 @@ def test_compose_run_returns_the_container_exit_code(compose: Compose, env: dict
     assert compose.run("build", "-c", "exit 7", env=env, entrypoint="sh").returncode == 7
 
 
-ENTRYPOINTS = {"convert": "ckpt-convert", "build": "ckpt-build", "eval": "ckpt-summarize"}
+ENTRYPOINTS = {"convert": "ckpt-convert", "build": "ckpt-build", "eval": "ckpt-eval"}
 LEFTOVERS_PROBE = "ls -d /tmp/ckpt-src /opt/ckpt/bin/pip* /root/.cache/pip /tmp/*.pem 2>/dev/null || true"
 TORCH_PROBE = """python - <<'EOF'
 import importlib.metadata as md, torch

@@ -22,7 +22,7 @@ COMPOSE_CPU = REPO / "compose.cpu.yaml"
 TOOLS = {
     "convert.Dockerfile": ("convert", "ckpt-convert", "nvcr.io/nvidia/pytorch:"),
     "build.Dockerfile": ("build", "ckpt-build", "nvcr.io/nvidia/tensorrt:"),
-    "eval.Dockerfile": ("eval", "ckpt-summarize", "nvcr.io/nvidia/pytorch:"),
+    "eval.Dockerfile": ("eval", "ckpt-eval", "nvcr.io/nvidia/pytorch:"),
 }
 SERVICE_DOCKERFILE = {
     "convert-hf": "convert.Dockerfile",

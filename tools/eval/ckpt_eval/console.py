@@ -24,3 +24,7 @@ def ckpt_perplexity() -> int:
 
 def ckpt_lm_eval() -> int:
     return run_main("ckpt_eval.lm_eval_model:main", prog="ckpt-lm-eval")
+
+
+def ckpt_eval() -> int:
+    return run_main("ckpt_eval.ci:main", prog="ckpt-eval")
