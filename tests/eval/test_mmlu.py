@@ -18,26 +18,20 @@ from ckpt_eval.mmlu import letter_ids, main, run_systems  # noqa: E402
 from ckpt_eval.mmlu_data import load_subjects, shipped_dir  # noqa: E402
 from ckpt_eval.runner import ModelRunner  # noqa: E402
 from ckpt_eval.tokenizer import load_tokenizer  # noqa: E402
-from tests.eval.summarize_helpers import save_tiny_tokenizer  # noqa: E402
-from tests.tiny_models import convert_tiny  # noqa: E402
+from tests.eval.task_helpers import ours_flags, run_cli, tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    base = tmp_path_factory.mktemp("mmlu")
-    ckpt = convert_tiny("llama-gqa", base / "ckpt", hf_dir=base / "hf")
-    return {"base": base, "hf": base / "hf", "ckpt": ckpt, "tok": save_tiny_tokenizer(base / "tok")}
+    return tiny_model(tmp_path_factory.mktemp("mmlu"))
 
 
 def ours(tiny, *extra: str) -> list[str]:
-    model = ["--checkpoint_dir", str(tiny["ckpt"]), "--tokenizer_dir", str(tiny["tok"]), "--test_trt_llm"]
-    return [*model, "--batch_size", "8", "--ntrain", "2", *extra]
+    return [*ours_flags(tiny), "--batch_size", "8", "--ntrain", "2", *extra]
 
 
 def run(capsys, argv):
-    rc = main(argv)
-    out, err = capsys.readouterr()
-    return rc, out, [line for line in err.splitlines() if not line.startswith("[ckpt-mmlu]")]
+    return run_cli(main, capsys, argv, "ckpt-mmlu")
 
 
 @pytest.fixture(scope="module")

@@ -14,26 +14,20 @@ pytest.importorskip("ckpt_convert")
 
 from ckpt_eval.perplexity import Window, main, run_systems, windows  # noqa: E402
 from ckpt_eval.runner import ModelRunner  # noqa: E402
-from tests.eval.summarize_helpers import save_tiny_tokenizer  # noqa: E402
-from tests.tiny_models import convert_tiny  # noqa: E402
+from tests.eval.task_helpers import ours_flags, run_cli, tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    base = tmp_path_factory.mktemp("ppl")
-    ckpt = convert_tiny("llama-gqa", base / "ckpt", hf_dir=base / "hf")
-    return {"base": base, "hf": base / "hf", "ckpt": ckpt, "tok": save_tiny_tokenizer(base / "tok")}
+    return tiny_model(tmp_path_factory.mktemp("ppl"))
 
 
 def ours(tiny, *extra: str) -> list[str]:
-    model = ["--checkpoint_dir", str(tiny["ckpt"]), "--tokenizer_dir", str(tiny["tok"]), "--test_trt_llm"]
-    return [*model, "--max_length", "48", "--stride", "20", "--batch_size", "4", *extra]
+    return [*ours_flags(tiny), "--max_length", "48", "--stride", "20", "--batch_size", "4", *extra]
 
 
 def run(capsys, argv):
-    rc = main(argv)
-    out, err = capsys.readouterr()
-    return rc, out, [line for line in err.splitlines() if not line.startswith("[ckpt-perplexity]")]
+    return run_cli(main, capsys, argv, "ckpt-perplexity")
 
 
 @pytest.mark.parametrize(

@@ -113,9 +113,17 @@ def check_args(args) -> tuple[str, str | None]:
     """(our backend, our model directory); raises ``SummarizeError`` on inconsistent flags."""
     if args.num_beams != 1:
         raise SummarizeError(f"--num_beams {args.num_beams}: beam search is not supported (only --num_beams 1)")
+    result = check_models(args, ("batch_size", "max_ite", "max_input_length", "output_len"))
+    SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.random_seed)
+    return result
+
+
+def check_models(args, positive: tuple[str, ...]) -> tuple[str, str | None]:
+    """(our backend, our model directory or None) from the model flags (shared with ckpt-mmlu and
+    ckpt-perplexity); the flags named in ``positive`` must be >= 1 when given."""
     if not (args.test_trt_llm or args.test_hf):
         raise SummarizeError("nothing to evaluate: pass --test_trt_llm (our model) and/or --test_hf (transformers)")
-    for name in ("batch_size", "max_ite", "max_input_length", "output_len"):
+    for name in positive:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SummarizeError(f"--{name}: must be >= 1 (got {getattr(args, name)})")
     backend = args.backend or ("trt" if args.engine_dir else "torch")
@@ -125,7 +133,6 @@ def check_args(args) -> tuple[str, str | None]:
         raise SummarizeError(f"--test_trt_llm with --backend {backend} needs {flag}")
     if args.test_hf and not args.hf_model_dir:
         raise SummarizeError("--test_hf needs --hf_model_dir")
-    SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.random_seed)
     return backend, model_dir if args.test_trt_llm else None
 
 

@@ -21,6 +21,7 @@ from .run_cli import add_runner_flags
 from .summarize import (
     HF_NAME,
     SummarizeError,
+    check_models,
     check_tokenizer,
     dtype_arg,
     fail,
@@ -54,22 +55,6 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
 
 
-def check_models(args) -> tuple[str, str | None]:
-    """(our backend, our model directory or None); one ``TaskError`` for inconsistent flags."""
-    if not (args.test_trt_llm or args.test_hf):
-        raise TaskError("nothing to evaluate: pass --test_trt_llm (our model) and/or --test_hf (transformers)")
-    if args.batch_size < 1:
-        raise TaskError(f"--batch_size: must be >= 1 (got {args.batch_size})")
-    backend = args.backend or ("trt" if args.engine_dir else "torch")
-    model_dir = args.engine_dir if backend == "trt" else args.checkpoint_dir
-    if args.test_trt_llm and not model_dir:
-        flag = "--engine_dir" if backend == "trt" else "--checkpoint_dir"
-        raise TaskError(f"--test_trt_llm with --backend {backend} needs {flag}")
-    if args.test_hf and not args.hf_model_dir:
-        raise TaskError("--test_hf needs --hf_model_dir")
-    return backend, model_dir if args.test_trt_llm else None
-
-
 def report_inputs(args, model_dir: str | None, tok_dir: str, data: str | None) -> list[str]:
     """What --report DIR must not replace or lie inside."""
     paths = (model_dir, tok_dir, args.hf_model_dir, data, args.baseline)
@@ -79,7 +64,7 @@ def report_inputs(args, model_dir: str | None, tok_dir: str, data: str | None) -
 def prepare_models(args, task: str, data: str | None) -> dict:
     """Flags, model limits, tokenizer location, baseline and report directory checked (``data``: the input
     data path, kept out of the report directory)."""
-    backend, model_dir = check_models(args)
+    backend, model_dir = check_models(args, ("batch_size",))
     limits = {model_dir: model_limits(backend, model_dir)} if model_dir else {}
     if args.test_hf:
         limits[args.hf_model_dir] = hf_limits(args.hf_model_dir)
