@@ -65,3 +65,18 @@ def unpack_int4(p):
     out = np.empty((*u.shape[:-1], u.shape[-1] * 2), dtype=np.int8)
     out[..., 0::2], out[..., 1::2] = lo, hi
     return out
+
+
+def dequantize_linear(weight, weights_scaling_factor, scheme: str, group_size: int | None = None):
+    """float32 ``W[out, in]`` of a linear in ModelOpt's layout (``names.linear_tensors``, ``QuantConfig.scheme``):
+    ``fp8`` / ``int8_sq`` ``weight[out, in]`` times its per-tensor ``[1]`` or per-row ``[out]`` scale; ``int4_awq``
+    ``weight[out/2, in]`` (rows 2j, 2j+1 in the low, high nibble of a byte) times ``scale[out, in/group]``.
+    The result is what multiplies ``x * prequant_scaling_factor`` (the smoothing is folded in)."""
+    s = np.asarray(weights_scaling_factor, dtype=np.float32)
+    if scheme == "int4_awq":
+        q = unpack_int4(np.asarray(weight).T).T.astype(np.float32)
+        return q * np.repeat(s, group_size or q.shape[1] // s.shape[1], axis=1)
+    if scheme not in ("fp8", "int8_sq"):
+        raise ValueError(f"scheme {scheme!r}: not one of fp8, int8_sq, int4_awq")
+    q = np.asarray(weight).astype(np.float32)
+    return q * (s[:, None] if s.size > 1 else s.reshape(()))

@@ -33,6 +33,7 @@ from ckptfmt.cli import inspect_checkpoint, main
 from ckptfmt.constants import DTYPES
 from ckptfmt.io import save_checkpoint
 from ckptfmt.names import KV_CACHE_SCALES, LINEAR_SCALES
+from ckptfmt.quant import dequantize_linear
 from ckptfmt.reconcile import reconcile
 from ckptfmt.reshard import reshard
 from ckptfmt.semantics import EXECUTORS, unsupported_by
@@ -436,3 +437,36 @@ def test_reshard_of_a_tp1_export_equals_modelopts_own_layouts(tmp_path, export):
         for name in (ref := RankFileReader(export / "rank0.safetensors")):
             back = RankFileReader(tmp_path / f"{other.name}-back" / "rank0.safetensors")
             assert np.asarray(back[name]).tobytes() == np.asarray(ref[name]).tobytes(), f"{other.name} back {name}"
+
+
+HF_NAMES = {"attention.dense": "self_attn.o_proj", "mlp.proj": "mlp.down_proj"}
+
+
+@NO_EXPORTS
+@pytest.mark.parametrize("export", SINGLE, ids=_ids(SINGLE))
+def test_dequantized_weights_match_the_source_model(export):
+    """The layout facts (AWQ nibble order along ``out``, scale orientation): dequantized weights equal the source
+    model's (divided by the pre-quant scale) within half a quantization step (FP8: e4m3's relative precision)."""
+    from safetensors.numpy import load_file
+
+    source = export.parents[1] / "hf" / "model.safetensors"
+    if not source.exists():
+        pytest.skip(f"no source model {source}")
+    hf = load_file(source)
+    config = load_config(export)
+    quant = config.quantization
+    reader = RankFileReader(export / "rank0.safetensors")
+    for layer in range(config.num_hidden_layers):
+        for ours, theirs in HF_NAMES.items():
+            base = f"transformer.layers.{layer}.{ours}"
+            scale = np.asarray(reader[f"{base}.weights_scaling_factor"], np.float32)
+            deq = dequantize_linear(reader[f"{base}.weight"], scale, quant.scheme, quant.group_size)
+            ref = hf[f"model.layers.{layer}.{theirs}.weight"].astype(np.float32)
+            if f"{base}.prequant_scaling_factor" in reader:
+                ref = ref / np.asarray(reader[f"{base}.prequant_scaling_factor"], np.float32)[None, :]
+            if quant.scheme == "fp8":
+                bound = np.abs(ref) * 2.0**-4 + scale * 2.0**-9
+            else:
+                step = np.repeat(scale, ref.shape[1] // scale.shape[1], axis=1) if scale.ndim == 2 else scale[:, None]
+                bound = step / 2 + np.abs(ref) * 2.0**-10  # + float16 rounding of the pre-quant scale
+            assert (np.abs(deq - ref) <= bound).mean() > 0.999, f"{export.relative_to(FIXTURES)} {base}"
