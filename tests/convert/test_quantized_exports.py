@@ -1,9 +1,9 @@
-"""Quantized HF exports (ModelOpt FP8 / INT8 SmoothQuant / INT4 AWQ, transformers' quantizers) are refused in one line
-that says what they are and what is supported, instead of "tensor ... is not used" or a float cast of int8 bytes.
+"""Quantized HF exports that are not imported are refused in one line that says what they are and what is supported,
+instead of "tensor ... is not used" or a float cast of int8 bytes; ModelOpt FP8 / INT8 SQ / INT4 AWQ exports import
+(tests/convert/test_modelopt_quant_import.py) whichever of their two config files says so.
 
-The exports are laid out as ModelOpt's ``export_hf_checkpoint`` writes them (quantized ``weight`` + ``weight_scale``
-/ ``input_scale`` / ``pre_quant_scale`` per linear, ``hf_quant_config.json``, ``quantization_config`` in config.json),
-made here from a tiny transformers model with numpy; ModelOpt itself is not installed in this venv.
+The exports are real ModelOpt 0.47 ``export_hf_checkpoint`` output (tests/fixtures/modelopt_quantized/), edited here
+to declare what is refused.
 """
 
 from __future__ import annotations
@@ -12,63 +12,11 @@ import json
 import shutil
 from pathlib import Path
 
-import ml_dtypes
-import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
 
 from tests.convert.conftest import run_cli
 
-LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj")
-LINEARS += ("mlp.up_proj", "mlp.down_proj")
-
-
-def _fp8(w: np.ndarray) -> dict[str, np.ndarray]:
-    scale = np.float32(np.abs(w).max() / 448)
-    return {"weight": (w / scale).astype(ml_dtypes.float8_e4m3fn), "weight_scale": scale, "input_scale": scale}
-
-
-def _int8_sq(w: np.ndarray) -> dict[str, np.ndarray]:
-    scale = (np.abs(w).max(axis=1) / 127).astype(np.float32)
-    q = np.round(w / scale[:, None]).astype(np.int8)
-    return {"weight": q, "weight_scale": scale, "input_scale": np.float32(0.01)}
-
-
-def _int4_awq(w: np.ndarray, group: int = 32) -> dict[str, np.ndarray]:
-    out, inp = w.shape
-    scale = (np.abs(w.reshape(out, inp // group, group)).max(axis=2) / 7).astype(np.float32)
-    q = np.clip(np.round(w / np.repeat(scale, group, axis=1)), -8, 7).astype(np.int8) & 0x0F
-    packed = (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8)
-    return {"weight": packed, "weight_scale": scale, "pre_quant_scale": np.ones(inp, np.float32)}
-
-
-QUANTIZERS = {"FP8": _fp8, "W8A8_SQ_PER_CHANNEL": _int8_sq, "W4A16_AWQ": _int4_awq}
-DESCRIBED = {"FP8": "FP8 weights and activations", "W8A8_SQ_PER_CHANNEL": "INT8 SmoothQuant", "W4A16_AWQ": "INT4 AWQ"}
-
-
-def quantized_export(src: Path, dst: Path, algo: str) -> Path:
-    """``src`` (a tiny HF LLaMA) re-saved as a ModelOpt unified HF export quantized with ``algo``."""
-    shutil.copytree(src, dst)
-    tensors = load_file(src / "model.safetensors")
-    for name in [n for n in tensors if n.endswith(".weight") and any(f".{lin}." in n for lin in LINEARS)]:
-        base = name.removesuffix(".weight")
-        for suffix, value in QUANTIZERS[algo](tensors.pop(name)).items():
-            tensors[f"{base}.{suffix}"] = np.asarray(value)
-    save_file(tensors, dst / "model.safetensors")
-    quant = {"quant_algo": algo, "kv_cache_quant_algo": None, "exclude_modules": ["lm_head"]}
-    if algo == "W4A16_AWQ":
-        quant.update(group_size=32, has_zero_point=False, pre_quant_scale=True)
-    producer = {"name": "modelopt", "version": "0.47.0"}
-    (dst / "hf_quant_config.json").write_text(json.dumps({"producer": producer, "quantization": quant}, indent=4))
-    config = json.loads((dst / "config.json").read_text())
-    config["quantization_config"] = {
-        "ignore": ["lm_head"],
-        "quant_algo": algo,
-        "producer": producer,
-        "quant_library": "modelopt",
-    }
-    (dst / "config.json").write_text(json.dumps(config, indent=4))
-    return dst
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "modelopt_quantized" / "llama_gqa"
 
 
 def convert_fails(model: Path, tmp_path: Path, capsys) -> str:
@@ -79,46 +27,72 @@ def convert_fails(model: Path, tmp_path: Path, capsys) -> str:
     return err
 
 
-@pytest.mark.parametrize("algo", list(QUANTIZERS))
-def test_modelopt_export_is_named(algo, tiny_hf, tmp_path, capsys):
-    model = quantized_export(tiny_hf("llama-gqa"), tmp_path / "m", algo)
+def export(tmp_path: Path, mode: str = "fp8") -> Path:
+    return shutil.copytree(FIXTURES / mode / "hf", tmp_path / "m")
+
+
+def edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    "algo,what",
+    [("NVFP4", "NVFP4"), ("W4A8_AWQ", "INT4 AWQ with FP8 activations"), ("FP8_PER_CHANNEL_PER_TOKEN", "FP8, per")],
+)
+def test_modelopt_algorithm_not_imported_is_named(algo, what, tmp_path, capsys):
+    model = export(tmp_path)
+    edit_json(model / "hf_quant_config.json", lambda d: d["quantization"].update(quant_algo=algo))
     err = convert_fails(model, tmp_path, capsys)
-    assert f"hf_quant_config.json: a quantized export (ModelOpt, quant_algo {algo}: {DESCRIBED[algo]})" in err
-    assert "not supported yet" in err and "--use_weight_only" in err and "int4" in err
+    assert f"hf_quant_config.json: field quant_algo '{algo}' ({what}" in err
+    assert "is not imported (imported: FP8, W8A8_SQ_PER_CHANNEL, W4A16_AWQ)" in err
 
 
-def test_quantization_config_alone_is_enough(tiny_hf, tmp_path, capsys):
-    model = quantized_export(tiny_hf("llama-gqa"), tmp_path / "m", "FP8")
+def test_quantization_config_alone_is_enough(tmp_path, capsys):
+    """Without hf_quant_config.json, config.json's quantization_config (quant_method modelopt) says what it is."""
+    model = export(tmp_path)
     (model / "hf_quant_config.json").unlink()
-    err = convert_fails(model, tmp_path, capsys)
-    assert "config.json: a quantized export (ModelOpt, quant_algo FP8: FP8 weights and activations)" in err
+    rc, _, err = run_cli("hf", "--model_dir", model, "--output_dir", tmp_path / "out", "--quiet", capsys=capsys)
+    assert rc == 0, err
+    edit_json(model / "config.json", lambda d: d["quantization_config"].update(quant_algo="NVFP4_AWQ"))
+    (tmp_path / "again").mkdir()
+    err = convert_fails(model, tmp_path / "again", capsys)
+    assert "config.json: field quant_algo 'NVFP4_AWQ' (NVFP4 AWQ) is not imported" in err
 
 
-def test_scale_tensors_alone_are_enough(tiny_hf, tmp_path, capsys):
-    model = quantized_export(tiny_hf("llama-gqa"), tmp_path / "m", "W8A8_SQ_PER_CHANNEL")
+def test_scale_tensors_alone_are_enough(tmp_path, capsys):
+    """No config file declares the quantization: the scale tensors still say it is a quantized export."""
+    model = export(tmp_path, "int8_sq")
     (model / "hf_quant_config.json").unlink()
-    config = json.loads((model / "config.json").read_text())
-    del config["quantization_config"]
-    (model / "config.json").write_text(json.dumps(config))
+    edit_json(model / "config.json", lambda d: d.pop("quantization_config"))
     err = convert_fails(model, tmp_path, capsys)
-    assert "is a quantization scale: a quantized export" in err and "_scale" in err and "--use_weight_only" in err
+    assert "is a quantization scale: a quantized export" in err and "_scale" in err and "--qformat" in err
 
 
 def test_transformers_quantizer_is_named(tiny_hf, tmp_path, capsys):
     model = shutil.copytree(tiny_hf("llama-gqa"), tmp_path / "m")
-    config = json.loads((model / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 128}
-    (model / "config.json").write_text(json.dumps(config))
-    assert "a quantized export (quantization_config: quant_method 'gptq', GPTQ)" in convert_fails(
-        model, tmp_path, capsys
-    )
+    edit_json(model / "config.json", lambda d: d.update(quantization_config={"quant_method": "gptq", "bits": 4}))
+    err = convert_fails(model, tmp_path, capsys)
+    assert "a quantized export (quantization_config: quant_method 'gptq', GPTQ)" in err
+    assert "only NVIDIA ModelOpt FP8, INT8 SmoothQuant and INT4 AWQ exports are imported" in err
 
 
-def test_kv_cache_only_quantization_is_named(tiny_hf, tmp_path, capsys):
+def test_kv_cache_only_quantization_needs_its_scales(tiny_hf, tmp_path, capsys):
+    """A KV-cache-only ModelOpt config on weights without k_scale/v_scale: the missing scale is named."""
     model = shutil.copytree(tiny_hf("llama-gqa"), tmp_path / "m")
     quant = {"quant_algo": None, "kv_cache_quant_algo": "FP8"}
     (model / "hf_quant_config.json").write_text(json.dumps({"producer": {"name": "modelopt"}, "quantization": quant}))
-    assert "a quantized export (ModelOpt, KV cache FP8)" in convert_fails(model, tmp_path, capsys)
+    err = convert_fails(model, tmp_path, capsys)
+    assert "tensor model.layers.0.self_attn.k_proj.k_scale missing (needed for" in err
+
+
+def test_unknown_kv_cache_algorithm(tmp_path, capsys):
+    model = export(tmp_path)
+    edit_json(model / "hf_quant_config.json", lambda d: d["quantization"].update(kv_cache_quant_algo="NVFP4"))
+    assert "field kv_cache_quant_algo 'NVFP4' is not imported (imported: FP8, INT8)" in convert_fails(
+        model, tmp_path, capsys
+    )
 
 
 def test_unquantized_modelopt_config_converts(tiny_hf, tmp_path, capsys):

@@ -1,8 +1,8 @@
-"""Quantized exports (NVIDIA ModelOpt, transformers' quantizers) recognised and refused with what they are.
+"""Quantized exports recognised: NVIDIA ModelOpt's are imported (``modelopt_import``), the others refused by name.
 
-Importing pre-quantized weights is not supported yet; this converter reads unquantized weights and
-quantizes them itself (weight-only int8/int4 with ``--use_weight_only``). Without this check such an export
-fails later as "tensor ...weight_scale is not used" or converts its int8/fp8 bytes as if they were floats.
+ModelOpt FP8 / INT8 SmoothQuant / INT4 AWQ exports (and their KV-cache scales) are imported; other ModelOpt algorithms
+and transformers' quantizers (GPTQ, AWQ, bitsandbytes, ...) are refused in one line saying what they are. Without this
+check such an export fails later as "tensor ...weight_scale is not used" or converts its int8 bytes as if floats.
 """
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ QUANT_TENSOR_SUFFIXES = (
     ".SCB",
 )
 SUPPORTED = (
-    "importing quantized weights is not supported yet: convert the unquantized model "
-    "(weight-only int8/int4 are made here with --use_weight_only --weight_only_precision int8|int4)"
+    "only NVIDIA ModelOpt FP8, INT8 SmoothQuant and INT4 AWQ exports are imported: convert the unquantized model "
+    "(quantized here with --qformat fp8|int8_sq|int4_awq, or weight-only with --use_weight_only "
+    "--weight_only_precision int8|int4)"
 )
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ckptfmt import TOKENIZER_DIR, CheckpointConfig, CheckpointError
 
-from .. import options
+from .. import options, quant_options
+from ..modelopt_import import convert_quantized
 from ..quantized import check_not_quantized
 from ..stream import Summary, convert_checkpoint
 from .architectures import ARCHITECTURES, HFArchitecture, architecture_of
@@ -38,14 +39,22 @@ _DERIVED_ERRORS: dict[type[Exception], str] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model_dir", required=True, help="HuggingFace model directory")
+    parser.add_argument(
+        "--model_dir",
+        required=True,
+        help="HuggingFace model directory (also a ModelOpt quantized export: its HF or TensorRT-LLM form)",
+    )
     options.add_arguments(parser)
+    quant_options.add_arguments(parser)
 
 
-def model_config(model_dir: str | Path) -> tuple[CheckpointConfig, HFConfig, HFArchitecture]:
-    """The checkpoint config (tp 1, pp 1, source dtype) that describes the HF model in ``model_dir``."""
+def model_config(
+    model_dir: str | Path, quantized_ok: bool = False
+) -> tuple[CheckpointConfig, HFConfig, HFArchitecture]:
+    """The checkpoint config (tp 1, pp 1, source dtype, unquantized) that describes the HF model in ``model_dir``."""
     hf = HFConfig.load(model_dir)
-    check_not_quantized(hf.path.parent, hf.data)
+    if not quantized_ok:  # the ModelOpt import (modelopt_import) reads the quantization itself
+        check_not_quantized(hf.path.parent, hf.data)
     arch = architecture_of(hf)
     try:
         translated = arch.translate(hf)
@@ -92,9 +101,11 @@ def tokenizer_files(model_dir: Path) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = convert_hf(args.model_dir, args)
+    line = convert_quantized(args)  # --qformat, or a ModelOpt export; None for a plain HF model
+    if line is None:
+        line = convert_hf(args.model_dir, args).line(args.output_dir)
     if not args.quiet:
-        print(summary.line(args.output_dir))
+        print(line)
     return 0
 
 

@@ -1,0 +1,34 @@
+"""Quantization flags of ``ckpt-convert hf`` (TensorRT-LLM ``quantize.py`` names), defined once."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_CALIB_TEXT = Path(__file__).resolve().parent / "data" / "calib.txt"
+QFORMATS = ("fp8", "int8_sq", "int4_awq")
+KV_CACHE_DTYPES = ("int8", "fp8")
+PEAK_MEMORY = (
+    "Quantizing loads the whole model in float32 (4 bytes a parameter) and ModelOpt's quantizers, then exports it: "
+    "peak RSS about 2.5x the float32 model size plus 1 GB for torch (0.9 GB for a 0.1M-parameter model)"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    quant = parser.add_argument_group(
+        "quantization with NVIDIA ModelOpt (pip install 'ckpt-convert[quant]')",
+        f"Calibrate and quantize here, on a GPU when present, else on the CPU. {PEAK_MEMORY}.",
+    )
+    quant.add_argument("--qformat", choices=QFORMATS, help="FP8, INT8 SmoothQuant (per channel) or INT4 AWQ")
+    quant.add_argument("--kv_cache_dtype", choices=KV_CACHE_DTYPES, help="with --qformat: quantize the KV cache too")
+    quant.add_argument("--calib_size", type=int, default=512, help="calibration samples (default 512)")
+    quant.add_argument(
+        "--calib_dataset",
+        type=Path,
+        default=DEFAULT_CALIB_TEXT,
+        help="calibration text, one sample per paragraph (blank-line separated); default: the text shipped here",
+    )
+    quant.add_argument("--calib_max_seq_length", type=int, default=512, help="tokens per sample, at most (default 512)")
+    quant.add_argument(
+        "--awq_block_size", type=int, default=128, help="int4_awq: input channels per weight scale (default 128)"
+    )
