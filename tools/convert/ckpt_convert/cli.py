@@ -24,6 +24,7 @@ STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 SOURCES: dict[str, str] = {
     "hf": "ckpt_convert.hf",
     "nemo": "ckpt_convert.nemo",
+    "deepspeed": "ckpt_convert.deepspeed_convert",
 }
 
 
