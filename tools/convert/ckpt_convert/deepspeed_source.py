@@ -110,9 +110,10 @@ def locate(tag_dir: Path, from_fp32_master: bool) -> Spec:
         if not optim:
             raise CheckpointError(f"{tag_dir}: ZeRO-3 model states but no *_optim_states.pt partition files")
         if len(zero3) != len(optim):
+            fewer, more = (zero3, optim) if len(zero3) < len(optim) else (optim, zero3)
             raise CheckpointError(
-                f"{tag_dir}: world size mismatch: {len(zero3)} model-states files but {len(optim)} optimizer "
-                "partition files"
+                f"{_rank_file(fewer[0], len(fewer))}: missing (partition {len(fewer)} of {len(more)}: "
+                f"{more[len(fewer)].name} exists)"
             )
         return Spec(tag_dir, "zero3", tuple(zero3), tuple(optim))
     if MODEL_STATES not in names:
@@ -136,9 +137,14 @@ def _ranked(tag_dir: Path, names: set[str], pattern: re.Pattern[str], what: str)
             found[rank] = name
     for rank in range(max(found, default=-1) + 1):
         if rank not in found:
-            some = found[min(found)].replace(f"rank_{min(found)}_", f"rank_{rank}_", 1)
-            raise CheckpointError(f"{tag_dir / some}: missing ({what} file of rank {rank} of {max(found) + 1})")
+            some = _rank_file(tag_dir / found[min(found)], rank)
+            raise CheckpointError(f"{some}: missing ({what} file of rank {rank} of {max(found) + 1})")
     return [tag_dir / found[r] for r in sorted(found)]
+
+
+def _rank_file(example: Path, rank: int) -> Path:
+    """``example`` (a rank's partition file) renamed for ``rank``."""
+    return example.with_name(re.sub(r"zero_pp_rank_\d+_", f"zero_pp_rank_{rank}_", example.name, count=1))
 
 
 class FlatPieces:
@@ -359,10 +365,15 @@ def _check_world(states: DeepSpeedPickle, optims: list[DeepSpeedPickle], files: 
     count = _field(optims[0], "partition_count")
     counts = set(count) if isinstance(count, list) else {count}
     world = states.top("dp_world_size")
-    for expected, what in ((c, "partition_count") for c in counts):
+    for expected in counts:
+        if isinstance(expected, int) and expected > len(optims):
+            raise CheckpointError(
+                f"{_rank_file(files[0], len(optims))}: missing (partition {len(optims)} of {expected}: "
+                f"partition_count in {files[0].name} is {expected})"
+            )
         if expected != len(optims):
             raise CheckpointError(
-                f"{optims[0].label}: world size mismatch: {what} says {expected} partitions, "
+                f"{optims[0].label}: world size mismatch: partition_count says {expected} partitions, "
                 f"{len(optims)} optimizer partition files found in {files[0].parent}"
             )
     if isinstance(world, int) and world != len(optims):
