@@ -132,8 +132,8 @@ def test_smollm2_matches_the_harness_hf_model(tmp_path):
     hf = smollm2_hf_dir(CACHE)
     ckpt = tmp_path / "ckpt"
     assert convert(["hf", "--model_dir", str(hf), "--output_dir", str(ckpt), "--dtype", "float32", "--quiet"]) == 0
-    ours = evaluate("ckpt", f"checkpoint_dir={ckpt}")
-    theirs = evaluate("hf", f"pretrained={hf},dtype=float32")
+    ours = evaluate("ckpt", f"checkpoint_dir={ckpt}", limit=2)
+    theirs = evaluate("hf", f"pretrained={hf},dtype=float32", limit=2)
     assert responses(ours, "ckpt_mmlu_mini_gen") == responses(theirs, "ckpt_mmlu_mini_gen")
     for task in ("ckpt_mmlu_mini", "ckpt_text_mini"):
         assert responses(ours, task) == pytest.approx(responses(theirs, task), rel=1e-3)

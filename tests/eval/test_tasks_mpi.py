@@ -3,6 +3,7 @@ table, one report; a bad input is one error line and exit 2."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
@@ -32,10 +33,17 @@ def models(tmp_path_factory):
 
 
 def task(module: str, ckpt, models, report: str, n: int, *extra: str):
+    """Under ``mpirun -n n``, or in this process for n = 1."""
     argv = ["--checkpoint_dir", str(ckpt), "--tokenizer_dir", str(models["tok"]), "--test_trt_llm", *extra]
-    done = run_mpi(sys.executable, "-m", f"ckpt_eval.{module}", *argv, "--report", str(models["base"] / report), n=n)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout, json.loads((models["base"] / report / "results.json").read_text())
+    argv += ["--report", str(models["base"] / report)]
+    if n == 1:
+        assert importlib.import_module(f"ckpt_eval.{module}").main(argv) == 0
+        stdout = ""
+    else:
+        done = run_mpi(sys.executable, "-m", f"ckpt_eval.{module}", *argv, n=n)
+        assert done.returncode == 0, done.stderr[-3000:]
+        stdout = done.stdout
+    return stdout, json.loads((models["base"] / report / "results.json").read_text())
 
 
 def test_mmlu_tp2_equals_one_process(models):
