@@ -34,7 +34,7 @@ from .deepspeed_pickle import DeepSpeedPickle, tensor_at
 from .lazy_source import LazyTensorSource
 from .source_guard import Fingerprint, fingerprint
 from .sources import LazyTensor
-from .torch_pickle import StoredTensor
+from .torch_pickle import NUMPY_DTYPES, StoredTensor
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
 ZERO3_MODEL = re.compile(r"^zero_pp_rank_(?P<rank>\d+)_mp_rank_00_model_states\.pt$")
@@ -157,14 +157,20 @@ class FlatPieces:
             self.starts.append(self.starts[-1] + p.shape[0])
         self.numel = self.starts[-1]
 
-    def read(self, start: int, n: int) -> np.ndarray:
-        parts = []
+    def read(self, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Elements ``start .. start + n`` (into ``out`` when given: no second copy of a large tensor)."""
+        spans = []
         for piece, lo in zip(self.pieces, self.starts):
-            hi = lo + piece.shape[0]
-            a, b = max(start, lo), min(start + n, hi)
+            a, b = max(start, lo), min(start + n, lo + piece.shape[0])
             if a < b:
-                parts.append(piece.narrow((a - lo,), (b - a,)).read())
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+                spans.append((piece.narrow((a - lo,), (b - a,)), a - start))
+        if out is None and len(spans) == 1:
+            return spans[0][0].read()
+        if out is None:
+            out = np.empty(n, NUMPY_DTYPES[spans[0][0].dtype])
+        for part, at in spans:
+            out[at : at + part.shape[0]] = part.read()
+        return out
 
 
 class DeepSpeedSource(LazyTensorSource):
@@ -404,9 +410,12 @@ def _zero3_loader(flats: list[FlatPieces], offset: int, share: int, shape: tuple
 
 
 def _read_zero3(flats: list[FlatPieces], offset: int, share: int, shape: tuple[int, ...]) -> np.ndarray:
-    n = math.prod(shape)
-    parts = [flat.read(offset, share) for flat in flats]
-    return np.concatenate(parts)[:n].reshape(shape)
+    """Rank r holds elements ``r * share ..`` of the parameter; the last rank's share ends in padding."""
+    dtype = NUMPY_DTYPES[flats[0].pieces[0].dtype]
+    out = np.empty(share * len(flats), dtype)
+    for rank, flat in enumerate(flats):
+        flat.read(offset, share, out[rank * share : (rank + 1) * share])
+    return out[: math.prod(shape)].reshape(shape)
 
 
 def _frozen_loader(frags: list[StoredTensor], shape: tuple[int, ...]):
