@@ -32,6 +32,7 @@ MASTER_CASES = {
     "zero3_bf16_dp3": [],
     "zero3_fp32_dp2_tied": [],
     "universal": [],
+    "pipeline_pp2": [],
 }
 MODULE_CASES = ["zero0_bf16", "zero1_fp32_dp2", "zero2_fp32_dp2", "zero2_bf16_dp3"]
 
@@ -144,6 +145,7 @@ def context_logits(checkpoint: Path, ids: list[int]) -> np.ndarray:
         ("zero3_fp32_dp2_tied", []),
         ("zero2_bf16_dp3", ["--from_fp32_master"]),
         ("universal", []),
+        ("pipeline_pp2", ["--tp_size", "1", "--pp_size", "1"]),
     ],
 )
 def test_logits_match_the_hf_model(tmp_path, capsys, name, flags):

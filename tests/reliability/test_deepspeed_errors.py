@@ -66,6 +66,12 @@ def test_world_size_not_matching_the_files(tmp_path, capsys, name, pattern, flag
     assert "world size mismatch" in line and "partition_count says 2" in line and "3 optimizer partition" in line
 
 
+def test_missing_pipeline_layer_file(tmp_path, capsys):
+    fixture = copy_fixture("pipeline_pp2", tmp_path)
+    (fixture / "ckpt" / STEP / "layer_02-model_states.pt").unlink()
+    assert "layer_02-model_states.pt: missing (pipeline layer)" in run(fixture, tmp_path, capsys=capsys)
+
+
 def test_unknown_tag(tmp_path, capsys):
     line = run(FIXTURES / "zero3_fp32_dp2", tmp_path, "--tag", "global_step9", capsys=capsys)
     assert "--tag global_step9: no such tag folder" in line and "global_step2" in line

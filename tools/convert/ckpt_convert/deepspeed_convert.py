@@ -1,4 +1,4 @@
-"""``ckpt-convert deepspeed``: a DeepSpeed checkpoint (ZeRO 0-3, universal) -> checkpoint, without deepspeed.
+"""``ckpt-convert deepspeed``: DeepSpeed checkpoints (ZeRO 0-3, universal, pipeline) -> checkpoint, no deepspeed.
 
 DeepSpeed stores no architecture: ``--model_config`` (an HF ``config.json`` or its folder) gives it, and the
 DeepSpeed tensors, which carry the HF module's names, go through the same HF mapping tables as ``ckpt-convert hf``.
@@ -20,7 +20,7 @@ from .deepspeed_source import locate, open_deepspeed, tag_directory
 from .hf import model_config, tokenizer_files
 from .stream import convert_checkpoint
 
-DESCRIPTION = "DeepSpeed checkpoint directory (ZeRO 0-3, universal); architecture from an HF config"
+DESCRIPTION = "DeepSpeed checkpoint directory (ZeRO 0-3, universal, pipeline), architecture from an HF config"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

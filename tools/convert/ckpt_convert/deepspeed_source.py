@@ -11,6 +11,7 @@ One tag folder (``global_stepN/``) holds, by layout (``locate``):
   files, whose ``fp32_flat_groups`` hold, per rank, ``ceil(numel / world)`` elements of every parameter in order
   (the last rank's share padded).
 - universal (``ds_to_universal``): ``zero/<param name>/fp32.pt`` per parameter.
+- pipeline (``PipelineModule``): ``layer_XX-model_states.pt`` per layer with the layer module's local names.
 
 Nothing is loaded up front: each tensor is assembled when the converter asks for it from the byte ranges it
 spans, read with ``preadv`` (``torch_pickle.StoredTensor.narrow``), so memory holds one tensor, not a partition.
@@ -39,6 +40,7 @@ from .torch_pickle import NUMPY_DTYPES, StoredTensor
 MODEL_STATES = "mp_rank_00_model_states.pt"
 ZERO3_MODEL = re.compile(r"^zero_pp_rank_(?P<rank>\d+)_mp_rank_00_model_states\.pt$")
 OPTIM = re.compile(r"^(bf16_|fp16_)?zero_pp_rank_(?P<rank>\d+)_mp_rank_00_optim_states\.pt$")
+PIPE_LAYER = re.compile(r"^layer_(\d+)-model_states\.pt$")
 TAG_FILES = ("latest", "latest_universal")
 
 
@@ -47,7 +49,7 @@ class Spec:
     """Picklable description of what to read (workers reopen the source from it)."""
 
     tag_dir: Path
-    layout: str  # module | zero12 | zero3 | fp32_groups | universal
+    layout: str  # module | zero12 | zero3 | fp32_groups | universal | pipeline
     model_files: tuple[Path, ...] = ()
     optim_files: tuple[Path, ...] = ()
 
@@ -84,7 +86,7 @@ def _looks_like_tag(path: Path) -> bool:
     return (
         (path / MODEL_STATES).is_file()
         or (path / "zero").is_dir()
-        or any(ZERO3_MODEL.match(p.name) for p in path.iterdir() if p.is_file())
+        or any(ZERO3_MODEL.match(p.name) or PIPE_LAYER.match(p.name) for p in path.iterdir() if p.is_file())
     )
 
 
@@ -93,11 +95,16 @@ def locate(tag_dir: Path, from_fp32_master: bool) -> Spec:
     names = {p.name for p in tag_dir.iterdir()}
     if (tag_dir / "zero").is_dir():
         return Spec(tag_dir, "universal", ((tag_dir / MODEL_STATES),) if MODEL_STATES in names else ())
-    if any(n.startswith("layer_") and n.endswith("model_states.pt") for n in names):
-        raise CheckpointError(
-            f"{tag_dir}: a pipeline-parallel (PipelineModule) checkpoint: not supported yet; convert it to a "
-            "universal checkpoint first (python -m deepspeed.checkpoint.ds_to_universal)"
-        )
+    layers = sorted(n for n in names if n.startswith("layer_") and n.endswith("model_states.pt"))
+    if layers:
+        if tp_layer := next((n for n in layers if not PIPE_LAYER.match(n)), None):
+            raise CheckpointError(
+                f"{tag_dir / tp_layer}: a tensor-parallel pipeline layer (Megatron-DeepSpeed): not supported yet"
+            )
+        indices = [int(PIPE_LAYER.match(n).group(1)) for n in layers]  # type: ignore[union-attr]
+        if missing := sorted(set(range(min(indices), max(indices) + 1)) - set(indices)):
+            raise CheckpointError(f"{tag_dir}/layer_{missing[0]:02d}-model_states.pt: missing (pipeline layer)")
+        return Spec(tag_dir, "pipeline", tuple(tag_dir / n for n in layers))
     other_mp = sorted(n for n in names if re.search(r"mp_rank_(?!00_)\d+_", n))
     if other_mp:
         raise CheckpointError(
@@ -204,10 +211,7 @@ class DeepSpeedSource(LazyTensorSource):
 
     # --- ZeRO 0-2: the module's own weights
     def _module(self, states: DeepSpeedPickle) -> dict[str, StoredTensor]:
-        module = states.get("module")
-        if not isinstance(module, dict):
-            raise CheckpointError(f"{states.label}: field module is a {type(module).__name__}, not a state dict")
-        return {str(k): tensor_at(v, states.label, f"module.{k}") for k, v in module.items()}
+        return _tensor_dict(states.get("module"), states.label, "module.")
 
     def _open_module(self) -> None:
         states = self._open(self.spec.model_files[0])
@@ -317,6 +321,28 @@ class DeepSpeedSource(LazyTensorSource):
                 self._add_stored(name, module[name], models[0].region.path)
         self._add_shared(models[0])
 
+    # --- pipeline: layer_XX-model_states.pt, one PipelineModule layer each, HF modules with local names
+    def _open_pipeline(self) -> None:
+        """Leading layers of plain tensors (``weight``) are the embedding, trailing ones the final norm (1-D) and
+        the head (2-D); the layers between are decoder layers, numbered from 0 in file order."""
+        files = [(path, _tensor_dict(self._open(path).root, str(path), "")) for path in self.spec.model_files]
+        plain = [all("." not in name for name in tensors) for _, tensors in files]
+        first = plain.index(False) if False in plain else len(plain)
+        last = len(plain) - plain[::-1].index(False) if False in plain else first
+        for position, (path, tensors) in enumerate(files):
+            for name, t in tensors.items():
+                if first <= position < last:
+                    if plain[position]:
+                        raise CheckpointError(f"{path}: plain tensor {name} between the decoder layers")
+                    full = f"model.layers.{position - first}.{name}"
+                elif position < first:
+                    full = f"model.embed_tokens.{name}"
+                else:
+                    full = f"{'model.norm' if len(t.shape) == 1 else 'lm_head'}.{name}"
+                if full in self.tensors:
+                    raise CheckpointError(f"{path}: tensor {name}: a second {full} (pipeline layers not understood)")
+                self._add_stored(full, t, path)
+
     # --- universal: zero/<param>/fp32.pt, one small pickle per parameter (opened again when read)
     def _open_universal(self) -> None:
         self._universal_prints: dict[Path, Fingerprint] = {}
@@ -344,6 +370,15 @@ class DeepSpeedSource(LazyTensorSource):
 
 def open_deepspeed(spec: Spec) -> DeepSpeedSource:
     return DeepSpeedSource(spec)
+
+
+def _tensor_dict(state: Any, label: str, field: str) -> dict[str, StoredTensor]:
+    """A state dict of tensors (``field``: its place in the file, for errors)."""
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{label}: {field.rstrip('.') or 'top level'} is a {type(state).__name__}, not a state dict"
+        )
+    return {str(k): tensor_at(v, label, f"{field}{k}") for k, v in state.items()}
 
 
 def _field(optim: DeepSpeedPickle, key: str, index: int | None = None) -> Any:
