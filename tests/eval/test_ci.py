@@ -128,3 +128,21 @@ def test_workflow_settings_reach_the_eval_container(tmp_path):
     assert convert == "compose run --rm -T convert-hf" and build == "compose run --rm -T build"
     handed = re.findall(r"-e (\S+)", evaluate)
     assert evaluate.endswith(" eval gates") and set(handed) == {n for n in env if n in forwarded}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the entrypoint as another user")
+def test_image_entrypoint_checks_the_gate_report_directory():
+    """`ckpt-entry ckpt-eval` (the image's default) refuses an EVAL_REPORT_DIR its user cannot write, in one line."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as top:  # pytest's tmp_path sits under a 0700 directory
+        Path(top).chmod(0o755)
+        target = Path(top) / "reports"
+        env = {"PATH": os.environ["PATH"], "EVAL_REPORT_DIR": str(target)}
+        entry = ["sh", str(ROOT / "containers/entrypoint.sh"), "ckpt-eval"]
+        done = subprocess.run(entry, capture_output=True, text=True, env=env, timeout=60, user=65534)
+        assert done.returncode == 1 and done.stdout == "" and not target.exists()
+        assert done.stderr.splitlines() == [
+            f"ckpt-eval: error: EVAL_REPORT_DIR {target}: {top} is not writable; outputs belong under /data "
+            "(the shared volume)"
+        ]
