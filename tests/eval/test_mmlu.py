@@ -151,3 +151,15 @@ def test_bad_input_is_one_line_exit_2(tiny, capsys, tmp_path):
     assert rc == 2 and err == ["error: --max_regression 'x': expected a number >= 0, optionally followed by %"]
     rc, _, err = run(capsys, ours(tiny, "--baseline", str(tmp_path / "ppl.json")))
     assert rc == 2 and err == [f"error: {tmp_path / 'ppl.json'}: task: a perplexity baseline, not mmlu"]
+
+
+def test_engine_directory_is_checked_before_anything_runs(tiny, capsys, tmp_path):
+    """--engine_dir selects the trt backend; an engine directory that is not one is one line, exit 2."""
+    (tmp_path / "engine").mkdir()
+    argv = ["--engine_dir", str(tmp_path / "engine"), "--tokenizer_dir", str(tiny["tok"]), "--test_trt_llm"]
+    rc, out, err = run(capsys, argv)
+    assert (
+        rc == 2
+        and out == ""
+        and err == [f"error: {tmp_path / 'engine' / 'config.json'}: missing (not an engine directory?)"]
+    )
