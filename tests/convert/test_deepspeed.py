@@ -15,11 +15,11 @@ import pytest
 
 from tests.convert.merge import merged_tensors
 from tests.convert.reference import reference_tensors
+from tests.convert.test_nemo_convert import FP32_TOL, context_logits, rel_err
 
 from .conftest import run_cli
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "deepspeed"
-FP32_TOL = 1e-4
 IDS = [1, 17, 42, 90, 3, 60, 7, 28, 64, 5, 95]
 
 # fixture -> flags; every one must equal DeepSpeed's zero_to_fp32 output exactly
@@ -130,14 +130,6 @@ def test_tensor_parallel_output_merges_back(tmp_path, capsys, expected, name):
     assert_exact(merged_tensors(out), expected(name))
 
 
-def context_logits(checkpoint: Path, ids: list[int]) -> np.ndarray:
-    torch = pytest.importorskip("torch")
-    runner_mod = pytest.importorskip("ckpt_eval.runner")
-    runner = runner_mod.ModelRunner.from_dir(str(checkpoint), device="cpu")
-    out = runner.generate([torch.tensor(ids)], max_new_tokens=1, return_dict=True, output_context_logits=True)
-    return out["context_logits"][0, : len(ids)].float().numpy()
-
-
 @pytest.mark.parametrize(
     ("name", "flags"),
     [
@@ -156,8 +148,7 @@ def test_logits_match_the_hf_model(tmp_path, capsys, name, flags):
     with torch.inference_mode():
         ref = hf(torch.tensor([IDS])).logits[0].numpy()
     ours = context_logits(convert(capsys, name, tmp_path / "ckpt", *flags), IDS)
-    err = float(np.abs(ours - ref).max() / np.abs(ref).max())
-    assert err <= FP32_TOL
+    assert rel_err(ours, ref) <= FP32_TOL
 
 
 def test_tag_and_checkpoint_folder_forms(tmp_path, capsys, expected):
