@@ -159,8 +159,8 @@ def test_interleaved_rotary_is_rotate_half_on_even_odd_channels(rotary_pct):
     x = torch.randn(2, 5, 4, 16)
     positions = torch.tensor([[0, 1, 2, 3, 4], [7, 8, 9, 10, 11]])
     order = torch.cat([torch.arange(0, dim, 2), torch.arange(1, dim, 2), torch.arange(dim, 16)])
-    turned = gptj.apply(x, *gptj.cos_sin(positions, x.dtype))
-    expected = neox.apply(x[..., order], *neox.cos_sin(positions, x.dtype))
+    turned = gptj.rotate(x, *gptj.cos_sin(positions, x.dtype))
+    expected = neox.rotate(x[..., order], *neox.cos_sin(positions, x.dtype))
     assert torch.allclose(turned[..., order], expected, atol=1e-6)
     assert torch.equal(turned[..., dim:], x[..., dim:])  # partial rotary leaves the rest alone
     assert not torch.allclose(turned, x)

@@ -14,6 +14,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger("ckpt_eval")
 
@@ -89,7 +90,7 @@ def run_interleaved(
     return runs
 
 
-def speed_ratio(ours: SystemRun, reference: SystemRun) -> dict[str, float]:
+def speed_ratio(ours: SystemRun, reference: SystemRun) -> dict[str, Any]:
     """ours / reference tokens/s, from batches run back to back on both systems in alternating order.
 
     ``median``: the median over pairs of consecutive batches (one run ours first, the other the reference

@@ -143,7 +143,7 @@ def _read_saved_dataset(directory: Path) -> list[dict]:
     names = [shard.get("filename") for shard in shards or [] if isinstance(shard, dict)]
     if not names or None in names:
         raise DatasetError(f"{directory / 'state.json'}: `_data_files` does not list the data files")
-    return [record for name in names for record in _read_file(directory / name)]
+    return [record for name in names if name is not None for record in _read_file(directory / name)]
 
 
 def _read_json_object(path: Path) -> dict:

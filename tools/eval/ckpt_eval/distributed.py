@@ -144,11 +144,12 @@ class Parallel:
 
     def share(self, x: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """``x`` from the sampler rank, on every rank (others pass None)."""
-        if not self.distributed:
-            return x
-        if not self.is_sampler:
+        if self.distributed and not self.is_sampler:
             x = torch.empty(shape, dtype=dtype, device=self.device)
-        dist.broadcast(x.contiguous() if self.is_sampler else x, src=self.sampler_rank)
+        if x is None:
+            raise ValueError("share: the sampler rank passes the tensor it shares")
+        if self.distributed:
+            dist.broadcast(x.contiguous() if self.is_sampler else x, src=self.sampler_rank)
         return x
 
     def agree(self, error: str | None) -> None:

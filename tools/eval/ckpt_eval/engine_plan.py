@@ -10,6 +10,7 @@ tokens at shared cache slots) into the contract's right-padded ``input_ids`` / `
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -109,7 +110,8 @@ class StagePlan:
         out += self.cache_buffers(batch)
         out += [Buffer(t.name, t.concrete_shape(dims), TORCH_DTYPES[t.dtype], False, t.name) for t in self.outputs]
         out += [
-            Buffer(t.name, t.concrete_shape(dims), TORCH_DTYPES[t.dtype], False, t.alias_of) for t in self.alias_outputs
+            Buffer(t.name, t.concrete_shape(dims), TORCH_DTYPES[t.dtype], False, cast(str, t.alias_of))
+            for t in self.alias_outputs  # each has alias_of
         ]
         return out
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
 from ckptfmt.semantics import FUSED, support_rows
 
-from .model import Transformer
+from .model import Block, KVCache, Transformer
 
 # ``ModelSpec.activation`` -> the kernel's activation
 KERNEL_ACTIVATIONS = {"silu": "silu", "relu": "relu", "gelu_erf": "gelu", "gelu_tanh": "gelu_tanh"}
@@ -109,12 +110,12 @@ class FusedDecoder:
         spec = model.spec
         self.act = KERNEL_ACTIVATIONS[spec.activation]
         self.eps = spec.norm_epsilon
-        for layer in model.transformer.layers:
+        for layer in model.transformer.blocks():
             if layer.mlp.gate is not None and layer.mlp.fc_gate is None:
                 layer.mlp.fuse()  # [fc; gate] as one weight: one GEMV reads both (load_model has done it)
         if not all(p.is_contiguous() for p in model.parameters()):
             raise ValueError("fused decode: the kernels read contiguous weights")
-        first = model.transformer.layers[0].attention
+        first = model.transformer.blocks()[0].attention
         self.heads, self.kv_heads, self.head_size = first.heads, first.kv_heads, first.head_size
         self.rotary_dim = spec.rotary_dim
         device = next(model.parameters()).device
@@ -131,7 +132,7 @@ class FusedDecoder:
             return self.fallback(inputs, slots, pad, last_only=last_only)
         if not self.cuda_graphs:
             return self.step(inputs.view(b), slots.view(1), pad, self.buffers()).view(b, 1, -1)
-        key = self.model.transformer.layers[0].attention.kv_cache.kv.data_ptr()
+        key = self.cache().kv.data_ptr()
         if self.graph is None or self.graph.cache != key:
             self.graph = None  # its memory goes back before the new capture
             self.graph = self.capture(inputs, slots, pad)
@@ -155,16 +156,22 @@ class FusedDecoder:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             logits = run()
-        key = self.model.transformer.layers[0].attention.kv_cache.kv.data_ptr()
+        key = self.cache().kv.data_ptr()
         return CapturedStep(key, graph, buffers, logits)
+
+    def cache(self) -> KVCache:
+        """The first layer's KV cache (``setup_cache`` has allocated it)."""
+        cache = cast(Block, self.model.transformer.layers[0]).attention.kv_cache
+        assert cache is not None, "setup_cache allocates the KV caches"
+        return cache
 
     def buffers(self) -> dict:
         model, spec = self.model, self.model.spec
         p = next(model.parameters())
-        layer = model.transformer.layers[0]
+        layer = model.transformer.blocks()[0]
         width = layer.attention.qkv.weight.shape[0]
         ffn = layer.mlp.fc.weight.shape[0]
-        splits = attention_blocks(layer.attention.kv_cache.length)["SPLITS"]  # attention partials
+        splits = attention_blocks(self.cache().length)["SPLITS"]  # attention partials
         empty = lambda n, dtype=p.dtype: torch.empty(n, dtype=dtype, device=p.device)  # noqa: E731
         return {
             "x": torch.empty(1, spec.hidden_size, dtype=p.dtype, device=p.device),  # index_select's output
@@ -189,13 +196,14 @@ class FusedDecoder:
     def attention(self, qkv, cache, out, parts, slot, pad) -> None:
         """Rotary, the cache write at ``slot`` and attention over the cache: one ``decode_attention_kernel``,
         plus ``attention_combine_kernel`` where the cache is long enough to be split."""
-        kv = cache.kv
+        kv, rotary = cache.kv, self.model.rotary
+        assert rotary is not None  # unsupported() refuses models without rotary embeddings
         pdl = {"launch_pdl": True} if self.pdl else {}
         blocks = attention_blocks(kv.shape[3])
         splits, chunk = blocks.pop("SPLITS"), blocks.pop("CHUNK")
         bd = triton_next_pow2(self.head_size)
         self.kernels.decode_attention_kernel[(self.heads, splits)](
-            qkv, kv, out, self.model.rotary.inv_freq, slot, pad, parts, chunk, kv.stride(0), kv.stride(2),
+            qkv, kv, out, rotary.inv_freq, slot, pad, parts, chunk, kv.stride(0), kv.stride(2),
             HEADS=self.heads, KV_HEADS=self.kv_heads, D=self.head_size, BD=bd, ROT=self.rotary_dim,
             INTERLEAVED=self.model.spec.rotary_interleaved, SPLITS=splits, SCALE=1.0 / math.sqrt(self.head_size),
             PDL=self.pdl, **blocks, **pdl,
@@ -212,7 +220,8 @@ class FusedDecoder:
         t = model.transformer
         x = buf["x"]
         torch.index_select(t.vocab_embedding.weight, 0, tokens, out=x)
-        for layer in t.layers:
+        assert spec.mlp_norm is not None  # unsupported() refuses layers without an MLP norm
+        for layer in t.blocks():
             a, mlp = layer.attention, layer.mlp
             self.gemv(x, a.qkv.weight, buf["qkv"], norm=getattr(layer, spec.attn_norm).weight, bias=a.qkv.bias)
             self.attention(buf["qkv"], a.kv_cache, buf["attn"], buf["parts"], slot, pad)

@@ -101,6 +101,7 @@ def generate_steps(
     for i in range(max_new_tokens):
         tokens = lp = last = None
         if model.is_sampler:
+            assert out is not None  # step returns the logits on the sampler rank
             last = out[:, -1]
             tokens, lp = choose(last, seen, sampling, generator, log_probs)
             if end_id is not None:

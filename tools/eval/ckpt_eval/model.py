@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +120,8 @@ class KVCache(nn.Module):
     """Static cache, keys and values in one buffer [2, batch, kv_heads, max_seq, head_size] so a step writes
     both with one kernel; ``slots`` are the sequence indices written."""
 
+    kv: torch.Tensor  # a buffer (register_buffer)
+
     def __init__(self, batch: int, kv_heads: int, max_seq: int, head_size: int, dtype, device):
         super().__init__()
         shape = (2, batch, kv_heads, max_seq, head_size)
@@ -141,6 +144,8 @@ class KVCache(nn.Module):
 class Rotary(nn.Module):
     """Rotary position embedding on the first ``rotary_dim`` channels: rotate-half (NeoX) or interleaved (GPT-J)."""
 
+    inv_freq: torch.Tensor  # a buffer (register_buffer)
+
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.dim, self.interleaved = spec.rotary_dim, spec.rotary_interleaved
@@ -153,7 +158,7 @@ class Rotary(nn.Module):
         freqs = freqs.repeat_interleave(2, -1) if self.interleaved else torch.cat([freqs, freqs], -1)
         return freqs.cos().to(dtype).unsqueeze(2), freqs.sin().to(dtype).unsqueeze(2)
 
-    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """``x`` [batch, seq, heads, head_size]."""
         rot, rest = x[..., : self.dim], x[..., self.dim :]
         if self.interleaved:
@@ -183,8 +188,9 @@ class Attention(nn.Module):
         k = k.view(b, t, self.kv_heads, self.head_size)
         v = v.view(b, t, self.kv_heads, self.head_size)
         if rotary is not None:
-            q, k = rotary.apply(q, *cos_sin), rotary.apply(k, *cos_sin)
+            q, k = rotary.rotate(q, *cos_sin), rotary.rotate(k, *cos_sin)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))
+        assert self.kv_cache is not None, "setup_cache allocates the KV caches"
         k, v = self.kv_cache.update(slots, k, v)
         gqa = self.kv_heads != self.heads
         if mask is None:  # prefill from slot 0 without padding: causal attention over the first t slots
@@ -265,6 +271,7 @@ class Block(nn.Module):
         attn_norm = getattr(self, spec.attn_norm)
         mlp_norm = getattr(self, spec.mlp_norm) if spec.mlp_norm else None
         if not spec.pre_norm:  # OPT post-norm: normalize after each residual add
+            assert mlp_norm is not None  # post-norm layers have both norms
             x = attn_norm(x + self.attention(x, slots, mask, rotary, cos_sin))
             return mlp_norm(x + self.mlp(x))
         h = attn_norm(x)
@@ -272,6 +279,7 @@ class Block(nn.Module):
         if spec.parallel_residual:  # Falcon with mlp_norm None: the MLP reads the attention norm's output
             return x + a + self.mlp(mlp_norm(x) if mlp_norm is not None else h)
         x = x + a
+        assert mlp_norm is not None  # only a parallel residual goes without one
         return x + self.mlp(mlp_norm(x))
 
 
@@ -295,6 +303,10 @@ class Backbone(nn.Module):
             if spec.embed_proj_dim:
                 self.project_out = nn.Linear(spec.hidden_size, spec.embed_proj_dim, bias=False)
 
+    def blocks(self) -> list[Block]:
+        """This stage's layers, typed (iterating ``nn.ModuleList`` gives plain modules)."""
+        return cast("list[Block]", list(self.layers))
+
 
 class Transformer(nn.Module):
     """One rank's part of the model: ``forward`` runs token ids (or the previous stage's hidden states)
@@ -309,7 +321,7 @@ class Transformer(nn.Module):
             rows = pad_to_multiple(spec.vocab_size, par.tp_size) // par.tp_size
             self.lm_head = nn.Linear(spec.embed_dim, rows, bias=spec.lm_head_bias)
         self.rotary = Rotary(spec) if spec.rotary else None
-        self.window = None
+        self.window: int | None = None
         self.alibi = None  # this rank's head slopes, already scaled where the family scales the bias
         if spec.position_embedding_type.startswith("alibi"):
             heads = spec.num_heads // par.tp_size
@@ -322,7 +334,7 @@ class Transformer(nn.Module):
         """KV caches for ``batch`` sequences of up to ``max_seq`` positions. Buffers are kept while the batch
         size is the same and they are long enough, so compiled decode graphs stay valid across calls."""
         p = next(self.parameters())
-        for layer in self.transformer.layers:
+        for layer in self.transformer.blocks():
             a, old = layer.attention, layer.attention.kv_cache
             if old is not None and old.batch == batch and old.length >= max_seq:
                 old.kv.zero_()
@@ -367,7 +379,9 @@ class Transformer(nn.Module):
         x = self.embed(inputs, positions) if self.shapes.first_stage else inputs
         mask = None
         if not self.plain_causal(slots, pad):
-            mask = attention_mask(slots, pad, self.transformer.layers[0].attention.kv_cache.length, self.window)
+            cache = cast(Block, self.transformer.layers[0]).attention.kv_cache
+            assert cache is not None, "setup_cache allocates the KV caches"
+            mask = attention_mask(slots, pad, cache.length, self.window)
             if self.alibi is not None:
                 mask = alibi_bias(self.alibi, pad, mask, x.dtype)
         cos_sin = self.rotary.cos_sin(positions, x.dtype) if self.rotary is not None else None

@@ -106,6 +106,8 @@ class NcclCommunicator:
         )
 
     def capsule(self) -> object:
+        if self.comm.value is None:
+            raise ValueError("NCCL communicator: closed")
         return pointer_capsule(self.comm.value)
 
     def close(self) -> None:

@@ -93,7 +93,7 @@ def load_model(directory: str | Path, config: CheckpointConfig, par: Parallel) -
                 set_param(model, name, value.to(device=par.device, dtype=dtype))
             except CheckpointError as err:
                 raise CheckpointError(f"{path}: {err}") from None
-    for layer in model.transformer.layers:
+    for layer in model.transformer.blocks():
         layer.mlp.fuse()
     if model.rotary is not None:
         model.rotary.inv_freq = model.rotary.inv_freq.to(par.device)
