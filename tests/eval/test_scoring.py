@@ -77,6 +77,16 @@ def test_next_logprobs_equal_transformers_last_position(tiny, runners, backend):
     torch.testing.assert_close(runners[backend].next_logprobs(seqs, ids), want, atol=1e-4, rtol=1e-4)
 
 
+def test_long_rows_are_scored_in_chunks(runners, monkeypatch):
+    import ckpt_eval.scoring as scoring
+
+    seqs, starts = sequences()
+    whole = runners["torch"].score(seqs, starts)
+    monkeypatch.setattr(scoring, "CHUNK", 3)  # every row crosses chunk borders
+    for a, b in zip(runners["torch"].score(seqs, starts), whole):
+        assert torch.equal(a.logprobs, b.logprobs) and torch.equal(a.greedy, b.greedy)
+
+
 def test_bad_scoring_input_is_one_line(runners):
     with pytest.raises(RunnerError, match="sequence 0: start 0 must leave context"):
         runners["torch"].score([torch.tensor([1, 2, 3])], [0])

@@ -17,6 +17,8 @@ import torch
 
 from .backends.base import RunnerError, Stepper
 
+CHUNK = 256  # positions per log-softmax in float64
+
 
 @dataclass
 class TokenScores:
@@ -62,13 +64,15 @@ def aligned(sequences: list[torch.Tensor], starts: Sequence[int]) -> tuple[torch
 
 def column_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability [batch, cols] of ``targets`` [batch, cols] under ``logits`` [batch, cols, vocab] and
-    whether each is the argmax; one row at a time, so the log-softmax copy stays one row's size."""
+    whether each is the argmax; in float64, ``CHUNK`` columns of one row at a time (a small copy)."""
     lp = torch.empty(targets.shape, dtype=torch.float64)
     greedy = torch.empty(targets.shape, dtype=torch.bool)
     for row in range(logits.shape[0]):
-        logsm = torch.log_softmax(logits[row].double(), dim=-1)
-        lp[row] = logsm.gather(-1, targets[row, :, None].to(logsm.device))[:, 0].cpu()
-        greedy[row] = logits[row].argmax(-1).cpu() == targets[row].cpu()
+        for col in range(0, logits.shape[1], CHUNK):
+            part, want = logits[row, col : col + CHUNK], targets[row, col : col + CHUNK].to(logits.device)
+            logsm = torch.log_softmax(part.double(), dim=-1)
+            lp[row, col : col + CHUNK] = logsm.gather(-1, want[:, None])[:, 0].cpu()
+            greedy[row, col : col + CHUNK] = (part.argmax(-1) == want).cpu()
     return lp, greedy
 
 
