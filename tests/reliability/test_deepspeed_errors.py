@@ -115,6 +115,16 @@ def test_model_config_with_fewer_layers(tmp_path, capsys):
     assert "tensor model.layers.1." in line and "not used" in line
 
 
+def test_partitions_of_another_checkpoint(tmp_path, capsys):
+    """The tied model's optimizer files (no lm_head) beside the untied model's param_shapes."""
+    fixture = copy_fixture("zero3_fp32_dp2", tmp_path)
+    for rank in (0, 1):
+        name = f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
+        shutil.copy(FIXTURES / "zero3_fp32_dp2_tied" / "ckpt" / STEP / name, fixture / "ckpt" / STEP / name)
+    line = run(fixture, tmp_path, capsys=capsys)
+    assert "param_shapes need" in line and "files from different checkpoints?" in line
+
+
 def test_truncated_partition_file(tmp_path, capsys):
     fixture = copy_fixture("zero3_fp32_dp2", tmp_path)
     victim = fixture / "ckpt" / STEP / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
