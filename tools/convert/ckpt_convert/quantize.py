@@ -180,12 +180,16 @@ def modelopt_step(name: str, function, *args, **kwargs):
 
 
 def quantize_and_convert(model_dir: Path, args: argparse.Namespace) -> ReshardSummary:
+    config, decoder, samples = preflight(model_dir, args)
+    return export_and_import(quantized_model(model_dir, args, samples), model_dir, config, decoder, args)
+
+
+def export_and_import(model, model_dir: Path, config: CheckpointConfig, decoder: str | None, args) -> ReshardSummary:
+    """ModelOpt's export of the quantized ``model`` (staged beside the output), then our checkpoint from it."""
     import torch
 
-    from .hf import tokenizer_files
+    from .hf import model_config, tokenizer_files
 
-    config, decoder, samples = preflight(model_dir, args)
-    model = quantized_model(model_dir, args, samples)
     dtype = getattr(torch, config.dtype)
     tokenizer = tokenizer_files(model_dir)
     with staging_dir(Path(args.output_dir)) as staging:
@@ -194,11 +198,7 @@ def quantize_and_convert(model_dir: Path, args: argparse.Namespace) -> ReshardSu
             from modelopt.torch.export import export_hf_checkpoint
 
             modelopt_step("export_hf_checkpoint", export_hf_checkpoint, model, dtype=dtype, export_dir=export)
-            del model
-            from .hf import model_config
-
-            table = model_config(model_dir)[2].table
-            return import_hf_export(export, config, table, args, tokenizer)
+            return import_hf_export(export, config, model_config(model_dir)[2].table, args, tokenizer)
         from modelopt.torch.export import export_tensorrt_llm_checkpoint
 
         modelopt_step(
@@ -211,7 +211,6 @@ def quantize_and_convert(model_dir: Path, args: argparse.Namespace) -> ReshardSu
             inference_tensor_parallel=1,
             inference_pipeline_parallel=1,
         )
-        del model
         for rel, path in tokenizer.items():
             (export / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, export / rel)
