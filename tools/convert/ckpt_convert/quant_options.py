@@ -9,8 +9,8 @@ DEFAULT_CALIB_TEXT = Path(__file__).resolve().parent / "data" / "calib.txt"
 QFORMATS = ("fp8", "int8_sq", "int4_awq")
 KV_CACHE_DTYPES = ("int8", "fp8")
 PEAK_MEMORY = (
-    "Quantizing loads the whole model in float32 (4 bytes a parameter) and ModelOpt's quantizers, then exports it: "
-    "peak RSS about 2.5x the float32 model size plus 1 GB for torch (0.9 GB for a 0.1M-parameter model)"
+    "Quantizing holds the whole model in float32 (4 bytes a parameter) with ModelOpt's quantizers: peak RSS about "
+    "0.7 GB (torch, transformers, ModelOpt) plus twice the float32 model size (measured: 1.16 GB for 58M parameters)"
 )
 
 
