@@ -123,9 +123,11 @@ def test_module_weights_equal_zero_to_fp32_cast(tmp_path, capsys, expected, name
     assert_exact(actual, expected(name, "expected_module.safetensors"))
 
 
-@pytest.mark.parametrize("name", ["zero3_bf16_dp3", "zero2_fp32_dp2"])
-def test_tensor_parallel_output_merges_back(tmp_path, capsys, expected, name):
-    flags = ["--from_fp32_master"] if name.startswith("zero2") else []
+@pytest.mark.parametrize(
+    ("name", "flags"), [("zero3_bf16_dp3", ["--workers", "2"]), ("zero2_fp32_dp2", ["--from_fp32_master"])]
+)
+def test_tensor_parallel_output_merges_back(tmp_path, capsys, expected, name, flags):
+    """tp 2 x pp 2 (in worker processes: the source is reopened there from its picklable description)."""
     out = convert(capsys, name, tmp_path / "ckpt", *flags, "--tp_size", "2", "--pp_size", "2")
     assert_exact(merged_tensors(out), expected(name))
 
