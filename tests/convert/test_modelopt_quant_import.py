@@ -276,3 +276,12 @@ def test_fp8_values_are_e4m3():
     """The fixtures' FP8 weights really are e4m3 (guards the dtype mapping the tests rely on)."""
     hf = hf_tensors(ROOT / "llama_gqa" / "fp8")
     assert hf["model.layers.0.mlp.down_proj.weight"].dtype == np.dtype(ml_dtypes.float8_e4m3fn)
+
+
+def test_gpt2_hf_form_refused(tiny_hf, tmp_path, capsys):
+    """GPT-2's Conv1D weights are transposed when unquantized; their quantized HF layout is not pinned by a fixture."""
+    model = shutil.copytree(tiny_hf("gpt2"), tmp_path / "m")
+    quant = {"quant_algo": "FP8", "kv_cache_quant_algo": None}
+    (model / "hf_quant_config.json").write_text(json.dumps({"producer": {"name": "modelopt"}, "quantization": quant}))
+    err = fails(capsys, model, tmp_path)
+    assert "quantized weights of transformer.h.{i}.attn.c_attn.weight (transpose when unquantized)" in err

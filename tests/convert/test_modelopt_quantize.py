@@ -50,9 +50,8 @@ def parsed(model: Path, out: Path, mode: str, *flags: str):
     return build_parser().parse_args([str(a) for a in argv])
 
 
-# int4_awq alone is left to the import tests: its AWQ search is the slow part (about 15 s a run on 2 idle cores, 60 s on
-# busy ones), and int4_awq_kv_fp8 runs the same search
-@pytest.mark.parametrize("mode", [m for m in MODES if m != "int4_awq"])
+# the AWQ modes are the slow ones (their search: about 7 s a run on 2 cores, up to 60 s when other jobs load them)
+@pytest.mark.parametrize("mode", list(MODES))
 def test_quantize_is_modelopts_export(mode, tmp_path):
     """One calibration per mode (as --qformat runs it): the result byte for byte ModelOpt's own
     export_tensorrt_llm_checkpoint of the same model and calibration text at tp 1, and, resharded, at tp 2 and pp 2;
@@ -166,6 +165,11 @@ def test_quantized_source_refused(tmp_path, capsys):
     assert "a quantized export" in err
 
 
+def test_float32_refused(tmp_path, capsys):
+    err = refused_fast(capsys, ROOT / "llama_gqa" / "hf", tmp_path, "--qformat", "fp8", "--dtype", "float32")
+    assert "--dtype float32: a quantized checkpoint is written in float16 or bfloat16" in err
+
+
 def test_calibration_text_missing(tmp_path, capsys):
     err = refused_fast(
         capsys, ROOT / "llama_gqa" / "hf", tmp_path, "--qformat", "fp8", "--calib_dataset", tmp_path / "none.txt"
@@ -183,3 +187,18 @@ def test_default_calibration_text_ships():
 
     paragraphs = [p for p in DEFAULT_CALIB_TEXT.read_text(encoding="utf-8").split("\n\n") if p.strip()]
     assert len(paragraphs) >= 16
+
+
+def test_qformat_gpt2(tiny_hf, tmp_path, capsys):
+    """GPT-2 (tied head, learned positions, vocab 250: the text's bytes fit) through ModelOpt's gpt decoder; a float32
+    source is written in float16."""
+    pytest.importorskip("modelopt.torch.quantization", reason="needs the quant extra (nvidia-modelopt)")
+    out = tmp_path / "o"
+    rc, _, err = run_cli(
+        "hf", "--model_dir", tiny_hf("gpt2"), "--output_dir", out, "--qformat", "int8_sq", "--tp_size", "2", "--quiet",
+        capsys=capsys,
+    )  # fmt: skip
+    assert rc == 0, err
+    config = check_checkpoint(out)
+    assert config.quantization.quant_algo == "W8A8_SQ_PER_CHANNEL" and config.dtype == "float16"
+    assert config.position_embedding_type == "learned_absolute"

@@ -72,6 +72,10 @@ def preflight(model_dir: Path, args: argparse.Namespace) -> tuple[CheckpointConf
             f"--kv_cache_dtype int8: ModelOpt writes an INT8 KV cache only in its TensorRT-LLM export, which has no "
             f"{hf.model_type} decoder (use --kv_cache_dtype fp8)"
         )
+    if args.dtype == "float32":  # ModelOpt's TensorRT-LLM export writes float16 whatever it is asked
+        raise CheckpointError("--dtype float32: a quantized checkpoint is written in float16 or bfloat16")
+    if args.dtype == "auto" and hf.dtype not in ("float16", "bfloat16"):
+        args.dtype = "float16"  # the unquantized tensors of a float32 (or unknown) source
     quant = ModelOptQuant(
         hf.path,
         QUANT_ALGOS[args.qformat],
@@ -124,9 +128,13 @@ def calibration_ids(model_dir: Path, args: argparse.Namespace, config: Checkpoin
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         return [list(tokenizer(p)["input_ids"])[:length] for p in paragraphs]
-    if config.vocab_size < 256:
-        raise CheckpointError(f"{model_dir}: no tokenizer files, and a vocab of {config.vocab_size} < 256 bytes")
-    return [list(p.encode("utf-8"))[:length] for p in paragraphs]
+    samples = [list(p.encode("utf-8"))[:length] for p in paragraphs]
+    if (top := max(max(s) for s in samples)) >= config.vocab_size:
+        raise CheckpointError(
+            f"{model_dir}: no tokenizer files, and the calibration text's byte {top} is beyond the vocab "
+            f"({config.vocab_size}); add the model's tokenizer files"
+        )
+    return samples
 
 
 def quant_config(qformat: str, kv: str | None, block: int) -> dict:
