@@ -13,10 +13,12 @@ its shape, group size against the layout, the output directory); values (finite,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,18 +276,20 @@ def import_hf_form(model_dir: Path, quant: ModelOptQuant, args: argparse.Namespa
 def convert_quantized(args: argparse.Namespace) -> str | None:
     """``ckpt-convert hf`` for quantized work: --qformat, a ModelOpt TensorRT-LLM or HF export; the summary line,
     or None when none applies (a plain HF model: the unquantized converter)."""
-    model_dir = Path(args.model_dir)
+    model_dir, start = Path(args.model_dir), time.monotonic()
     if args.qformat or args.kv_cache_dtype:
         from .quantize import quantize_and_convert
 
-        return summary_line(quantize_and_convert(model_dir, args), args.output_dir)
-    if is_trtllm_export(model_dir):
-        return summary_line(import_trtllm_export(model_dir, args), args.output_dir)
-    if not (model_dir / CONFIG_FILE).is_file():
-        return None
-    from .hf.hf_config import HFConfig
+        summary = quantize_and_convert(model_dir, args)
+    elif is_trtllm_export(model_dir):
+        summary = import_trtllm_export(model_dir, args)
+    elif (model_dir / CONFIG_FILE).is_file():
+        from .hf.hf_config import HFConfig
 
-    quant = read_modelopt_quant(model_dir, HFConfig.load(model_dir).data)
-    if quant is None:
+        quant = read_modelopt_quant(model_dir, HFConfig.load(model_dir).data)
+        if quant is None:
+            return None
+        summary = import_hf_form(model_dir, quant, args)
+    else:
         return None
-    return summary_line(import_hf_form(model_dir, quant, args), args.output_dir)
+    return summary_line(dataclasses.replace(summary, seconds=time.monotonic() - start), args.output_dir)
