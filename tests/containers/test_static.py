@@ -27,6 +27,7 @@ TOOLS = {
 SERVICE_DOCKERFILE = {
     "convert-hf": "convert.Dockerfile",
     "convert-nemo": "convert.Dockerfile",
+    "convert-deepspeed": "convert.Dockerfile",
     "build": "build.Dockerfile",
     "eval": "eval.Dockerfile",
 }
@@ -133,6 +134,15 @@ def test_commands_follow_environment_settings() -> None:
     assert evaluate[evaluate.index("--engine_dir") + 1] == "/data/engines/m7"
 
 
+def test_deepspeed_tag_is_passed_only_when_set() -> None:
+    untagged = _resolved(COMPOSE, env=_clean_env())["services"]["convert-deepspeed"]["command"]
+    assert untagged[0] == "deepspeed" and "--tag" not in untagged
+    assert untagged[untagged.index("--checkpoint_dir") + 1] == "/src/checkpoint"
+    assert untagged[untagged.index("--model_config") + 1] == "/src/model-config"
+    tagged = _resolved(COMPOSE, env=_clean_env(DEEPSPEED_TAG="global_step7"))["services"]["convert-deepspeed"]
+    assert tagged["command"][tagged["command"].index("--tag") + 1] == "global_step7"
+
+
 def test_gpu_reservations_only_without_the_cpu_override() -> None:
     gpu = _resolved(COMPOSE, env=_clean_env())["services"]
     cpu = _resolved(COMPOSE, COMPOSE_CPU, env=_clean_env())["services"]
@@ -230,8 +240,8 @@ def test_image_extras_exist_in_the_tools(files: tuple[Path, ...]) -> None:
 
 
 def test_pipeline_script_rejects_an_unknown_source() -> None:
-    done = _run(str(REPO / "containers/pipeline.sh"), "deepspeed", env=_clean_env())
-    assert done.returncode == 2 and "unknown source 'deepspeed'" in done.stderr
+    done = _run(str(REPO / "containers/pipeline.sh"), "jax", env=_clean_env())
+    assert done.returncode == 2 and "unknown source 'jax'" in done.stderr
 
 
 ENTRYPOINT = REPO / "containers/entrypoint.sh"
