@@ -125,6 +125,16 @@ def test_partitions_of_another_checkpoint(tmp_path, capsys):
     assert "param_shapes need" in line and "files from different checkpoints?" in line
 
 
+def test_partition_file_linked_out_of_the_checkpoint(tmp_path, capsys):
+    fixture = copy_fixture("zero3_fp32_dp2", tmp_path / "in")
+    outside = tmp_path / "elsewhere.pt"
+    victim = fixture / "ckpt" / STEP / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    victim.rename(outside)
+    victim.symlink_to(outside)
+    line = run(fixture, tmp_path, capsys=capsys)
+    assert victim.name in line and "outside the source directory" in line
+
+
 def test_truncated_partition_file(tmp_path, capsys):
     fixture = copy_fixture("zero3_fp32_dp2", tmp_path)
     victim = fixture / "ckpt" / STEP / "zero_pp_rank_0_mp_rank_00_optim_states.pt"

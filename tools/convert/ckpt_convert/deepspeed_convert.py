@@ -16,7 +16,7 @@ from pathlib import Path
 from ckptfmt import CheckpointError
 
 from . import options
-from .deepspeed_source import locate, open_deepspeed, tag_directory
+from .deepspeed_source import check_files_inside, locate, open_deepspeed, tag_directory
 from .hf import model_config, tokenizer_files
 from .stream import convert_checkpoint
 
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     target, hf, arch = model_config(hf_dir)
     checkpoint_dir = Path(args.checkpoint_dir)
     spec = locate(tag_directory(checkpoint_dir, args.tag), args.from_fp32_master)
+    check_files_inside(spec, checkpoint_dir)
     with open_deepspeed(spec) as source:
         dtypes = source.dtypes
     source_dtype = next(iter(dtypes)) if len(dtypes) == 1 else None

@@ -33,7 +33,7 @@ from ckptfmt import CheckpointError
 
 from .deepspeed_pickle import DeepSpeedPickle, tensor_at
 from .lazy_source import LazyTensorSource
-from .source_guard import Fingerprint, fingerprint
+from .source_guard import Fingerprint, check_inside, fingerprint, source_roots
 from .sources import LazyTensor
 from .torch_pickle import NUMPY_DTYPES, StoredTensor
 
@@ -42,6 +42,7 @@ ZERO3_MODEL = re.compile(r"^zero_pp_rank_(?P<rank>\d+)_mp_rank_00_model_states\.
 OPTIM = re.compile(r"^(bf16_|fp16_)?zero_pp_rank_(?P<rank>\d+)_mp_rank_00_optim_states\.pt$")
 PIPE_LAYER = re.compile(r"^layer_(\d+)-model_states\.pt$")
 TAG_FILES = ("latest", "latest_universal")
+MAX_TAG = 255  # a file name
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,16 @@ class Spec:
     layout: str  # module | zero12 | zero3 | fp32_groups | universal | pipeline
     model_files: tuple[Path, ...] = ()
     optim_files: tuple[Path, ...] = ()
+
+
+def check_files_inside(spec: Spec, checkpoint_dir: Path) -> None:
+    """Refuse a checkpoint file that is a link out of ``checkpoint_dir`` (it would be read as part of it)."""
+    roots = source_roots(checkpoint_dir)
+    for path in [spec.tag_dir, *spec.model_files, *spec.optim_files]:
+        check_inside(path, roots, "a checkpoint file")
+    if spec.layout == "universal":
+        for path in (spec.tag_dir / "zero").rglob("*"):
+            check_inside(path, roots, "a checkpoint file")
 
 
 def tag_directory(checkpoint_dir: Path, tag: str | None) -> Path:
@@ -68,11 +79,13 @@ def tag_directory(checkpoint_dir: Path, tag: str | None) -> Path:
                 f"{checkpoint_dir}: no 'latest' file and no --tag given "
                 f"(tags found: {', '.join(tags) or 'none; not a DeepSpeed checkpoint directory?'})"
             )
-        tag = latest.read_text(errors="replace").strip()
+        check_inside(latest, source_roots(checkpoint_dir), "the latest file")
+        with open(latest, "rb") as f:
+            tag = f.read(MAX_TAG + 1).decode(errors="replace").strip()
         where = f"{latest}: names tag {tag!r}"
     else:
         where = f"--tag {tag}"
-    if not tag or "/" in tag or tag in (".", ".."):
+    if not tag or "/" in tag or tag in (".", "..") or len(tag) > MAX_TAG:
         raise CheckpointError(f"{where}: not a tag folder name")
     path = checkpoint_dir / tag
     if not path.is_dir():
