@@ -173,3 +173,20 @@ def test_tokenizer_files_beside_the_config_are_carried(tmp_path, capsys):
     code, _, err = run_cli(*argv, "--output_dir", str(tmp_path / "out"), "--quiet", capsys=capsys)
     assert code == 0, err
     assert (tmp_path / "out" / "tokenizer" / "tokenizer_config.json").read_text() == "{}"
+
+
+def test_megatron_deepspeed_logits_match_megatron(tmp_path, capsys):
+    """Megatron-core under DeepSpeed at tensor parallel 2: logits of megatron's own forward (fixture), and the
+    tp 2 output merges back to the tp 1 one."""
+    from safetensors.numpy import load_file
+
+    fixture = FIXTURES / "megatron_tp2"
+    ref = load_file(str(fixture / "logits.safetensors"))["logits"]
+    outs = []
+    for tp in ("1", "2"):
+        argv = ["deepspeed", "--checkpoint_dir", fixture / "ckpt", "--model_config", fixture / "megatron.yaml"]
+        code, _, err = run_cli(*argv, "--output_dir", tmp_path / tp, "--tp_size", tp, "--quiet", capsys=capsys)
+        assert code == 0, err
+        outs.append(tmp_path / tp)
+    assert rel_err(context_logits(outs[0], IDS), ref) <= FP32_TOL
+    assert_exact(merged_tensors(outs[1]), merged_tensors(outs[0]))

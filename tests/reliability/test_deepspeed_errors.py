@@ -72,6 +72,23 @@ def test_missing_pipeline_layer_file(tmp_path, capsys):
     assert "layer_02-model_states.pt: missing (pipeline layer)" in run(fixture, tmp_path, capsys=capsys)
 
 
+def test_missing_tensor_parallel_rank(tmp_path, capsys):
+    fixture = copy_fixture("megatron_tp2", tmp_path)
+    (fixture / "ckpt" / STEP / "mp_rank_01_model_states.pt").unlink()
+    config = fixture / "megatron.yaml"
+    line = run(fixture, tmp_path, capsys=capsys, config=config)
+    assert "mp_rank_01_model_states.pt: missing (model-parallel rank 1 of 2)" in line
+
+
+def test_megatron_hyper_parameters_not_matching(tmp_path, capsys):
+    config = tmp_path / "megatron.yaml"
+    config.write_text(
+        (FIXTURES / "megatron_tp2" / "megatron.yaml").read_text().replace("ffn_hidden_size: 48", "ffn_hidden_size: 64")
+    )
+    line = run(FIXTURES / "megatron_tp2", tmp_path, capsys=capsys, config=config)
+    assert "linear_fc1.weight" in line
+
+
 def test_unknown_tag(tmp_path, capsys):
     line = run(FIXTURES / "zero3_fp32_dp2", tmp_path, "--tag", "global_step9", capsys=capsys)
     assert "--tag global_step9: no such tag folder" in line and "global_step2" in line

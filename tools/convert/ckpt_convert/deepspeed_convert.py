@@ -16,11 +16,12 @@ from pathlib import Path
 from ckptfmt import CheckpointError
 
 from . import options
-from .deepspeed_source import check_files_inside, locate, open_deepspeed, tag_directory
+from .deepspeed_megatron import convert_megatron, is_megatron
+from .deepspeed_source import Spec, check_files_inside, locate, open_deepspeed, tag_directory
 from .hf import model_config, tokenizer_files
-from .stream import convert_checkpoint
+from .stream import Summary, convert_checkpoint
 
-DESCRIPTION = "DeepSpeed checkpoint directory (ZeRO 0-3, universal, pipeline), architecture from an HF config"
+DESCRIPTION = "DeepSpeed checkpoint directory (ZeRO 0-3, universal, pipeline, Megatron-DeepSpeed)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model_config",
         required=True,
         type=Path,
-        help="the trained model's HF config.json, or its folder (tokenizer files there are carried along)",
+        help="the trained model's HF config.json, or its folder (tokenizer files there are carried along); "
+        "for Megatron-DeepSpeed checkpoints the Megatron hyper-parameters (YAML/JSON)",
     )
     parser.add_argument(
         "--from_fp32_master",
@@ -50,18 +52,29 @@ def config_folder(path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    hf_dir = config_folder(args.model_config)
-    target, hf, arch = model_config(hf_dir)
     checkpoint_dir = Path(args.checkpoint_dir)
     spec = locate(tag_directory(checkpoint_dir, args.tag), args.from_fp32_master)
     check_files_inside(spec, checkpoint_dir)
+    if is_megatron(spec):
+        summary = convert_megatron(spec, args, [checkpoint_dir, args.model_config])
+    else:
+        summary = convert_hf_named(spec, args, checkpoint_dir)
+    if not args.quiet:
+        print(summary.line(args.output_dir))
+    return 0
+
+
+def convert_hf_named(spec: Spec, args: argparse.Namespace, checkpoint_dir: Path) -> Summary:
+    """Tensors with the HF module's names: the architecture and mapping of ``--model_config``'s HF config."""
+    hf_dir = config_folder(args.model_config)
+    target, hf, arch = model_config(hf_dir)
     with open_deepspeed(spec) as source:
         dtypes = source.dtypes
     source_dtype = next(iter(dtypes)) if len(dtypes) == 1 else None
     config, warnings = options.apply_arguments(target, args, source_dtype, arch.tied(hf))
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
-    summary = convert_checkpoint(
+    return convert_checkpoint(
         functools.partial(open_deepspeed, spec),
         arch.table,
         config,
@@ -73,6 +86,3 @@ def run(args: argparse.Namespace) -> int:
         inputs=[checkpoint_dir, hf_dir],
         extra_files=tokenizer_files(hf_dir),
     )
-    if not args.quiet:
-        print(summary.line(args.output_dir))
-    return 0

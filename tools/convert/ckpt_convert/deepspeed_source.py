@@ -39,6 +39,7 @@ from .torch_pickle import NUMPY_DTYPES, StoredTensor
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
 ZERO3_MODEL = re.compile(r"^zero_pp_rank_(?P<rank>\d+)_mp_rank_00_model_states\.pt$")
+MP_MODEL = re.compile(r"^mp_rank_(?P<rank>\d+)_model_states\.pt$")
 OPTIM = re.compile(r"^(bf16_|fp16_)?zero_pp_rank_(?P<rank>\d+)_mp_rank_00_optim_states\.pt$")
 PIPE_LAYER = re.compile(r"^layer_(\d+)-model_states\.pt$")
 TAG_FILES = ("latest", "latest_universal")
@@ -50,7 +51,7 @@ class Spec:
     """Picklable description of what to read (workers reopen the source from it)."""
 
     tag_dir: Path
-    layout: str  # module | zero12 | zero3 | fp32_groups | universal | pipeline
+    layout: str  # module | zero12 | zero3 | fp32_groups | universal | pipeline | megatron
     model_files: tuple[Path, ...] = ()
     optim_files: tuple[Path, ...] = ()
 
@@ -118,12 +119,21 @@ def locate(tag_dir: Path, from_fp32_master: bool) -> Spec:
         if missing := sorted(set(range(min(indices), max(indices) + 1)) - set(indices)):
             raise CheckpointError(f"{tag_dir}/layer_{missing[0]:02d}-model_states.pt: missing (pipeline layer)")
         return Spec(tag_dir, "pipeline", tuple(tag_dir / n for n in layers))
-    other_mp = sorted(n for n in names if re.search(r"mp_rank_(?!00_)\d+_", n))
-    if other_mp:
-        raise CheckpointError(
-            f"{tag_dir / other_mp[0]}: a model-parallel rank other than 00 (Megatron-DeepSpeed tensor parallel): "
-            "not supported yet"
-        )
+    if zero3_other := sorted(n for n in names if re.search(r"^zero_pp_rank_\d+_mp_rank_(?!00_)\d+_model", n)):
+        raise CheckpointError(f"{tag_dir / zero3_other[0]}: ZeRO-3 with tensor-parallel ranks: not supported yet")
+    model_parallel = _ranked(tag_dir, names, MP_MODEL, "model-parallel model-states")
+    mp_ranks = {int(m.group(1)) for n in names if (m := re.search(r"mp_rank_(\d+)_", n))}
+    top = max(mp_ranks, default=0)
+    if 0 < top >= len(model_parallel):  # other files name a model-parallel rank that has no model-states file
+        absent = tag_dir / f"mp_rank_{len(model_parallel):02d}_model_states.pt"
+        raise CheckpointError(f"{absent}: missing (model-parallel rank {len(model_parallel)} of {top + 1})")
+    if len(model_parallel) > 1:  # Megatron-DeepSpeed: one Megatron state dict per tensor-parallel rank
+        if from_fp32_master:
+            raise CheckpointError(
+                f"{tag_dir}: --from_fp32_master with tensor-parallel ranks (Megatron-DeepSpeed): not supported "
+                "yet; drop it to read the module weights"
+            )
+        return Spec(tag_dir, "megatron", tuple(model_parallel))
     optim = _ranked(tag_dir, names, OPTIM, "optimizer partition")
     zero3 = _ranked(tag_dir, names, ZERO3_MODEL, "model-states")
     if zero3:
@@ -131,9 +141,9 @@ def locate(tag_dir: Path, from_fp32_master: bool) -> Spec:
             raise CheckpointError(f"{tag_dir}: ZeRO-3 model states but no *_optim_states.pt partition files")
         if len(zero3) != len(optim):
             fewer, more = (zero3, optim) if len(zero3) < len(optim) else (optim, zero3)
+            absent = _rank_file(fewer[0], len(fewer), OPTIM if fewer is optim else ZERO3_MODEL)
             raise CheckpointError(
-                f"{_rank_file(fewer[0], len(fewer))}: missing (partition {len(fewer)} of {len(more)}: "
-                f"{more[len(fewer)].name} exists)"
+                f"{absent}: missing (partition {len(fewer)} of {len(more)}: {more[len(fewer)].name} exists)"
             )
         return Spec(tag_dir, "zero3", tuple(zero3), tuple(optim))
     if MODEL_STATES not in names:
@@ -157,14 +167,18 @@ def _ranked(tag_dir: Path, names: set[str], pattern: re.Pattern[str], what: str)
             found[rank] = name
     for rank in range(max(found, default=-1) + 1):
         if rank not in found:
-            some = _rank_file(tag_dir / found[min(found)], rank)
+            some = _rank_file(tag_dir / found[min(found)], rank, pattern)
             raise CheckpointError(f"{some}: missing ({what} file of rank {rank} of {max(found) + 1})")
     return [tag_dir / found[r] for r in sorted(found)]
 
 
-def _rank_file(example: Path, rank: int) -> Path:
-    """``example`` (a rank's partition file) renamed for ``rank``."""
-    return example.with_name(re.sub(r"zero_pp_rank_\d+_", f"zero_pp_rank_{rank}_", example.name, count=1))
+def _rank_file(example: Path, rank: int, pattern: re.Pattern[str] = OPTIM) -> Path:
+    """``example`` (a rank's file, named by ``pattern``) renamed for ``rank`` (zero-padded as it is)."""
+    m = pattern.match(example.name)
+    assert m is not None  # example was found by pattern
+    start, end = m.span("rank")
+    width = end - start if example.name[start] == "0" else 0
+    return example.with_name(f"{example.name[:start]}{rank:0{width}d}{example.name[end:]}")
 
 
 class FlatPieces:
