@@ -11,15 +11,23 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ckptfmt import CheckpointError
+from ckptfmt import CheckpointConfig, CheckpointError
 
 from . import options
-from .deepspeed_megatron import convert_megatron, is_megatron
+from .deepspeed_megatron import is_megatron, open_megatron
 from .deepspeed_source import Spec, check_files_inside, locate, open_deepspeed, tag_directory
 from .hf import model_config, tokenizer_files
-from .stream import Summary, convert_checkpoint
+from .megatron_config import check_positions, checkpoint_config, read_model
+from .megatron_table import MEGATRON_GPT
+from .nemo import EMBEDDING, OUTPUT_LAYER, POSITION_TABLE
+from .nemo_archive import read_hparams
+from .rules import Table
+from .sources import AnyTensorSource
+from .stream import convert_checkpoint
 
 DESCRIPTION = "DeepSpeed checkpoint directory (ZeRO 0-3, universal, pipeline, Megatron-DeepSpeed)"
 
@@ -51,38 +59,68 @@ def config_folder(path: Path) -> Path:
     raise CheckpointError(f"--model_config {path}: not an HF config.json or a folder holding one")
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What ``run`` converts: a picklable source opener, its mapping table, the target config and extras."""
+
+    opener: Callable[[], AnyTensorSource]
+    table: Table
+    config: CheckpointConfig
+    config_inputs: list[Path]  # files or folders read besides the checkpoint (never overwritten)
+    extra_files: dict[str, Path] = field(default_factory=dict)
+
+
 def run(args: argparse.Namespace) -> int:
     checkpoint_dir = Path(args.checkpoint_dir)
     spec = locate(tag_directory(checkpoint_dir, args.tag), args.from_fp32_master)
     check_files_inside(spec, checkpoint_dir)
-    if is_megatron(spec):
-        summary = convert_megatron(spec, args, [checkpoint_dir, args.model_config])
-    else:
-        summary = convert_hf_named(spec, args, checkpoint_dir)
-    if not args.quiet:
-        print(summary.line(args.output_dir))
-    return 0
-
-
-def convert_hf_named(spec: Spec, args: argparse.Namespace, checkpoint_dir: Path) -> Summary:
-    """Tensors with the HF module's names: the architecture and mapping of ``--model_config``'s HF config."""
-    hf_dir = config_folder(args.model_config)
-    target, hf, arch = model_config(hf_dir)
-    with open_deepspeed(spec) as source:
-        dtypes = source.dtypes
-    source_dtype = next(iter(dtypes)) if len(dtypes) == 1 else None
-    config, warnings = options.apply_arguments(target, args, source_dtype, arch.tied(hf))
-    for line in warnings:
-        print(f"warning: {line}", file=sys.stderr)
-    return convert_checkpoint(
-        functools.partial(open_deepspeed, spec),
-        arch.table,
-        config,
+    plan = megatron_plan(spec, args) if is_megatron(spec) else hf_named_plan(spec, args)
+    summary = convert_checkpoint(
+        plan.opener,
+        plan.table,
+        plan.config,
         args.output_dir,
         overwrite=args.overwrite,
         workers=args.workers,
         quiet=args.quiet,
         label=str(spec.tag_dir),
-        inputs=[checkpoint_dir, hf_dir],
-        extra_files=tokenizer_files(hf_dir),
+        inputs=[checkpoint_dir, *plan.config_inputs],
+        extra_files=plan.extra_files,
     )
+    if not args.quiet:
+        print(summary.line(args.output_dir))
+    return 0
+
+
+def target_config(config: CheckpointConfig, args: argparse.Namespace, dtypes: set[str], tied: bool) -> CheckpointConfig:
+    """``config`` with the shared flags applied (warnings printed); ``auto`` dtype: the one dtype read."""
+    config, warnings = options.apply_arguments(config, args, next(iter(dtypes)) if len(dtypes) == 1 else None, tied)
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    return config
+
+
+def hf_named_plan(spec: Spec, args: argparse.Namespace) -> Plan:
+    """Tensors with the HF module's names: the architecture and mapping of ``--model_config``'s HF config."""
+    hf_dir = config_folder(args.model_config)
+    target, hf, arch = model_config(hf_dir)
+    with open_deepspeed(spec) as source:
+        dtypes = source.dtypes
+    config = target_config(target, args, dtypes, arch.tied(hf))
+    opener = functools.partial(open_deepspeed, spec)
+    return Plan(opener, arch.table, config, [hf_dir], tokenizer_files(hf_dir))
+
+
+def megatron_plan(spec: Spec, args: argparse.Namespace) -> Plan:
+    """Megatron-DeepSpeed: ``--model_config`` read as Megatron hyper-parameters (YAML or JSON)."""
+    label = str(args.model_config)
+    model = read_model(read_hparams(args.model_config), label)
+    spec = Spec(spec.tag_dir, "megatron", spec.model_files)
+    with open_megatron(spec, model.gated) as source:
+        if EMBEDDING not in source:
+            raise CheckpointError(f"{spec.model_files[0]}: no tensor {EMBEDDING} (not a Megatron GPT checkpoint?)")
+        vocab, dtypes = source.get(EMBEDDING).shape[0], source.dtypes
+        tied = OUTPUT_LAYER not in source
+        check_positions(model, POSITION_TABLE in source, label)
+    config = target_config(checkpoint_config(model, vocab, label), args, dtypes, tied)
+    return Plan(functools.partial(open_megatron, spec, model.gated), MEGATRON_GPT, config, [args.model_config])

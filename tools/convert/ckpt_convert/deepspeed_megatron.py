@@ -1,30 +1,22 @@
 """Megatron-DeepSpeed checkpoints: ``mp_rank_{tp}_model_states.pt`` per tensor-parallel rank, whose ``module`` is
 that rank's Megatron-core state dict. The ranks are merged lazily by the NeMo 1 reader's logic
-(``megatron_shards.ShardedSource``: column/row splits, gated fc1 halves), the hyper-parameters come from
-``--model_config`` (Megatron YAML/JSON, as ``ckpt-convert nemo --model_config``) and the Megatron mapping table
-applies.
+(``megatron_shards.ShardedSource``: column/row splits, gated fc1 halves); ``deepspeed_convert`` reads the
+hyper-parameters from ``--model_config`` (Megatron YAML/JSON, as ``ckpt-convert nemo --model_config``) and applies
+the Megatron mapping table.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import sys
-from pathlib import Path
 
 from ckptfmt import CheckpointError
 
-from . import options
 from .deepspeed_pickle import DeepSpeedPickle, tensor_at
 from .deepspeed_source import Spec
-from .megatron_config import check_positions, checkpoint_config, read_model
 from .megatron_names import normalize_name
 from .megatron_shards import ShardedSource
-from .megatron_table import MEGATRON_GPT
-from .nemo import EMBEDDING, OUTPUT_LAYER, POSITION_TABLE
-from .nemo_archive import read_hparams
+from .nemo import EMBEDDING
 from .sources import LazyTensor
-from .stream import Summary, convert_checkpoint
 
 
 class MegatronDeepSpeedSource(ShardedSource):
@@ -96,31 +88,3 @@ def is_megatron(spec: Spec) -> bool:
 
 def open_megatron(spec: Spec, gated_mlp: bool) -> MegatronDeepSpeedSource:
     return MegatronDeepSpeedSource(spec, gated_mlp)
-
-
-def convert_megatron(spec: Spec, args: argparse.Namespace, inputs: list[Path]) -> Summary:
-    """Convert with ``--model_config`` read as Megatron hyper-parameters (YAML or JSON)."""
-    label = str(args.model_config)
-    model = read_model(read_hparams(args.model_config), label)
-    spec = Spec(spec.tag_dir, "megatron", spec.model_files)
-    with open_megatron(spec, model.gated) as source:
-        if EMBEDDING not in source:
-            raise CheckpointError(f"{spec.model_files[0]}: no tensor {EMBEDDING} (not a Megatron GPT checkpoint?)")
-        vocab, dtypes = source.get(EMBEDDING).shape[0], source.dtypes
-        tied = OUTPUT_LAYER not in source
-        check_positions(model, POSITION_TABLE in source, label)
-    config = checkpoint_config(model, vocab, label)
-    config, warnings = options.apply_arguments(config, args, next(iter(dtypes)) if len(dtypes) == 1 else None, tied)
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    return convert_checkpoint(
-        functools.partial(open_megatron, spec, model.gated),
-        MEGATRON_GPT,
-        config,
-        args.output_dir,
-        overwrite=args.overwrite,
-        workers=args.workers,
-        quiet=args.quiet,
-        label=str(spec.tag_dir),
-        inputs=inputs,
-    )
