@@ -18,8 +18,9 @@ from pathlib import Path
 from ckptfmt import CheckpointConfig, CheckpointError
 
 from . import options
+from .deepspeed_layout import Spec, check_files_inside, locate, tag_directory
 from .deepspeed_megatron import is_megatron, open_megatron
-from .deepspeed_source import Spec, check_files_inside, locate, open_deepspeed, tag_directory
+from .deepspeed_source import open_deepspeed
 from .hf import model_config, tokenizer_files
 from .megatron_config import check_positions, checkpoint_config, read_model
 from .megatron_table import MEGATRON_GPT

@@ -11,8 +11,8 @@ import functools
 
 from ckptfmt import CheckpointError
 
+from .deepspeed_layout import Spec
 from .deepspeed_pickle import DeepSpeedPickle, tensor_at
-from .deepspeed_source import Spec
 from .megatron_names import normalize_name
 from .megatron_shards import ShardedSource
 from .nemo import EMBEDDING
