@@ -144,8 +144,11 @@ def test_documented_build_derives_its_limits_from_the_checkpoint(documented_run,
 
 
 def test_documented_eval_writes_a_report(documented_run, workspace: dict) -> None:
+    """The gate the eval image runs by default: the summarize task's report, its JUnit file and the summary."""
     report = workspace["volume"] / "reports/tiny"
-    assert (report / "results.json").is_file()
+    assert (report / "summarize/results.json").is_file()
+    assert 'failures="0"' in (report / "junit-summarize.xml").read_text()
+    assert "summarize" in (report / "summary.md").read_text()
 
 
 def test_outputs_are_readable_by_the_host_user(documented_run, workspace: dict) -> None:
@@ -279,7 +282,7 @@ def test_nemo_pipeline_converts_builds_and_evaluates(compose: Compose, workspace
     _ok(compose.pipeline("nemo", env))
     validate_checkpoint(volume / "checkpoints/nemo")
     assert (volume / "engines/nemo" / ENGINE_FILE.format(rank=0)).is_file()
-    assert (volume / "reports/nemo/results.json").is_file()
+    assert (volume / "reports/nemo/summarize/results.json").is_file()
 
 
 def test_deepspeed_pipeline_converts_builds_and_evaluates(compose: Compose, workspace: dict) -> None:
@@ -305,7 +308,7 @@ def test_deepspeed_pipeline_converts_builds_and_evaluates(compose: Compose, work
     validate_checkpoint(volume / "checkpoints/deepspeed")
     assert (volume / "checkpoints/deepspeed/tokenizer/tokenizer.json").is_file()
     assert (volume / "engines/deepspeed" / ENGINE_FILE.format(rank=0)).is_file()
-    assert (volume / "reports/deepspeed/results.json").is_file()
+    assert (volume / "reports/deepspeed/summarize/results.json").is_file()
 
 
 def test_read_only_source_is_unchanged(workspace: dict, source_before: dict) -> None:

@@ -119,6 +119,17 @@ def test_host_directory_replaces_the_named_volume(tmp_path: Path) -> None:
         assert (mount["type"], mount["source"]) == ("bind", str(tmp_path)), name
 
 
+def _eval_argv(services: dict, task: str = "summarize") -> list[str]:
+    """What the eval service runs: no command, so the image's ``ckpt-eval`` builds each gate's command line from
+    the service's environment (the same function the container calls)."""
+    from ckpt_eval.ci import task_argv
+
+    service = services["eval"]
+    assert service.get("command") is None, "eval must run the image's default (the gates)"
+    env = {k: "" if v is None else str(v) for k, v in service["environment"].items()}
+    return task_argv(task, env)
+
+
 def test_commands_follow_environment_settings() -> None:
     settings = {"MODEL_NAME": "m7", "DTYPE": "bfloat16", "TP_SIZE": "2", "PP_SIZE": "3", "MAX_BATCH_SIZE": "5"}
     services = _resolved(COMPOSE, env=_clean_env(**settings))["services"]
@@ -130,8 +141,10 @@ def test_commands_follow_environment_settings() -> None:
     build = services["build"]["command"]
     assert build[build.index("--checkpoint_dir") + 1] == "/data/checkpoints/m7"
     assert build[build.index("--max_batch_size") + 1] == "5"
-    evaluate = services["eval"]["command"]
+    evaluate = _eval_argv(services)
     assert evaluate[evaluate.index("--engine_dir") + 1] == "/data/engines/m7"
+    assert evaluate[evaluate.index("--report") + 1] == "/data/reports/m7/summarize"
+    assert evaluate[evaluate.index("--tensorrt_llm_rouge1_threshold") + 1] == "15"
 
 
 def test_deepspeed_tag_is_passed_only_when_set() -> None:
@@ -151,7 +164,9 @@ def test_gpu_reservations_only_without_the_cpu_override() -> None:
         assert devices and devices[0]["capabilities"] == ["gpu"], name
         assert "deploy" not in cpu[name], name
     assert "--backend" in cpu["build"]["command"] and "tensorrt_rtx" in cpu["build"]["command"]
-    assert cpu["eval"]["command"][cpu["eval"]["command"].index("--backend") + 1] == "torch"
+    evaluate = _eval_argv(cpu)
+    assert evaluate[evaluate.index("--backend") + 1] == "torch"
+    assert evaluate[evaluate.index("--checkpoint_dir") + 1] == "/data/checkpoints/model"
 
 
 def test_cpu_override_needs_no_nvidia_image_nor_cuda_torch() -> None:
@@ -185,11 +200,11 @@ def test_build_limits_are_passed_only_when_set(files: tuple[Path, ...]) -> None:
     services = _resolved(*files, env=_clean_env())["services"]
     for flag in ("--max_input_len", "--max_output_len", "--max_seq_len"):
         assert flag not in services["build"]["command"]
-    assert "--max_input_length" not in services["eval"]["command"]
+    assert "--max_input_length" not in _eval_argv(services)
     services = _resolved(*files, env=_clean_env(MAX_INPUT_LEN="96", MAX_OUTPUT_LEN="16"))["services"]
     build = services["build"]["command"]
     assert build[build.index("--max_input_len") + 1] == "96" and build[build.index("--max_output_len") + 1] == "16"
-    evaluate = services["eval"]["command"]
+    evaluate = _eval_argv(services)
     assert evaluate[evaluate.index("--max_input_length") + 1] == "96"
 
 
@@ -198,7 +213,7 @@ def test_outputs_are_directories_below_the_volume(files: tuple[Path, ...]) -> No
     """Outputs are renamed into place: never the mount point /data itself, always a directory below it."""
     services = _resolved(*files, env=_clean_env(MODEL_NAME=""))["services"]
     for name, service in services.items():
-        command = service["command"]
+        command = _eval_argv(services, "perplexity") if name == "eval" else service["command"]
         outputs = [command[i + 1] for i, arg in enumerate(command) if arg in ("--output_dir", "--report")]
         assert outputs, f"{name} writes nothing?"
         for output in outputs:
