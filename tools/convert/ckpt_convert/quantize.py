@@ -98,7 +98,7 @@ def check_disk(config: CheckpointConfig, output: Path) -> None:
     params = spec.vocab_size * spec.hidden_size * 2 + config.num_hidden_layers * (
         (spec.q_size + 2 * spec.kv_size) * spec.hidden_size
         + spec.q_size * spec.hidden_size
-        + 3 * spec.hidden_size * config.intermediate_size
+        + 3 * spec.hidden_size * spec.intermediate_size
     )
     need = 2 * params * BYTES.get(config.dtype, 4)
     parent = next(p for p in (output, *output.parents) if p.exists())
