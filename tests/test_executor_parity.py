@@ -9,7 +9,10 @@ value cannot enter the table, or an executor, without being run here.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -92,7 +95,17 @@ CONFIG_VARIANTS: dict[str, dict] = {
     "softcapping": {"final_logit_softcapping": 30.0},
     "yarn-scaling": {"rotary_scaling": {"type": "yarn", "factor": 4.0}},
 }
-VARIANTS = [*HF_VARIANTS, *CONFIG_VARIANTS]
+# variant -> (ModelOpt export of tests/fixtures/modelopt_quantized/llama_gqa, quantization overrides): quantized
+# checkpoints, float16 as ModelOpt writes them; the reference is the torch backend (tests/eval/test_quantized.py
+# checks it against ModelOpt's own fake-quant forward)
+QUANTIZED = Path(__file__).resolve().parent / "fixtures" / "modelopt_quantized" / "llama_gqa"
+FIXTURE_VARIANTS: dict[str, tuple[str, dict]] = {
+    "fp8-kv-fp8": ("fp8_kv_fp8", {}),
+    "int8-sq-kv-int8": ("int8_sq_kv_int8", {}),
+    "int8-sq-per-token": ("int8_sq", {"quant_algo": "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"}),
+    "int4-awq": ("int4_awq", {}),
+}
+VARIANTS = [*HF_VARIANTS, *CONFIG_VARIANTS, *FIXTURE_VARIANTS]
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -119,6 +132,13 @@ class Variants:
                     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
                     with torch.no_grad():
                         ref = model(torch.tensor([PROMPT])).logits[0, -1]
+            elif name in FIXTURE_VARIANTS:
+                mode, overrides = FIXTURE_VARIANTS[name]
+                shutil.copytree(QUANTIZED / mode / "tp1_pp1", path)
+                config_json = json.loads((path / "config.json").read_text())
+                config_json["quantization"].update(overrides)
+                (path / "config.json").write_text(json.dumps(config_json))
+                ref = None
             else:
                 config = CheckpointConfig.from_dict({**BASE, **CONFIG_VARIANTS[name]}).check()
                 random_checkpoint(path, config, seed=len(name))

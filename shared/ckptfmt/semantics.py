@@ -244,8 +244,26 @@ FEATURES: tuple[Feature, ...] = (
         lambda s: "none" if s.embed_proj_dim is None else "projected",
         {"none": ALL, "projected": UNFUSED},
     ),
-    Feature("quantization", lambda s: s.quantization, {}),
-    Feature("kv_cache_quant_algo", lambda s: s.kv_cache_quantization, {"none": ALL}),
+    # ModelOpt's FP8 / INT8 SmoothQuant / INT4 AWQ: emulated by the torch backend (ckpt_eval.quantized); the
+    # weight-only modes are WEIGHT_ONLY_SUPPORTED below
+    Feature(
+        "quantization",
+        lambda s: s.quantization,
+        {
+            m: frozenset({TORCH})
+            for m in (
+                "FP8",
+                "W8A8_SQ_PER_CHANNEL",
+                "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN",
+                "W4A16_AWQ with pre-quant scales",
+            )
+        },
+    ),
+    Feature(
+        "kv_cache_quant_algo",
+        lambda s: s.kv_cache_quantization,
+        {"none": ALL, "INT8": frozenset({TORCH}), "FP8": frozenset({TORCH})},
+    ),
     Feature("use_prompt_tuning", lambda s: _bool(s.prompt_tuning), {"false": ALL, "true": frozenset({TORCH, FUSED})}),
     Feature("unimplemented fields", lambda s: ", ".join(s.unimplemented) or "none", {"none": ALL}),
 )
@@ -255,7 +273,7 @@ WEIGHT_ONLY_SUPPORTED = ("none", "W8A16", "W4A16", "W8A16_GPTQ", "W4A16_GPTQ", "
 
 def _supporters(feature: Feature, value: str) -> frozenset[str]:
     if feature.field == "quantization":
-        return ALL if value in WEIGHT_ONLY_SUPPORTED else frozenset()
+        return ALL if value in WEIGHT_ONLY_SUPPORTED else feature.support.get(value, frozenset())
     if feature.field == "sliding_window" and value != "none":
         return frozenset({TORCH})
     return feature.support.get(value, frozenset())

@@ -179,6 +179,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(spec.hidden_size, out, bias=spec.qkv_bias)
         self.dense = RowLinear(self.heads * self.head_size, spec.hidden_size, spec.bias, par)
         self.kv_cache: KVCache | None = None
+        self.kv_quant: nn.Module | None = None  # an INT8/FP8 cache: quantized on write (quantized.KVQuant)
 
     def forward(self, x, slots, mask, rotary: Rotary | None, cos_sin) -> torch.Tensor:
         b, t, _ = x.shape
@@ -191,6 +192,8 @@ class Attention(nn.Module):
             q, k = rotary.rotate(q, *cos_sin), rotary.rotate(k, *cos_sin)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))
         assert self.kv_cache is not None, "setup_cache allocates the KV caches"
+        if self.kv_quant is not None:
+            k, v = self.kv_quant(k), self.kv_quant(v)
         k, v = self.kv_cache.update(slots, k, v)
         gqa = self.kv_heads != self.heads
         if mask is None:  # prefill from slot 0 without padding: causal attention over the first t slots

@@ -15,6 +15,7 @@ from ckptfmt.sharding import split_padded
 
 from .distributed import Parallel
 from .model import RankShapes, Transformer
+from .quantized import attach, is_modelopt, read_linear_weight
 from .torch_dtypes import TORCH_DTYPES
 
 SCALE = "per_channel_scale"
@@ -42,7 +43,11 @@ def to_torch(a: np.ndarray) -> torch.Tensor:
 
 
 def read_tensor(reader: RankFileReader, name: str, config: CheckpointConfig) -> torch.Tensor:
-    """Tensor ``name`` as stored, or dequantized to ``[out, in]`` when it is a weight-only quantized weight."""
+    """Tensor ``name`` as stored, or dequantized to ``[out, in]`` when it is a quantized weight (weight-only, or
+    ModelOpt's FP8 / INT8 SmoothQuant / INT4 AWQ)."""
+    modelopt = read_linear_weight(reader, name, config)
+    if modelopt is not None:
+        return modelopt
     scale_name = name[: -len("weight")] + SCALE
     if name.endswith(".weight") and scale_name in reader and reader.spec(name)[0] == np.int8:
         q = config.quantization
@@ -93,8 +98,13 @@ def load_model(directory: str | Path, config: CheckpointConfig, par: Parallel) -
                 set_param(model, name, value.to(device=par.device, dtype=dtype))
             except CheckpointError as err:
                 raise CheckpointError(f"{path}: {err}") from None
+        try:
+            attach(model, reader, config, par.device, dtype)  # activation and KV-cache quantization
+        except CheckpointError as err:
+            raise CheckpointError(f"{path}: {err}") from None
     for layer in model.transformer.blocks():
-        layer.mlp.fuse()
+        if not is_modelopt(config):  # fc and gate keep their own input quantization otherwise
+            layer.mlp.fuse()
     if model.rotary is not None:
         model.rotary.inv_freq = model.rotary.inv_freq.to(par.device)
     if model.alibi is not None:

@@ -1,0 +1,142 @@
+"""Quantized checkpoints in the torch backend (ModelOpt's layouts, docs/checkpoint-format.md), emulated exactly.
+
+The weights are dequantized at load (``ckptfmt.quant.dequantize_linear``: e4m3 / int8 / packed int4 codes times
+their scales, the smoothing already folded in); what the checkpoint says happens to a linear's input is an
+``InputQuant`` run before it (a forward pre-hook): ``x * prequant_scaling_factor`` (SmoothQuant, AWQ), then a
+fake quantization with ``activation_scaling_factor`` (FP8: ``x / s`` clamped to +-448, rounded to e4m3, times
+``s``; INT8 SmoothQuant: rounded to an integer in [-128, 127] (ModelOpt's and TensorRT's int8 range), per tensor, or per
+token with ``|row|max / 127`` when the mode says PER_TOKEN). Quantize/dequantize math is float32; the result
+goes back to the model dtype. A KV cache of INT8 or FP8 stores the fake-quantized keys and values (quantized on
+write with the layer's ``kv_cache_scaling_factor``, the one TensorRT-LLM reads): the same numbers a cache of codes
+dequantized on read in float32 holds, so the cache stays in the model dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ckptfmt import CheckpointConfig, CheckpointError, RankFileReader
+from ckptfmt.names import ACTIVATION_SCALE, KV_CACHE_SCALE, MODELOPT_SCHEMES, PREQUANT_SCALE, WEIGHTS_SCALE
+from ckptfmt.quant import dequantize_linear
+
+FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
+INT8_MAX = 127.0  # the scale maps amax to 127; codes are clamped to [-128, 127] (ModelOpt: narrow_range False)
+LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
+
+
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, kind: str) -> torch.Tensor:
+    """``x`` quantized to ``kind`` ('fp8' or 'int8') with ``scale`` (broadcast) and dequantized, in x's dtype."""
+    y = x.float() / scale
+    if kind == "fp8":
+        q = y.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float()
+    else:
+        q = y.round().clamp(-INT8_MAX - 1, INT8_MAX)
+    return (q * scale).to(x.dtype)
+
+
+def per_token_scale(x: torch.Tensor) -> torch.Tensor:
+    """Dynamic int8 scale of each row (token) of ``x``: its largest magnitude / 127 (1 for an all-zero row)."""
+    s = x.float().abs().amax(-1, keepdim=True) / INT8_MAX
+    return torch.where(s == 0, torch.ones_like(s), s)
+
+
+class InputQuant(nn.Module):
+    """What a quantized linear does to its input: pre-quant scale, then fake quantization (``kind`` 'fp8', 'int8',
+    'int8_per_token' or None)."""
+
+    prequant: torch.Tensor | None
+    scale: torch.Tensor | None
+
+    def __init__(self, prequant: torch.Tensor | None, scale: torch.Tensor | None, kind: str | None):
+        super().__init__()
+        self.kind = kind
+        self.register_buffer("prequant", prequant, persistent=False)
+        self.register_buffer("scale", scale, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prequant is not None:
+            x = x * self.prequant
+        if self.kind == "int8_per_token":
+            return fake_quant(x, per_token_scale(x), "int8")
+        if self.kind is not None:
+            assert self.scale is not None
+            return fake_quant(x, self.scale, self.kind)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, prequant={self.prequant is not None}"
+
+
+def _quantize_input(module: nn.Module, args: tuple) -> tuple:
+    quant = module.get_submodule("input_quant")
+    return (quant(args[0]), *args[1:])
+
+
+def is_modelopt(config: CheckpointConfig) -> bool:
+    return config.quantization.scheme in MODELOPT_SCHEMES
+
+
+def read_linear_weight(reader: RankFileReader, name: str, config: CheckpointConfig) -> torch.Tensor | None:
+    """The float32 ``[out, in]`` weight ``name`` dequantized, when it is one of a ModelOpt-quantized linear."""
+    scale_name = name[: -len("weight")] + WEIGHTS_SCALE
+    if not (is_modelopt(config) and name.endswith(".weight") and scale_name in reader):
+        return None
+    q = config.quantization
+    w = dequantize_linear(reader[name], reader[scale_name], q.scheme, q.group_size)
+    return torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+
+
+def activation_kind(config: CheckpointConfig) -> str | None:
+    q = config.quantization
+    if q.scheme == "fp8":
+        return "fp8"
+    if q.scheme == "int8_sq":
+        return "int8_per_token" if q.per_token else "int8"
+    return None  # AWQ: weights only
+
+
+def attach(model: nn.Module, reader: RankFileReader, config: CheckpointConfig, device, dtype) -> None:
+    """Give each quantized linear of ``model``'s layers its ``InputQuant`` and each attention its KV-cache
+    quantization (``kv_quant``), from the scales in ``reader``."""
+
+    def scale(name: str, as_dtype=torch.float32) -> torch.Tensor | None:
+        if name not in reader:
+            return None
+        return torch.from_numpy(np.array(reader[name], dtype=np.float32)).to(device=device, dtype=as_dtype)
+
+    kind = activation_kind(config)
+    kv_kind = (config.quantization.kv_cache or "").lower() or None
+    for i, layer in enumerate(model.get_submodule("transformer.layers").children()):
+        prefix = f"transformer.layers.{i}."
+        if is_modelopt(config):
+            for linear in LINEARS:
+                if f"{prefix}{linear}.weight" not in reader:
+                    continue  # no gate in a plain MLP
+                pre = scale(f"{prefix}{linear}.{PREQUANT_SCALE}", dtype)
+                act = scale(f"{prefix}{linear}.{ACTIVATION_SCALE}")
+                if kind in ("fp8", "int8") and act is None:
+                    raise CheckpointError(f"missing tensor {prefix}{linear}.{ACTIVATION_SCALE}")
+                module = layer.get_submodule(linear)
+                module.input_quant = InputQuant(pre, act, kind)
+                module.register_forward_pre_hook(_quantize_input)
+        if kv_kind is not None:
+            kv = scale(f"{prefix}attention.{KV_CACHE_SCALE}")
+            if kv is None:
+                raise CheckpointError(f"missing tensor {prefix}attention.{KV_CACHE_SCALE}")
+            layer.get_submodule("attention").kv_quant = KVQuant(kv, kv_kind)
+
+
+class KVQuant(nn.Module):
+    """Keys and values quantized on their way into the cache (``kind`` 'int8' or 'fp8', one per-tensor scale)."""
+
+    scale: torch.Tensor
+
+    def __init__(self, scale: torch.Tensor, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.register_buffer("scale", scale, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fake_quant(x, self.scale, self.kind)
