@@ -14,6 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -32,7 +33,14 @@ from ckpt_eval import decode_kernels  # noqa: E402
 from ckpt_eval.distributed import init_parallel  # noqa: E402
 from ckpt_eval.fused_decode import FusedDecoder, unsupported  # noqa: E402
 from ckpt_eval.weights import load_model  # noqa: E402
-from ckptfmt import CheckpointConfig, CheckpointError, load_config, model_spec  # noqa: E402
+from ckptfmt import (  # noqa: E402
+    CheckpointConfig,
+    CheckpointError,
+    RankFileReader,
+    load_config,
+    model_spec,
+    save_checkpoint,
+)
 from ckptfmt.reconcile import reconcile  # noqa: E402
 from ckptfmt.semantics import BUILDER, FEATURES, FUSED, TORCH, support_rows  # noqa: E402
 from tests.random_checkpoint import random_checkpoint  # noqa: E402
@@ -103,6 +111,7 @@ FIXTURE_VARIANTS: dict[str, tuple[str, dict]] = {
     "fp8-kv-fp8": ("fp8_kv_fp8", {}),
     "int8-sq-kv-int8": ("int8_sq_kv_int8", {}),
     "int8-sq-per-token": ("int8_sq", {"quant_algo": "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"}),
+    "int8-sq-per-tensor": ("int8_sq", {"quant_algo": "W8A8_SQ_PER_TENSOR_PLUGIN"}),  # weights requantized
     "int4-awq": ("int4_awq", {}),
 }
 VARIANTS = [*HF_VARIANTS, *CONFIG_VARIANTS, *FIXTURE_VARIANTS]
@@ -134,10 +143,15 @@ class Variants:
                         ref = model(torch.tensor([PROMPT])).logits[0, -1]
             elif name in FIXTURE_VARIANTS:
                 mode, overrides = FIXTURE_VARIANTS[name]
-                shutil.copytree(QUANTIZED / mode / "tp1_pp1", path)
-                config_json = json.loads((path / "config.json").read_text())
+                src = self.root / f"src-{name}"
+                shutil.copytree(QUANTIZED / mode / "tp1_pp1", src)
+                config_json = json.loads((src / "config.json").read_text())
                 config_json["quantization"].update(overrides)
-                (path / "config.json").write_text(json.dumps(config_json))
+                (src / "config.json").write_text(json.dumps(config_json))
+                if mode.startswith("int8_sq") and not load_config(src).quantization.per_channel:
+                    per_tensor_weights(src, path)
+                else:
+                    src.rename(path)
                 ref = None
             else:
                 config = CheckpointConfig.from_dict({**BASE, **CONFIG_VARIANTS[name]}).check()
@@ -145,6 +159,20 @@ class Variants:
                 ref = None
             self.cache[name] = (path, ref)
         return self.cache[name]
+
+
+def per_tensor_weights(src, path) -> None:
+    """Checkpoint ``src`` at ``path`` with its per-row int8 SmoothQuant weights requantized to one scale a tensor."""
+    config = load_config(src)
+    with RankFileReader(src / "rank0.safetensors") as reader:
+        tensors = {n: np.array(reader[n]) for n in reader.entries}
+    for name in [n for n in tensors if n.endswith(".weights_scaling_factor")]:
+        weight = name[: -len("weights_scaling_factor")] + "weight"
+        w = tensors[weight].astype(np.float32) * tensors[name][:, None]
+        scale = np.float32(np.abs(w).max() / 127)
+        tensors[weight] = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        tensors[name] = np.array([scale], dtype=np.float32)
+    save_checkpoint(path, config, {0: tensors})
 
 
 @pytest.fixture(scope="module")

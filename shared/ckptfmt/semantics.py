@@ -255,6 +255,7 @@ FEATURES: tuple[Feature, ...] = (
                 "FP8",
                 "W8A8_SQ_PER_CHANNEL",
                 "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN",
+                "W8A8_SQ_PER_TENSOR_PLUGIN",
                 "W4A16_AWQ with pre-quant scales",
             )
         },
