@@ -104,8 +104,8 @@ CONFIG_VARIANTS: dict[str, dict] = {
     "yarn-scaling": {"rotary_scaling": {"type": "yarn", "factor": 4.0}},
 }
 # variant -> (ModelOpt export of tests/fixtures/modelopt_quantized/llama_gqa, quantization overrides): quantized
-# checkpoints, float16 as ModelOpt writes them; the reference is the torch backend (tests/eval/test_quantized.py
-# checks it against ModelOpt's own fake-quant forward)
+# checkpoints (float32 copies of the float16 exports, ``quantized_variant``); the reference is the torch backend
+# (tests/eval/test_quantized.py checks it against ModelOpt's own fake-quant forward)
 QUANTIZED = Path(__file__).resolve().parent / "fixtures" / "modelopt_quantized" / "llama_gqa"
 FIXTURE_VARIANTS: dict[str, tuple[str, dict]] = {
     "fp8-kv-fp8": ("fp8_kv_fp8", {}),
@@ -148,10 +148,7 @@ class Variants:
                 config_json = json.loads((src / "config.json").read_text())
                 config_json["quantization"].update(overrides)
                 (src / "config.json").write_text(json.dumps(config_json))
-                if mode.startswith("int8_sq") and not load_config(src).quantization.per_channel:
-                    per_tensor_weights(src, path)
-                else:
-                    src.rename(path)
+                quantized_variant(src, path)
                 ref = None
             else:
                 config = CheckpointConfig.from_dict({**BASE, **CONFIG_VARIANTS[name]}).check()
@@ -161,12 +158,16 @@ class Variants:
         return self.cache[name]
 
 
-def per_tensor_weights(src, path) -> None:
-    """Checkpoint ``src`` at ``path`` with its per-row int8 SmoothQuant weights requantized to one scale a tensor."""
+def quantized_variant(src, path) -> None:
+    """Checkpoint ``src`` at ``path`` in float32 (its float16 tensors upcast: the fused step is compared at fp32
+    criteria); int8 SmoothQuant weights requantized to one scale a tensor where the config says per tensor."""
     config = load_config(src)
+    config.dtype = "float32"
     with RankFileReader(src / "rank0.safetensors") as reader:
         tensors = {n: np.array(reader[n]) for n in reader.entries}
-    for name in [n for n in tensors if n.endswith(".weights_scaling_factor")]:
+    tensors = {n: a.astype(np.float32) if a.dtype == np.float16 else a for n, a in tensors.items()}
+    per_tensor = config.quantization.scheme == "int8_sq" and not config.quantization.per_channel
+    for name in [n for n in tensors if per_tensor and n.endswith(".weights_scaling_factor")]:
         weight = name[: -len("weights_scaling_factor")] + "weight"
         w = tensors[weight].astype(np.float32) * tensors[name][:, None]
         scale = np.float32(np.abs(w).max() / 127)

@@ -244,20 +244,23 @@ FEATURES: tuple[Feature, ...] = (
         lambda s: "none" if s.embed_proj_dim is None else "projected",
         {"none": ALL, "projected": UNFUSED},
     ),
-    # ModelOpt's FP8 / INT8 SmoothQuant / INT4 AWQ: emulated by the torch backend (ckpt_eval.quantized); the
-    # weight-only modes are WEIGHT_ONLY_SUPPORTED below
+    # ModelOpt's FP8 / INT8 SmoothQuant / INT4 AWQ: emulated by the torch backend (ckpt_eval.quantized); AWQ is
+    # dequantized with its pre-quant scale folded in at load, so the fused kernels run it too (activation
+    # quantization would need kernel support); the weight-only modes are WEIGHT_ONLY_SUPPORTED below
     Feature(
         "quantization",
         lambda s: s.quantization,
         {
-            m: frozenset({TORCH})
-            for m in (
-                "FP8",
-                "W8A8_SQ_PER_CHANNEL",
-                "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN",
-                "W8A8_SQ_PER_TENSOR_PLUGIN",
-                "W4A16_AWQ with pre-quant scales",
-            )
+            **{
+                m: frozenset({TORCH})
+                for m in (
+                    "FP8",
+                    "W8A8_SQ_PER_CHANNEL",
+                    "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN",
+                    "W8A8_SQ_PER_TENSOR_PLUGIN",
+                )
+            },
+            "W4A16_AWQ with pre-quant scales": frozenset({TORCH, FUSED}),
         },
     ),
     Feature(

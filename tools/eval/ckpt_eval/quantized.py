@@ -1,14 +1,15 @@
 """Quantized checkpoints in the torch backend (ModelOpt's layouts, docs/checkpoint-format.md), emulated exactly.
 
 The weights are dequantized at load (``ckptfmt.quant.dequantize_linear``: e4m3 / int8 / packed int4 codes times
-their scales, the smoothing already folded in); what the checkpoint says happens to a linear's input is an
-``InputQuant`` run before it (a forward pre-hook): ``x * prequant_scaling_factor`` (SmoothQuant, AWQ), then a
-fake quantization with ``activation_scaling_factor`` (FP8: ``x / s`` clamped to +-448, rounded to e4m3, times
-``s``; INT8 SmoothQuant: rounded to an integer in [-128, 127] (ModelOpt's and TensorRT's int8 range), per tensor, or per
-token with ``|row|max / 127`` when the mode says PER_TOKEN). Quantize/dequantize math is float32; the result
-goes back to the model dtype. A KV cache of INT8 or FP8 stores the fake-quantized keys and values (quantized on
-write with the layer's ``kv_cache_scaling_factor``, the one TensorRT-LLM reads): the same numbers a cache of codes
-dequantized on read in float32 holds, so the cache stays in the model dtype.
+their scales, the smoothing already folded in; INT4 AWQ's ``prequant_scaling_factor`` folded into the weight's
+columns too, so an AWQ model is a plain float model to every kernel); what the checkpoint says happens to an FP8 or
+SmoothQuant linear's input is an ``InputQuant`` run before it (a forward pre-hook): ``x * prequant_scaling_factor``
+(SmoothQuant), then a fake quantization with ``activation_scaling_factor`` (FP8: ``x / s`` clamped to +-448,
+rounded to e4m3, times ``s``; INT8 SmoothQuant: rounded to an integer in [-128, 127] (ModelOpt's and TensorRT's
+int8 range), per tensor, or per token with ``|row|max / 127`` when the mode says PER_TOKEN). Quantize/dequantize
+math is float32; the result goes back to the model dtype. A KV cache of INT8 or FP8 stores the fake-quantized keys
+and values (quantized on write with the layer's ``kv_cache_scaling_factor``, the one TensorRT-LLM reads): the same
+numbers a cache of codes dequantized on read in float32 holds, so the cache stays in the model dtype.
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ def is_modelopt(config: CheckpointConfig) -> bool:
     return config.quantization.scheme in MODELOPT_SCHEMES
 
 
+def quantizes_inputs(config: CheckpointConfig) -> bool:
+    """Whether the linears quantize their inputs (FP8, SmoothQuant): then each keeps its own ``InputQuant``."""
+    return activation_kind(config) is not None
+
+
 def read_linear_weight(reader: RankFileReader, name: str, config: CheckpointConfig) -> torch.Tensor | None:
     """The float32 ``[out, in]`` weight ``name`` dequantized, when it is one of a ModelOpt-quantized linear."""
     scale_name = name[: -len("weight")] + WEIGHTS_SCALE
@@ -85,6 +91,9 @@ def read_linear_weight(reader: RankFileReader, name: str, config: CheckpointConf
         return None
     q = config.quantization
     w = dequantize_linear(reader[name], reader[scale_name], q.scheme, q.group_size)
+    prequant = name[: -len("weight")] + PREQUANT_SCALE
+    if activation_kind(config) is None and prequant in reader:  # AWQ: (x * s) @ W.T == x @ (W * s).T
+        w = w * np.asarray(reader[prequant], dtype=np.float32)[None, :]
     return torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
 
 
@@ -110,13 +119,13 @@ def attach(model: nn.Module, reader: RankFileReader, config: CheckpointConfig, d
     kv_kind = (config.quantization.kv_cache or "").lower() or None
     for i, layer in enumerate(model.get_submodule("transformer.layers").children()):
         prefix = f"transformer.layers.{i}."
-        if is_modelopt(config):
+        if kind is not None:  # AWQ's pre-quant scale is folded into its weight (read_linear_weight)
             for linear in LINEARS:
                 if f"{prefix}{linear}.weight" not in reader:
                     continue  # no gate in a plain MLP
                 pre = scale(f"{prefix}{linear}.{PREQUANT_SCALE}", dtype)
                 act = scale(f"{prefix}{linear}.{ACTIVATION_SCALE}")
-                if kind in ("fp8", "int8") and act is None:
+                if kind != "int8_per_token" and act is None:
                     raise CheckpointError(f"missing tensor {prefix}{linear}.{ACTIVATION_SCALE}")
                 module = layer.get_submodule(linear)
                 module.input_quant = InputQuant(pre, act, kind)

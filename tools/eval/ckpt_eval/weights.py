@@ -15,7 +15,7 @@ from ckptfmt.sharding import split_padded
 
 from .distributed import Parallel
 from .model import RankShapes, Transformer
-from .quantized import attach, is_modelopt, read_linear_weight
+from .quantized import attach, quantizes_inputs, read_linear_weight
 from .torch_dtypes import TORCH_DTYPES
 
 SCALE = "per_channel_scale"
@@ -103,7 +103,7 @@ def load_model(directory: str | Path, config: CheckpointConfig, par: Parallel) -
         except CheckpointError as err:
             raise CheckpointError(f"{path}: {err}") from None
     for layer in model.transformer.blocks():
-        if not is_modelopt(config):  # fc and gate keep their own input quantization otherwise
+        if not quantizes_inputs(config):  # fc and gate keep their own input quantization otherwise
             layer.mlp.fuse()
     if model.rotary is not None:
         model.rotary.inv_freq = model.rotary.inv_freq.to(par.device)
