@@ -162,7 +162,7 @@ def quantized_variant(src, path) -> None:
     """Checkpoint ``src`` at ``path`` in float32 (its float16 tensors upcast: the fused step is compared at fp32
     criteria); int8 SmoothQuant weights requantized to one scale a tensor where the config says per tensor."""
     config = load_config(src)
-    config.dtype = "float32"
+    config.dtype = config.logits_dtype = "float32"  # the export's float16 logits would round the builder's
     with RankFileReader(src / "rank0.safetensors") as reader:
         tensors = {n: np.array(reader[n]) for n in reader.entries}
     tensors = {n: a.astype(np.float32) if a.dtype == np.float16 else a for n, a in tensors.items()}

@@ -251,22 +251,17 @@ FEATURES: tuple[Feature, ...] = (
         "quantization",
         lambda s: s.quantization,
         {
-            **{
-                m: frozenset({TORCH})
-                for m in (
-                    "FP8",
-                    "W8A8_SQ_PER_CHANNEL",
-                    "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN",
-                    "W8A8_SQ_PER_TENSOR_PLUGIN",
-                )
-            },
+            # ckpt-build: TensorRT Q/DQ layers with the checkpoint's per-tensor activation scale; a per-token
+            # (dynamic, per-row) int8 scale is no IQuantizeLayer input TensorRT-RTX takes
+            **{m: UNFUSED for m in ("FP8", "W8A8_SQ_PER_CHANNEL", "W8A8_SQ_PER_TENSOR_PLUGIN")},
+            "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN": frozenset({TORCH}),
             "W4A16_AWQ with pre-quant scales": frozenset({TORCH, FUSED}),
         },
     ),
     Feature(
         "kv_cache_quant_algo",
         lambda s: s.kv_cache_quantization,
-        {"none": ALL, "INT8": frozenset({TORCH}), "FP8": frozenset({TORCH})},
+        {"none": ALL, "INT8": UNFUSED, "FP8": UNFUSED},
     ),
     Feature("use_prompt_tuning", lambda s: _bool(s.prompt_tuning), {"false": ALL, "true": frozenset({TORCH, FUSED})}),
     Feature("unimplemented fields", lambda s: ", ".join(s.unimplemented) or "none", {"none": ALL}),

@@ -66,9 +66,7 @@ def test_unsupported_architecture(tmp_path, ckpt):
 @pytest.mark.parametrize(
     "quant,word",
     [
-        ({"quant_algo": "FP8"}, "FP8"),
-        ({"quant_algo": "W8A8_SQ_PER_CHANNEL"}, "SmoothQuant"),
-        ({"kv_cache_quant_algo": "INT8"}, "KV cache"),
+        ({"quant_algo": "W4A8_AWQ"}, "INT4 weights with FP8 activations"),  # FP8 / SmoothQuant / KV: built
         ({"quant_algo": "NVFP4"}, "quant_algo NVFP4"),  # unknown to ckptfmt's parser: named all the same
         ({"quant_algo": "W4A16_GPTQ", "has_zero_point": True}, "INT4 GPTQ with zero points"),
     ],

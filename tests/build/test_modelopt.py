@@ -58,8 +58,7 @@ def test_modelopt_export_matches_transformers(export):
 @pytest.mark.parametrize(
     "scheme,what",
     [
-        ("fp8", "quant_algo FP8: FP8 weights and activations"),
-        ("int8_sq", "quant_algo W8A8_SQ_PER_CHANNEL: INT8 SmoothQuant (W8A8)"),
+        # FP8 and INT8 SmoothQuant build (tests/build/test_quantized_build.py)
         ("int4_awq", "quant_algo W4A16_AWQ: INT4 AWQ with pre-quant scales"),
     ],
 )

@@ -247,7 +247,9 @@ def prepare(request: BuildRequest) -> tuple[TrtModule, CheckpointConfig, BuildCo
     """Every check that can fail before building: checkpoint, support, limits, TensorRT module, targets."""
     config, build = check_model(request)
     module = load_trt(request.backend)
-    needs = [config.dtype] + ([config.quantization.weight_only] if config.quantization.weight_only else [])
+    q = config.quantization
+    needs = [config.dtype] + ([q.weight_only] if q.weight_only else [])
+    needs += ["fp8"] if q.scheme == "fp8" or q.kv_cache == "fp8" else []  # e4m3 Q/DQ: SM89+ (trt_api.MIN_SM)
     targets = resolve_targets(module, request.targets, needs)
     if not targets:
         raise CheckpointError(f"--target: no target of {module.name} supports {', '.join(needs)}")

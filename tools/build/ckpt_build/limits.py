@@ -18,7 +18,8 @@ from ckptfmt.semantics import BUILDER, check_support
 DEFAULT_INPUT_LEN = 1024
 DEFAULT_OUTPUT_LEN = 1024
 
-# quant_algo (ModelOpt / TensorRT-LLM spelling, by prefix) -> what the checkpoint holds; none of them builds here
+# quant_algo (ModelOpt / TensorRT-LLM spelling, by prefix) -> what the checkpoint holds; those of BUILT_ALGOS go
+# on to the support table (ckptfmt.semantics: which of their variants the network computes), the others stop here
 QUANTIZED = {
     "FP8": "FP8 weights and activations",
     "W8A8_SQ": "INT8 SmoothQuant (W8A8)",
@@ -27,9 +28,12 @@ QUANTIZED = {
     "MIXED_PRECISION": "per-layer mixed precision",
 }
 WEIGHT_ONLY_ALGOS = ("W8A16", "W4A16")
+BUILT_ALGOS = ("FP8", "W8A8_SQ")  # TensorRT Q/DQ layers (network.quantized_matmul)
+BUILT_KV_CACHE = ("INT8", "FP8")
 SUPPORTED_QUANTIZATION = (
     "ckpt-build builds unquantized and weight-only int8/int4 checkpoints "
-    "(W8A16, W4A16, per channel or per group, without AWQ pre-quant scales or zero points)"
+    "(W8A16, W4A16, per channel or per group, without AWQ pre-quant scales or zero points), "
+    "ModelOpt's FP8 and INT8 SmoothQuant (static activation scales) and INT8/FP8 KV caches"
 )
 
 
@@ -117,7 +121,9 @@ def describe_quantization(section: dict) -> str | None:
     algo = str(section.get("quant_algo") or "")
     algo = algo or ("FP8" if section.get("enable_fp8") else "W8A8_SQ" if section.get("use_smooth_quant") else "")
     parts = []
-    if algo and not algo.startswith(WEIGHT_ONLY_ALGOS):
+    if algo.startswith(BUILT_ALGOS):
+        pass
+    elif algo and not algo.startswith(WEIGHT_ONLY_ALGOS):
         what = next((v for k, v in QUANTIZED.items() if algo.startswith(k)), "an algorithm ckpt-build does not know")
         parts.append(f"quant_algo {algo}: {what}")
     elif section.get("pre_quant_scale") or section.get("has_zero_point"):
@@ -129,7 +135,7 @@ def describe_quantization(section: dict) -> str | None:
         parts.append(f"{label} with {' and '.join(extras)}")
     kv = section.get("kv_cache_quant_algo")
     kv = kv or ("INT8" if section.get("int8_kv_cache") else "FP8" if section.get("fp8_kv_cache") else None)
-    if kv:
+    if kv and str(kv) not in BUILT_KV_CACHE:
         parts.append(f"{kv} KV cache")
     return ", ".join(parts) or None
 

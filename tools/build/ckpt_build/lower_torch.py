@@ -20,8 +20,10 @@ TORCH_DTYPES = {
     "int32": torch.int32,
     "int64": torch.int64,
     "int8": torch.int8,
+    "fp8": torch.float8_e4m3fn,
     "bool": torch.bool,
 }
+FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
 
 
 def from_numpy(array: np.ndarray) -> torch.Tensor:
@@ -86,6 +88,9 @@ class TorchOps:
         if key not in self.constants:
             if dtype == "int4":
                 t = torch.from_numpy(unpack_int4(np.asarray(array))).reshape(shape)
+            elif dtype == "fp8":  # raw e4m3fn bytes
+                t = torch.from_numpy(np.array(array).view(np.uint8)).view(torch.float8_e4m3fn)
+                t = t.reshape(shape) if shape else t
             else:
                 t = from_numpy(array)
                 t = t.reshape(shape) if shape else t
@@ -206,6 +211,15 @@ class TorchOps:
                 if n != m:
                     s = s.repeat_interleave(n // m, dim=dim)
         return (q.to(torch.float32) * s.to(torch.float32)).to(out_dtype)
+
+    def quantize(self, x, scale, dtype):
+        self._same(x, scale)
+        y = x / scale
+        if dtype == "fp8":
+            return y.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)  # round to nearest even e4m3
+        if dtype == "int8":
+            return torch.round(y).clamp(-128, 127).to(torch.int8)  # torch.round: half to even
+        raise TypeError(f"quantize: unsupported {dtype}")
 
     def all_reduce(self, x):
         return x if self.group is None else self.group.all_reduce(self.rank, x)

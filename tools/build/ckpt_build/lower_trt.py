@@ -33,6 +33,7 @@ class TrtOps:
             "int64": trt.int64,
             "int8": trt.int8,
             "int4": trt.int4,
+            "fp8": trt.fp8,
             "bool": trt.bool,
         }
         self._constants: dict[str, Tensor] = {}
@@ -209,6 +210,9 @@ class TrtOps:
         if axis is not None:
             layer.axis = axis
         return layer.get_output(0)
+
+    def quantize(self, x, scale, dtype: str):
+        return self._out(self.net.add_quantize(x, scale, self._dtypes[dtype]), f"quantize_{dtype}")
 
     def _collective(self, x, op: str):
         trt = self.trt

@@ -128,7 +128,9 @@ def _split_width(layout: RankLayout) -> bool:
 
 def linear(ops: Ops, layout: RankLayout, x: Tensor, lin: Linear, reduce: bool = False) -> Tensor:
     """``x @ W.T + b`` for x ``[B, S, in]``; row-parallel (``reduce``) all-reduces before the bias."""
-    if lin.precision is None:
+    if lin.quantized is not None:
+        y = quantized_matmul(ops, layout, x, lin)
+    elif lin.precision is None:
         y = ops.matmul(x, ops.constant(lin.key + ".weight", lin.weight.reshape(1, *lin.weight.shape)), transpose_b=True)
     else:
         assert lin.scale is not None  # weight-only linears carry their scales
@@ -144,6 +146,34 @@ def linear(ops: Ops, layout: RankLayout, x: Tensor, lin: Linear, reduce: bool = 
         y = ops.all_reduce(y)
     if lin.bias is not None:
         y = ops.add(y, ops.constant(lin.key + ".bias", lin.bias.reshape(1, 1, -1)))
+    return y
+
+
+def fake_quant(ops: Ops, layout: RankLayout, x: Tensor, key: str, scale: np.ndarray, codes: str) -> Tensor:
+    """``x`` quantized to ``codes`` (fp8, int8) with the per-tensor float32 ``scale`` and dequantized: Q/DQ in
+    float32 like the torch backend (ckpt_eval.quantized.fake_quant), the result in the model dtype."""
+    s = ops.constant(key, scale.astype(np.float32).reshape(()))
+    x32 = ops.cast(x, F32) if layout.dtype != F32 else x
+    y = ops.dequantize(ops.quantize(x32, s, codes), s, F32)
+    return ops.cast(y, layout.dtype) if layout.dtype != F32 else y
+
+
+def quantized_matmul(ops: Ops, layout: RankLayout, x: Tensor, lin: Linear) -> Tensor:
+    """FP8 / INT8 SmoothQuant: ``fq(x * prequant) @ dq(W).T`` (weights dequantized in float32, then the model
+    dtype: what the torch backend loads), times ``out_scale``."""
+    qz = lin.quantized
+    assert qz is not None
+    if qz.prequant is not None:
+        x = ops.mul(x, ops.constant(lin.key + ".prequant", qz.prequant.reshape(1, 1, -1)))
+    x = fake_quant(ops, layout, x, lin.key + ".input_scale", qz.input_scale, qz.dtype)
+    q = ops.constant(lin.key + ".weight", lin.weight, dtype=qz.dtype, shape=(1, *lin.weight.shape))
+    per_tensor = qz.weight_scale.size == 1
+    scale = ops.constant(lin.key + ".scale", qz.weight_scale.reshape(()) if per_tensor else qz.weight_scale)
+    w = ops.dequantize(q, scale, F32, axis=None if per_tensor else 1)
+    w = ops.cast(w, layout.dtype) if layout.dtype != F32 else w
+    y = ops.matmul(x, w, transpose_b=True)
+    if qz.out_scale is not None:
+        y = ops.mul(y, ops.constant(lin.key + ".out_scale", qz.out_scale.reshape(1, 1, -1)))
     return y
 
 
@@ -191,6 +221,11 @@ def _attention(ctx: _StepContext, w: RankWeights, local: int, x: Tensor, caches)
         rd, inter = layout.spec.rotary_dim, layout.spec.rotary_interleaved
         q = ops.rope(q, cos, sin, ctx.positions, inter, rd)
         k = ops.rope(k, cos, sin, ctx.positions, inter, rd)
+    kv_scale = w.kv_cache_scale(local)
+    if kv_scale is not None:  # INT8 / FP8 cache: the model-dtype cache holds the fake-quantized keys and values
+        codes = "int8" if layout.config.quantization.kv_cache == "int8" else "fp8"
+        k = fake_quant(ops, layout, k, f"layers.{local}.kv_scale", kv_scale, codes)
+        v = fake_quant(ops, layout, v, f"layers.{local}.kv_scale", kv_scale, codes)
     k_all = ops.kv_cache_update(caches[0], k, ctx.write_index)
     v_all = ops.kv_cache_update(caches[1], v, ctx.write_index)
     o = ops.attention(q, k_all, v_all, ctx.mask(local))  # [B, nq, S, d]

@@ -4,7 +4,8 @@ Two lowerings implement it: ``lower_trt.TrtOps`` (adds TensorRT layers) and ``lo
 (computes on torch CPU tensors). Semantics every lowering follows:
 
 - Strong typing: the inputs of one op share a dtype; nothing converts implicitly (``cast`` does).
-- Dtypes are names: ``float32``, ``float16``, ``bfloat16``, ``int32``, ``int64``, ``int8``, ``int4``, ``bool``.
+- Dtypes are names: ``float32``, ``float16``, ``bfloat16``, ``int32``, ``int64``, ``int8``, ``int4``, ``fp8``,
+  ``bool``.
 - ``reshape`` dims: ``0`` copies the input's dim at that index, ``-1`` is inferred (one at most).
 - ``attention`` does NOT scale by 1/sqrt(head_size): q arrives pre-scaled. ``mask`` is bool
   ``[B, 1, Sq, Skv]`` (True = attend); q ``[B, Nq, Sq, D]``, k/v ``[B, Nkv, Skv, D]``, Nq divisible by Nkv
@@ -16,6 +17,9 @@ Two lowerings implement it: ``lower_trt.TrtOps`` (adds TensorRT layers) and ``lo
   (rotate-half, or pairs (2i, 2i+1) when interleaved), the rest pass through.
 - ``dequantize(q, scale, dtype)``: ``q * scale`` in ``dtype``; ``scale`` is 1-D along ``axis`` (per channel)
   or has q's rank with block dims divided (per group).
+- ``quantize(x, scale, dtype)``: TensorRT's IQuantizeLayer with a per-tensor scale (``[1] * rank``, x's dtype):
+  ``x / scale`` saturated to ``dtype``'s range, ``int8`` rounded half to even into [-128, 127], ``fp8`` (e4m3fn)
+  clamped to +-448 and rounded to the nearest e4m3 value. ``dequantize`` of its output gives back x's dtype.
 - ``all_reduce`` sums over the tensor-parallel ranks; ``all_gather`` concatenates the ranks' tensors on dim 0.
 """
 
@@ -100,6 +104,8 @@ class Ops(Protocol):
     def kv_cache_update(self, cache: Tensor, update: Tensor, write_index: Tensor) -> Tensor: ...
 
     def dequantize(self, q: Tensor, scale: Tensor, dtype: str, axis: int | None = None) -> Tensor: ...
+
+    def quantize(self, x: Tensor, scale: Tensor, dtype: str) -> Tensor: ...
 
     def all_reduce(self, x: Tensor) -> Tensor: ...
 

@@ -7,6 +7,7 @@ referenced by the network until the build ends, so their memory is read once and
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,21 +15,38 @@ import numpy as np
 from ckptfmt.constants import DTYPES
 from ckptfmt.io import RankFileReader
 from ckptfmt.names import (
+    ACTIVATION_SCALE,
     FC,
     GATE,
+    KV_CACHE_SCALE,
     LAYER,
     LM_HEAD,
     LN_F,
     POSITION_EMBEDDING,
+    PREQUANT_SCALE,
     PROJECT_IN,
     PROJECT_OUT,
     QKV,
     VOCAB_EMBEDDING,
+    WEIGHTS_SCALE,
 )
 from ckptfmt.semantics import rotary_inv_freq
 from ckptfmt.sharding import split_padded
 
 from .contract import RankLayout
+
+
+@dataclass
+class QuantizedLinear:
+    """ModelOpt's FP8 / INT8 SmoothQuant linear: codes ``dtype`` (fp8, int8), ``weight_scale`` ``[1]`` or
+    ``[out]``, the input's per-tensor ``input_scale`` ``[1]``, SmoothQuant's ``prequant`` ``[in]`` (model dtype),
+    ``out_scale`` ``[out]`` (model dtype) multiplying the output (qkv: 1/sqrt(head_size) on the q rows)."""
+
+    dtype: str
+    weight_scale: np.ndarray
+    input_scale: np.ndarray
+    prequant: np.ndarray | None = None
+    out_scale: np.ndarray | None = None
 
 
 @dataclass
@@ -41,6 +59,7 @@ class Linear:
     scale: np.ndarray | None = None
     precision: str | None = None  # None | "int8" | "int4"
     group_size: int | None = None
+    quantized: QuantizedLinear | None = None  # FP8 / INT8 SmoothQuant: ``weight`` [out, in] holds the codes
 
     @property
     def out_features(self) -> int:
@@ -62,6 +81,7 @@ class RankWeights:
         quant = layout.config.quantization
         self.precision = quant.weight_only
         self.group_size = quant.group_size if quant.per_group else None
+        self.codes = {"fp8": "fp8", "int8_sq": "int8"}.get(quant.scheme)  # activation-quantized linears
         self._prescaled: dict[int, Linear] = {}  # q-scaled qkv copies, made once per layer
 
     def get(self, name: str) -> np.ndarray:
@@ -82,6 +102,8 @@ class RankWeights:
                 self.precision,
                 self.group_size,
             )
+        elif self.codes:
+            lin = Linear(prefix, self.get(prefix + ".weight"), bias, quantized=self._quantized(prefix))
         else:
             lin = Linear(prefix, self.get(prefix + ".weight"), bias)
         if module != QKV:
@@ -95,7 +117,7 @@ class RankWeights:
         gate weight right after the fc weight: a view of the file, so TensorRT, which would otherwise concatenate
         the two itself into a copy the size of both, gets one constant. None when not stored that way or
         quantized."""
-        if self.precision:
+        if self.precision or self.codes:
             return None
         prefix = LAYER.format(i=local)
         weight = self.reader.stacked([prefix + FC + ".weight", prefix + GATE + ".weight"])
@@ -120,12 +142,33 @@ class RankWeights:
             return out
 
         bias = scaled(lin.bias, 0) if lin.bias is not None else None
+        if lin.quantized is not None:  # the codes stay as stored: the q rows of the output are scaled instead
+            ones = np.ones(lin.weight.shape[0], dtype=self.dtype)
+            quantized = dataclasses.replace(lin.quantized, out_scale=scaled(ones, 0))
+            return Linear(lin.key, lin.weight, bias, quantized=quantized)
         if lin.precision:
             assert lin.scale is not None  # weight-only linears carry their scales
             return Linear(
                 lin.key, lin.weight, bias, scaled(lin.scale, lin.scale.ndim - 1), lin.precision, lin.group_size
             )
         return Linear(lin.key, scaled(lin.weight, 0), bias)
+
+    def _quantized(self, prefix: str) -> QuantizedLinear:
+        assert self.codes is not None
+        prequant = self.optional(f"{prefix}.{PREQUANT_SCALE}")
+        return QuantizedLinear(
+            self.codes,
+            np.asarray(self.get(f"{prefix}.{WEIGHTS_SCALE}"), dtype=np.float32).reshape(-1),
+            np.asarray(self.get(f"{prefix}.{ACTIVATION_SCALE}"), dtype=np.float32).reshape(-1),
+            None if prequant is None else np.asarray(prequant).astype(self.dtype),
+        )
+
+    def kv_cache_scale(self, local: int) -> np.ndarray | None:
+        """The layer's per-tensor ``[1]`` float32 KV-cache scale (INT8 / FP8 cache), None for a plain cache."""
+        if not self.layout.config.quantization.kv_cache:
+            return None
+        name = LAYER.format(i=local) + f"attention.{KV_CACHE_SCALE}"
+        return np.asarray(self.get(name), dtype=np.float32).reshape(-1)
 
     def norm(self, prefix: str) -> tuple[np.ndarray, np.ndarray | None]:
         """(weight, bias) of a norm, as stored (bias None for RMSNorm)."""

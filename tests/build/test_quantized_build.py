@@ -1,0 +1,78 @@
+"""ModelOpt FP8 / INT8 SmoothQuant / INT8-FP8 KV-cache exports built as real TensorRT-RTX engines (Q/DQ layers);
+the numerics of the same graph are checked against the torch backend in tests/test_executor_parity.py."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import plan_strings, run_cli
+
+from ckptfmt.engine import check_engine_dir
+
+QUANTIZED = Path(__file__).resolve().parents[1] / "fixtures" / "modelopt_quantized" / "llama_gqa"
+LIMITS = ["--max_batch_size", "2", "--max_input_len", "16", "--max_output_len", "16"]
+
+
+def build(src: Path, out: Path, *extra: str) -> tuple[int, str]:
+    rc, _, err = run_cli("--checkpoint_dir", src, "--output_dir", out, *LIMITS, *extra)
+    return rc, err
+
+
+@pytest.mark.trt
+@pytest.mark.parametrize(
+    "mode,target,algo,kv",
+    [
+        ("fp8", "sm89", "FP8", None),
+        ("fp8_kv_fp8", "sm89,sm120", "FP8", "FP8"),
+        ("int8_sq", "sm80,sm86", "W8A8_SQ_PER_CHANNEL", None),
+        ("int8_sq_kv_int8", "sm86", "W8A8_SQ_PER_CHANNEL", "INT8"),
+    ],
+)
+def test_quantized_export_builds(tmp_path, mode, target, algo, kv):
+    pytest.importorskip("tensorrt_rtx_bindings")
+    out = tmp_path / "engine"
+    rc, err = build(QUANTIZED / mode / "tp1_pp1", out, "--target", target)
+    assert rc == 0, err
+    engine = check_engine_dir(out, hash_files=True)
+    quant = json.loads((out / "config.json").read_text())["pretrained_config"]["quantization"]
+    assert quant.get("quant_algo") == algo and quant.get("kv_cache_quant_algo") == kv, quant
+    assert engine.bound_to.compute_capabilities == target.split(",")
+    words: set[str] = set()
+    for line in plan_strings(out / "rank0.engine"):
+        words.update(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", line))
+    stage = engine.io.stage(0)
+    missing = [t.name for t in stage.inputs + stage.outputs if t.name not in words]
+    assert not missing, f"rank0.engine does not name {missing}"
+
+
+def test_fp8_below_sm89_is_refused_in_one_line(tmp_path):
+    pytest.importorskip("tensorrt_rtx_bindings")
+    rc, err = build(QUANTIZED / "fp8_kv_fp8" / "tp1_pp1", tmp_path / "out", "--target", "sm86")
+    lines = err.strip().splitlines()
+    assert rc == 1 and len(lines) == 1, err
+    assert "sm86 cannot run fp8 (needs sm89 or newer)" in lines[0], lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "mode,overrides,word",
+    [
+        ("int8_sq", {"quant_algo": "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"}, "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"),
+        ("int4_awq", {}, "INT4 AWQ with pre-quant scales"),
+    ],
+)
+def test_unbuilt_modes_are_refused_in_one_line(tmp_path, mode, overrides, word):
+    src = tmp_path / "src"
+    shutil.copytree(QUANTIZED / mode / "tp1_pp1", src)
+    config = json.loads((src / "config.json").read_text())
+    config["quantization"].update(overrides)
+    (src / "config.json").write_text(json.dumps(config))
+    rc, err = build(src, tmp_path / "out")
+    lines = err.strip().splitlines()
+    assert rc == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert word in lines[0], lines[0]
+    assert not (tmp_path / "out").exists()
