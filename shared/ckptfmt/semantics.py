@@ -255,7 +255,7 @@ FEATURES: tuple[Feature, ...] = (
             # (dynamic, per-row) int8 scale is no IQuantizeLayer input TensorRT-RTX takes
             **{m: UNFUSED for m in ("FP8", "W8A8_SQ_PER_CHANNEL", "W8A8_SQ_PER_TENSOR_PLUGIN")},
             "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN": frozenset({TORCH}),
-            "W4A16_AWQ with pre-quant scales": frozenset({TORCH, FUSED}),
+            "W4A16_AWQ with pre-quant scales": ALL,  # ckpt-build: weight-only int4 blocks, x * pre-quant scale
         },
     ),
     Feature(

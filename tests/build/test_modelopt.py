@@ -53,26 +53,7 @@ def test_modelopt_export_matches_transformers(export):
     assert err <= 2e-2  # the exports are float16
 
 
-# ModelOpt-quantized exports: refused in one line that says so, which quantization, and what builds here.
-# Before, FP8/SmoothQuant got ckptfmt's generic line and INT4-AWQ failed on its tensors ("expected int8[64, 64]").
-@pytest.mark.parametrize(
-    "scheme,what",
-    [
-        # FP8 and INT8 SmoothQuant build (tests/build/test_quantized_build.py)
-        ("int4_awq", "quant_algo W4A16_AWQ: INT4 AWQ with pre-quant scales"),
-    ],
-)
-def test_modelopt_quantized_export_is_refused_in_one_line(tmp_path, scheme, what):
-    from modelopt_quantized import quantized_export
-
-    ckpt = quantized_export(tmp_path / scheme, scheme)
-    rc, _, err = run_cli("--checkpoint_dir", ckpt, "--output_dir", tmp_path / "out")
-    lines = err.strip().splitlines()
-    assert rc == 1 and len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith(f"ckpt-build: error: {ckpt / 'config.json'}: quantization: a quantized checkpoint")
-    assert "ModelOpt 0.47.0 export" in lines[0] and what in lines[0], lines[0]
-    assert "weight-only int8/int4" in lines[0] and "tensor" not in lines[0], lines[0]
-    assert not (tmp_path / "out").exists()
+# ModelOpt-quantized exports (FP8, INT8 SmoothQuant, INT4 AWQ) build: tests/build/test_quantized_build.py
 
 
 @pytest.mark.trt

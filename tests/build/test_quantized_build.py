@@ -1,5 +1,5 @@
-"""ModelOpt FP8 / INT8 SmoothQuant / INT8-FP8 KV-cache exports built as real TensorRT-RTX engines (Q/DQ layers);
-the numerics of the same graph are checked against the torch backend in tests/test_executor_parity.py."""
+"""ModelOpt FP8 / INT8 SmoothQuant / INT4 AWQ / INT8-FP8 KV-cache exports built as real TensorRT-RTX engines
+(Q/DQ layers); the numerics of the same graph are checked against the torch backend in tests/test_executor_parity.py."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ def build(src: Path, out: Path, *extra: str) -> tuple[int, str]:
         ("fp8_kv_fp8", "sm89,sm120", "FP8", "FP8"),
         ("int8_sq", "sm80,sm86", "W8A8_SQ_PER_CHANNEL", None),
         ("int8_sq_kv_int8", "sm86", "W8A8_SQ_PER_CHANNEL", "INT8"),
+        ("int4_awq", "sm80", "W4A16_AWQ", None),
+        ("int4_awq_kv_fp8", "sm89", "W4A16_AWQ", "FP8"),
     ],
 )
 def test_quantized_export_builds(tmp_path, mode, target, algo, kv):
@@ -49,6 +51,24 @@ def test_quantized_export_builds(tmp_path, mode, target, algo, kv):
     assert not missing, f"rank0.engine does not name {missing}"
 
 
+def test_quantize_follows_tensorrt():
+    """IQuantizeLayer: x / scale, int8 rounded half to even and saturated to [-128, 127]; fp8 e4m3fn saturated
+    to +-448 (the torch backend clamps the same way: ckpt_eval.quantized.fake_quant)."""
+    import torch
+
+    from ckpt_build.lower_torch import TorchOps
+
+    ops = TorchOps({})
+    x = torch.tensor([0.5, 1.5, 2.5, -2.5, -0.5, 300.0, -300.0, 0.26])
+    one = torch.ones((), dtype=torch.float32)
+    assert ops.quantize(x, one, "int8").tolist() == [0, 2, 2, -2, 0, 127, -128, 0]
+    fp8 = ops.quantize(x * 2, one, "fp8")
+    assert fp8.dtype == torch.float8_e4m3fn
+    assert fp8.float().tolist() == [1.0, 3.0, 5.0, -5.0, -1.0, 448.0, -448.0, 0.5]
+    back = ops.dequantize(ops.quantize(x, torch.full((), 0.5), "int8"), torch.full((), 0.5), "float32")
+    assert back.tolist() == [0.5, 1.5, 2.5, -2.5, -0.5, 63.5, -64.0, 0.5]
+
+
 def test_fp8_below_sm89_is_refused_in_one_line(tmp_path):
     pytest.importorskip("tensorrt_rtx_bindings")
     rc, err = build(QUANTIZED / "fp8_kv_fp8" / "tp1_pp1", tmp_path / "out", "--target", "sm86")
@@ -62,10 +82,11 @@ def test_fp8_below_sm89_is_refused_in_one_line(tmp_path):
     "mode,overrides,word",
     [
         ("int8_sq", {"quant_algo": "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"}, "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"),
-        ("int4_awq", {}, "INT4 AWQ with pre-quant scales"),
+        ("int4_awq", {"has_zero_point": True}, "zero points"),
     ],
 )
 def test_unbuilt_modes_are_refused_in_one_line(tmp_path, mode, overrides, word):
+    """Per-token SmoothQuant: its dynamic per-row scale is not a constant IQuantizeLayer scale."""
     src = tmp_path / "src"
     shutil.copytree(QUANTIZED / mode / "tp1_pp1", src)
     config = json.loads((src / "config.json").read_text())

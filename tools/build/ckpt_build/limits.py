@@ -32,8 +32,8 @@ BUILT_ALGOS = ("FP8", "W8A8_SQ")  # TensorRT Q/DQ layers (network.quantized_matm
 BUILT_KV_CACHE = ("INT8", "FP8")
 SUPPORTED_QUANTIZATION = (
     "ckpt-build builds unquantized and weight-only int8/int4 checkpoints "
-    "(W8A16, W4A16, per channel or per group, without AWQ pre-quant scales or zero points), "
-    "ModelOpt's FP8 and INT8 SmoothQuant (static activation scales) and INT8/FP8 KV caches"
+    "(W8A16, W4A16, per channel or per group, without zero points), ModelOpt's INT4 AWQ, "
+    "FP8 and INT8 SmoothQuant (static activation scales) and INT8/FP8 KV caches"
 )
 
 
@@ -126,7 +126,7 @@ def describe_quantization(section: dict) -> str | None:
     elif algo and not algo.startswith(WEIGHT_ONLY_ALGOS):
         what = next((v for k, v in QUANTIZED.items() if algo.startswith(k)), "an algorithm ckpt-build does not know")
         parts.append(f"quant_algo {algo}: {what}")
-    elif section.get("pre_quant_scale") or section.get("has_zero_point"):
+    elif (section.get("pre_quant_scale") and algo != "W4A16_AWQ") or section.get("has_zero_point"):
         extras = [
             n for k, n in (("pre_quant_scale", "pre-quant scales"), ("has_zero_point", "zero points")) if section.get(k)
         ]
@@ -169,7 +169,7 @@ def check_supported(config: CheckpointConfig) -> None:
     q = config.quantization
     if q.use_weight_only and q.extra.get("has_zero_point"):
         raise CheckpointError("config.json: quantization.has_zero_point: zero points are not supported by ckpt-build")
-    if q.use_weight_only and q.extra.get("pre_quant_scale"):
+    if q.use_weight_only and q.extra.get("pre_quant_scale") and q.scheme != "int4_awq":
         raise CheckpointError(
             "config.json: quantization.pre_quant_scale: AWQ pre-quant scales are not supported by ckpt-build"
         )

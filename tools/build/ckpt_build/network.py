@@ -134,6 +134,8 @@ def linear(ops: Ops, layout: RankLayout, x: Tensor, lin: Linear, reduce: bool = 
         y = ops.matmul(x, ops.constant(lin.key + ".weight", lin.weight.reshape(1, *lin.weight.shape)), transpose_b=True)
     else:
         assert lin.scale is not None  # weight-only linears carry their scales
+        if lin.prequant is not None:  # INT4 AWQ: (x * s) @ W == x @ (diag(s) W)
+            x = ops.mul(x, ops.constant(lin.key + ".prequant", lin.prequant.reshape(1, 1, -1)))
         k, n = lin.in_features, lin.out_features
         q = ops.constant(lin.key + ".weight", lin.weight, dtype=lin.precision, shape=(1, k, n))
         if lin.group_size:

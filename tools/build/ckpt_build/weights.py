@@ -60,6 +60,7 @@ class Linear:
     precision: str | None = None  # None | "int8" | "int4"
     group_size: int | None = None
     quantized: QuantizedLinear | None = None  # FP8 / INT8 SmoothQuant: ``weight`` [out, in] holds the codes
+    prequant: np.ndarray | None = None  # INT4 AWQ: ``[in]`` (model dtype) multiplying the input
 
     @property
     def out_features(self) -> int:
@@ -82,6 +83,9 @@ class RankWeights:
         self.precision = quant.weight_only
         self.group_size = quant.group_size if quant.per_group else None
         self.codes = {"fp8": "fp8", "int8_sq": "int8"}.get(quant.scheme)  # activation-quantized linears
+        self.awq = quant.scheme == "int4_awq"  # ModelOpt's layout, run as weight-only int4 per group
+        if self.awq:
+            self.precision, self.group_size = "int4", quant.group_size
         self._prescaled: dict[int, Linear] = {}  # q-scaled qkv copies, made once per layer
 
     def get(self, name: str) -> np.ndarray:
@@ -93,7 +97,9 @@ class RankWeights:
     def linear(self, local: int, module: str) -> Linear:
         prefix = LAYER.format(i=local) + module
         bias = self.optional(prefix + ".bias")
-        if self.precision:
+        if self.awq:
+            lin = self._awq(prefix, bias)
+        elif self.precision:
             lin = Linear(
                 prefix,
                 self.get(prefix + ".weight"),
@@ -149,7 +155,13 @@ class RankWeights:
         if lin.precision:
             assert lin.scale is not None  # weight-only linears carry their scales
             return Linear(
-                lin.key, lin.weight, bias, scaled(lin.scale, lin.scale.ndim - 1), lin.precision, lin.group_size
+                lin.key,
+                lin.weight,
+                bias,
+                scaled(lin.scale, lin.scale.ndim - 1),
+                lin.precision,
+                lin.group_size,
+                prequant=lin.prequant,
             )
         return Linear(lin.key, scaled(lin.weight, 0), bias)
 
@@ -162,6 +174,15 @@ class RankWeights:
             np.asarray(self.get(f"{prefix}.{ACTIVATION_SCALE}"), dtype=np.float32).reshape(-1),
             None if prequant is None else np.asarray(prequant).astype(self.dtype),
         )
+
+    def _awq(self, prefix: str, bias: np.ndarray | None) -> Linear:
+        """ModelOpt's INT4 AWQ ``weight[out/2, in]`` (rows 2j, 2j+1 in a byte's low, high nibble) is, transposed
+        byte for byte, the weight-only ``[in, out/2]`` packing; its ``[out, in/group]`` float32 scale transposed
+        to ``[in/group, out]`` in the model dtype; the pre-quant scale multiplies the input."""
+        scale = np.asarray(self.get(f"{prefix}.{WEIGHTS_SCALE}"), dtype=np.float32).T.astype(self.dtype)
+        prequant = np.asarray(self.get(f"{prefix}.{PREQUANT_SCALE}")).astype(self.dtype)
+        weight = np.ascontiguousarray(np.asarray(self.get(prefix + ".weight")).T)
+        return Linear(prefix, weight, bias, np.ascontiguousarray(scale), "int4", self.group_size, prequant=prequant)
 
     def kv_cache_scale(self, local: int) -> np.ndarray | None:
         """The layer's per-tensor ``[1]`` float32 KV-cache scale (INT8 / FP8 cache), None for a plain cache."""
