@@ -73,9 +73,10 @@ class StageIo:
         """output name -> input name for every output that shares its input's buffer (KV caches)."""
         return {t.name: t.alias_of for t in self.outputs if t.alias_of}
 
-    def contract_problems(self, kv: KvCacheLayout, first: bool, last: bool) -> list[str]:
+    def contract_problems(self, kv: KvCacheLayout, first: bool, last: bool, gathers_last: bool = True) -> list[str]:
         """What breaks the ckpt-engine/1 step contract: the step inputs and outputs a stage must have and no
-        others, one aliased cache per key/value of each of its layers with the alias's dtype and shape."""
+        others, one aliased cache per key/value of each of its layers with the alias's dtype and shape.
+        ``gathers_last``: the last stage returns the last token's logits (it then takes ``last_token_index``)."""
         targets = set(self.aliases().values())
         caches = [t for t in self.inputs if t.name in targets]
         steps = [t for t in self.inputs if t.name not in targets]
@@ -86,7 +87,9 @@ class StageIo:
             elif t.name not in STEP_INPUTS:
                 out.append(f"input {t.name!r} is not in the contract (step inputs: {', '.join(STEP_INPUTS)})")
         names = {t.name for t in steps}
-        needed = [INPUT_IDS if first else HIDDEN_IN, POSITION_IDS] + ([LAST_TOKEN_INDEX] if last else [])
+        needed = [INPUT_IDS if first else HIDDEN_IN, POSITION_IDS] + (
+            [LAST_TOKEN_INDEX] if last and gathers_last else []
+        )
         stage_kind = f"a {'first' if first else 'later'} {'and last ' if last else ''}stage"
         out += [f"input {name!r} is missing ({stage_kind} needs it)" for name in needed if name not in names]
         plain = [t for t in self.outputs if not t.alias_of]
@@ -282,7 +285,8 @@ class EngineConfig:
                 if inp not in {t.name for t in stage.inputs}:
                     raise CheckpointError(f"{source}: io tensor {out}: aliases unknown input {inp!r}")
             last = stage.pp_rank == len(self.io.stages) - 1
-            problems = stage.contract_problems(self.io.kv_cache, stage.pp_rank == 0, last)
+            gathers = self.build_config.gather_last_token_logits
+            problems = stage.contract_problems(self.io.kv_cache, stage.pp_rank == 0, last, gathers)
             if problems:
                 raise CheckpointError(f"{source}: io.stages[{stage.pp_rank}]: {problems[0]}")
         return self

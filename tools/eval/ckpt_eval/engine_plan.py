@@ -64,8 +64,9 @@ class StagePlan:
         self._check(stage)
 
     def _check(self, stage: StageIo) -> None:
-        """The format's step contract (``ckptfmt.engine``), in case ``config`` was not loaded through its check."""
-        problems = stage.contract_problems(self.kv, self.first, self.last)
+        """The format's step contract (``ckptfmt.engine``), in case ``config`` was not loaded through its check;
+        this runtime also needs ``last_token_index`` (it reads the last token's logits, not every token's)."""
+        problems = stage.contract_problems(self.kv, self.first, self.last, gathers_last=True)
         if problems:
             raise RunnerError(f"{self.source}: io.stages[{self.pp_rank}]: {problems[0]}")
 
