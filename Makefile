@@ -8,7 +8,7 @@ setup:
 	@VENV=$(VENV) scripts/setup.sh
 
 # packages whose types mypy checks (the format library and the tools)
-TYPED := -p ckptfmt -p ckpt_build
+TYPED := -p ckptfmt -p ckpt_build -p ckpt_convert -p ckpt_eval
 
 test: setup
 	$(PY) -m ruff check .

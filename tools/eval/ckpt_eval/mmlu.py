@@ -78,7 +78,9 @@ def run_systems(systems, prompts: list, letters: list[int], batch_size: int) -> 
     """Each batch on each system in turn (alternating order): predicted letter indices and timings."""
     import torch
 
-    runs = {name: {"choices": [], "logprobs": [], "seconds": [], "tokens": []} for name, _ in systems}
+    runs: dict[str, dict[str, list]] = {
+        name: {"choices": [], "logprobs": [], "seconds": [], "tokens": []} for name, _ in systems
+    }
     for index, start in enumerate(range(0, len(prompts), batch_size)):
         batch = [torch.tensor(p) for p in prompts[start : start + batch_size]]
         for name, runner in systems if index % 2 == 0 else systems[::-1]:

@@ -84,7 +84,8 @@ def read_questions(path: Path, subject: str, allow_empty: bool = False) -> list[
         answer = row[5].strip().upper()
         if answer not in CHOICES:
             raise DataError(f"{path}: row {number}: answer {row[5]!r} is not one of A, B, C, D")
-        out.append(Question(subject, row[0].strip(), tuple(c.strip() for c in row[1:5]), answer))
+        options = (row[1].strip(), row[2].strip(), row[3].strip(), row[4].strip())
+        out.append(Question(subject, row[0].strip(), options, answer))
     if not out and not allow_empty:
         raise DataError(f"{path}: no questions")
     return out

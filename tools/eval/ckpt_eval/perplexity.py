@@ -141,7 +141,7 @@ def run_systems(systems, batches: list[list[Window]], documents: int) -> dict[st
     """Every batch of windows on each system in turn: NLL and scored tokens per document, timings."""
     import torch
 
-    runs = {
+    runs: dict[str, dict[str, list]] = {
         name: {"nll": [0.0] * documents, "tokens": [0] * documents, "seconds": [], "scored": []} for name, _ in systems
     }
     for index, batch in enumerate(batches):

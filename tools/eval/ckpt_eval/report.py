@@ -216,7 +216,9 @@ def _format(key: str, value: float | None) -> str:
 def _format_difference(key: str, values: list[float | None]) -> str:
     if None in values:
         return "-"
-    text = _format(key, values[0] - values[1])
+    first, second = values[0], values[1]
+    assert first is not None and second is not None  # None in values: returned above
+    text = _format(key, first - second)
     return text if text.startswith("-") else f"+{text}"
 
 

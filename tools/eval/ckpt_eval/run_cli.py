@@ -154,7 +154,8 @@ def print_outputs(result, prompts, texts, tokenizer, only: set[int] | None = Non
 
 def stream(results, prompts, texts, tokenizer) -> None:
     """One prompt: print text as it grows. Several: print each output once its sequence has ended."""
-    shown, done, final = "", set(), None
+    shown, final = "", None
+    done: set[int] = set()
     previous = [len(p) for p in prompts]
     for final in results:
         lengths = [int(n) for n in final["sequence_lengths"][:, 0]]

@@ -72,7 +72,7 @@ class Outputs:
         self.lengths = self.input_lengths.clone()
         self.log_probs = torch.zeros(len(prompts), 1, max_new_tokens)
         self.generation_logits: list[torch.Tensor] = []
-        self.context_logits = None
+        self.context_logits: torch.Tensor | None = None
         self.pending: list[Step] = []
 
     def add(self, step: Step) -> None:

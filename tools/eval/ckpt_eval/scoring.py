@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -128,7 +129,8 @@ def score_stepped(model: Stepper, sequences: list[torch.Tensor], starts: Sequenc
     for col in range(first, width - 1):
         slot = torch.tensor([col], device=model.device)
         kept.append(model.step(tokens[:, col : col + 1], slot, pad, all_logits=False))
-    scored = None if out is None else column_scores(torch.cat(kept, dim=1), tokens[:, first:])
+    # on the sampler rank every step returns logits
+    scored = None if out is None else column_scores(torch.cat(cast(list[torch.Tensor], kept), dim=1), tokens[:, first:])
     lp, greedy = share_scores(model, scored, (b, width - first))
     n = [seq.numel() - start for seq, start in zip(sequences, starts)]
     return [TokenScores(lp[row, : n[row]], greedy[row, : n[row]]) for row in range(b)]

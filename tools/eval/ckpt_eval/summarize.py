@@ -331,18 +331,18 @@ def summarize(args) -> int:
     shutdown()
     if rank != 0:
         return 0
-    systems = {name: scores(run, references) for name, run in runs.items()}
-    print_table(systems)
+    scored = {name: scores(run, references) for name, run in runs.items()}
+    print_table(scored)
     ratio = speed_ratio(runs[ours], runs[HF_NAME]) if ours and HF_NAME in runs else None
     if ratio is not None:
         print(speed_line(ratio, ours))
-    passed, gate_line = accuracy_gate(systems, ours, args.tensorrt_llm_rouge1_threshold)
+    passed, gate_line = accuracy_gate(scored, ours, args.tensorrt_llm_rouge1_threshold)
     gates = [Gate(f"{ours or HF_NAME} ROUGE-1 threshold", passed, gate_line)] if args.check_accuracy else []
     if job["baseline"] is not None:
-        gates += baseline_gates(job["baseline"], systems, ROUGE_METRICS)
-    code = finish(args, "ckpt-summarize", systems, ROUGE_CHART.rows, gates)
+        gates += baseline_gates(job["baseline"], scored, ROUGE_METRICS)
+    code = finish(args, "ckpt-summarize", scored, ROUGE_CHART.rows, gates)
     if args.report:
-        results = report_results(args, job, systems, runs, ratio, (passed, gate_line), len(references))
+        results = report_results(args, job, scored, runs, ratio, (passed, gate_line), len(references))
         results["gates"] = [vars(gate) for gate in gates]
         inputs = report_inputs(args, job["model_dir"], job["tok_dir"])
         paths = write_report(args.report, results, overwrite=args.overwrite, inputs=inputs)

@@ -6,6 +6,7 @@ import inspect
 import pickle
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,6 +15,9 @@ from ckptfmt.config import canonical_dtype
 
 from ..torch_dtypes import TORCH_DTYPES
 from .base import RunnerError
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
 
 DTYPES: dict[str, torch.dtype | str] = {**TORCH_DTYPES, "auto": "auto"}
 
@@ -39,7 +43,8 @@ class HFStepper:
             with warnings.catch_warnings():  # torch's note on a pickle's protocol is not the user's concern
                 warnings.simplefilter("ignore", UserWarning)
                 model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype], local_files_only=True)
-                self.model = model.to(device).eval()
+                # transformers types PreTrainedModel.to (a wrapped method) as taking the model first
+                self.model = model.to(device).eval()  # type: ignore[arg-type]
         except pickle.UnpicklingError:  # torch.load(weights_only=True) met a class it does not allow
             raise RunnerError(
                 f"{model_dir}: a weights file is a pickle that names code to run; refused (never executed). "
@@ -51,8 +56,8 @@ class HFStepper:
         self.device = torch.device(device)
         self.vocab_size = cfg.vocab_size
         self.max_positions = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
-        self.cache = None
-        self.key_mask = None
+        self.cache: DynamicCache | None = None
+        self.key_mask: torch.Tensor | None = None
         params = inspect.signature(self.model.forward).parameters  # newer transformers renamed the argument
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
         # last-position logits only, as transformers' own generate() asks for (a fair speed reference)
@@ -67,6 +72,7 @@ class HFStepper:
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor, slots: torch.Tensor, pad: torch.Tensor, all_logits: bool = False):
         end = int(slots[-1]) + 1
+        assert self.key_mask is not None, "reset allocates the attention mask"
         self.key_mask[:, slots] = (slots.unsqueeze(0) >= pad.unsqueeze(1)).long()
         positions = (slots.unsqueeze(0) - pad.unsqueeze(1)).clamp(min=0)
         keep = {"logits_to_keep": 1} if self.last_only and not all_logits else {}

@@ -17,6 +17,7 @@ from ckptfmt import (
 from ckptfmt.reconcile import reconcile
 
 from ..distributed import init_parallel
+from ..model import Transformer
 from ..torch_dtypes import TORCH_DTYPES
 from ..weights import load_model
 from .base import RunnerError
@@ -87,7 +88,7 @@ class TorchStepper:
         return self.par.share(x, shape, dtype)
 
 
-def decode_step(model: torch.nn.Module, mode: str):
+def decode_step(model: Transformer, mode: str):
     """The one-token step for ``compile`` mode ``mode`` and a label of what it is:
 
     - "auto": the fused Triton kernels (``fused_decode``) where they cover the model on a GPU, else

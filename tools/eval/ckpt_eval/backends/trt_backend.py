@@ -22,7 +22,7 @@ import logging
 import mmap
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -43,6 +43,9 @@ from ..distributed import Parallel, check_world, detect_launch, init_parallel
 from ..engine_plan import Buffer, StagePlan, schedule_step
 from ..trt_runtime import check_bound_to, import_runtime, probe_runtime
 from .base import RunnerError
+
+if TYPE_CHECKING:
+    from ..nccl import NcclCommunicator
 
 log = logging.getLogger("ckpt_eval")
 
@@ -83,6 +86,8 @@ class EngineStepper:
     (``TrtExecutor`` for real engines)."""
 
     context_logits = False  # the engine returns the last token's logits only (``scoring`` steps token by token)
+
+    executor: Executor  # set by open_executor on every rank (``_agree``)
 
     def __init__(self, config: EngineConfig, device: str, open_executor: OpenExecutor, source: str = "config.json"):
         self.config = config
@@ -188,7 +193,8 @@ def compare_engine_io(described: dict[str, tuple[str, str, str | None]], plan: S
 
 
 def _make_logger(trt):
-    class Logger(trt.ILogger):
+    # the base is the runtime module's logger class (tensorrt or tensorrt_rtx), untyped
+    class Logger(trt.ILogger):  # type: ignore[name-defined]
         def __init__(self):
             trt.ILogger.__init__(self)
             self.errors: list[str] = []
@@ -232,7 +238,7 @@ class TrtExecutor:
         if self.context is None:
             raise RunnerError(f"{engine_path}: cannot create an execution context ({self.logger.last()})")
         self.stream = torch.cuda.Stream(self.device)
-        self.communicator = None
+        self.communicator: NcclCommunicator | None = None
         self.engine_path = engine_path
 
     def connect(self, par: Parallel) -> None:
