@@ -23,7 +23,7 @@ from ckptfmt.workers import exit_if_orphaned
 from . import __version__
 from .contract import RankLayout, io_contract, rank_layout
 from .interrupts import run_cancellable
-from .limits import Limits, check_supported, check_window, refuse_quantized, resolve_limits
+from .limits import Limits, refuse_quantized, supported_build
 from .lower_trt import TrtBuildError, TrtOps
 from .network import define_rank_network
 from .output import OutputWriteError, check_written, output_errors, writing
@@ -237,9 +237,7 @@ def check_model(request: BuildRequest) -> tuple[CheckpointConfig, BuildConfig]:
     config = check_checkpoint(request.checkpoint_dir, hash_files=False)
     for note in config.notes:  # what load_config corrected (e.g. a ModelOpt GPT-2's position_embedding_type)
         log.warning("%s", note)
-    check_supported(config)
-    build = resolve_limits(config, request.limits)
-    check_window(config, build)
+    build = supported_build(config, request.limits)
     return config, build
 
 

@@ -20,7 +20,7 @@ from ckptfmt.io import RankFileReader
 from ckptfmt.reconcile import reconcile
 
 from .contract import rank_layout, stage_io
-from .limits import Limits, check_supported, check_window, resolve_limits
+from .limits import Limits, supported_build
 from .lower_torch import TORCH_DTYPES, ThreadGroup, TorchOps
 from .network import define_rank_network
 from .weights import RankWeights
@@ -31,9 +31,7 @@ class TorchRanks:
 
     def __init__(self, checkpoint_dir: str | Path, limits: Limits | None = None, build: BuildConfig | None = None):
         self.config = reconcile(load_config(checkpoint_dir), checkpoint_dir)
-        check_supported(self.config)
-        self.build = build or resolve_limits(self.config, limits or Limits())
-        check_window(self.config, self.build)  # what ckpt-build refuses, this refuses too
+        self.build = supported_build(self.config, limits or Limits(), build)  # what ckpt-build refuses, too
         self._stack = ExitStack()
         m = self.config.mapping
         self.layouts = [rank_layout(self.config, r, self.build) for r in range(m.world_size)]

@@ -192,3 +192,13 @@ def check_window(config: CheckpointConfig, build: BuildConfig) -> None:
             f"(ckpt-run --backend torch), or build with --max_seq_len {window} or less"
         )
     # a window the sequences never reach computes what full attention computes: nothing to refuse
+
+
+def supported_build(config: CheckpointConfig, limits: Limits, build: BuildConfig | None = None) -> BuildConfig:
+    """The limits an engine of ``config`` is built for (``build``, else resolved from ``limits``), after every
+    check of what the network computes: the support table, then the sliding window against those limits.
+    ``ckpt-build`` and its graph executed on torch both go through here, so they refuse the same models."""
+    check_supported(config)
+    build = build or resolve_limits(config, limits)
+    check_window(config, build)
+    return build
