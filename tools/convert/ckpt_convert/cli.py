@@ -25,6 +25,7 @@ SOURCES: dict[str, str] = {
     "hf": "ckpt_convert.hf",
     "nemo": "ckpt_convert.nemo",
     "deepspeed": "ckpt_convert.deepspeed_convert",
+    "jax": "ckpt_convert.jax_convert",
 }
 
 
