@@ -19,10 +19,11 @@ from ckptfmt import CheckpointConfig, CheckpointError
 
 from . import options
 from .deepspeed_layout import Spec, check_files_inside, locate, tag_directory
-from .deepspeed_megatron import is_megatron, open_megatron
+from .deepspeed_megatron import check_args, checkpoint_args, is_megatron, open_megatron
 from .deepspeed_source import open_deepspeed
 from .hf import model_config, tokenizer_files
-from .megatron_config import check_positions, checkpoint_config, read_model
+from .megatron_config import MegatronModel, check_positions, checkpoint_config, read_model
+from .megatron_names import split_layer_name
 from .megatron_table import MEGATRON_GPT
 from .nemo import EMBEDDING, OUTPUT_LAYER, POSITION_TABLE
 from .nemo_archive import read_hparams
@@ -113,15 +114,30 @@ def hf_named_plan(spec: Spec, args: argparse.Namespace) -> Plan:
 
 
 def megatron_plan(spec: Spec, args: argparse.Namespace) -> Plan:
-    """Megatron-DeepSpeed: ``--model_config`` read as Megatron hyper-parameters (YAML or JSON)."""
+    """Megatron-DeepSpeed: ``--model_config`` read as Megatron hyper-parameters (YAML or JSON), checked against the
+    ``args`` namespace the checkpoint carries."""
     label = str(args.model_config)
     model = read_model(read_hparams(args.model_config), label)
-    spec = Spec(spec.tag_dir, "megatron", spec.model_files)
+    saved, where = checkpoint_args(spec)
+    check_args(saved, where, model, spec.tp, label)
+    if spec.layout == "module":
+        spec = Spec(spec.tag_dir, "megatron", spec.model_files)
     with open_megatron(spec, model.gated) as source:
         if EMBEDDING not in source:
             raise CheckpointError(f"{spec.model_files[0]}: no tensor {EMBEDDING} (not a Megatron GPT checkpoint?)")
+        check_layers(source, model, spec)
         vocab, dtypes = source.get(EMBEDDING).shape[0], source.dtypes
         tied = OUTPUT_LAYER not in source
         check_positions(model, POSITION_TABLE in source, label)
     config = target_config(checkpoint_config(model, vocab, label), args, dtypes, tied)
     return Plan(functools.partial(open_megatron, spec, model.gated), MEGATRON_GPT, config, [args.model_config])
+
+
+def check_layers(source: AnyTensorSource, model: MegatronModel, spec: Spec) -> None:
+    """As many transformer layers as the config says (a pipeline layer file gone shifts the numbering)."""
+    found = {split_layer_name(n)[0] for n in source.names()} - {None}
+    if found != set(range(model.num_layers)):
+        raise CheckpointError(
+            f"{spec.tag_dir}: {len(found)} transformer layers found, --model_config says num_layers "
+            f"{model.num_layers} (a missing {'pipeline layer file' if spec.layout == 'pipeline' else 'layer'}?)"
+        )

@@ -16,10 +16,10 @@ from ckptfmt import CheckpointError
 from .source_guard import check_inside, source_roots
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
-ZERO3_MODEL = re.compile(r"^zero_pp_rank_(?P<rank>\d+)_mp_rank_00_model_states\.pt$")
+ZERO3_MODEL = re.compile(r"^zero_pp_rank_(?P<rank>\d+)_mp_rank_(?P<mp>\d+)_model_states\.pt$")
 MP_MODEL = re.compile(r"^mp_rank_(?P<rank>\d+)_model_states\.pt$")
-OPTIM = re.compile(r"^(bf16_|fp16_)?zero_pp_rank_(?P<rank>\d+)_mp_rank_00_optim_states\.pt$")
-PIPE_LAYER = re.compile(r"^layer_(\d+)-model_states\.pt$")
+OPTIM = re.compile(r"^(bf16_|fp16_)?zero_pp_rank_(?P<rank>\d+)_mp_rank_(?P<mp>\d+)_optim_states\.pt$")
+PIPE_LAYER = re.compile(r"^layer_(?P<layer>\d+)(?:-model_(?P<mp>\d+))?-model_states\.pt$")
 TAG_FILES = ("latest", "latest_universal")
 MAX_TAG = 255  # a file name
 
@@ -30,8 +30,14 @@ class Spec:
 
     tag_dir: Path
     layout: str  # module | zero12 | zero3 | fp32_groups | universal | pipeline | megatron
-    model_files: tuple[Path, ...] = ()
+    model_files: tuple[Path, ...] = ()  # tensor-parallel rank major (zero3: then data-parallel rank; pipeline: layer)
     optim_files: tuple[Path, ...] = ()
+    tp: int = 1  # tensor-parallel ranks (zero3, pipeline; megatron: one model file each)
+
+    def of_rank(self, files: tuple[Path, ...], rank: int) -> tuple[Path, ...]:
+        """The files of tensor-parallel rank ``rank`` (``files`` split evenly, rank major)."""
+        per = len(files) // self.tp
+        return files[rank * per : (rank + 1) * per]
 
 
 def check_files_inside(spec: Spec, checkpoint_dir: Path) -> None:
@@ -87,18 +93,10 @@ def locate(tag_dir: Path, from_fp32_master: bool) -> Spec:
     names = {p.name for p in tag_dir.iterdir()}
     if (tag_dir / "zero").is_dir():
         return Spec(tag_dir, "universal", ((tag_dir / MODEL_STATES),) if MODEL_STATES in names else ())
-    layers = sorted(n for n in names if n.startswith("layer_") and n.endswith("model_states.pt"))
-    if layers:
-        if tp_layer := next((n for n in layers if not PIPE_LAYER.match(n)), None):
-            raise CheckpointError(
-                f"{tag_dir / tp_layer}: a tensor-parallel pipeline layer (Megatron-DeepSpeed): not supported yet"
-            )
-        indices = [int(PIPE_LAYER.match(n).group(1)) for n in layers]  # type: ignore[union-attr]
-        if missing := sorted(set(range(min(indices), max(indices) + 1)) - set(indices)):
-            raise CheckpointError(f"{tag_dir}/layer_{missing[0]:02d}-model_states.pt: missing (pipeline layer)")
-        return Spec(tag_dir, "pipeline", tuple(tag_dir / n for n in layers))
-    if zero3_other := sorted(n for n in names if re.search(r"^zero_pp_rank_\d+_mp_rank_(?!00_)\d+_model", n)):
-        raise CheckpointError(f"{tag_dir / zero3_other[0]}: ZeRO-3 with tensor-parallel ranks: not supported yet")
+    if any(PIPE_LAYER.match(n) for n in names):
+        return _pipeline(tag_dir, names)
+    if any(ZERO3_MODEL.match(n) for n in names):
+        return _zero3(tag_dir, names)
     model_parallel = _ranked(tag_dir, names, MP_MODEL, "model-parallel model-states")
     mp_ranks = {int(m.group(1)) for n in names if (m := re.search(r"mp_rank_(\d+)_", n))}
     top = max(mp_ranks, default=0)
@@ -111,19 +109,8 @@ def locate(tag_dir: Path, from_fp32_master: bool) -> Spec:
                 f"{tag_dir}: --from_fp32_master with tensor-parallel ranks (Megatron-DeepSpeed): not supported "
                 "yet; drop it to read the module weights"
             )
-        return Spec(tag_dir, "megatron", tuple(model_parallel))
+        return Spec(tag_dir, "megatron", tuple(model_parallel), tp=len(model_parallel))
     optim = _ranked(tag_dir, names, OPTIM, "optimizer partition")
-    zero3 = _ranked(tag_dir, names, ZERO3_MODEL, "model-states")
-    if zero3:
-        if not optim:
-            raise CheckpointError(f"{tag_dir}: ZeRO-3 model states but no *_optim_states.pt partition files")
-        if len(zero3) != len(optim):
-            fewer, more = (zero3, optim) if len(zero3) < len(optim) else (optim, zero3)
-            absent = rank_file(fewer[0], len(fewer), OPTIM if fewer is optim else ZERO3_MODEL)
-            raise CheckpointError(
-                f"{absent}: missing (partition {len(fewer)} of {len(more)}: {more[len(fewer)].name} exists)"
-            )
-        return Spec(tag_dir, "zero3", tuple(zero3), tuple(optim))
     if MODEL_STATES not in names:
         raise CheckpointError(f"{tag_dir}: no {MODEL_STATES} (not a DeepSpeed checkpoint tag folder?)")
     model = (tag_dir / MODEL_STATES,)
@@ -134,11 +121,65 @@ def locate(tag_dir: Path, from_fp32_master: bool) -> Spec:
     return Spec(tag_dir, "fp32_groups", model)
 
 
-def _ranked(tag_dir: Path, names: set[str], pattern: re.Pattern[str], what: str) -> list[Path]:
-    """Files of ``pattern`` ordered by rank; a gap in the ranks is a missing partition file."""
+def _zero3(tag_dir: Path, names: set[str]) -> Spec:
+    """ZeRO 3: per tensor-parallel rank, its model-states and optimizer partitions over the data-parallel ranks."""
+    mps = _model_ranks(tag_dir, names, ZERO3_MODEL, "zero_pp_rank_0_mp_rank_{:02d}_model_states.pt")
+    models: list[list[Path]] = []
+    optims: list[list[Path]] = []
+    for mp in mps:
+        zero3 = _ranked(tag_dir, names, ZERO3_MODEL, "model-states", mp)
+        optim = _ranked(tag_dir, names, OPTIM, "optimizer partition", mp)
+        if not optim:
+            raise CheckpointError(f"{tag_dir}: ZeRO-3 model states but no *_optim_states.pt partition files")
+        if len(zero3) != len(optim):
+            fewer, more = (zero3, optim) if len(zero3) < len(optim) else (optim, zero3)
+            absent = rank_file(fewer[0], len(fewer), OPTIM if fewer is optim else ZERO3_MODEL)
+            raise CheckpointError(
+                f"{absent}: missing (partition {len(fewer)} of {len(more)}: {more[len(fewer)].name} exists)"
+            )
+        if models and len(zero3) != len(models[0]):
+            raise CheckpointError(
+                f"{tag_dir}: tensor-parallel rank {mp} has {len(zero3)} data-parallel partitions, rank 0 has "
+                f"{len(models[0])}"
+            )
+        models.append(zero3)
+        optims.append(optim)
+    return Spec(tag_dir, "zero3", tuple(p for m in models for p in m), tuple(p for o in optims for p in o), len(mps))
+
+
+def _pipeline(tag_dir: Path, names: set[str]) -> Spec:
+    """``layer_XX[-model_YY]-model_states.pt``: every tensor-parallel rank has the same layer indices."""
+    found: dict[int, dict[int, str]] = {}
+    for name in names:
+        if m := PIPE_LAYER.match(name):
+            found.setdefault(int(m.group("mp") or 0), {})[int(m.group("layer"))] = name
+    mps = _model_ranks(tag_dir, set(found), None, "")
+    layers = sorted(set().union(*(set(f) for f in found.values())))
+    for mp in mps:
+        if missing := next((i for i in layers if i not in found[mp]), None):
+            raise CheckpointError(
+                f"{tag_dir}/layer_{missing:02d}-model_{mp:02d}-model_states.pt: missing (pipeline layer of "
+                f"tensor-parallel rank {mp}; {next(f[missing] for f in found.values() if missing in f)} exists)"
+            )
+    return Spec(tag_dir, "pipeline", tuple(tag_dir / found[mp][i] for mp in mps for i in layers), tp=len(mps))
+
+
+def _model_ranks(tag_dir: Path, names: set, pattern: re.Pattern[str] | None, template: str) -> list[int]:
+    """The model-parallel ranks named (``mp`` of ``pattern``, or ``names`` themselves): 0 .. n-1 or an error."""
+    ranks = sorted(names if pattern is None else {int(m.group("mp")) for n in names if (m := pattern.match(n))})
+    for rank in range(len(ranks)):
+        if rank not in ranks:
+            what = template.format(rank) if template else f"layer files of tensor-parallel rank {rank}"
+            raise CheckpointError(f"{tag_dir}/{what}: missing (model-parallel rank {rank} of {ranks[-1] + 1})")
+    return ranks
+
+
+def _ranked(tag_dir: Path, names: set[str], pattern: re.Pattern[str], what: str, mp: int = 0) -> list[Path]:
+    """Files of ``pattern`` (of model-parallel rank ``mp``) ordered by rank; a gap in the ranks is a missing
+    partition file."""
     found: dict[int, str] = {}
     for name in names:
-        if m := pattern.match(name):
+        if (m := pattern.match(name)) and int(m.groupdict().get("mp") or 0) == mp:
             rank = int(m.group("rank"))
             if rank in found:
                 raise CheckpointError(f"{tag_dir}: two {what} files for rank {rank}: {found[rank]}, {name}")

@@ -4,7 +4,9 @@ DeepSpeed keeps its weights nested (``optimizer_state_dict.single_partition_of_f
 ``fp32_flat_groups[i]``, ``optimizer.fp32_groups[g][p]``), so every tensor of the pickle, however deep, becomes a
 ``StoredTensor`` (read with ``preadv`` when needed). Beyond tensors and plain containers the pickle may only hold
 DeepSpeed's few plain record classes (``ALLOWED``), rebuilt as inert stand-ins without importing deepspeed; any
-other class is refused by name and never imported.
+other class is refused by name and never imported. Megatron-DeepSpeed adds its client state: the ``args``
+namespace (kept as a dict: ``megatron_args``), its model-type enum and numpy's RNG state (arrays kept as inert
+records, never rebuilt).
 """
 
 from __future__ import annotations
@@ -43,12 +45,29 @@ class FragmentAddress(_Record):
     """``deepspeed.utils.tensor_fragment.fragment_address`` (numel, start of a parameter in a partition)."""
 
 
+class Namespace(_Record):
+    """``argparse.Namespace`` (Megatron-DeepSpeed's ``args``): its attributes, kept in ``state``."""
+
+
+class MegatronEnum(_Record):
+    """A Megatron enum member (``ModelType``...), pickled as the enum called with its value."""
+
+
+class NumpyRecord(_Record):
+    """numpy's ``_reconstruct`` / ``ndarray`` / ``dtype`` (the RNG state): arguments and state kept, nothing built."""
+
+
 # pickled global -> stand-in; nothing else beyond torch's weights-only set is accepted
 ALLOWED: tuple[tuple[type, str], ...] = (
     (ZeroStage, "deepspeed.runtime.zero.config.ZeroStageEnum"),
     (LossScaler, "deepspeed.runtime.fp16.loss_scaler.LossScaler"),
     (LossScaler, "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler"),
     (FragmentAddress, "deepspeed.utils.tensor_fragment.fragment_address"),
+    (Namespace, "argparse.Namespace"),
+    *((MegatronEnum, f"{m}.{n}") for m in ("megatron.core.enums", "megatron.model.enums") for n in ("ModelType",)),
+    *((NumpyRecord, f"{m}.multiarray._reconstruct") for m in ("numpy.core", "numpy._core")),
+    (NumpyRecord, "numpy.ndarray"),
+    (NumpyRecord, "numpy.dtype"),
 )
 
 
@@ -84,6 +103,30 @@ class DeepSpeedPickle(TorchPickle):
                 field = ".".join(str(k) for k in path[: i + 1])
                 raise CheckpointError(f"{self.label}: no field {field} (not a DeepSpeed checkpoint file?)") from None
         return value
+
+
+def megatron_args(states: DeepSpeedPickle) -> dict | None:
+    """Megatron-DeepSpeed's ``args`` namespace as a dict (None when the file has none)."""
+    args = states.top("args")
+    return dict(args.state) if isinstance(args, Namespace) else None
+
+
+def flat_module(states: DeepSpeedPickle) -> dict[str, Any]:
+    """``module`` with nested dicts (Megatron-DeepSpeed's save layout) flattened to dotted names."""
+    module = states.get("module")
+    if not isinstance(module, dict):
+        raise CheckpointError(f"{states.label}: field module is a {type(module).__name__}, not a state dict")
+    out: dict[str, Any] = {}
+
+    def walk(d: dict, prefix: str, depth: int) -> None:
+        for key, value in d.items():
+            if isinstance(value, dict) and depth < 8:
+                walk(value, f"{prefix}{key}.", depth + 1)
+            else:
+                out[f"{prefix}{key}"] = value
+
+    walk(module, "", 0)
+    return out
 
 
 def _stored_everywhere(obj: object, stored: Callable[[str, Any], StoredTensor], name: str) -> object:

@@ -29,8 +29,8 @@ import numpy as np
 
 from ckptfmt import CheckpointError
 
-from .deepspeed_layout import Spec, rank_file
-from .deepspeed_pickle import DeepSpeedPickle, tensor_at
+from .deepspeed_layout import PIPE_LAYER, Spec, rank_file
+from .deepspeed_pickle import DeepSpeedPickle, flat_module, tensor_at
 from .lazy_source import LazyTensorSource
 from .source_guard import Fingerprint, fingerprint
 from .sources import LazyTensor
@@ -94,7 +94,7 @@ class DeepSpeedSource(LazyTensorSource):
 
     # --- ZeRO 0-2: the module's own weights
     def _module(self, states: DeepSpeedPickle) -> dict[str, StoredTensor]:
-        return _tensor_dict(states.get("module"), states.label, "module.")
+        return _tensor_dict(flat_module(states), states.label, "module.")
 
     def _open_module(self) -> None:
         states = self._open(self.spec.model_files[0])
@@ -178,6 +178,11 @@ class DeepSpeedSource(LazyTensorSource):
 
     # --- ZeRO 3: every parameter split across ranks, ceil(numel / world) elements each
     def _open_zero3(self) -> None:
+        if self.spec.tp > 1:
+            raise CheckpointError(
+                f"{self.spec.model_files[0]}: ZeRO-3 with tensor-parallel ranks and no Megatron names: the layout "
+                "does not say how the ranks are split"
+            )
         models = [self._open(p) for p in self.spec.model_files]
         optims = [self._open(p) for p in self.spec.optim_files]
         _check_world(models[0], optims, self.spec.optim_files)
@@ -213,6 +218,16 @@ class DeepSpeedSource(LazyTensorSource):
     def _open_pipeline(self) -> None:
         """Leading layers of plain tensors (``weight``) are the embedding, trailing ones the final norm (1-D) and
         the head (2-D); the layers between are decoder layers, numbered from 0 in file order."""
+        if self.spec.tp > 1:
+            raise CheckpointError(
+                f"{self.spec.model_files[0]}: tensor-parallel pipeline layers without Megatron names: the layout "
+                "does not say how the ranks are split"
+            )
+        indices = [int(PIPE_LAYER.match(p.name).group("layer")) for p in self.spec.model_files]  # type: ignore[union-attr]
+        if missing := sorted(set(range(min(indices), max(indices) + 1)) - set(indices)):
+            raise CheckpointError(
+                f"{self.spec.tag_dir}/layer_{missing[0]:02d}-model_states.pt: missing (pipeline layer)"
+            )
         files = [(path, _tensor_dict(self._open(path).root, str(path), "")) for path in self.spec.model_files]
         plain = [all("." not in name for name in tensors) for _, tensors in files]
         first = plain.index(False) if False in plain else len(plain)

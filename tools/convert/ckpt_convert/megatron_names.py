@@ -3,7 +3,10 @@
 Checkpoints prefix names differently (Megatron-core ``model.``, NeMo 2 ``module.``, NeMo 1
 ``model.``) and the local (non-TE) layer spec names its norms on their own; ``normalize_name`` maps
 every spelling onto one (``decoder.layers.{i}.self_attention.linear_qkv.layer_norm_weight``, ...)
-and drops entries that hold no weights (``_extra_state``, rotary caches).
+and drops entries that hold no weights (``_extra_state``, rotary caches). Legacy Megatron-LM names, as
+Megatron-DeepSpeed saves them (``language_model.encoder.layers.{i}.self_attention.query_key_value.weight``, ...),
+name the same tensors with the same layout (fused qkv grouped per KV head, ``dense_h_to_4h`` = [gate; up]); the
+``LEGACY`` tables rename them.
 """
 
 from __future__ import annotations
@@ -15,6 +18,19 @@ PREFIXES = ("model.module.", "module.", "model.")
 ALIASES = {  # local-spec names -> the TE-fused names megatron itself maps them to in checkpoints
     ".input_layernorm.": ".self_attention.linear_qkv.layer_norm_",
     ".pre_mlp_layernorm.": ".mlp.linear_fc1.layer_norm_",
+}
+# legacy Megatron-LM / Megatron-DeepSpeed: name prefix -> Megatron-core prefix, then layer parts -> core parts
+LEGACY_PREFIXES = {
+    "language_model.embedding.": "embedding.",
+    "language_model.encoder.": "decoder.",
+    "language_model.output_layer.": "output_layer.",
+}
+LEGACY_PARTS = {
+    ".self_attention.query_key_value.": ".self_attention.linear_qkv.",
+    ".self_attention.dense.": ".self_attention.linear_proj.",
+    ".post_attention_layernorm.": ".mlp.linear_fc1.layer_norm_",
+    ".mlp.dense_h_to_4h.": ".mlp.linear_fc1.",
+    ".mlp.dense_4h_to_h.": ".mlp.linear_fc2.",
 }
 NO_WEIGHTS = re.compile(r"(^|\.)_extra_state(/.*)?$|rotary_pos_emb\.inv_freq$")
 _LAYER = re.compile(r"^decoder\.layers\.(?:(\d+)\.)?(.+)$")
@@ -40,6 +56,11 @@ def normalize_name(name: str) -> str | None:
         if name.startswith(prefix):
             name = name[len(prefix) :]
             break
+    legacy = next((p for p in LEGACY_PREFIXES if name.startswith(p)), None)
+    if legacy is not None:
+        name = LEGACY_PREFIXES[legacy] + name[len(legacy) :]
+        for old, new in LEGACY_PARTS.items():
+            name = name.replace(old, new)
     for old, new in ALIASES.items():
         name = name.replace(old, new)
     return name
