@@ -55,7 +55,7 @@ KINDS: tuple[Kind, ...] = (
     ),
     Kind(
         "a JAX (orbax / flax) checkpoint",
-        "JAX sources are not supported yet",
+        "convert it first: ckpt-convert jax --checkpoint_dir DIR --model_config HF_CONFIG --output_dir CKPT",
         markers=("_CHECKPOINT_METADATA", "_METADATA", "*/_METADATA", "*.msgpack", "checkpoint"),
     ),
     Kind(

@@ -72,16 +72,17 @@ def test_hf_trainer_deepspeed_dir_without_weights(tiny_hf, tmp_path, capsys):
 def test_orbax_dir_given_to_hf(tmp_path, capsys):
     err = convert_fails("hf", orbax_dir(tmp_path / "step_100"), tmp_path, capsys)
     assert "step_100: not a HuggingFace model directory but a JAX (orbax / flax) checkpoint" in err
-    assert "not supported yet" in err
+    assert "ckpt-convert jax --checkpoint_dir DIR --model_config HF_CONFIG" in err
 
 
 def test_flax_weights_in_hf_dir(tiny_hf, tmp_path, capsys):
     err = convert_fails("hf", flax_hf_dir(tmp_path / "m", tiny_hf("gpt2")), tmp_path, capsys)
-    assert "no HuggingFace weights, the weights are a JAX (orbax / flax) checkpoint" in err and "from_flax" in err
+    assert "no HuggingFace weights, the weights are a JAX (orbax / flax) checkpoint" in err and "--model_config DIR" in err
 
 
 @pytest.mark.parametrize("make", [deepspeed_dir, orbax_dir], ids=["deepspeed", "orbax"])
 def test_foreign_dir_given_to_nemo(make, tmp_path, capsys):
     err = convert_fails("nemo", make(tmp_path / "src"), tmp_path, capsys)
     named = "a DeepSpeed checkpoint" if make is deepspeed_dir else "a JAX (orbax / flax) checkpoint"
-    assert f"src: not a NeMo or Megatron checkpoint but {named}" in err and "not supported yet" in err
+    tip = "not supported yet" if make is deepspeed_dir else "ckpt-convert jax"
+    assert f"src: not a NeMo or Megatron checkpoint but {named}" in err and tip in err

@@ -16,8 +16,8 @@ TIPS: dict[str, str] = {
         "its zero_to_fp32.py writes consolidated weights, which ckpt-convert hf reads beside the model's config.json"
     ),
     "a JAX (orbax / flax) checkpoint": (
-        "for a transformers flax_model.msgpack, from_pretrained(..., from_flax=True) + save_pretrained() "
-        "make a HuggingFace directory"
+        "HF_CONFIG is the model's HuggingFace config.json (docs/convert-jax.md); a transformers flax_model.msgpack "
+        "beside its config.json converts with --checkpoint_dir DIR --model_config DIR"
     ),
 }
 
