@@ -80,6 +80,12 @@ NUMERIC_DOMAINS: dict[str, tuple[bool, float, float]] = {
     "rotary_emb_base": (False, 1e-6, 1e30),
     "sliding_window": (True, 1, 1 << 26),
     "word_embed_proj_dim": (True, 1, 1 << 20),
+    "_sliding_window_pattern": (True, 1, MAX_LAYERS),
+    "sliding_window_pattern": (True, 1, MAX_LAYERS),
+    "rope_local_base_freq": (False, 1e-6, 1e30),
+    "query_pre_attn_scalar": (False, 1e-6, 1e30),
+    "attn_logit_softcapping": (False, 0.0, 1e30),  # 0: off
+    "final_logit_softcapping": (False, 0.0, 1e30),
 }
 ROTARY_SCALING_DOMAINS: dict[str, tuple[bool, float, float]] = {
     "factor": (False, 1e-6, 1e6),

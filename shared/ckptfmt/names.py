@@ -1,13 +1,15 @@
 """Tensor names and per-rank shapes for every supported architecture.
 
 The architectures differ only in table entries (``FAMILIES``): norm kind, MLP gating, biases, positions,
-residual wiring and per-layer norm names. ``model_spec(config)`` resolves a config into a ``ModelSpec``
+residual wiring, per-layer norm names (Gemma 2/3 add norms on the attention and MLP outputs, Gemma 3 q/k
+norms), and Gemma's embedding scale. ``model_spec(config)`` resolves a config into a ``ModelSpec``
 used alike by validation, converters, the builder and the runtime; ``expected_tensors(config, rank)``
 lists what a rank file must hold.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .config import CheckpointConfig
@@ -24,6 +26,7 @@ LM_HEAD = "lm_head.weight"
 LAYER = "transformer.layers.{i}."
 
 QKV, DENSE, FC, GATE, PROJ = "attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj"
+Q_NORM, K_NORM = "attention.q_layernorm", "attention.k_layernorm"  # per-head RMSNorm [head_size], replicated
 COLUMN_LINEARS = (QKV, FC, GATE)  # split on dim 0 (output rows)
 ROW_LINEARS = (DENSE, PROJ)  # split on dim 1 (input columns); bias added once after the all-reduce
 
@@ -39,6 +42,10 @@ class Family:
     attn_norm: str  # per-layer norm before attention
     mlp_norm: str | None  # per-layer norm before the MLP; None: the MLP reads the attention norm's output
     parallel_residual: bool  # x + attn(n1(x)) + mlp(n2(x))
+    attn_out_norm: str | None = None  # norm on the attention output, before the residual add (Gemma 2/3)
+    mlp_out_norm: str | None = None  # norm on the MLP output, before the residual add (Gemma 2/3)
+    qk_norm: bool = False  # q and k RMS-normed per head before the rotary embedding (Gemma 3)
+    scaled_embedding: bool = False  # embedding x sqrt(hidden_size) (Gemma)
 
 
 FAMILIES: dict[str, Family] = {
@@ -48,6 +55,24 @@ FAMILIES: dict[str, Family] = {
     "qwen2": Family("rmsnorm", True, False, True, "input_layernorm", "post_layernorm", False),
     "gptneox": Family("layernorm", False, True, True, "input_layernorm", "post_attention_layernorm", True),
     "falcon": Family("layernorm", False, False, False, "input_layernorm", "post_layernorm", False),
+    # TensorRT-LLM's Gemma names: post_layernorm is the MLP's norm in Gemma 1, the attention output's in 2/3
+    "gemma": Family("rmsnorm", True, False, False, "input_layernorm", "post_layernorm", False, scaled_embedding=True),
+    **{
+        name: Family(
+            "rmsnorm",
+            True,
+            False,
+            False,
+            "input_layernorm",
+            "pre_feedforward_layernorm",
+            False,
+            attn_out_norm="post_layernorm",
+            mlp_out_norm="post_feedforward_layernorm",
+            qk_norm=name == "gemma3",
+            scaled_embedding=True,
+        )
+        for name in ("gemma2", "gemma3")
+    },
 }
 
 SUPPORTED_ARCHITECTURES = frozenset(ARCHITECTURES)
@@ -86,6 +111,15 @@ class ModelSpec:
     embed_proj_dim: int | None  # OPT projection dims
     lm_head_bias: bool
     sliding_window: int | None = None  # attention sees the last N positions only (Mistral, Qwen2 use_sliding_window)
+    sliding_window_pattern: int | None = None  # layer i is global when (i + 1) % N == 0; None: every layer local
+    rotary_base_local: float | None = None  # the local layers' rotary base, unscaled (Gemma 3)
+    attn_out_norm: str | None = None
+    mlp_out_norm: str | None = None
+    qk_norm: bool = False
+    embedding_scale: float = 1.0  # the embedding's multiplier (Gemma: sqrt(hidden_size))
+    query_pre_attn_scalar: float | None = None  # scores scaled by 1/sqrt(this); None: by 1/sqrt(head_size)
+    attn_logit_softcapping: float | None = None  # scores = cap * tanh(scores / cap)
+    final_logit_softcapping: float | None = None  # logits = cap * tanh(logits / cap)
     quantization: str = "none"  # quant_algo, qualified by zero points / pre-quant scales
     kv_cache_quantization: str = "none"
     prompt_tuning: bool = False
@@ -110,6 +144,25 @@ class ModelSpec:
     @property
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_size
+
+    @property
+    def attention_scale(self) -> float:
+        return (self.query_pre_attn_scalar or self.head_size) ** -0.5
+
+    def local_layer(self, layer: int) -> bool:
+        """Whether global layer index ``layer`` attends through the sliding window (and the local rotary base)."""
+        if self.sliding_window is None:
+            return False
+        return self.sliding_window_pattern is None or (layer + 1) % self.sliding_window_pattern != 0
+
+    def layer_window(self, layer: int) -> int | None:
+        return self.sliding_window if self.local_layer(layer) else None
+
+    def layer_rotary(self, layer: int) -> tuple[float, dict | None]:
+        """(base, scaling) of the rotary embedding of global layer ``layer``."""
+        if self.rotary_base_local is not None and self.local_layer(layer):
+            return self.rotary_base_local, None
+        return self.rotary_base, self.rotary_scaling
 
     @property
     def embed_dim(self) -> int:
@@ -138,6 +191,11 @@ def _rotary_dim(config: CheckpointConfig, head_size: int) -> int:
 def _flag(config: CheckpointConfig, key: str, default: bool) -> bool:
     value = read_field(config.extra, key)
     return default if value is None else bool(value)
+
+
+def _cap(config: CheckpointConfig, key: str) -> float | None:
+    value = read_field(config.extra, key)
+    return float(value) if value else None  # null or 0: no cap
 
 
 def _quantization(config: CheckpointConfig) -> str:
@@ -170,6 +228,8 @@ def model_spec(config: CheckpointConfig) -> ModelSpec:
     proj = read_field(config.extra, "word_embed_proj_dim")
     base = read_field(config.extra, "rotary_base")
     window = read_field(config.extra, "sliding_window")
+    qpas = read_field(config.extra, "query_pre_attn_scalar")
+    local_base = read_field(config.extra, "rope_local_base_freq")
     unimplemented = tuple(
         f"{key}={config.extra[key]!r}"
         for key, neutral in UNIMPLEMENTED_FIELDS.items()
@@ -205,6 +265,15 @@ def model_spec(config: CheckpointConfig) -> ModelSpec:
         embed_proj_dim=proj if proj and proj != config.hidden_size else None,
         lm_head_bias=_flag(config, "lm_head_bias", False),
         sliding_window=int(window) if window and _flag(config, "use_sliding_window", True) else None,
+        sliding_window_pattern=read_field(config.extra, "_sliding_window_pattern"),
+        rotary_base_local=None if local_base is None else float(local_base),
+        attn_out_norm=fam.attn_out_norm,
+        mlp_out_norm=fam.mlp_out_norm,
+        qk_norm=fam.qk_norm,
+        embedding_scale=math.sqrt(config.hidden_size) if fam.scaled_embedding else 1.0,
+        query_pre_attn_scalar=None if qpas is None or qpas == head_size else float(qpas),
+        attn_logit_softcapping=_cap(config, "attn_logit_softcapping"),
+        final_logit_softcapping=_cap(config, "final_logit_softcapping"),
         quantization=_quantization(config),
         kv_cache_quantization=config.quantization.kv_cache_quant_algo or "none",
         prompt_tuning=config.use_prompt_tuning,
@@ -247,7 +316,8 @@ def layer_linears(spec: ModelSpec, tp: int) -> dict[str, tuple[int, int, bool]]:
 
 
 def layer_norms(spec: ModelSpec) -> list[str]:
-    return [n for n in (spec.attn_norm, spec.mlp_norm) if n]
+    """The per-layer norms over hidden_size, in file order."""
+    return [n for n in (spec.attn_norm, spec.attn_out_norm, spec.mlp_norm, spec.mlp_out_norm) if n]
 
 
 def expected_tensors(config: CheckpointConfig, rank: int) -> dict[str, TensorSpec]:
@@ -284,6 +354,9 @@ def expected_tensors(config: CheckpointConfig, rank: int) -> dict[str, TensorSpe
         prefix = LAYER.format(i=local)
         for n in layer_norms(spec):
             norm(prefix + n, spec.hidden_size)
+        if spec.qk_norm:
+            for n in (Q_NORM, K_NORM):
+                norm(prefix + n, spec.head_size)
         biases = {}  # after the weights, so that a gated MLP's fc and gate weights are adjacent in the file
         scales: dict[str, TensorSpec] = {}  # ModelOpt's scaling factors: after the biases, for the same reason
         for name, (rows, cols, has_bias) in layer_linears(spec, tp).items():

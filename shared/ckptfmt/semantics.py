@@ -8,6 +8,11 @@ what it does not compute, naming the executors that do. ``ckptfmt inspect`` prin
 The format's meanings are TensorRT-LLM's. One is ours: ``hidden_act: gelu`` (and ``geglu``) is the tanh
 approximation, as TensorRT-LLM computes it; a model whose source computes the exact (erf) GELU carries the
 extension ``gelu_approximate: "none"`` (TensorRT-LLM ignores it and computes its tanh form).
+
+Some math comes with the architecture, as in TensorRT-LLM: Gemma's embedding is multiplied by
+sqrt(hidden_size); its norm weights are stored as (1 + w), as TensorRT-LLM's converter writes them, so every
+executor computes a plain RMSNorm; Gemma 2/3 norm the attention and MLP outputs too (TensorRT-LLM's
+``inter_layernorms``, written but decided by the architecture), Gemma 3 norms q and k per head.
 """
 
 from __future__ import annotations
@@ -56,17 +61,31 @@ MODEL_FIELDS: dict[str, Field] = {
         Field("do_layer_norm_before", (bool,), True, "OPT: false puts each norm after its residual add"),
         Field("word_embed_proj_dim", (int,), True, "OPT: embedding width, projected to hidden_size"),
         Field("lm_head_bias", (bool,), True, "a bias on lm_head"),
-        Field("sliding_window", (int,), False, "attention sees the last N positions only (Mistral, Qwen2)"),
+        Field(
+            "sliding_window",
+            (int,),
+            False,
+            "attention sees the last N positions only (Mistral, Qwen2; Gemma 2/3: the local layers; TensorRT-LLM "
+            "reads it for Gemma 3)",
+        ),
         Field("use_sliding_window", (bool,), False, "Qwen2: false turns sliding_window off"),
         Field("gelu_approximate", (str,), False, "'none': gelu/geglu are the exact erf GELU; default 'tanh'"),
+        Field(
+            "_sliding_window_pattern",
+            (int,),
+            True,
+            "Gemma 3 (ours for Gemma 2: 2): layer i is global when (i + 1) % N == 0, else local (the window)",
+            ("sliding_window_pattern",),
+        ),
+        Field("rope_local_base_freq", (int, float), True, "Gemma 3: rotary base of the local layers, unscaled"),
+        Field("query_pre_attn_scalar", (int, float), True, "Gemma 2/3: scores scaled by 1/sqrt(N), not head_size"),
+        Field("attn_logit_softcapping", (int, float), True, "scores = cap * tanh(scores / cap); null or 0: off"),
+        Field("final_logit_softcapping", (int, float), True, "logits = cap * tanh(logits / cap); null or 0: off"),
     )
 }
 
 # Keys other models use for math no executor computes yet; any value but the neutral one is refused.
 UNIMPLEMENTED_FIELDS: dict[str, tuple[Any, ...]] = {
-    "attn_logit_softcapping": (None, 0, 0.0),
-    "final_logit_softcapping": (None, 0, 0.0),
-    "query_pre_attn_scalar": (None,),
     "embedding_multiplier": (None, 1, 1.0),
     "residual_multiplier": (None, 1, 1.0),
     "attention_multiplier": (None,),
@@ -195,15 +214,30 @@ UNFUSED = frozenset({TORCH, BUILDER})
 class Feature:
     """One math feature: the config field that sets it, how a spec's value reads, who computes which value.
 
-    A value not in ``support`` is computed by no executor."""
+    A value not in ``support`` is computed by ``other`` (a number the config sets: any window, any cap)."""
 
     field: str
     value: Callable[[ModelSpec], str]
     support: dict[str, frozenset[str]]
+    other: frozenset[str] = frozenset()
 
 
 def _bool(x: object) -> str:
     return "true" if x else "false"
+
+
+def _number(x: float | None) -> str:
+    return "none" if x is None else f"{x:g}"
+
+
+def _window(s: ModelSpec) -> str:
+    if s.sliding_window is None:
+        return "none"
+    pattern = s.sliding_window_pattern
+    return f"{s.sliding_window} positions" + (f", 1 global layer in {pattern}" if pattern else "")
+
+
+TORCH_ONLY = frozenset({TORCH})
 
 
 FEATURES: tuple[Feature, ...] = (
@@ -234,11 +268,18 @@ FEATURES: tuple[Feature, ...] = (
     Feature(
         "rotary_scaling", lambda s: rotary_scaling_type(s.rotary_scaling), {"none": ALL, "linear": ALL, "llama3": ALL}
     ),
+    Feature("sliding_window", _window, {"none": ALL}, TORCH_ONLY),
+    Feature("rope_local_base_freq", lambda s: _number(s.rotary_base_local), {"none": ALL}, TORCH_ONLY),
     Feature(
-        "sliding_window",
-        lambda s: "none" if s.sliding_window is None else f"{s.sliding_window} positions",
-        {"none": ALL},
+        "embedding scale",
+        lambda s: "none" if s.embedding_scale == 1 else "sqrt(hidden_size)",
+        {"none": ALL, "sqrt(hidden_size)": TORCH_ONLY},
     ),
+    Feature("inter_layernorms", lambda s: _bool(s.attn_out_norm), {"false": ALL, "true": TORCH_ONLY}),
+    Feature("qk norm", lambda s: _bool(s.qk_norm), {"false": ALL, "true": TORCH_ONLY}),
+    Feature("query_pre_attn_scalar", lambda s: _number(s.query_pre_attn_scalar), {"none": ALL}, TORCH_ONLY),
+    Feature("attn_logit_softcapping", lambda s: _number(s.attn_logit_softcapping), {"none": ALL}, TORCH_ONLY),
+    Feature("final_logit_softcapping", lambda s: _number(s.final_logit_softcapping), {"none": ALL}, TORCH_ONLY),
     Feature(
         "word_embed_proj_dim",
         lambda s: "none" if s.embed_proj_dim is None else "projected",
@@ -273,9 +314,7 @@ WEIGHT_ONLY_SUPPORTED = ("none", "W8A16", "W4A16", "W8A16_GPTQ", "W4A16_GPTQ", "
 def _supporters(feature: Feature, value: str) -> frozenset[str]:
     if feature.field == "quantization":
         return ALL if value in WEIGHT_ONLY_SUPPORTED else feature.support.get(value, frozenset())
-    if feature.field == "sliding_window" and value != "none":
-        return frozenset({TORCH})
-    return feature.support.get(value, frozenset())
+    return feature.support.get(value, feature.other)
 
 
 def support_rows(spec: ModelSpec) -> list[tuple[str, str, list[str]]]:

@@ -50,7 +50,9 @@ def test_declared_field_types_are_checked(over, problem):
     "over, field, who",
     [
         ({"hidden_act": "squared-relu"}, "hidden_act", []),
-        ({"final_logit_softcapping": 30.0}, "unimplemented fields", []),
+        ({"residual_multiplier": 0.5}, "unimplemented fields", []),
+        ({"final_logit_softcapping": 30.0}, "final_logit_softcapping", [TORCH]),
+        ({"attn_logit_softcapping": 50.0}, "attn_logit_softcapping", [TORCH]),
         ({"rotary_scaling": {"type": "dynamic", "factor": 2.0}}, "rotary_scaling", []),
         ({"position_embedding_type": "alibi"}, "position_embedding_type", [TORCH]),
         ({"sliding_window": 16}, "sliding_window", [TORCH]),

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ckptfmt import ModelSpec
-from ckptfmt.names import kv_heads_per_rank, pad_to_multiple
+from ckptfmt.names import kv_heads_per_rank, layer_norms, pad_to_multiple
 from ckptfmt.semantics import TORCH, check_support, rotary_inv_freq
 
 from .distributed import Parallel
@@ -73,9 +73,9 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
-def make_norm(spec: ModelSpec) -> nn.Module:
+def make_norm(spec: ModelSpec, width: int | None = None) -> nn.Module:
     if spec.norm == "rmsnorm":
-        return RMSNorm(spec.hidden_size, spec.norm_epsilon)
+        return RMSNorm(width or spec.hidden_size, spec.norm_epsilon)
     return nn.LayerNorm(spec.hidden_size, eps=spec.norm_epsilon, bias=spec.norm_bias)
 
 
@@ -146,15 +146,18 @@ class Rotary(nn.Module):
 
     inv_freq: torch.Tensor  # a buffer (register_buffer)
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, local: bool = False):
+        """``local``: of the local layers, which have a base of their own (Gemma 3's rope_local_base_freq)."""
         super().__init__()
         self.dim, self.interleaved = spec.rotary_dim, spec.rotary_interleaved
-        inv_freq = rotary_inv_freq(self.dim, spec.rotary_base, spec.rotary_scaling)
+        base, scaling = (spec.rotary_base_local, None) if local else (spec.rotary_base, spec.rotary_scaling)
+        assert base is not None  # a local rotary exists only where the spec has a local base
+        inv_freq = rotary_inv_freq(self.dim, base, scaling)
         self.register_buffer("inv_freq", torch.tensor(inv_freq, device="cpu"), persistent=False)  # real under meta
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin [batch, seq, 1, rotary_dim] for integer ``positions`` [batch, seq], computed in float32."""
-        freqs = positions.float().unsqueeze(-1) * self.inv_freq
+        freqs = positions.float().unsqueeze(-1) * self.inv_freq.to(positions.device)
         freqs = freqs.repeat_interleave(2, -1) if self.interleaved else torch.cat([freqs, freqs], -1)
         return freqs.cos().to(dtype).unsqueeze(2), freqs.sin().to(dtype).unsqueeze(2)
 
@@ -175,8 +178,12 @@ class Attention(nn.Module):
         self.heads = spec.num_heads // par.tp_size
         self.kv_heads = kv_heads_per_rank(spec.num_kv_heads, par.tp_size)
         self.head_size = spec.head_size
+        self.scale, self.softcap = spec.attention_scale, spec.attn_logit_softcapping
         out = (self.heads + 2 * self.kv_heads) * self.head_size
         self.qkv = nn.Linear(spec.hidden_size, out, bias=spec.qkv_bias)
+        if spec.qk_norm:  # per head, before the rotary embedding (Gemma 3)
+            self.q_layernorm = make_norm(spec, spec.head_size)
+            self.k_layernorm = make_norm(spec, spec.head_size)
         self.dense = RowLinear(self.heads * self.head_size, spec.hidden_size, spec.bias, par)
         self.kv_cache: KVCache | None = None
         self.kv_quant: nn.Module | None = None  # an INT8/FP8 cache: quantized on write (quantized.KVQuant)
@@ -188,6 +195,8 @@ class Attention(nn.Module):
         q = q.view(b, t, self.heads, self.head_size)
         k = k.view(b, t, self.kv_heads, self.head_size)
         v = v.view(b, t, self.kv_heads, self.head_size)
+        if hasattr(self, "q_layernorm"):
+            q, k = self.q_layernorm(q), self.k_layernorm(k)
         if rotary is not None:
             q, k = rotary.rotate(q, *cos_sin), rotary.rotate(k, *cos_sin)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))
@@ -197,28 +206,36 @@ class Attention(nn.Module):
         k, v = self.kv_cache.update(slots, k, v)
         gqa = self.kv_heads != self.heads
         if mask is None:  # prefill from slot 0 without padding: causal attention over the first t slots
-            y = F.scaled_dot_product_attention(q, k[:, :, :t], v[:, :, :t], is_causal=True, enable_gqa=gqa)
-        elif t == 1:
-            y = decode_attention(q, k, v, mask)
+            y = F.scaled_dot_product_attention(
+                q, k[:, :, :t], v[:, :, :t], is_causal=True, enable_gqa=gqa, scale=self.scale
+            )
+        elif t == 1 or self.softcap is not None:
+            y = grouped_attention(q, k, v, mask, self.scale, self.softcap)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa, scale=self.scale)
         return self.dense(y.transpose(1, 2).reshape(b, t, q_size))
 
 
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """One query position against the cache, grouped-query heads folded into the query rows so no key/value
-    head is copied: q [batch, heads, 1, d], k/v [batch, kv_heads, max_seq, d], ``mask`` boolean (or an additive
-    bias) broadcastable to [batch, heads, 1, max_seq]. Scores and softmax in float32."""
-    b, heads, _, d = q.shape
+def grouped_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, softcap: float | None = None
+) -> torch.Tensor:
+    """Queries against the cache, grouped-query heads folded into the query rows so no key/value head is
+    copied: q [batch, heads, seq, d], k/v [batch, kv_heads, max_seq, d], ``mask`` boolean (or an additive bias)
+    broadcastable to [batch, heads, seq, max_seq]. Scores (``scale``, then ``softcap * tanh(s / softcap)``)
+    and softmax in float32."""
+    b, heads, t, d = q.shape
     kv_heads = k.shape[1]
     group = heads // kv_heads
-    scores = torch.matmul(q.view(b, kv_heads, group, d), k.transpose(-1, -2)).float() * (1.0 / math.sqrt(d))
-    if mask.dtype == torch.bool:
-        scores = scores.masked_fill(~mask.view(mask.shape[0], -1, 1, mask.shape[-1]), float("-inf"))
-    else:
-        scores = scores + mask.float().expand(b, heads, 1, -1).reshape(b, kv_heads, group, -1)
-    weights = scores.softmax(-1).to(v.dtype)
-    return torch.matmul(weights, v).view(b, heads, 1, d)
+    scores = torch.matmul(q.reshape(b, kv_heads, group * t, d), k.transpose(-1, -2)).float() * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.view(b, kv_heads, group, t, -1)
+    if mask.dtype == torch.bool:  # [batch, 1, seq, max_seq]
+        scores = scores.masked_fill(~mask.view(mask.shape[0], 1, 1, t, -1), float("-inf"))
+    else:  # ALiBi: [batch, heads, seq, max_seq]
+        scores = scores + mask.float().expand(b, heads, t, -1).reshape(b, kv_heads, group, t, -1)
+    weights = scores.softmax(-1).to(v.dtype).view(b, kv_heads, group * t, -1)
+    return torch.matmul(weights, v).view(b, heads, t, d)
 
 
 class MLP(nn.Module):
@@ -258,16 +275,20 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One decoder layer; norms are registered under the checkpoint's names (``input_layernorm``, ...)."""
+    """Decoder layer ``layer`` (global index); norms are registered under the checkpoint's names
+    (``input_layernorm``, ...). ``local``: it attends through the sliding window."""
 
-    def __init__(self, spec: ModelSpec, par: Parallel):
+    def __init__(self, spec: ModelSpec, par: Parallel, layer: int):
         super().__init__()
-        self.spec = spec
-        self.add_module(spec.attn_norm, make_norm(spec))
-        if spec.mlp_norm:
-            self.add_module(spec.mlp_norm, make_norm(spec))
+        self.spec, self.local = spec, spec.local_layer(layer)
+        for name in layer_norms(spec):
+            self.add_module(name, make_norm(spec))
         self.attention = Attention(spec, par)
         self.mlp = MLP(spec, par)
+
+    def sublayer_norm(self, name: str | None, y: torch.Tensor) -> torch.Tensor:
+        """``y`` normed by norm ``name`` (Gemma 2/3's norms on the attention and MLP outputs); as is for None."""
+        return getattr(self, name)(y) if name else y
 
     def forward(self, x, slots, mask, rotary, cos_sin) -> torch.Tensor:
         spec = self.spec
@@ -281,9 +302,9 @@ class Block(nn.Module):
         a = self.attention(h, slots, mask, rotary, cos_sin)
         if spec.parallel_residual:  # Falcon with mlp_norm None: the MLP reads the attention norm's output
             return x + a + self.mlp(mlp_norm(x) if mlp_norm is not None else h)
-        x = x + a
+        x = x + self.sublayer_norm(spec.attn_out_norm, a)
         assert mlp_norm is not None  # only a parallel residual goes without one
-        return x + self.mlp(mlp_norm(x))
+        return x + self.sublayer_norm(spec.mlp_out_norm, self.mlp(mlp_norm(x)))
 
 
 class Backbone(nn.Module):
@@ -299,7 +320,7 @@ class Backbone(nn.Module):
                 )
             if spec.embed_proj_dim:
                 self.project_in = nn.Linear(spec.embed_proj_dim, spec.hidden_size, bias=False)
-        self.layers = nn.ModuleList(Block(spec, par) for _ in shapes.layers)
+        self.layers = nn.ModuleList(Block(spec, par, i) for i in shapes.layers)
         if shapes.last_stage:
             if spec.has_ln_f:
                 self.ln_f = make_norm(spec)
@@ -323,8 +344,10 @@ class Transformer(nn.Module):
         if shapes.last_stage:
             rows = pad_to_multiple(spec.vocab_size, par.tp_size) // par.tp_size
             self.lm_head = nn.Linear(spec.embed_dim, rows, bias=spec.lm_head_bias)
-        self.rotary = Rotary(spec) if spec.rotary else None
-        self.window: int | None = None
+        self.rotary = Rotary(spec) if spec.rotary else None  # every layer's, or the global layers'
+        local = spec.rotary and spec.rotary_base_local is not None and spec.local_layer(0)
+        self.rotary_local = Rotary(spec, local=True) if local else None  # Gemma 3's local layers
+        self.window: int | None = spec.sliding_window  # of the local layers (``Block.local``)
         self.alibi = None  # this rank's head slopes, already scaled where the family scales the bias
         if spec.position_embedding_type.startswith("alibi"):
             heads = spec.num_heads // par.tp_size
@@ -350,13 +373,15 @@ class Transformer(nn.Module):
         then plain causal over the first ``t`` slots, and SDPA's causal kernels skip the masked half (the
         summarization prompts, cut to --max_input_length, are mostly such batches). Reads two numbers from
         the device, once per prefill."""
-        if slots.numel() == 1 or self.window or self.alibi is not None:
+        if slots.numel() == 1 or self.window or self.alibi is not None or self.spec.attn_logit_softcapping:
             return False
         return int(slots[0]) == 0 and not bool(pad.any())
 
     def embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         t = self.transformer
         x = t.vocab_embedding(tokens)
+        if self.spec.embedding_scale != 1:  # Gemma: x sqrt(hidden_size), the factor rounded to the model dtype
+            x = x * torch.tensor(self.spec.embedding_scale, dtype=x.dtype)
         if self.spec.embed_proj_dim:
             x = t.project_in(x)
         if self.spec.learned_positions:
@@ -369,8 +394,9 @@ class Transformer(nn.Module):
             x = t.ln_f(x)
         if self.spec.embed_proj_dim:
             x = t.project_out(x)
-        logits = self.par.all_gather(self.lm_head(x), dim=-1)
-        return logits[..., : self.spec.vocab_size].float()
+        logits = self.par.all_gather(self.lm_head(x), dim=-1)[..., : self.spec.vocab_size]
+        cap = self.spec.final_logit_softcapping
+        return (torch.tanh(logits / cap) * cap if cap else logits).float()
 
     def forward(
         self, inputs: torch.Tensor, slots: torch.Tensor, pad: torch.Tensor, last_only: bool = False
@@ -380,16 +406,18 @@ class Transformer(nn.Module):
         ``last_only``: logits of the last position only."""
         positions = (slots.unsqueeze(0) - pad.unsqueeze(1)).clamp(min=0)
         x = self.embed(inputs, positions) if self.shapes.first_stage else inputs
-        mask = None
+        masks: dict[bool, torch.Tensor | None] = {False: None, True: None}  # of global and local layers
         if not self.plain_causal(slots, pad):
             cache = cast(Block, self.transformer.layers[0]).attention.kv_cache
             assert cache is not None, "setup_cache allocates the KV caches"
-            mask = attention_mask(slots, pad, cache.length, self.window)
-            if self.alibi is not None:
-                mask = alibi_bias(self.alibi, pad, mask, x.dtype)
-        cos_sin = self.rotary.cos_sin(positions, x.dtype) if self.rotary is not None else None
-        for layer in self.transformer.layers:
-            x = layer(x, slots, mask, self.rotary, cos_sin)
+            for local in {layer.local for layer in self.transformer.blocks()}:
+                mask = attention_mask(slots, pad, cache.length, self.window if local else None)
+                masks[local] = alibi_bias(self.alibi, pad, mask, x.dtype) if self.alibi is not None else mask
+        rotary = {False: self.rotary, True: self.rotary_local or self.rotary}
+        cos_sin = {False: self.rotary.cos_sin(positions, x.dtype) if self.rotary is not None else None}
+        cos_sin[True] = self.rotary_local.cos_sin(positions, x.dtype) if self.rotary_local else cos_sin[False]
+        for layer in self.transformer.blocks():
+            x = layer(x, slots, masks[layer.local], rotary[layer.local], cos_sin[layer.local])
         if not self.shapes.last_stage:
             return x
         return self.head(x[:, -1:] if last_only else x)

@@ -97,9 +97,11 @@ class HFConfig:
             value = self.get("partial_rotary_factor", *legacy, default=default)
         return float(value)
 
-    def rope_scaling(self) -> dict | None:
-        """The rope scaling settings (TensorRT-LLM ``rotary_scaling``: ``type`` + ``factor`` + extras), or None."""
-        params = {k: v for k, v in self.rope_parameters.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    def rope_scaling(self, parameters: dict | None = None) -> dict | None:
+        """The rope scaling settings (TensorRT-LLM ``rotary_scaling``: ``type`` + ``factor`` + extras), or None;
+        of ``parameters`` when given (one layer type's entry of Gemma 3's ``rope_parameters``)."""
+        source = self.rope_parameters if parameters is None else parameters
+        params = {k: v for k, v in source.items() if k not in ("rope_theta", "partial_rotary_factor")}
         kind = params.get("rope_type", params.get("type", "default"))
         if kind == "default":
             return None

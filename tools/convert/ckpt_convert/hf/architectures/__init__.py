@@ -8,12 +8,12 @@ from __future__ import annotations
 from ckptfmt import CheckpointError
 
 from ..hf_config import HFConfig
-from . import falcon, gpt2, gptneox, llama, opt
+from . import falcon, gemma, gpt2, gptneox, llama, opt
 from .base import HFArchitecture
 
 ARCHITECTURES: dict[str, HFArchitecture] = {
     model_type: module.ARCHITECTURE
-    for module in (llama, gpt2, opt, gptneox, falcon)
+    for module in (llama, gpt2, opt, gptneox, falcon, gemma)
     for model_type in module.ARCHITECTURE.model_types
 }
 
