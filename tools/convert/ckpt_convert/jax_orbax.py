@@ -59,8 +59,8 @@ def _keys(entry: Any) -> tuple[str, ...] | None:
     keys = entry.get("key_metadata") if isinstance(entry, dict) else None
     if not isinstance(keys, list) or not keys:
         return None
-    out = tuple(k.get("key") if isinstance(k, dict) else None for k in keys)
-    return out if all(isinstance(k, str | int) for k in out) else None
+    out = [k.get("key") if isinstance(k, dict) else None for k in keys]
+    return tuple(str(k) for k in out) if all(isinstance(k, str | int) for k in out) else None
 
 
 class OrbaxArrays:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from .source_guard import GuardedFile
 from .sources import LazyTensor
 
 Keys = tuple[str, ...]
+Described = tuple[tuple[int, ...], str]  # shape, dtype name
 
 
 @dataclass(frozen=True)
@@ -63,44 +65,48 @@ class JaxSource(LazyTensorSource):
     """HF name -> lazy tensor over one orbax pytree folder or one flax msgpack file."""
 
     def __init__(self, location: Location, table: JaxTable, expect: Expect):
-        self.location, self.tensors, self.dtypes = location.path, {}, set()
+        self.location, self.tensors = location.path, {}
+        self.dtypes: set[str] = set()
         self._expect = expect
         self._orbax: OrbaxArrays | None = None
         self._file: GuardedFile | None = None
         self._arrays: dict[Keys, StoredArray] = {}
         try:
-            stored = self._open_store(location)
-            self._map(table, stored)
+            keys, describe = self._open_store(location)
+            self._map(table, keys, describe)
         except BaseException:
             self.close()
             raise
 
-    def _open_store(self, location: Location) -> dict[Keys, tuple[tuple[int, ...], str]]:
-        """(shape, dtype) of every leaf of the store."""
+    def _open_store(self, location: Location) -> tuple[list[Keys], Callable[[Keys], Described]]:
+        """The leaves of the store, and how to get one's (shape, dtype) (orbax: opens it)."""
         if location.kind == "msgpack":
             self._file = GuardedFile(location.path)
             self._fingerprints = {location.path: self._file.fingerprint}
             self._arrays = scan(self._file, str(location.path))
-            return {k: (a.shape, a.dtype) for k, a in self._arrays.items()}
+            return list(self._arrays), lambda k: (self._arrays[k].shape, self._arrays[k].dtype)
         tree = read_metadata(location.path)
         self._fingerprint(sorted(p for p in location.path.rglob("*") if p.is_file()))
         self._orbax = OrbaxArrays(tree)
-        return {k: self._orbax.open(k) for k in tree.leaves}
+        return list(tree.leaves), self._orbax.open
 
     def _label(self, keys: Keys) -> str:
         return f"{self.location}: {'/'.join(str(k) for k in keys)}"
 
-    def _map(self, table: JaxTable, stored: dict[Keys, tuple[tuple[int, ...], str]]) -> None:
-        paths = tree_paths(list(stored), table.prefixes)
+    def _map(self, table: JaxTable, keys_list: list[Keys], describe: Callable[[Keys], Described]) -> None:
+        """Names first (an unknown parameter is refused before any leaf is opened), then shapes."""
         patterns = [(leaf, _pattern(t)) for leaf in table.leaves for t in leaf.jax]
-        for path, keys in sorted(paths.items()):
-            shape, dtype = stored[keys]
+        matched = []
+        for path, keys in sorted(tree_paths(keys_list, table.prefixes).items()):
             hits = [(leaf, m) for leaf, p in patterns if (m := p.fullmatch(path))]
             if not hits:
                 raise CheckpointError(
                     f"{self._label(keys)}: unknown parameter {path} (not in the table of the {table.name}; "
                     "a different model or layout?)"
                 )
+            matched.append((keys, hits))
+        for keys, hits in matched:
+            shape, dtype = describe(keys)
             self._check_size(keys, shape)
             for leaf, m in hits:
                 self._add(leaf, m, keys, shape, dtype)

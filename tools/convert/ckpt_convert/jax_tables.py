@@ -82,7 +82,10 @@ LLAMA_FLAX: tuple[Leaf, ...] = (
     _leaves("model.embed_tokens.weight", "model/embed_tokens/embedding"),
     _leaves("model.norm.weight", "model/norm/weight"),
     _leaves("lm_head.weight", "lm_head/kernel", TRANSPOSE),
-    *(_leaves(f"{HL}{n}.weight", f"model/layers/{{i}}/{n}/weight") for n in ("input_layernorm", "post_attention_layernorm")),
+    *(
+        _leaves(f"{HL}{n}.weight", f"model/layers/{{i}}/{n}/weight")
+        for n in ("input_layernorm", "post_attention_layernorm")
+    ),
     *(
         _leaves(f"{HL}{m}.{p}_proj.{kind}", f"model/layers/{{i}}/{m}/{p}_proj/{src}", op)
         for m, projs in (("self_attn", "qkvo"), ("mlp", ("gate", "up", "down")))
@@ -120,7 +123,6 @@ GEMMA2 = (
     _leaves(f"{HL}self_attn.q_norm.weight", ATTN + "_query_norm/scale"),
     _leaves(f"{HL}self_attn.k_norm.weight", ATTN + "_key_norm/scale"),
 )
-
 
 
 @dataclass(frozen=True)
