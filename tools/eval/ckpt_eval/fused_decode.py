@@ -9,6 +9,9 @@ one-token step is replaced, and ``tests/eval/test_fused_decode.py`` checks it ag
 
 Covers the LLaMA-like decoders (pre-norm RMSNorm, rotary, optional biases, gated or plain MLP) on one rank;
 ``unsupported`` names what else a model has, and the torch backend then uses ``torch.compile`` instead.
+FP8 and INT8 SmoothQuant checkpoints run from their codes (``quantized.QuantWeight``: the GEMVs read e4m3 or
+int8 weights, a byte each, and quantize their inputs as ``quantized.InputQuant`` does), INT8/FP8 KV caches
+as ``quantized.KVQuant`` does (``tests/eval/test_fused_decode_quantized.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from ckptfmt.semantics import FUSED, support_rows
 
 from .model import Block, KVCache, Transformer
+from .quantized import InputQuant, QuantWeight
 
 # ``ModelSpec.activation`` -> the kernel's activation
 KERNEL_ACTIVATIONS = {"silu": "silu", "relu": "relu", "gelu_erf": "gelu", "gelu_tanh": "gelu_tanh"}
@@ -50,6 +54,11 @@ def unsupported(model: Transformer) -> str | None:
         return f"the kernels do not compute {', '.join(features)}"
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return f"the model has dtype {dtype}"
+    fp8 = [m.codes for m in model.modules() if isinstance(m, QuantWeight) and m.codes.dtype == torch.float8_e4m3fn]
+    if fp8 and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        return "its float8 e4m3 weights need an sm89+ GPU (Ada, Hopper or later)"
+    if any(bool(((c.view(torch.uint8) & 0x7F) == 0x7F).any()) for c in fp8):
+        return "a float8 weight holds NaN codes"
     return None
 
 
@@ -85,6 +94,40 @@ def triton_next_pow2(n: int) -> int:
 
 
 @dataclass
+class Operands:
+    """What ``gemv_kernel`` reads for one linear besides its input: the weight (float, or codes with a float32
+    scale per row ``ws``), the activation scale(s) ``xs`` and pre-quant scale(s) ``pre``, and the flags."""
+
+    w: torch.Tensor
+    ws: torch.Tensor | None = None
+    xs: torch.Tensor | None = None
+    pre: torch.Tensor | None = None
+    flags: dict | None = None
+
+
+def operands(linears: list, float_weight: torch.Tensor, codes: QuantWeight | None) -> Operands:
+    """``Operands`` of a linear (``linears``: [fc, gate] for the stacked fc/gate): its float weight, or where it is
+    quantized (``quantized.attach``) its ``codes`` (``QuantWeight``) and its input's quantization."""
+    if getattr(linears[0], "input_quant", None) is None:
+        return Operands(float_weight)
+    quants = [cast(InputQuant, m.input_quant) for m in linears]
+    assert codes is not None and quants[0].kind is not None
+    k = float_weight.shape[1]
+    kind = {"fp8": "fp8", "int8": "int8", "int8_per_token": "int8_tok"}[quants[0].kind]
+    has_pre = any(q.prequant is not None for q in quants)  # a missing one multiplies by 1
+    ones = torch.ones(1, dtype=torch.float32, device=float_weight.device)
+    xs = torch.cat([q.scale.reshape(1).float() if q.scale is not None else ones for q in quants])
+    pre = (
+        torch.cat([q.prequant if q.prequant is not None else float_weight.new_ones(k) for q in quants])
+        if has_pre
+        else None
+    )
+    split = len(quants) > 1 and (bool((xs != xs[0]).any()) or (pre is not None and not torch.equal(*pre.chunk(2))))
+    flags = dict(WQ=True, AQ=kind, HAS_PRE=has_pre, SPLIT_ACT=split)
+    return Operands(codes.codes, codes.scale, xs.contiguous(), pre, flags)
+
+
+@dataclass
 class CapturedStep:
     """A captured step and every buffer its kernels read or write (they must outlive the graph)."""
 
@@ -110,9 +153,26 @@ class FusedDecoder:
         spec = model.spec
         self.act = KERNEL_ACTIVATIONS[spec.activation]
         self.eps = spec.norm_epsilon
+        self.linears = []  # per layer: Operands of qkv, dense, fc (or [fc; gate]), proj
         for layer in model.transformer.blocks():
-            if layer.mlp.gate is not None and layer.mlp.fc_gate is None:
-                layer.mlp.fuse()  # [fc; gate] as one weight: one GEMV reads both (load_model has done it)
+            a, mlp = layer.attention, layer.mlp
+            quantized = getattr(a.qkv, "input_quant", None) is not None
+            if mlp.gate is not None and mlp.fc_gate is None and not quantized:
+                mlp.fuse()  # [fc; gate] as one weight: one GEMV reads both (load_model has done it)
+            fc = [mlp.fc, mlp.gate] if mlp.gate is not None else [mlp.fc]
+            fc_weight = mlp.fc_gate if mlp.fc_gate is not None else mlp.fc.weight
+            fc_bias: torch.Tensor | None = mlp.fc.bias
+            if mlp.gate is not None and mlp.fc.bias is not None:  # [fc; gate] (fuse() stacked the float path's)
+                fc_bias = mlp.fc_gate_bias if mlp.fc_gate is not None else torch.cat([mlp.fc.bias, mlp.gate.bias])
+            self.linears.append(
+                (
+                    operands([a.qkv], a.qkv.weight, getattr(a.qkv, "quant_weight", None)),
+                    operands([a.dense], a.dense.weight, getattr(a.dense, "quant_weight", None)),
+                    operands(fc, fc_weight, getattr(mlp, "quant_fc_gate", getattr(mlp.fc, "quant_weight", None))),
+                    operands([mlp.proj], mlp.proj.weight, getattr(mlp.proj, "quant_weight", None)),
+                    fc_bias,
+                )
+            )
         if not all(p.is_contiguous() for p in model.parameters()):
             raise ValueError("fused decode: the kernels read contiguous weights")
         first = model.transformer.blocks()[0].attention
@@ -182,21 +242,25 @@ class FusedDecoder:
             "parts": empty(self.heads * splits * (triton_next_pow2(self.head_size) + 2), torch.float32),
         }
 
-    def gemv(self, x, w, y, *, norm=None, bias=None, res=None, gated=False, act="none") -> None:
-        """``y = act(w @ norm(x) + bias) (+ res)`` (gated: w holds [fc; gate]) as one ``gemv_kernel``."""
+    def gemv(self, x, op: Operands, y, *, norm=None, bias=None, res=None, gated=False, act="none") -> None:
+        """``y = act(W @ norm(x) + bias) (+ res)`` (gated: W holds [fc; gate]) as one ``gemv_kernel``; W and the
+        input's quantization from ``op``."""
+        w = op.w
         n, k = w.shape[0] // (2 if gated else 1), w.shape[1]
         blocks = gemv_blocks(k)
         pdl = {"launch_pdl": True} if self.pdl else {}
         self.kernels.gemv_kernel[(math.ceil(n / blocks["BN"]),)](
-            x, w if norm is None else norm, w, w if bias is None else bias, y, y if res is None else res, n, k,
+            x, w if norm is None else norm, w, w if bias is None else bias, y, y if res is None else res,
+            w if op.ws is None else op.ws, w if op.xs is None else op.xs, w if op.pre is None else op.pre, n, k,
             self.eps, HAS_NORM=norm is not None, HAS_BIAS=bias is not None, HAS_RES=res is not None,
-            GATED=gated, ACT=act, PDL=self.pdl, **blocks, **pdl,
+            GATED=gated, ACT=act, PDL=self.pdl, **(op.flags or {}), **blocks, **pdl,
         )  # fmt: skip
 
-    def attention(self, qkv, cache, out, parts, slot, pad) -> None:
+    def attention(self, qkv, cache, out, parts, slot, pad, quant=None) -> None:
         """Rotary, the cache write at ``slot`` and attention over the cache: one ``decode_attention_kernel``,
         plus ``attention_combine_kernel`` where the cache is long enough to be split."""
         kv, rotary = cache.kv, self.model.rotary
+        kv_quant = {} if quant is None else {"KV_SCALE": quant.scale, "KVQ": quant.kind}
         assert rotary is not None  # unsupported() refuses models without rotary embeddings
         pdl = {"launch_pdl": True} if self.pdl else {}
         blocks = attention_blocks(kv.shape[3])
@@ -206,7 +270,7 @@ class FusedDecoder:
             qkv, kv, out, rotary.inv_freq, slot, pad, parts, chunk, kv.stride(0), kv.stride(2),
             HEADS=self.heads, KV_HEADS=self.kv_heads, D=self.head_size, BD=bd, ROT=self.rotary_dim,
             INTERLEAVED=self.model.spec.rotary_interleaved, SPLITS=splits, SCALE=1.0 / math.sqrt(self.head_size),
-            PDL=self.pdl, **blocks, **pdl,
+            PDL=self.pdl, **kv_quant, **blocks, **pdl,
         )  # fmt: skip
         if splits > 1:
             self.kernels.attention_combine_kernel[(self.heads,)](
@@ -221,17 +285,14 @@ class FusedDecoder:
         x = buf["x"]
         torch.index_select(t.vocab_embedding.weight, 0, tokens, out=x)
         assert spec.mlp_norm is not None  # unsupported() refuses layers without an MLP norm
-        for layer in t.blocks():
+        for layer, (qkv, dense, fc, proj, fc_bias) in zip(t.blocks(), self.linears, strict=True):
             a, mlp = layer.attention, layer.mlp
-            self.gemv(x, a.qkv.weight, buf["qkv"], norm=getattr(layer, spec.attn_norm).weight, bias=a.qkv.bias)
-            self.attention(buf["qkv"], a.kv_cache, buf["attn"], buf["parts"], slot, pad)
-            self.gemv(buf["attn"], a.dense.weight, x, bias=a.dense.bias, res=x)
+            self.gemv(x, qkv, buf["qkv"], norm=getattr(layer, spec.attn_norm).weight, bias=a.qkv.bias)
+            self.attention(buf["qkv"], a.kv_cache, buf["attn"], buf["parts"], slot, pad, a.kv_quant)
+            self.gemv(buf["attn"], dense, x, bias=a.dense.bias, res=x)
             mlp_norm = getattr(layer, spec.mlp_norm).weight
-            if mlp.gate is not None:
-                self.gemv(x, mlp.fc_gate, buf["mlp"], norm=mlp_norm, bias=mlp.fc_gate_bias, gated=True, act=self.act)
-            else:
-                self.gemv(x, mlp.fc.weight, buf["mlp"], norm=mlp_norm, bias=mlp.fc.bias, act=self.act)
-            self.gemv(buf["mlp"], mlp.proj.weight, x, bias=mlp.proj.bias, res=x)
+            self.gemv(x, fc, buf["mlp"], norm=mlp_norm, bias=fc_bias, gated=mlp.gate is not None, act=self.act)
+            self.gemv(buf["mlp"], proj, x, bias=mlp.proj.bias, res=x)
         logits = buf["logits"]
-        self.gemv(x, model.lm_head.weight, logits, norm=t.ln_f.weight, bias=model.lm_head.bias)
+        self.gemv(x, Operands(model.lm_head.weight), logits, norm=t.ln_f.weight, bias=model.lm_head.bias)
         return logits[: spec.vocab_size]

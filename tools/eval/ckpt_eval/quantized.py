@@ -10,9 +10,16 @@ int8 range), per tensor, or per token with ``|row|max / 127`` when the mode says
 math is float32; the result goes back to the model dtype. A KV cache of INT8 or FP8 stores the fake-quantized keys
 and values (quantized on write with the layer's ``kv_cache_scaling_factor``, the one TensorRT-LLM reads): the same
 numbers a cache of codes dequantized on read in float32 holds, so the cache stays in the model dtype.
+
+FP8 and SmoothQuant linears also keep the checkpoint's codes (``QuantWeight``: e4m3 or int8 ``[out, in]`` and a
+float32 scale per row, one byte a weight on top of the dequantized copy): the fused decode kernels read them,
+and on a GPU with the matching instructions ``native_quant`` computes the linear from them with
+``torch._scaled_mm`` (FP8, sm89+) or ``torch._int_mm`` (int8) instead of the emulation.
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 import numpy as np
 import torch
@@ -21,6 +28,8 @@ from torch import nn
 from ckptfmt import CheckpointConfig, CheckpointError, RankFileReader
 from ckptfmt.names import ACTIVATION_SCALE, KV_CACHE_SCALE, MODELOPT_SCHEMES, PREQUANT_SCALE, WEIGHTS_SCALE
 from ckptfmt.quant import dequantize_linear
+
+from . import native_quant
 
 FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
 INT8_MAX = 127.0  # the scale maps amax to 127; codes are clamped to [-128, 127] (ModelOpt: narrow_range False)
@@ -68,6 +77,45 @@ class InputQuant(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, prequant={self.prequant is not None}"
+
+
+class QuantWeight(nn.Module):
+    """A quantized linear's weight as the checkpoint stores it: ``codes`` [out, in] (float8_e4m3fn or int8) and a
+    float32 ``scale`` per row [out] (a per-tensor scale repeated); the weight is ``codes * scale[:, None]``."""
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor):
+        super().__init__()
+        self.register_buffer("codes", codes, persistent=False)
+        self.register_buffer("scale", scale, persistent=False)
+
+
+def read_codes(reader: RankFileReader, name: str, device) -> QuantWeight:
+    """``QuantWeight`` of the FP8 or SmoothQuant linear ``name`` (e.g. ``transformer.layers.0.mlp.fc``)."""
+    codes = np.asarray(reader[f"{name}.weight"])
+    if codes.dtype == np.int8:
+        t = torch.from_numpy(np.array(codes))
+    else:  # ml_dtypes.float8_e4m3fn: same bytes
+        t = torch.from_numpy(np.array(codes).view(np.uint8)).view(torch.float8_e4m3fn)
+    scale = np.asarray(reader[f"{name}.{WEIGHTS_SCALE}"], dtype=np.float32).reshape(-1)
+    rows = torch.from_numpy(np.array(np.broadcast_to(scale, (codes.shape[0],))))
+    return QuantWeight(t.to(device), rows.to(device))
+
+
+def stack_fc_gate(mlp: nn.Module) -> None:
+    """A gated MLP's fc and gate codes as one [fc; gate] tensor (``mlp.quant_fc_gate``; fc's and gate's
+    ``quant_weight`` become views of it), so the fused step reads both with one GEMV."""
+    fc, gate = mlp.get_submodule("fc"), getattr(mlp, "gate", None)
+    if gate is None or not hasattr(fc, "quant_weight"):
+        return
+    a, b = cast(QuantWeight, fc.get_submodule("quant_weight")), cast(QuantWeight, gate.get_submodule("quant_weight"))
+    both = QuantWeight(torch.cat([a.codes, b.codes]), torch.cat([a.scale, b.scale]))
+    n = a.codes.shape[0]
+    fc.quant_weight = QuantWeight(both.codes[:n], both.scale[:n])
+    gate.quant_weight = QuantWeight(both.codes[n:], both.scale[n:])
+    mlp.quant_fc_gate = both
 
 
 def _quantize_input(module: nn.Module, args: tuple) -> tuple:
@@ -129,7 +177,10 @@ def attach(model: nn.Module, reader: RankFileReader, config: CheckpointConfig, d
                     raise CheckpointError(f"missing tensor {prefix}{linear}.{ACTIVATION_SCALE}")
                 module = layer.get_submodule(linear)
                 module.input_quant = InputQuant(pre, act, kind)
-                module.register_forward_pre_hook(_quantize_input)
+                module.quant_weight = read_codes(reader, f"{prefix}{linear}", device)
+                if not native_quant.attach_native(module, kind, dtype):  # else it computes from the codes
+                    module.register_forward_pre_hook(_quantize_input)
+            stack_fc_gate(layer.get_submodule("mlp"))
         if kv_kind is not None:
             kv = scale(f"{prefix}attention.{KV_CACHE_SCALE}")
             if kv is None:
