@@ -285,24 +285,24 @@ FEATURES: tuple[Feature, ...] = (
         lambda s: "none" if s.embed_proj_dim is None else "projected",
         {"none": ALL, "projected": UNFUSED},
     ),
-    # ModelOpt's FP8 / INT8 SmoothQuant / INT4 AWQ: emulated by the torch backend (ckpt_eval.quantized); AWQ is
-    # dequantized with its pre-quant scale folded in at load, so the fused kernels run it too (activation
-    # quantization would need kernel support); the weight-only modes are WEIGHT_ONLY_SUPPORTED below
+    # ModelOpt's FP8 / INT8 SmoothQuant / INT4 AWQ: emulated by the torch backend (ckpt_eval.quantized); the fused
+    # kernels read FP8 / int8 codes and quantize their inputs the same way; AWQ is dequantized with its pre-quant
+    # scale folded in at load, so they run it as floats; the weight-only modes are WEIGHT_ONLY_SUPPORTED below
     Feature(
         "quantization",
         lambda s: s.quantization,
         {
             # ckpt-build: TensorRT Q/DQ layers with the checkpoint's per-tensor activation scale; a per-token
             # (dynamic, per-row) int8 scale is no IQuantizeLayer input TensorRT-RTX takes
-            **{m: UNFUSED for m in ("FP8", "W8A8_SQ_PER_CHANNEL", "W8A8_SQ_PER_TENSOR_PLUGIN")},
-            "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN": frozenset({TORCH}),
+            **{m: ALL for m in ("FP8", "W8A8_SQ_PER_CHANNEL", "W8A8_SQ_PER_TENSOR_PLUGIN")},
+            "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN": frozenset({TORCH, FUSED}),
             "W4A16_AWQ with pre-quant scales": ALL,  # ckpt-build: weight-only int4 blocks, x * pre-quant scale
         },
     ),
     Feature(
         "kv_cache_quant_algo",
         lambda s: s.kv_cache_quantization,
-        {"none": ALL, "INT8": UNFUSED, "FP8": UNFUSED},
+        {"none": ALL, "INT8": ALL, "FP8": ALL},
     ),
     Feature("use_prompt_tuning", lambda s: _bool(s.prompt_tuning), {"false": ALL, "true": frozenset({TORCH, FUSED})}),
     Feature("unimplemented fields", lambda s: ", ".join(s.unimplemented) or "none", {"none": ALL}),
