@@ -36,7 +36,7 @@ import transformers
 
 HERE = Path(__file__).resolve().parent
 
-COMMON = dict(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2, max_position_embeddings=64)
+COMMON = dict(vocab_size=96, hidden_size=16, intermediate_size=24, num_hidden_layers=2, max_position_embeddings=64)
 MODELS: dict[str, tuple[str, dict]] = {
     "llama": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)),
     "gemma1": ("GemmaConfig", dict(num_attention_heads=2, num_key_value_heads=2, head_dim=8)),
@@ -53,7 +53,8 @@ LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 def make_hf(name: str) -> dict[str, np.ndarray]:
-    """The tiny HF model saved under ``<name>/hf``; its state dict as float32 arrays. Norm weights are random too."""
+    """The tiny HF model saved under ``<name>/hf``; its state dict as float32 arrays. Norm weights are random too
+    (vocab 96: the container test's tiny tokenizer fits it)."""
     cls, extra = MODELS[name]
     torch.manual_seed(sum(map(ord, name)))
     config = getattr(transformers, cls)(**COMMON, **extra)
