@@ -1,4 +1,4 @@
-# ckpt-convert: Hugging Face / NeMo / Megatron weights -> TensorRT-LLM checkpoint.
+# ckpt-convert: Hugging Face / NeMo / Megatron / DeepSpeed / JAX weights -> TensorRT-LLM checkpoint.
 # Build context: the repository root (see .dockerignore). Classic builder compatible.
 #   docker build -f containers/convert.Dockerfile -t ckpt-suite/convert .
 # The base must provide python3 (>= 3.10) with venv and pip; NVIDIA's PyTorch image also provides torch,
@@ -6,7 +6,7 @@
 ARG BASE_IMAGE=nvcr.io/nvidia/pytorch:25.10-py3
 
 FROM ${BASE_IMAGE} AS install
-ARG EXTRAS=hf,nemo
+ARG EXTRAS=hf,nemo,jax
 ARG EXTRA_CA_CERTS=""
 ARG PIP_INDEX_URL=""
 ARG PIP_EXTRA_INDEX_URL=""

@@ -1,16 +1,16 @@
 #!/bin/sh
-# The whole pipeline through compose: convert (hf, nemo or deepspeed), build, eval, each in its own container.
-#   containers/pipeline.sh [hf|nemo|deepspeed] [extra `docker compose` options, e.g. -f compose.yaml -f compose.cpu.yaml]
+# The whole pipeline through compose: convert (hf, nemo, deepspeed or jax), build, eval, each in its own container.
+#   containers/pipeline.sh [hf|nemo|deepspeed|jax] [extra `docker compose` options, e.g. -f compose.yaml -f compose.cpu.yaml]
 # Stops at the first step that fails and exits with that step's status. Settings come from the environment
-# (HF_MODEL_DIR / NEMO_CKPT_PATH / DEEPSPEED_CHECKPOINT_DIR, MODEL_NAME, DTYPE, TP_SIZE, ...; see docs/containers.md).
+# (HF_MODEL_DIR / NEMO_CKPT_PATH / DEEPSPEED_CHECKPOINT_DIR / JAX_CHECKPOINT_DIR, MODEL_NAME, DTYPE, TP_SIZE, ...; see docs/containers.md).
 set -eu
 
 source=${1:-nemo}
 [ "$#" -eq 0 ] || shift
 case "$source" in
-    hf | nemo | deepspeed) ;;
+    hf | nemo | deepspeed | jax) ;;
     *)
-        echo "pipeline.sh: unknown source '$source' (expected hf, nemo or deepspeed)" >&2
+        echo "pipeline.sh: unknown source '$source' (expected hf, nemo, deepspeed or jax)" >&2
         exit 2
         ;;
 esac

@@ -4,8 +4,8 @@ docs/containers.md's tested blocks run verbatim: the images are built by the fir
 takes a tiny random LLaMA with 256 positions through convert-hf -> build (TensorRT-RTX, limits derived from the
 checkpoint) -> eval (torch backend, the shipped data set) on a host directory as the volume. Then: the files are
 readable by the host user and other users, a volume the containers cannot write fails with the one-line hint,
-the NeMo and DeepSpeed fixtures through `containers/pipeline.sh nemo` / `deepspeed`, the failure and isolation
-guarantees and the default named volume.
+the NeMo, DeepSpeed and JAX fixtures through `containers/pipeline.sh nemo` / `deepspeed` / `jax`, the failure and
+isolation guarantees and the default named volume.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ DATASET = REPO / "tools/eval/ckpt_eval/data/cnn_dailymail_mini.jsonl"
 NEMO_FIXTURE = REPO / "tests/fixtures/nemo/llama_tp2.nemo"  # NeMo 1 archive, source TP 2
 DEEPSPEED_FIXTURE = REPO / "tests/fixtures/deepspeed/zero3_fp32_dp2"  # ZeRO 3 at 2 ranks, written by DeepSpeed
 DEEPSPEED_LIMITS = {"MAX_INPUT_LEN": "40", "MAX_OUTPUT_LEN": "8"}  # its model has 64 positions
+JAX_FIXTURE = REPO / "tests/convert/jax/llama"  # tiny LLaMA (vocab 96, 64 positions) as orbax/flax wrote it
 SETTINGS = {  # small limits: a tiny model, a 2-core CI machine
     "MODEL_NAME": "tiny",
     "MAX_BATCH_SIZE": "1",
@@ -309,6 +310,34 @@ def test_deepspeed_pipeline_converts_builds_and_evaluates(compose: Compose, work
     assert (volume / "checkpoints/deepspeed/tokenizer/tokenizer.json").is_file()
     assert (volume / "engines/deepspeed" / ENGINE_FILE.format(rank=0)).is_file()
     assert (volume / "reports/deepspeed/summarize/results.json").is_file()
+
+
+def test_jax_pipeline_converts_builds_and_evaluates(compose: Compose, workspace: dict) -> None:
+    """`pipeline.sh jax`: an orbax CheckpointManager folder (step 1 of 2 chosen by JAX_STEP), its HF config folder
+    with a tokenizer."""
+    from ckptfmt import validate_checkpoint
+
+    config_dir = workspace["root"] / "jax-config"
+    config_dir.mkdir()
+    shutil.copy(JAX_FIXTURE / "hf" / "config.json", config_dir / "config.json")
+    save_tiny_tokenizer(config_dir, DATASET, vocab_size=96)  # the fixture model's vocabulary
+    for path in [config_dir, *config_dir.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    volume = workspace["volume"]
+    env = {
+        **SETTINGS,
+        **DEEPSPEED_LIMITS,  # the same 64 positions
+        "MODEL_NAME": "jax",
+        "JAX_CHECKPOINT_DIR": str(JAX_FIXTURE / "manager"),
+        "JAX_MODEL_CONFIG_DIR": str(config_dir),
+        "JAX_STEP": "1",
+        "CKPT_VOLUME": str(volume),
+    }
+    _ok(compose.pipeline("jax", env))
+    validate_checkpoint(volume / "checkpoints/jax")
+    assert (volume / "checkpoints/jax/tokenizer/tokenizer.json").is_file()
+    assert (volume / "engines/jax" / ENGINE_FILE.format(rank=0)).is_file()
+    assert (volume / "reports/jax/summarize/results.json").is_file()
 
 
 def test_read_only_source_is_unchanged(workspace: dict, source_before: dict) -> None:

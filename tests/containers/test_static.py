@@ -28,6 +28,7 @@ SERVICE_DOCKERFILE = {
     "convert-hf": "convert.Dockerfile",
     "convert-nemo": "convert.Dockerfile",
     "convert-deepspeed": "convert.Dockerfile",
+    "convert-jax": "convert.Dockerfile",
     "build": "build.Dockerfile",
     "eval": "eval.Dockerfile",
 }
@@ -156,6 +157,15 @@ def test_deepspeed_tag_is_passed_only_when_set() -> None:
     assert tagged["command"][tagged["command"].index("--tag") + 1] == "global_step7"
 
 
+def test_jax_step_is_passed_only_when_set() -> None:
+    latest = _resolved(COMPOSE, env=_clean_env())["services"]["convert-jax"]["command"]
+    assert latest[0] == "jax" and "--step" not in latest
+    assert latest[latest.index("--checkpoint_dir") + 1] == "/src/checkpoint"
+    assert latest[latest.index("--model_config") + 1] == "/src/model-config"
+    stepped = _resolved(COMPOSE, env=_clean_env(JAX_STEP="300"))["services"]["convert-jax"]["command"]
+    assert stepped[stepped.index("--step") + 1] == "300"
+
+
 def test_gpu_reservations_only_without_the_cpu_override() -> None:
     gpu = _resolved(COMPOSE, env=_clean_env())["services"]
     cpu = _resolved(COMPOSE, COMPOSE_CPU, env=_clean_env())["services"]
@@ -255,8 +265,8 @@ def test_image_extras_exist_in_the_tools(files: tuple[Path, ...]) -> None:
 
 
 def test_pipeline_script_rejects_an_unknown_source() -> None:
-    done = _run(str(REPO / "containers/pipeline.sh"), "jax", env=_clean_env())
-    assert done.returncode == 2 and "unknown source 'jax'" in done.stderr
+    done = _run(str(REPO / "containers/pipeline.sh"), "gguf", env=_clean_env())
+    assert done.returncode == 2 and "unknown source 'gguf'" in done.stderr
 
 
 ENTRYPOINT = REPO / "containers/entrypoint.sh"
