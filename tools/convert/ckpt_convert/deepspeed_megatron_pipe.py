@@ -27,7 +27,8 @@ from .torch_pickle import StoredTensor
 
 EMBEDDING_LOCAL = "word_embeddings.weight"
 LAYER_PARTS = ("input_layernorm.", "self_attention.", "post_attention_layernorm.", "mlp.")
-MEGATRON_LOCAL = (EMBEDDING_LOCAL, "input_layernorm.weight", "self_attention.query_key_value.weight")
+# names only Megatron layers have (HF decoder layers share input_layernorm / post_attention_layernorm)
+MEGATRON_LOCAL = (EMBEDDING_LOCAL, "self_attention.query_key_value.weight", "mlp.dense_h_to_4h.weight")
 EMBEDDING_PREFIX = "language_model.embedding."
 LAYER_PREFIX = "language_model.encoder.layers.{k}."
 TAIL = {
