@@ -113,9 +113,11 @@ def window(hf: HFConfig) -> dict:
     ``layer_types`` (transformers 5) or its pattern; a layer order no such N describes is refused."""
     layers = hf.require("num_hidden_layers")
     declared = hf.get("_sliding_window_pattern", "sliding_window_pattern", default=DEFAULT_PATTERN[hf.model_type])
+    if isinstance(declared, bool) or not isinstance(declared, int) or declared < 1:
+        raise CheckpointError(f"{hf.path}: sliding_window_pattern must be a positive integer, got {declared!r}")
     types = hf.get("layer_types")
     if types is None:
-        local = [isinstance(declared, int) and bool((i + 1) % declared) for i in range(layers)]
+        local = [bool((i + 1) % declared) for i in range(layers)]
     elif isinstance(types, list) and len(types) == layers and all(t in LAYER_TYPES for t in types):
         local = [t == "sliding_attention" for t in types]
     else:
@@ -125,8 +127,8 @@ def window(hf: HFConfig) -> dict:
     size = hf.get("sliding_window")
     if not size or not any(local):
         return {}
-    candidates = [p for p in (declared, *range(1, layers + 2)) if isinstance(p, int) and not isinstance(p, bool)]
-    pattern = next((p for p in candidates if p >= 1 and local == [bool((i + 1) % p) for i in range(layers)]), None)
+    candidates = (declared, *range(1, layers + 2))
+    pattern = next((p for p in candidates if local == [bool((i + 1) % p) for i in range(layers)]), None)
     if pattern is None:
         raise CheckpointError(
             f"{hf.path}: layer_types {types} are not local layers with every Nth one global, the one pattern "
