@@ -1,7 +1,6 @@
 """Constants of the checkpoint format: file names, dtypes, architectures, quantization spellings."""
 
-import ml_dtypes
-import numpy as np
+from .dtypes import DtypeTable, TagTable
 
 CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
@@ -9,29 +8,27 @@ RANK_FILE = "rank{rank}.safetensors"
 ENGINE_FILE = "rank{rank}.engine"
 TOKENIZER_DIR = "tokenizer"  # converters carry the source's tokenizer files here; evaluators look here
 
-# dtype name in config.json -> numpy dtype
-DTYPES: dict[str, np.dtype] = {
-    "float32": np.dtype(np.float32),
-    "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-}
+# dtype name in config.json -> numpy dtype (numpy and ml_dtypes load when a value is read: ``dtypes``)
+DTYPES = DtypeTable({"float32": "float32", "float16": "float16", "bfloat16": "ml_dtypes.bfloat16"})
 
 # safetensors dtype tag <-> numpy dtype (everything the format may hold)
-SAFETENSORS_DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype(np.float64),
-    "F32": np.dtype(np.float32),
-    "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
-    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
-    "I64": np.dtype(np.int64),
-    "I32": np.dtype(np.int32),
-    "I16": np.dtype(np.int16),
-    "I8": np.dtype(np.int8),
-    "U8": np.dtype(np.uint8),
-    "BOOL": np.dtype(np.bool_),
-}
-SAFETENSORS_TAGS: dict[np.dtype, str] = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+SAFETENSORS_DTYPES = DtypeTable(
+    {
+        "F64": "float64",
+        "F32": "float32",
+        "F16": "float16",
+        "BF16": "ml_dtypes.bfloat16",
+        "F8_E4M3": "ml_dtypes.float8_e4m3fn",
+        "F8_E5M2": "ml_dtypes.float8_e5m2",
+        "I64": "int64",
+        "I32": "int32",
+        "I16": "int16",
+        "I8": "int8",
+        "U8": "uint8",
+        "BOOL": "bool",
+    }
+)
+SAFETENSORS_TAGS = TagTable(SAFETENSORS_DTYPES)
 
 # quant_algo (newer TensorRT-LLM / ModelOpt spelling) <-> the boolean-flag spelling
 WEIGHT_ONLY_ALGOS = {"W8A16": "int8", "W4A16": "int4"}

@@ -114,7 +114,8 @@ def apply_arguments(
         raise CheckpointError(f"--group_size: must be >= 1 (got {args.group_size})")
     tp, pp = parallel_sizes(args)
     out = config.with_mapping(tp, pp)
-    out.dtype = args.dtype if args.dtype != "auto" else (source_dtype if source_dtype in DTYPES else "float16")
+    auto = source_dtype if source_dtype is not None and source_dtype in DTYPES else "float16"
+    out.dtype = args.dtype if args.dtype != "auto" else auto
     out.use_parallel_embedding = args.use_parallel_embedding
     out.embedding_sharding_dim = args.embedding_sharding_dim
     warnings = []
