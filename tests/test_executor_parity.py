@@ -26,6 +26,7 @@ pytest.importorskip("ckpt_build")
 pytest.importorskip("ckpt_convert")
 
 import importlib  # noqa: E402
+import re  # noqa: E402
 
 from ckpt_build.execute import TorchRanks  # noqa: E402
 from ckpt_build.limits import Limits  # noqa: E402
@@ -43,6 +44,7 @@ from ckptfmt import (  # noqa: E402
 )
 from ckptfmt.reconcile import reconcile  # noqa: E402
 from ckptfmt.semantics import BUILDER, FEATURES, FUSED, TORCH, support_rows  # noqa: E402
+from tests.eval.test_gemma import make_gemma_hf  # noqa: E402
 from tests.random_checkpoint import random_checkpoint  # noqa: E402
 from tests.tiny_models import TINY_CONFIGS, convert_tiny, make_tiny_hf  # noqa: E402
 
@@ -75,6 +77,12 @@ HF_VARIANTS: dict[str, tuple[str, dict, dict]] = {
     ),
     "llama-int8-weight-only": ("llama-gqa", {}, dict(use_weight_only=True, weight_only_precision="int8")),
 }
+# variant -> (tests.eval.test_gemma model, transformers overrides): Gemma's features, transformers the reference
+GEMMA_VARIANTS: dict[str, tuple[str, dict]] = {
+    "gemma": ("gemma", {}),  # embedding x sqrt(hidden), norms stored as 1 + w
+    "gemma2-window-4-caps": ("gemma2", dict(sliding_window=4)),  # sandwich norms, caps, query_pre_attn_scalar
+    "gemma3-local-rope": ("gemma3", dict(sliding_window=4)),  # q/k norms, local:global layers and rope bases
+}
 # variant -> config.json overrides of a random checkpoint (no HF model computes it): the reference is the torch
 # backend where it computes the model, else nothing is compared and every executor must refuse
 BASE = {
@@ -100,7 +108,8 @@ CONFIG_VARIANTS: dict[str, dict] = {
     "gelu-erf-plain": {**GPT, "hidden_act": "gelu", "gelu_approximate": "none"},
     "alibi-with-scale": {**GPT, "hidden_act": "gelu", "position_embedding_type": "alibi_with_scale"},
     "prompt-tuning": {"use_prompt_tuning": True},
-    "softcapping": {"final_logit_softcapping": 30.0},
+    "residual-multiplier": {"residual_multiplier": 0.5},  # a field no executor computes
+    "final-softcapping": {"final_logit_softcapping": 3.0},
     "yarn-scaling": {"rotary_scaling": {"type": "yarn", "factor": 4.0}},
 }
 # variant -> (ModelOpt export of tests/fixtures/modelopt_quantized/llama_gqa, quantization overrides): quantized
@@ -114,7 +123,7 @@ FIXTURE_VARIANTS: dict[str, tuple[str, dict]] = {
     "int8-sq-per-tensor": ("int8_sq", {"quant_algo": "W8A8_SQ_PER_TENSOR_PLUGIN"}),  # weights requantized
     "int4-awq": ("int4_awq", {}),
 }
-VARIANTS = [*HF_VARIANTS, *CONFIG_VARIANTS, *FIXTURE_VARIANTS]
+VARIANTS = [*HF_VARIANTS, *GEMMA_VARIANTS, *CONFIG_VARIANTS, *FIXTURE_VARIANTS]
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -141,6 +150,13 @@ class Variants:
                     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
                     with torch.no_grad():
                         ref = model(torch.tensor([PROMPT])).logits[0, -1]
+            elif name in GEMMA_VARIANTS:
+                base, overrides = GEMMA_VARIANTS[name]
+                hf_dir = make_gemma_hf(base, self.root / f"hf-{name}", **overrides)
+                convert_tiny(base, path, hf_dir=hf_dir)
+                model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+                with torch.no_grad():
+                    ref = model(torch.tensor([PROMPT])).logits[0, -1]
             elif name in FIXTURE_VARIANTS:
                 mode, overrides = FIXTURE_VARIANTS[name]
                 src = self.root / f"src-{name}"
@@ -223,8 +239,8 @@ def test_executors_agree_or_refuse(variants, name):
 
     # the builder's network, executed on torch
     refused = refused_fields(rows, BUILDER)
-    if refused:
-        with pytest.raises(CheckpointError, match=refused[0]):
+    if refused:  # the line names one of the fields it does not compute (the window is checked last)
+        with pytest.raises(CheckpointError, match="|".join(map(re.escape, refused))):
             TorchRanks(path, LIMITS)
     else:
         tokens, logits = TorchRanks(path, LIMITS).greedy(PROMPT, 1)
@@ -261,6 +277,8 @@ def test_every_table_value_has_a_variant(variants):
     for feature in FEATURES:
         missing = set(feature.support) - seen.get(feature.field, set())
         assert not missing, f"{feature.field}: no variant has {sorted(missing)}"
+        if feature.other:  # a number the config sets (a window, a cap): some variant sets one
+            assert seen.get(feature.field, set()) - set(feature.support), f"{feature.field}: no variant sets it"
     assert {"none", "W8A16"} <= seen["quantization"]
     everyone = set()
     for name in VARIANTS:
