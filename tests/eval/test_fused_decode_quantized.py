@@ -1,0 +1,118 @@
+"""The fused decode step on FP8 checkpoints: e4m3 weight codes read by the GEMVs, inputs quantized as the torch
+backend's ``quantized.InputQuant`` does (triton's interpreter on CPU, compiled on a GPU).
+
+The checkpoints are random float models quantized to FP8 by ``ckpt_eval.fp8_quantize`` (per-tensor scales,
+calibrated activation scales). ModelOpt's own FP8, INT8 SmoothQuant and KV-cache exports run through the fused
+step in tests/test_executor_parity.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"  # read when triton is imported
+triton = pytest.importorskip("triton")
+
+import importlib  # noqa: E402
+
+import triton.language as tl  # noqa: E402
+
+from ckpt_eval import decode_kernels  # noqa: E402
+from ckpt_eval.fp8_quantize import quantize_fp8  # noqa: E402
+from ckpt_eval.fused_decode import FusedDecoder, unsupported  # noqa: E402
+from ckpt_eval.runner import ModelRunner  # noqa: E402
+from ckptfmt import CheckpointConfig, RankFileReader, load_config, save_checkpoint  # noqa: E402
+from tests.eval.test_fused_decode import BASE, DEVICE, VARIANTS, load, teacher_forced_errors  # noqa: E402
+from tests.random_checkpoint import random_checkpoint  # noqa: E402
+
+if not CUDA:
+    importlib.reload(decode_kernels)
+CALIBRATION = torch.arange(3, 40).view(1, -1)
+# max |fused - torch backend| / max |torch backend| over the steps. float32: rounding (the fused GEMV applies
+# the weight scale to the row's sum, the torch backend to each weight). float16: the torch backend also rounds
+# each dequantized weight to float16 (2**-11), as the float16 model's own tolerance allows
+TOLERANCE = {"float32": 2e-5, "float16": 5e-3, "bfloat16": 3e-2}
+FP8_VARIANTS = ["llama-gqa", "float16", "bfloat16", "all-biases", "mqa-gelu-tanh"]
+
+
+def fp8_checkpoint(tmp_path, name: str):
+    config = CheckpointConfig.from_dict({**BASE, **VARIANTS[name]}).check()
+    src = random_checkpoint(tmp_path / f"{name}-float", config, seed=len(name))
+    dst = tmp_path / f"{name}-fp8"
+    return dst, quantize_fp8(src, dst, CALIBRATION)
+
+
+@pytest.mark.parametrize("name", FP8_VARIANTS)
+def test_fp8_fused_step_matches_torch_backend(tmp_path, name):
+    path, config = fp8_checkpoint(tmp_path, name)
+    model = load(path, config)
+    assert model.transformer.blocks()[0].attention.qkv.quant_weight.codes.dtype == torch.float8_e4m3fn
+    assert unsupported(model) is None
+    errors = teacher_forced_errors(model, FusedDecoder(model), prompt_len=5, steps=6)
+    assert max(errors) <= TOLERANCE[config.dtype], errors
+
+
+def test_fp8_fused_greedy_tokens_equal_torch_backend(tmp_path):
+    """``compile="fused"`` through ModelRunner on the FP8 checkpoint gives the eager torch backend's tokens."""
+    path, _ = fp8_checkpoint(tmp_path, "llama-gqa")
+    eager = ModelRunner.from_dir(path, device=DEVICE)
+    fused = ModelRunner.from_dir(path, device=DEVICE, compile="fused")
+    assert fused.model.decode_path == "fused"
+    for prompt in (torch.tensor([1, 2, 3, 4, 5]), torch.tensor([9, 8, 7])):
+        assert torch.equal(fused.generate([prompt], max_new_tokens=10), eager.generate([prompt], max_new_tokens=10))
+
+
+def test_nan_weight_codes_are_refused(tmp_path):
+    path, config = fp8_checkpoint(tmp_path, "llama-gqa")
+    with RankFileReader(path / "rank0.safetensors") as reader:
+        tensors = {n: reader[n].copy() for n in reader.entries}
+    name = "transformer.layers.1.mlp.proj.weight"
+    tensors[name].view("uint8")[0, 3] = 0x7F  # e4m3fn's NaN
+    save_checkpoint(tmp_path / "nan", load_config(path), {0: tensors})
+    assert "NaN" in unsupported(load(tmp_path / "nan", config))
+
+
+@triton.jit
+def _rounding_kernel(X, E4M3, INT8, S, N: tl.constexpr):
+    i = tl.arange(0, N)
+    y = tl.math.div_rn(tl.load(X + i), tl.load(S))
+    tl.store(E4M3 + i, decode_kernels._round_e4m3(tl.clamp(y, -448.0, 448.0)))
+    tl.store(INT8 + i, decode_kernels._rint(tl.clamp(y, -128.0, 127.0)))
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.37, 3e-3])
+def test_kernel_rounding_equals_torch_casts(scale):
+    """``_round_e4m3`` and ``_rint`` give torch's float8_e4m3fn cast and ``round`` for every e4m3 value, every
+    midpoint and its neighbours (ties to even), half-integers, random values, subnormals and saturation."""
+    codes = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    codes = codes[torch.isfinite(codes)].unique()
+    mids = (codes[1:] + codes[:-1]) / 2
+    gen = torch.Generator().manual_seed(0)
+    x = (
+        torch.cat(
+            [
+                codes,
+                mids,
+                mids.nextafter(torch.full_like(mids, 1e9)),
+                mids.nextafter(torch.full_like(mids, -1e9)),
+                torch.arange(-130, 130).float() + 0.5,
+                torch.randn(3000, generator=gen) * 100,
+                torch.randn(1000, generator=gen) * 0.01,
+                torch.tensor([500.0, -1000.0, 1e-9, -0.0, 1e-30]),
+            ]
+        )
+        * scale
+    )
+    n = 1 << (x.numel() - 1).bit_length()
+    x = torch.cat([x, torch.zeros(n - x.numel())]).to(DEVICE)
+    e4m3, int8 = torch.empty_like(x), torch.empty_like(x)
+    s = torch.tensor([scale], device=DEVICE)
+    _rounding_kernel[(1,)](x, e4m3, int8, s, N=n)
+    y = x / s
+    assert torch.equal(e4m3, y.clamp(-448, 448).to(torch.float8_e4m3fn).float())
+    assert torch.equal(int8, y.round().clamp(-128, 127))
