@@ -16,7 +16,7 @@ from typing import Any
 
 from .constants import ARCHITECTURES, CONFIG_FILE, DTYPES, KV_CACHE_ALGOS, WEIGHT_ONLY_ALGOS
 from .errors import CheckpointError
-from .io import read_json_file
+from .jsonfile import read_json_file
 from .kinds import CHECKPOINT, wrong_kind_message
 from .mapping import Mapping
 from .semantics import field_problems

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .constants import CONFIG_FILE
 from .errors import CheckpointError
-from .io import read_json_file
+from .jsonfile import read_json_file
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from .errors import CheckpointError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .names import ModelSpec
 
 
@@ -177,6 +177,8 @@ def rotary_inv_freq(rotary_dim: int, base: float, scaling: dict | None) -> np.nd
     """float32 ``[rotary_dim / 2]`` inverse frequencies, scaled as ``rotary_scaling`` says (linear, llama3).
 
     Every executor takes its rotary angles from here (positions x these)."""
+    import numpy as np  # here: parsing a config needs no numpy
+
     exponents = np.arange(0, rotary_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(rotary_dim)
     inv_freq = (np.float32(1.0) / np.power(np.float32(base), exponents, dtype=np.float32)).astype(np.float32)
     kind = rotary_scaling_type(scaling)
