@@ -17,6 +17,7 @@ import errno
 import importlib
 import signal
 import sys
+from collections.abc import Sequence
 
 PROG = "ckpt-convert"
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -29,12 +30,16 @@ SOURCES: dict[str, str] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every source; only the named one's when ``argv`` starts with a source (start-up time:
+    each source module imports its own dependencies)."""
     parser = argparse.ArgumentParser(
         prog=PROG, description="Convert model weights into a TensorRT-LLM compatible checkpoint."
     )
     sub = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    for name, module_name in SOURCES.items():
+    named = [argv[0]] if argv and argv[0] in SOURCES else list(SOURCES)
+    for name in named:
+        module_name = SOURCES[name]
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.DESCRIPTION, description=module.DESCRIPTION)
         module.add_arguments(p)
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a signal held during the imports is raised here
-    args = build_parser().parse_args(argv)
+    args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
     return run_reporting_errors(args.run, args)
 
 
