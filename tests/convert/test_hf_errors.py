@@ -59,7 +59,7 @@ def test_unsupported_model_type_lists_supported(tiny_hf, tmp_path, capsys):
         err,
         tmp_path / "out",
         "model_type 'bert' is not supported",
-        "falcon, gpt2, gpt_neox, llama, mistral, opt, qwen2",
+        "falcon, gemma, gemma2, gemma3_text, gpt2, gpt_neox, llama, mistral, opt, qwen2",
     )
 
 
