@@ -94,3 +94,14 @@ def test_step_selection(hf_reference, tmp_path, capsys):
     for name, value in want.items():
         expected = -value if name == "transformer.vocab_embedding.weight" else value
         assert (step1[name] == expected).all(), name
+
+
+def test_workers(hf_reference, tmp_path, capsys):
+    """--workers: each worker process opens the tree itself (the opener pickles)."""
+    reference = hf_reference("gemma2" if "gemma2" in ARCHITECTURES else "llama", 2, 1, capsys)
+    model = reference.name.split("-")[0]
+    out = tmp_path / "out"
+    flags = ("--checkpoint_dir", FIXTURES / model / "ocdbt", "--model_config", FIXTURES / model / "hf")
+    rc, err = convert("jax", out, capsys, *flags, "--tp_size", 2, "--workers", 2)
+    assert rc == 0, err
+    assert_same_checkpoint(out, reference)

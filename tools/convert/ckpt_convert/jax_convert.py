@@ -50,18 +50,17 @@ def run(args: argparse.Namespace) -> int:
     check_links(location, checkpoint_dir)
     hf_dir = config_folder(args.model_config)
     model, hf, arch = model_config(hf_dir)
-    table = TABLES.get(hf.model_type)
-    if table is None:
+    if hf.model_type not in TABLES:
         raise CheckpointError(
             f"{hf.path}: model_type {hf.model_type!r} has no known JAX layout (known: {', '.join(sorted(TABLES))})"
         )
     specs = full_tensor_specs(model).values()
     expect = Expect(model.hidden_size, model.num_hidden_layers, max(math.prod(s.shape) for s in specs))
-    with open_jax(location, table, expect) as source:
+    with open_jax(location, hf.model_type, expect) as source:
         dtypes = source.dtypes
     config = target_config(model, args, dtypes, arch.tied(hf))
     summary = convert_checkpoint(
-        functools.partial(open_jax, location, table, expect),
+        functools.partial(open_jax, location, hf.model_type, expect),
         arch.table,
         config,
         args.output_dir,

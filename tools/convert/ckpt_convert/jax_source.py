@@ -22,7 +22,7 @@ from ckptfmt import CheckpointError
 from .jax_layout import Location
 from .jax_msgpack import StoredArray, read_array, scan
 from .jax_orbax import OrbaxArrays, read_metadata
-from .jax_tables import JaxTable, Leaf
+from .jax_tables import TABLES, JaxTable, Leaf
 from .lazy_source import LazyTensorSource
 from .source_guard import GuardedFile
 from .sources import LazyTensor
@@ -159,5 +159,6 @@ class JaxSource(LazyTensorSource):
             self._file.close()
 
 
-def open_jax(location: Location, table: JaxTable, expect: Expect) -> JaxSource:
-    return JaxSource(location, table, expect)
+def open_jax(location: Location, model_type: str, expect: Expect) -> JaxSource:
+    """The source for an HF ``model_type``'s layout table (a name, so that the opener pickles for workers)."""
+    return JaxSource(location, TABLES[model_type], expect)
