@@ -1,21 +1,26 @@
-"""``ckpt-convert hf``: a local HuggingFace transformers directory -> checkpoint."""
+"""``ckpt-convert hf``: a local HuggingFace transformers directory -> checkpoint.
+
+Importing this module (to parse the command line) loads no numpy: the converter's modules are imported
+when a conversion runs (``tests/convert/test_startup.py``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ckptfmt import TOKENIZER_DIR, CheckpointConfig, CheckpointError
 
 from .. import options, quant_options
-from ..modelopt_import import convert_quantized
-from ..quantized import check_not_quantized
-from ..stream import Summary, convert_checkpoint
-from .architectures import ARCHITECTURES, HFArchitecture, architecture_of
-from .files import inside, open_hf_source
-from .hf_config import HFConfig
+
+if TYPE_CHECKING:
+    from ..stream import Summary
+    from .architectures import ARCHITECTURES, HFArchitecture
+    from .hf_config import HFConfig
 
 DESCRIPTION = "HuggingFace transformers directory (config.json + safetensors or pytorch_model*.bin)"
 # carried into <output_dir>/tokenizer/ so that evaluation finds the model's tokenizer with the checkpoint
@@ -52,6 +57,10 @@ def model_config(
     model_dir: str | Path, quantized_ok: bool = False
 ) -> tuple[CheckpointConfig, HFConfig, HFArchitecture]:
     """The checkpoint config (tp 1, pp 1, source dtype, unquantized) that describes the HF model in ``model_dir``."""
+    from ..quantized import check_not_quantized
+    from .architectures import architecture_of
+    from .hf_config import HFConfig
+
     hf = HFConfig.load(model_dir)
     if not quantized_ok:  # the ModelOpt import (modelopt_import) reads the quantization itself
         check_not_quantized(hf.path.parent, hf.data)
@@ -72,6 +81,9 @@ def model_config(
 
 def convert_hf(model_dir: str | Path, args: argparse.Namespace) -> Summary:
     """Convert with the shared conversion flags in ``args`` (see ``options.add_arguments``)."""
+    from ..stream import convert_checkpoint
+    from .files import open_hf_source
+
     model_config_, hf, arch = model_config(model_dir)
     config, warnings = options.apply_arguments(model_config_, args, hf.dtype, arch.tied(hf))
     for line in warnings:
@@ -93,6 +105,8 @@ def convert_hf(model_dir: str | Path, args: argparse.Namespace) -> Summary:
 
 def tokenizer_files(model_dir: Path) -> dict[str, Path]:
     """Tokenizer files to carry into the output; one that is a link out of the model directory is refused."""
+    from .files import inside
+
     return {
         f"{TOKENIZER_DIR}/{name}": inside(model_dir, model_dir / name, "a tokenizer file")
         for name in TOKENIZER_FILES
@@ -101,12 +115,21 @@ def tokenizer_files(model_dir: Path) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..modelopt_import import convert_quantized
+
     line = convert_quantized(args)  # --qformat, or a ModelOpt export; None for a plain HF model
     if line is None:
         line = convert_hf(args.model_dir, args).line(args.output_dir)
     if not args.quiet:
         print(line)
     return 0
+
+
+def __getattr__(name: str) -> Any:
+    """``ARCHITECTURES`` loads the architecture tables on first use."""
+    if name == "ARCHITECTURES":
+        return importlib.import_module(".architectures", __name__).ARCHITECTURES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["ARCHITECTURES", "DESCRIPTION", "add_arguments", "convert_hf", "model_config", "run"]
