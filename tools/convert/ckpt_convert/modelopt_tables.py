@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 
-import ml_dtypes
 import numpy as np
 
 from ckptfmt import CheckpointError, ModelSpec
@@ -30,11 +29,11 @@ from . import transforms
 from .rules import Rule, Table
 
 FP8_MAX = 448.0  # largest float8_e4m3fn
-# scheme -> dtypes its quantized HF weights may have
+# scheme -> names of the dtypes its quantized HF weights may have (names: no ml_dtypes import at start-up)
 WEIGHT_DTYPES = {
-    "fp8": (np.dtype(ml_dtypes.float8_e4m3fn),),
-    "int8_sq": (np.dtype(np.int8),),
-    "int4_awq": (np.dtype(np.uint8), np.dtype(np.int8)),
+    "fp8": ("float8_e4m3fn",),
+    "int8_sq": ("int8",),
+    "int4_awq": ("uint8", "int8"),
 }
 
 
@@ -48,8 +47,8 @@ class BadSource(ValueError):
 
 def _check_dtype(arrays: list[np.ndarray], scheme: str) -> None:
     for i, a in enumerate(arrays):
-        if a.dtype not in WEIGHT_DTYPES[scheme]:
-            want = " or ".join(str(d) for d in WEIGHT_DTYPES[scheme])
+        if a.dtype.name not in WEIGHT_DTYPES[scheme]:
+            want = " or ".join(WEIGHT_DTYPES[scheme])
             raise BadSource(i, f"dtype {a.dtype}, a {scheme} export stores {want}")
 
 

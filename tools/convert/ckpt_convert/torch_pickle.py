@@ -21,29 +21,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 
 from ckptfmt import CheckpointError, to_numpy
+from ckptfmt.dtypes import DtypeTable
 
 from .source_guard import Fingerprint, GuardedFile
 
 MAX_PICKLE = 256 << 20  # data.pkl holds names and shapes only
 LEGACY_MAX = 2 << 30  # a pre-zip pickle is read whole: bounded
-NUMPY_DTYPES = {
-    "float64": np.dtype(np.float64),
-    "float32": np.dtype(np.float32),
-    "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-    "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
-    "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
-    "int64": np.dtype(np.int64),
-    "int32": np.dtype(np.int32),
-    "int16": np.dtype(np.int16),
-    "int8": np.dtype(np.int8),
-    "uint8": np.dtype(np.uint8),
-    "bool": np.dtype(np.bool_),
-}
+NUMPY_DTYPES = DtypeTable(  # torch dtype name -> numpy dtype (ml_dtypes loads only for bfloat16 and fp8)
+    {
+        "float64": "float64",
+        "float32": "float32",
+        "float16": "float16",
+        "bfloat16": "ml_dtypes.bfloat16",
+        "float8_e4m3fn": "ml_dtypes.float8_e4m3fn",
+        "float8_e5m2": "ml_dtypes.float8_e5m2",
+        "int64": "int64",
+        "int32": "int32",
+        "int16": "int16",
+        "int8": "int8",
+        "uint8": "uint8",
+        "bool": "bool",
+    }
+)
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError, struct.error)
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length
 
