@@ -239,9 +239,6 @@ def _window(s: ModelSpec) -> str:
     return f"{s.sliding_window} positions" + (f", 1 global layer in {pattern}" if pattern else "")
 
 
-TORCH_ONLY = frozenset({TORCH})
-
-
 FEATURES: tuple[Feature, ...] = (
     Feature(
         "hidden_act",
@@ -270,18 +267,18 @@ FEATURES: tuple[Feature, ...] = (
     Feature(
         "rotary_scaling", lambda s: rotary_scaling_type(s.rotary_scaling), {"none": ALL, "linear": ALL, "llama3": ALL}
     ),
-    Feature("sliding_window", _window, {"none": ALL}, TORCH_ONLY),
-    Feature("rope_local_base_freq", lambda s: _number(s.rotary_base_local), {"none": ALL}, TORCH_ONLY),
+    Feature("sliding_window", _window, {"none": ALL}, UNFUSED),
+    Feature("rope_local_base_freq", lambda s: _number(s.rotary_base_local), {"none": ALL}, UNFUSED),
     Feature(
         "embedding scale",
         lambda s: "none" if s.embedding_scale == 1 else "sqrt(hidden_size)",
-        {"none": ALL, "sqrt(hidden_size)": TORCH_ONLY},
+        {"none": ALL, "sqrt(hidden_size)": UNFUSED},
     ),
-    Feature("inter_layernorms", lambda s: _bool(s.attn_out_norm), {"false": ALL, "true": TORCH_ONLY}),
-    Feature("qk norm", lambda s: _bool(s.qk_norm), {"false": ALL, "true": TORCH_ONLY}),
-    Feature("query_pre_attn_scalar", lambda s: _number(s.query_pre_attn_scalar), {"none": ALL}, TORCH_ONLY),
-    Feature("attn_logit_softcapping", lambda s: _number(s.attn_logit_softcapping), {"none": ALL}, TORCH_ONLY),
-    Feature("final_logit_softcapping", lambda s: _number(s.final_logit_softcapping), {"none": ALL}, TORCH_ONLY),
+    Feature("inter_layernorms", lambda s: _bool(s.attn_out_norm), {"false": ALL, "true": UNFUSED}),
+    Feature("qk norm", lambda s: _bool(s.qk_norm), {"false": ALL, "true": UNFUSED}),
+    Feature("query_pre_attn_scalar", lambda s: _number(s.query_pre_attn_scalar), {"none": ALL}, UNFUSED),
+    Feature("attn_logit_softcapping", lambda s: _number(s.attn_logit_softcapping), {"none": ALL}, UNFUSED),
+    Feature("final_logit_softcapping", lambda s: _number(s.final_logit_softcapping), {"none": ALL}, UNFUSED),
     Feature(
         "word_embed_proj_dim",
         lambda s: "none" if s.embed_proj_dim is None else "projected",

@@ -51,11 +51,11 @@ def test_declared_field_types_are_checked(over, problem):
     [
         ({"hidden_act": "squared-relu"}, "hidden_act", []),
         ({"residual_multiplier": 0.5}, "unimplemented fields", []),
-        ({"final_logit_softcapping": 30.0}, "final_logit_softcapping", [TORCH]),
-        ({"attn_logit_softcapping": 50.0}, "attn_logit_softcapping", [TORCH]),
+        ({"final_logit_softcapping": 30.0}, "final_logit_softcapping", [BUILDER, TORCH]),
+        ({"attn_logit_softcapping": 50.0}, "attn_logit_softcapping", [BUILDER, TORCH]),
         ({"rotary_scaling": {"type": "dynamic", "factor": 2.0}}, "rotary_scaling", []),
         ({"position_embedding_type": "alibi"}, "position_embedding_type", [TORCH]),
-        ({"sliding_window": 16}, "sliding_window", [TORCH]),
+        ({"sliding_window": 16}, "sliding_window", [BUILDER, TORCH]),
     ],
 )
 def test_unsupported_values_are_refused_naming_field_and_supporters(over, field, who):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -165,7 +164,7 @@ def refuse_quantized(checkpoint_dir: Path) -> None:
 def check_supported(config: CheckpointConfig) -> None:
     """Reject what the network cannot express: the support table's features (``ckptfmt.semantics``, one line
     naming the field, the value and the executors that compute it) and the quantization details it does not
-    model. The sliding window depends on the sequence length: ``check_window``."""
+    model."""
     q = config.quantization
     if q.use_weight_only and q.extra.get("has_zero_point"):
         raise CheckpointError("config.json: quantization.has_zero_point: zero points are not supported by ckpt-build")
@@ -174,31 +173,16 @@ def check_supported(config: CheckpointConfig) -> None:
             "config.json: quantization.pre_quant_scale: AWQ pre-quant scales are not supported by ckpt-build"
         )
     spec = model_spec(config)
-    check_support(dataclasses.replace(spec, sliding_window=None), BUILDER)
+    check_support(spec, BUILDER)
     if spec.rotary and (spec.rotary_dim <= 0 or spec.rotary_dim % 2 or spec.rotary_dim > spec.head_size):
         raise CheckpointError(
             f"config.json: rotary_dim: {spec.rotary_dim} must be even and within head_size {spec.head_size}"
         )
 
 
-def check_window(config: CheckpointConfig, build: BuildConfig) -> None:
-    """A sliding window the engine's sequences can outgrow is refused: the network attends to every cached
-    position (the torch backend honours the window; ``ckpt-run --backend torch`` runs such a checkpoint)."""
-    window = model_spec(config).sliding_window
-    if window is not None and window < build.max_seq_len:
-        raise CheckpointError(
-            f"config.json: sliding_window: {window} is not supported by ckpt-build (its attention sees every "
-            f"cached position; max_seq_len {build.max_seq_len} exceeds the window); the torch backend supports it "
-            f"(ckpt-run --backend torch), or build with --max_seq_len {window} or less"
-        )
-    # a window the sequences never reach computes what full attention computes: nothing to refuse
-
-
 def supported_build(config: CheckpointConfig, limits: Limits, build: BuildConfig | None = None) -> BuildConfig:
     """The limits an engine of ``config`` is built for (``build``, else resolved from ``limits``), after every
-    check of what the network computes: the support table, then the sliding window against those limits.
-    ``ckpt-build`` and its graph executed on torch both go through here, so they refuse the same models."""
+    check of what the network computes (the support table). ``ckpt-build`` and its graph executed on torch both
+    go through here, so they refuse the same models."""
     check_supported(config)
-    build = build or resolve_limits(config, limits)
-    check_window(config, build)
-    return build
+    return build or resolve_limits(config, limits)

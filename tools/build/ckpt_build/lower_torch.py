@@ -142,7 +142,12 @@ class TorchOps:
             return torch.relu(x)
         if kind == "sigmoid":
             return torch.sigmoid(x)
+        if kind == "tanh":
+            return torch.tanh(x)
         return torch.nn.functional.gelu(x, approximate="tanh" if kind == "gelu_tanh" else "none")
+
+    def softmax_last(self, x):
+        return torch.softmax(x, dim=-1)
 
     def layer_norm(self, x, weight, bias, eps):
         self._same(x, weight, bias)

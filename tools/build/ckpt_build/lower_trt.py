@@ -144,8 +144,13 @@ class TrtOps:
         return self._out(self.net.add_reduce(x, self.trt.ReduceOperation.AVG, axes, True), "reduce_mean")
 
     def activation(self, x, kind: str):
-        act = {"relu": "RELU", "gelu_erf": "GELU_ERF", "gelu_tanh": "GELU_TANH", "sigmoid": "SIGMOID"}[kind]
-        return self._out(self.net.add_activation(x, self.trt.ActivationType.__members__[act]), kind)
+        act = {"relu": "RELU", "gelu_erf": "GELU_ERF", "gelu_tanh": "GELU_TANH", "sigmoid": "SIGMOID", "tanh": "TANH"}
+        return self._out(self.net.add_activation(x, self.trt.ActivationType.__members__[act[kind]]), kind)
+
+    def softmax_last(self, x):
+        layer = self._check(self.net.add_softmax(x), "softmax")
+        layer.axes = 1 << (len(x.shape) - 1)
+        return layer.get_output(0)
 
     def layer_norm(self, x, weight, bias, eps: float):
         layer = self._check(self.net.add_normalization_v2(x, weight, bias, 1 << (len(x.shape) - 1)), "layer_norm")

@@ -1,7 +1,9 @@
 """The one decoder network definition, for every architecture and every rank, over the ``Ops`` interface.
 
 Architectures differ only through ``ModelSpec`` fields (norm kind, gated MLP, biases, rotary layout and
-width, learned positions, parallel residual, OPT post-norm and projections, GQA). Tensor parallelism:
+width, learned positions, parallel residual, OPT post-norm and projections, GQA; Gemma's embedding scale,
+norms on the attention and MLP outputs, per-head q/k norms, attention scale, soft-capped scores and logits,
+sliding window on local layers with their own rotary base). Tensor parallelism:
 column-parallel q/k/v, fc, gate and lm_head; row-parallel dense and proj followed by an all-reduce, their
 bias added once after it; the vocab-split lm_head is all-gathered. Pipeline stages take and return hidden
 states.
@@ -23,7 +25,7 @@ from ckptfmt.engine import (
     VALUE_IN,
     VALUE_OUT,
 )
-from ckptfmt.names import DENSE, FC, GATE, PROJ, QKV
+from ckptfmt.names import DENSE, FC, GATE, K_NORM, PROJ, Q_NORM, QKV
 
 from .contract import RankLayout, stage_io
 from .ops import Ops, Tensor
@@ -68,13 +70,26 @@ class _StepContext:
         self.ops, self.layout, self.positions = ops, layout, positions
         self.last_visible = ops.add(ops.reshape(positions, (0, 1, -1, 1)), ops.scalar(1, "int32", 4))  # [B, 1, S, 1]
         self.write_index = ops.gather(positions, ops.constant("zero_index", np.array(0, dtype=np.int32)), axis=1)
-        self.rope = None
-        if layout.spec.rotary:
-            cos, sin = rope_tables(layout)
-            self.rope = (ops.constant("rope_cos", cos), ops.constant("rope_sin", sin))
+        self._ropes: dict[bool, tuple[Tensor, Tensor]] = {}  # global / local layers (Gemma 3: own base)
+        for local in range(len(layout.layers)) if layout.spec.rotary else ():
+            own = self._own_rope(local)
+            if own not in self._ropes:
+                cos, sin = rope_tables(layout, layout.layers[local])
+                key = ".local" if own else ""
+                self._ropes[own] = (ops.constant("rope_cos" + key, cos), ops.constant("rope_sin" + key, sin))
+
+    def _own_rope(self, local: int) -> bool:
+        """Whether stage layer ``local`` is a local layer with a rotary base of its own."""
+        spec = self.layout.spec
+        return spec.rotary_base_local is not None and spec.local_layer(self.layout.layers[local])
+
+    def rope(self, local: int) -> tuple[Tensor, Tensor] | None:
+        """cos/sin tables of stage layer ``local`` (None without a rotary embedding)."""
+        return self._ropes.get(self._own_rope(local))
 
     def mask(self, local: int) -> Tensor:
-        """Bool ``[B, 1, S, max_seq_len]``: slot <= position, as ``slot + l < position + 1 + l`` for layer ``l``.
+        """Bool ``[B, 1, S, max_seq_len]``: slot <= position, as ``slot + l < position + 1 + l`` for layer ``l``;
+        in a sliding-window layer also slot > position - window, as ``position + l - window < slot + l``.
 
         One mask tensor per layer, made distinct by the offset: TensorRT-RTX 1.7's compiler fails ("Graph
         contains more than one op named ..._iota") when one mask feeds several attention layers at batch 1 and
@@ -83,12 +98,19 @@ class _StepContext:
         ops, smax = self.ops, self.layout.build.max_seq_len
         slots = ops.constant(f"key_slots.{local}", np.arange(local, smax + local, dtype=np.int32).reshape(1, 1, 1, -1))
         visible = self.last_visible if local == 0 else ops.add(self.last_visible, ops.scalar(local, "int32", 4))
-        return ops.less(slots, visible)
+        causal = ops.less(slots, visible)
+        window = self.layout.spec.layer_window(self.layout.layers[local])
+        if window is None:
+            return causal
+        first = ops.add(self.last_visible, ops.scalar(local - window - 1, "int32", 4))  # position + l - window
+        return ops.logical_and(causal, ops.less(first, slots))
 
 
 def embed(ops: Ops, layout: RankLayout, w: RankWeights, ids: Tensor, positions: Tensor) -> Tensor:
     spec = layout.spec
     h = embedding_lookup(ops, layout, "vocab_embedding", w.vocab_embedding(), ids, spec.vocab_size)
+    if spec.embedding_scale != 1:  # Gemma: x sqrt(hidden_size), the factor rounded to the model dtype
+        h = ops.mul(h, ops.scalar(spec.embedding_scale, layout.dtype, 3))
     proj = w.project_in()
     if proj is not None:
         h = ops.matmul(h, ops.constant("project_in", proj.reshape(1, *proj.shape)), transpose_b=True)
@@ -179,19 +201,26 @@ def quantized_matmul(ops: Ops, layout: RankLayout, x: Tensor, lin: Linear) -> Te
     return y
 
 
-def norm(ops: Ops, layout: RankLayout, x: Tensor, key: str, params) -> Tensor:
-    """LayerNorm or RMSNorm computed in fp32; RMSNorm scales in the model dtype like transformers."""
+def norm(ops: Ops, layout: RankLayout, x: Tensor, key: str, params, rank: int = 3) -> Tensor:
+    """LayerNorm or RMSNorm over the last dim of a rank-``rank`` ``x``, computed in fp32; RMSNorm scales in the
+    model dtype like transformers."""
     weight, bias = params
     x32 = ops.cast(x, F32) if layout.dtype != F32 else x
     if layout.spec.norm == "rmsnorm":
         var = ops.reduce_mean_last(ops.mul(x32, x32))
-        y = ops.div(x32, ops.sqrt(ops.add(var, ops.scalar(layout.spec.norm_epsilon, F32, 3))))
+        y = ops.div(x32, ops.sqrt(ops.add(var, ops.scalar(layout.spec.norm_epsilon, F32, rank))))
         y = ops.cast(y, layout.dtype) if layout.dtype != F32 else y
-        return ops.mul(y, ops.constant(key + ".weight", weight.reshape(1, 1, -1)))
+        return ops.mul(y, ops.constant(key + ".weight", weight.reshape((1,) * (rank - 1) + (-1,))))
     w = ops.constant(key + ".weight", weight.astype(np.float32).reshape(1, 1, -1))
     b = ops.constant(key + ".bias", bias.astype(np.float32).reshape(1, 1, -1))
     y = ops.layer_norm(x32, w, b, layout.spec.norm_epsilon)
     return ops.cast(y, layout.dtype) if layout.dtype != F32 else y
+
+
+def softcap(ops: Ops, x: Tensor, cap: float, dtype: str, rank: int) -> Tensor:
+    """``cap * tanh(x / cap)`` in ``dtype`` (Gemma 2's attention scores and final logits)."""
+    c = ops.scalar(cap, dtype, rank)
+    return ops.mul(ops.activation(ops.div(x, c), "tanh"), c)
 
 
 def activation(ops: Ops, x: Tensor, kind: str) -> Tensor:
@@ -218,8 +247,13 @@ def _attention(ctx: _StepContext, w: RankWeights, local: int, x: Tensor, caches)
         return ops.transpose(ops.reshape(part, (0, 0, n, d)), (0, 2, 1, 3))
 
     q, k, v = heads(0, nq), heads(nq, nkv), heads(nq + nkv, nkv)
-    if ctx.rope is not None:
-        cos, sin = ctx.rope
+    if layout.spec.qk_norm:  # per head, before the rotary embedding (Gemma 3); q's weight carries the scale
+        qw, kw = w.qk_norms(local)
+        q = norm(ops, layout, q, f"layers.{local}.{Q_NORM}", (qw, None), rank=4)
+        k = norm(ops, layout, k, f"layers.{local}.{K_NORM}", (kw, None), rank=4)
+    rope = ctx.rope(local)
+    if rope is not None:
+        cos, sin = rope
         rd, inter = layout.spec.rotary_dim, layout.spec.rotary_interleaved
         q = ops.rope(q, cos, sin, ctx.positions, inter, rd)
         k = ops.rope(k, cos, sin, ctx.positions, inter, rd)
@@ -230,9 +264,29 @@ def _attention(ctx: _StepContext, w: RankWeights, local: int, x: Tensor, caches)
         v = fake_quant(ops, layout, v, f"layers.{local}.kv_scale", kv_scale, codes)
     k_all = ops.kv_cache_update(caches[0], k, ctx.write_index)
     v_all = ops.kv_cache_update(caches[1], v, ctx.write_index)
-    o = ops.attention(q, k_all, v_all, ctx.mask(local))  # [B, nq, S, d]
+    cap = layout.spec.attn_logit_softcapping
+    if cap is None:
+        o = ops.attention(q, k_all, v_all, ctx.mask(local))  # [B, nq, S, d]
+    else:
+        o = capped_attention(ctx, q, k_all, v_all, ctx.mask(local), cap)
     o = ops.reshape(ops.transpose(o, (0, 2, 1, 3)), (0, 0, nq * d))
     return linear(ops, layout, o, w.linear(local, DENSE), reduce=True), [k_all, v_all]
+
+
+def capped_attention(ctx: _StepContext, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, cap: float) -> Tensor:
+    """Attention with soft-capped scores, from matmul / tanh / select / softmax layers (the attention layer
+    takes no cap): ``softmax(mask(cap * tanh(q.k / cap))) v``, scores and softmax in fp32. A query head group
+    folds into the rows of its kv head (``[B, nkv, group * S, d]``), so no key or value is copied."""
+    ops, layout = ctx.ops, ctx.layout
+    d, nq, nkv, smax = layout.spec.head_size, layout.heads, layout.kv_heads, layout.build.max_seq_len
+    q32, k32 = (ops.cast(x, F32) if layout.dtype != F32 else x for x in (q, k))
+    scores = ops.matmul(ops.reshape(q32, (0, nkv, -1, d)), k32, transpose_b=True)  # [B, nkv, group * S, smax]
+    scores = ops.reshape(softcap(ops, scores, cap, F32, 4), (0, 0, nq // nkv, -1, smax))
+    visible = ops.reshape(mask, (0, 1, 1, -1, smax))
+    scores = ops.where(visible, scores, ops.scalar(float("-inf"), F32, 5))
+    p = ops.softmax_last(scores)
+    p = ops.reshape(ops.cast(p, layout.dtype) if layout.dtype != F32 else p, (0, 0, -1, smax))
+    return ops.reshape(ops.matmul(p, v), (0, nq, -1, d))  # [B, nq, S, d]
 
 
 def mlp(ops: Ops, layout: RankLayout, w: RankWeights, local: int, x: Tensor) -> Tensor:
@@ -274,9 +328,15 @@ def decoder_layer(ctx: _StepContext, w: RankWeights, local: int, h: Tensor, cach
             else norm(ops, layout, h, f"layers.{local}.{spec.mlp_norm}", w.layer_norm(local, spec.mlp_norm))
         )
         return ops.add(ops.add(h, a), mlp(ops, layout, w, local, x2)), present
-    h = ops.add(h, a)
+    h = ops.add(h, sublayer_norm(ops, layout, w, local, spec.attn_out_norm, a))
     x2 = norm(ops, layout, h, f"layers.{local}.{spec.mlp_norm}", w.layer_norm(local, spec.mlp_norm))
-    return ops.add(h, mlp(ops, layout, w, local, x2)), present
+    return ops.add(h, sublayer_norm(ops, layout, w, local, spec.mlp_out_norm, mlp(ops, layout, w, local, x2))), present
+
+
+def sublayer_norm(ops: Ops, layout: RankLayout, w: RankWeights, local: int, name: str | None, y: Tensor) -> Tensor:
+    """``y`` normed by the layer's norm ``name`` (Gemma 2/3's norms on the attention and MLP outputs); as is
+    for None."""
+    return y if name is None else norm(ops, layout, y, f"layers.{local}.{name}", w.layer_norm(local, name))
 
 
 def logits(ops: Ops, layout: RankLayout, w: RankWeights, h: Tensor) -> Tensor:
@@ -294,4 +354,6 @@ def logits(ops: Ops, layout: RankLayout, w: RankWeights, h: Tensor) -> Tensor:
         out = ops.transpose(ops.all_gather(ops.transpose(out, (2, 0, 1))), (1, 2, 0))  # [B, S, padded V]
     if layout.padded_vocab != layout.spec.vocab_size:
         out = ops.slice_last(out, 0, layout.spec.vocab_size)
+    if layout.spec.final_logit_softcapping is not None:  # in the model dtype, as the torch backend
+        out = softcap(ops, out, layout.spec.final_logit_softcapping, layout.dtype, 3)
     return ops.cast(out, layout.build.logits_dtype) if layout.build.logits_dtype != layout.dtype else out

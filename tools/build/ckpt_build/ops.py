@@ -75,7 +75,10 @@ class Ops(Protocol):
         """Mean over the last dim, kept as size 1."""
 
     def activation(self, x: Tensor, kind: str) -> Tensor:
-        """``relu``, ``gelu_erf``, ``gelu_tanh``, ``sigmoid``."""
+        """``relu``, ``gelu_erf``, ``gelu_tanh``, ``sigmoid``, ``tanh``."""
+
+    def softmax_last(self, x: Tensor) -> Tensor:
+        """Softmax over the last dim (``-inf`` entries get 0)."""
 
     def layer_norm(self, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
         """Over the last dim; weight/bias have x's rank ``[1, .., H]``."""

@@ -1,8 +1,8 @@
 """Weights of one rank, read lazily from its rank file and prepared for the network.
 
-Every array is a view of the memory-mapped rank file unless a transform needs a copy (q rows pre-scaled by
-1/sqrt(head_size), norm parameters in fp32, a shared embedding split for tensor parallelism). Arrays stay
-referenced by the network until the build ends, so their memory is read once and never duplicated.
+Every array is a view of the memory-mapped rank file unless a transform needs a copy (q rows or q norm
+pre-scaled by the attention scale, norm parameters in fp32, a shared embedding split for tensor parallelism).
+Arrays stay referenced by the network until the build ends, so their memory is read once and never duplicated.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ckptfmt.names import (
     ACTIVATION_SCALE,
     FC,
     GATE,
+    K_NORM,
     KV_CACHE_SCALE,
     LAYER,
     LM_HEAD,
@@ -26,6 +27,7 @@ from ckptfmt.names import (
     PREQUANT_SCALE,
     PROJECT_IN,
     PROJECT_OUT,
+    Q_NORM,
     QKV,
     VOCAB_EMBEDDING,
     WEIGHTS_SCALE,
@@ -136,8 +138,12 @@ class RankWeights:
         return Linear(prefix + "mlp.fc_gate", weight, bias)
 
     def _prescale_q(self, lin: Linear) -> Linear:
-        """Fold attention's 1/sqrt(head_size) into the q rows (weight or quant scale, and bias)."""
-        factor = 1.0 / np.sqrt(self.layout.spec.head_size)
+        """Fold attention's scale (``ModelSpec.attention_scale``: 1/sqrt(head_size), or 1/sqrt(query_pre_attn_scalar))
+        into the q rows (weight or quant scale, and bias). With per-head q/k norms it goes into q's norm
+        instead (``qk_norms``): a norm undoes any scale before it."""
+        if self.layout.spec.qk_norm:
+            return lin
+        factor = self.layout.spec.attention_scale
         q_rows = self.layout.heads * self.layout.spec.head_size
 
         def scaled(a: np.ndarray, axis: int) -> np.ndarray:
@@ -200,6 +206,14 @@ class RankWeights:
             raise ValueError("layer_norm: this layer has no such norm")
         return self.norm(LAYER.format(i=local) + name)
 
+    def qk_norms(self, local: int) -> tuple[np.ndarray, np.ndarray]:
+        """Weights ``[head_size]`` of the per-head q and k RMSNorms; q's times the attention scale (the rotary
+        embedding after it is linear, so this is q pre-scaled, as ``_prescale_q`` does without q/k norms)."""
+        prefix = LAYER.format(i=local)
+        q, k = self.get(prefix + Q_NORM + ".weight"), self.get(prefix + K_NORM + ".weight")
+        scale = np.float32(self.layout.spec.attention_scale)
+        return (np.asarray(q).astype(np.float32) * scale).astype(q.dtype), k
+
     def final_norm(self) -> tuple[np.ndarray, np.ndarray | None]:
         return self.norm(LN_F)
 
@@ -227,10 +241,12 @@ class RankWeights:
         return split_padded(table, layout.tp_size, layout.tp_rank), bias
 
 
-def rope_tables(layout: RankLayout) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin ``[max_seq_len, rotary_dim / 2]`` in the model dtype, computed in fp32 like transformers."""
+def rope_tables(layout: RankLayout, layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin ``[max_seq_len, rotary_dim / 2]`` of global layer ``layer`` (its base and scaling: Gemma 3's local
+    layers have their own) in the model dtype, computed in fp32 like transformers."""
     spec = layout.spec
-    inv_freq = rotary_inv_freq(spec.rotary_dim, spec.rotary_base, spec.rotary_scaling)
+    base, scaling = spec.layer_rotary(layer)
+    inv_freq = rotary_inv_freq(spec.rotary_dim, base, scaling)
     positions = np.arange(layout.build.max_seq_len, dtype=np.float32)
     angles = np.outer(positions, inv_freq).astype(np.float32)
     dt = DTYPES[layout.dtype]
