@@ -13,7 +13,7 @@ from tests.convert.conftest import run_cli
 
 FIXTURES = Path(__file__).resolve().parent / "jax"
 LAYOUTS = {
-    "llama": ("ocdbt", "zarr3", "per_array", "manager", "flax.msgpack", "chunked.msgpack"),
+    "llama": ("ocdbt", "zarr3", "per_array", "manager", "flax.msgpack", "chunked.msgpack", "train_state.msgpack"),
     "gemma1": ("per_array", "ocdbt", "flax.msgpack"),
     "gemma2": ("ocdbt", "manager"),
     "gemma3": ("ocdbt", "manager", "flax.msgpack"),

@@ -19,7 +19,8 @@ weights: the ground truth) and the same weights as JAX trees, each in the layout
 Layouts (folder names): ``ocdbt`` (StandardCheckpointer), ``zarr3`` (OCDBT + zarr3), ``per_array`` (use_ocdbt=False,
 use_zarr3=False: one zarr folder per leaf), ``manager`` (CheckpointManager, steps 1 and 2; step 1 holds the
 embedding negated), ``flax.msgpack`` (flax.serialization.to_bytes), ``chunked.msgpack`` (flax's chunked form of
-arrays over its MAX_CHUNK_SIZE, lowered here to 1 KiB).
+arrays over its MAX_CHUNK_SIZE, lowered here to 1 KiB), ``train_state.msgpack`` (the tree under ``params`` beside a
+step, a learning rate, a note, a list and optimizer moments, as a saved training state holds them).
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ MODELS: dict[str, tuple[str, dict]] = {
 }
 # model -> (tree form, layouts)
 LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "llama": ("nested", ("ocdbt", "zarr3", "per_array", "manager", "flax.msgpack", "chunked.msgpack")),
+    "llama": (
+        "nested",
+        ("ocdbt", "zarr3", "per_array", "manager", "flax.msgpack", "chunked.msgpack", "train_state.msgpack"),
+    ),
     "gemma1": ("flat", ("per_array", "ocdbt", "flax.msgpack")),
     "gemma2": ("flat", ("ocdbt", "manager")),
     "gemma3": ("nested", ("ocdbt", "manager", "flax.msgpack")),
@@ -167,6 +171,9 @@ def save(tree: dict, layout: str, target: Path) -> None:
 
     if target.exists():
         shutil.rmtree(target) if target.is_dir() else target.unlink()
+    if layout == "train_state.msgpack":
+        moments = {"mu": np.zeros(3, np.float32), "count": np.int32(2)}
+        tree = {"step": 2, "params": tree, "opt_state": {"0": moments}, "lr": 0.5, "note": "x", "seen": [1, None]}
     if layout.endswith(".msgpack"):
         if layout == "chunked.msgpack":
             flax.serialization.MAX_CHUNK_SIZE = 1024

@@ -23,6 +23,9 @@ ND_ARRAY = 1  # flax's ext type code of an ndarray (2: complex scalar, 3: numpy 
 CHUNKED = "__msgpack_chunked_array__"
 MAX_DEPTH = 32
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
+# msgpack type byte -> (kind, bytes of its big-endian length)
+SIZED = {0xC4: ("bin", 1), 0xC5: ("bin", 2), 0xC6: ("bin", 4), 0xD9: ("str", 1), 0xDA: ("str", 2), 0xDB: ("str", 4)}
+SIZED |= {0xDC: ("array", 2), 0xDD: ("array", 4), 0xDE: ("map", 2), 0xDF: ("map", 4)}
 
 
 @dataclass(frozen=True)
@@ -71,10 +74,8 @@ class _Reader:
             return "array", b & 0x0F
         if 0xA0 <= b <= 0xBF:
             return "str", b & 0x1F
-        sized = {0xC4: ("bin", 1), 0xC5: ("bin", 2), 0xC6: ("bin", 4), 0xD9: ("str", 1), 0xDA: ("str", 2)}
-        sized |= {0xDB: ("str", 4), 0xDC: ("array", 2), 0xDD: ("array", 4), 0xDE: ("map", 2), 0xDF: ("map", 4)}
-        if b in sized:
-            kind, width = sized[b]
+        if b in SIZED:
+            kind, width = SIZED[b]
             return kind, self.uint(width)
         if b in (0xC7, 0xC8, 0xC9):
             n = self.uint({0xC7: 1, 0xC8: 2, 0xC9: 4}[b])
@@ -122,7 +123,8 @@ def _value(r: _Reader, path: tuple[str, ...], out: dict, depth: int) -> None:
         out[path] = _ndarray(r, r.pos + n, where)
         return
     if kind != "map":
-        raise CheckpointError(f"{r.label}: {where}: a {kind}, not an array or a map of arrays")
+        _skip(r, kind, n, depth)  # a scalar, string or list (a TrainState's step): not a parameter
+        return
     if n * 2 > r.file.size - r.pos:
         raise r.fail("a map longer than the file")
     start = r.pos
@@ -134,6 +136,20 @@ def _value(r: _Reader, path: tuple[str, ...], out: dict, depth: int) -> None:
     for _ in range(n):
         key = r.text()
         _value(r, (*path, key), out, depth + 1)
+
+
+def _skip(r: _Reader, kind: str, n: int, depth: int) -> None:
+    """Step over a value that is not an array (its head already read)."""
+    if depth > MAX_DEPTH:
+        raise r.fail("nesting too deep")
+    if kind in ("str", "bin") or kind.startswith("ext"):
+        r.skip(n)
+    elif kind in ("array", "map"):
+        count = n * (2 if kind == "map" else 1)
+        if count > r.file.size - r.pos:
+            raise r.fail(f"a {kind} longer than the file")
+        for _ in range(count):
+            _skip(r, *r.head(), depth + 1)
 
 
 def _ndarray(r: _Reader, end: int, where: str) -> StoredArray:
