@@ -7,6 +7,7 @@ fit it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -144,6 +145,14 @@ def test_msgpack_link_out_of_the_folder(tmp_path, capsys):
     folder.mkdir()
     (folder / "flax_model.msgpack").symlink_to(LLAMA / "flax.msgpack")
     assert "is a link to" in fails(tmp_path, capsys, folder)
+
+
+@pytest.mark.parametrize("victim", ["_METADATA", "model.norm.weight/.zarray"])
+def test_named_pipe_is_refused_not_waited_on(victim, tmp_path, capsys):
+    ckpt = copy("per_array", tmp_path)
+    (ckpt / victim).unlink()
+    os.mkfifo(ckpt / victim)
+    assert "not a regular file" in fails(tmp_path, capsys, ckpt)
 
 
 def test_links_inside_are_followed(tmp_path, capsys):

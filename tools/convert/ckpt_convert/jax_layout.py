@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def locate(checkpoint_dir: Path, step: int | None) -> Location:
         raise CheckpointError(f"--checkpoint_dir {checkpoint_dir}: missing")
     if checkpoint_dir.is_file():
         return _single(Location("msgpack", checkpoint_dir), step, checkpoint_dir)
-    if (checkpoint_dir / METADATA).is_file():
+    if (checkpoint_dir / METADATA).exists():
         return _single(Location("orbax", checkpoint_dir), step, checkpoint_dir)
     steps = _steps(checkpoint_dir)
     if steps:
@@ -92,13 +93,26 @@ def _step(directory: Path, steps: dict[int, Path], step: int | None) -> Location
 
 
 def check_links(location: Location, checkpoint_dir: Path) -> None:
-    """No file or folder of the tree is a link out of ``checkpoint_dir``."""
+    """No file or folder of the tree is a link out of ``checkpoint_dir``, and every file is a regular file (a named
+    pipe would block the read forever)."""
     roots = (checkpoint_dir.resolve(),)
     check_inside(location.path, roots, "the checkpoint")
     if location.kind != "orbax":
+        _regular(location.path)
         return
     for folder, dirs, files in os.walk(location.path):
         for name in dirs + files:
             path = Path(folder) / name
             if path.is_symlink():
                 check_inside(path, roots, "a checkpoint file")
+            if name in files:
+                _regular(path)
+
+
+def _regular(path: Path) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(f"{path}: not a regular file (a pipe, socket or device is not read)")
