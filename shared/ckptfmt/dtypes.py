@@ -14,6 +14,8 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .entry import import_holding_signals
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -24,6 +26,7 @@ def _resolve(spelling: str) -> np.dtype:
     import numpy as np
 
     if spelling.startswith(_ML):
+        import_holding_signals(("ml_dtypes",))  # an interrupt in its initialisation would be an ImportError
         return np.dtype(getattr(importlib.import_module("ml_dtypes"), spelling[len(_ML) :]))
     return np.dtype(spelling)
 

@@ -50,8 +50,13 @@ def _on_main_thread() -> bool:
 Main = Callable[[list[str] | None], int | None]
 
 
-def run_main(main: Main | str, argv: list[str] | None = None, prog: str = "") -> int:
+def run_main(
+    main: Main | str, argv: list[str] | None = None, prog: str = "", held: tuple[str, ...] = HELD_IMPORTS
+) -> int:
     """Run ``main(argv)`` and turn interrupts and a closed stdout into exit codes with one line each.
+
+    ``held``: modules imported first with the signals held (``import_holding_signals``); a tool that imports them
+    later, where it needs them, passes fewer and holds the signals there itself.
 
     ``main`` may be ``"package.module:function"``: the module is then imported with the signals held, so a
     console script whose CLI module imports numpy or torch at load time still ends a Ctrl-C in one line.
@@ -61,7 +66,7 @@ def run_main(main: Main | str, argv: list[str] | None = None, prog: str = "") ->
     if _on_main_thread():
         previous = {s: signal.signal(s, raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = _resolve(main)(argv)
+        code = _resolve(main, held)(argv)
         sys.stdout.flush()
     except KeyboardInterrupt as err:
         # the process is on its way out: further signals stay ignored (restoring Python's handler would let a
@@ -77,17 +82,17 @@ def run_main(main: Main | str, argv: list[str] | None = None, prog: str = "") ->
     return int(code or 0)
 
 
-def _resolve(main: Main | str) -> Main:
+def _resolve(main: Main | str, held: tuple[str, ...]) -> Main:
     """``main`` itself, or the function ``"module:function"`` names, its module imported with the signals held."""
     if not isinstance(main, str):
-        _import_holding_signals(HELD_IMPORTS)
+        import_holding_signals(held)
         return main
     module, name = main.split(":")
-    _import_holding_signals((*HELD_IMPORTS, module))
+    import_holding_signals((*held, module))
     return getattr(importlib.import_module(module), name)
 
 
-def _import_holding_signals(modules: tuple[str, ...]) -> None:
+def import_holding_signals(modules: tuple[str, ...]) -> None:
     """Import C extensions that turn an interrupt in their initialisation into an ImportError (numpy does) with
     SIGINT/SIGTERM held; a signal that came meanwhile is delivered, and raised, once they are loaded."""
     if not _on_main_thread():

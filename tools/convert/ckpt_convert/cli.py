@@ -5,9 +5,11 @@ A source module exposes ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(arg
 stderr and exit code 1, never a traceback; Ctrl-C and SIGTERM end the run through ``ckptfmt.entry.run_main``
 (exit 130 / 143, one line) after the temp and work directories are removed.
 
-Before ``run_main`` holds the signals, only the standard library is imported: SIGINT and SIGTERM are blocked while
-``ckptfmt`` (numpy, ml_dtypes: seconds on a busy machine) is imported and delivered once ``run_main``'s handlers are
-in place, so a Ctrl-C during the imports also ends in one line. The sources import torch where they need it.
+Before ``run_main`` holds the signals, only the standard library is imported. Nothing heavy is imported up front:
+``build_parser`` imports only the named source's module, and each source imports numpy (ml_dtypes, torch) when it
+needs them, with SIGINT and SIGTERM held (``ckptfmt.entry.import_holding_signals``: a signal is delivered once the
+import is done), so a Ctrl-C during any import also ends in one line. ``ckpt-convert hf`` parses its command line
+without numpy (``tests/convert/test_startup.py``).
 """
 
 from __future__ import annotations
@@ -37,9 +39,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         prog=PROG, description="Convert model weights into a TensorRT-LLM compatible checkpoint."
     )
     sub = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    from ckptfmt.entry import import_holding_signals
+
     named = [argv[0]] if argv and argv[0] in SOURCES else list(SOURCES)
     for name in named:
         module_name = SOURCES[name]
+        import_holding_signals((module_name,))  # a source module may import numpy: a Ctrl-C then is held
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.DESCRIPTION, description=module.DESCRIPTION)
         module.add_arguments(p)
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         raise
-    return run_main(_main, argv, prog=PROG)
+    return run_main(_main, argv, prog=PROG, held=())  # each source imports numpy & co. when it needs them
 
 
 def _main(argv: list[str] | None) -> int:

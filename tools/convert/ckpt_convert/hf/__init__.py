@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ckptfmt import TOKENIZER_DIR, CheckpointConfig, CheckpointError
+from ckptfmt.entry import import_holding_signals
 
 from .. import options, quant_options
 
@@ -115,6 +116,7 @@ def tokenizer_files(model_dir: Path) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import_holding_signals(("numpy", "ckpt_convert.stream", "ckpt_convert.modelopt_import"))  # Ctrl-C held meanwhile
     from ..modelopt_import import convert_quantized
 
     line = convert_quantized(args)  # --qformat, or a ModelOpt export; None for a plain HF model
