@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import sys
 from pathlib import Path
 
 from ckptfmt import CheckpointError
@@ -20,7 +21,7 @@ from .deepspeed_convert import config_folder, target_config
 from .hf import model_config, tokenizer_files
 from .jax_layout import check_links, locate
 from .jax_source import Expect, open_jax
-from .jax_tables import TABLES
+from .jax_tables import TABLES, Dims
 from .producer import full_tensor_specs
 from .stream import convert_checkpoint
 
@@ -55,9 +56,12 @@ def run(args: argparse.Namespace) -> int:
             f"{hf.path}: model_type {hf.model_type!r} has no known JAX layout (known: {', '.join(sorted(TABLES))})"
         )
     specs = full_tensor_specs(model).values()
-    expect = Expect(model.hidden_size, model.num_hidden_layers, max(math.prod(s.shape) for s in specs))
+    dims = Dims(model.hidden_size, model.vocab_size)
+    expect = Expect(dims, model.num_hidden_layers, max(math.prod(s.shape) for s in specs))
     with open_jax(location, hf.model_type, expect) as source:
         dtypes = source.dtypes
+        for line in source.notices:
+            print(f"warning: {line}", file=sys.stderr)
     config = target_config(model, args, dtypes, arch.tied(hf))
     summary = convert_checkpoint(
         functools.partial(open_jax, location, hf.model_type, expect),

@@ -22,7 +22,7 @@ from ckptfmt import CheckpointError
 from .jax_layout import Location
 from .jax_msgpack import StoredArray, read_array, scan
 from .jax_orbax import OrbaxArrays, read_metadata
-from .jax_tables import TABLES, JaxTable, Leaf
+from .jax_tables import TABLES, Dims, JaxTable, Leaf
 from .lazy_source import LazyTensorSource
 from .source_guard import GuardedFile
 from .sources import LazyTensor
@@ -33,9 +33,9 @@ Described = tuple[tuple[int, ...], str]  # shape, dtype name
 
 @dataclass(frozen=True)
 class Expect:
-    """What the configured model allows: hidden size (orientation of square-free kernels), layers, largest tensor."""
+    """What the configured model allows: its sizes (``Dims``), layers, largest tensor."""
 
-    hidden: int
+    dims: Dims
     layers: int
     max_elements: int
 
@@ -67,6 +67,7 @@ class JaxSource(LazyTensorSource):
     def __init__(self, location: Location, table: JaxTable, expect: Expect):
         self.location, self.tensors = location.path, {}
         self.dtypes: set[str] = set()
+        self.notices: list[str] = []  # what the reading changed, for the user
         self._expect = expect
         self._orbax: OrbaxArrays | None = None
         self._file: GuardedFile | None = None
@@ -128,15 +129,20 @@ class JaxSource(LazyTensorSource):
                 f"{self._label(keys)}: layer {layer}, but the model config has {self._expect.layers} layers"
             )
         part = shape if leaf.index is None else shape[1:]
-        hf_shape = leaf.reshape.shape(part, self._expect.hidden) if part else None
+        hf_shape = leaf.reshape.shape(part, self._expect.dims) if part else None
         if leaf.index is not None and (not shape or leaf.index >= shape[0]):
             hf_shape = None
         if hf_shape is None:
             raise CheckpointError(
                 f"{self._label(keys)}: shape {list(shape)} does not match the model config ({leaf.reshape.name}"
-                f"{'' if leaf.index is None else f' of part {leaf.index}'}, hidden size {self._expect.hidden})"
+                f"{'' if leaf.index is None else f' of part {leaf.index}'}, hidden size {self._expect.dims.hidden})"
             )
         name = leaf.hf.format(i=layer)
+        if leaf.reshape.drops and hf_shape != part:
+            self.notices.append(
+                f"{self._label(keys)}: {list(part)} stored, {name} {list(hf_shape)} written ({leaf.reshape.name}: "
+                "the rows past the config's vocab_size are padding no token id reaches)"
+            )
         if name in self.tensors:
             raise CheckpointError(f"{self._label(keys)}: a second source of {name} (two layouts in one tree?)")
         load = functools.partial(self._read, keys, leaf)
@@ -149,7 +155,7 @@ class JaxSource(LazyTensorSource):
         else:
             assert self._file is not None  # msgpack store
             raw = read_array(self._file, self._arrays[keys], f"leaf {'/'.join(keys)}", leaf.index)
-        return leaf.reshape.apply(raw, self._expect.hidden)
+        return leaf.reshape.apply(raw, self._expect.dims)
 
     def close(self) -> None:
         super().close()

@@ -15,49 +15,65 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 Shape = tuple[int, ...]
 
 
+class Dims(NamedTuple):
+    """The configured model's sizes a reshape may need."""
+
+    hidden: int
+    vocab: int
+
+
 @dataclass(frozen=True)
 class Reshape:
-    """``shape(source shape, hidden size)`` -> HF shape (None: the source shape does not fit); ``apply`` does it."""
+    """``shape(source shape, dims)`` -> HF shape (None: the source shape does not fit); ``apply`` does it.
+    ``drops``: the HF tensor may be smaller (rows the model never uses are left out; the source says so)."""
 
     name: str
-    shape: Callable[[Shape, int], Shape | None]
-    apply: Callable[[np.ndarray, int], np.ndarray]
+    shape: Callable[[Shape, Dims], Shape | None]
+    apply: Callable[[np.ndarray, Dims], np.ndarray]
+    drops: bool = False
 
 
-KEEP = Reshape("as is", lambda s, h: s, lambda a, h: a)
+KEEP = Reshape("as is", lambda s, d: s, lambda a, d: a)
 TRANSPOSE = Reshape(
     "[in, out] -> [out, in]",
-    lambda s, h: (s[1], s[0]) if len(s) == 2 else None,
-    lambda a, h: np.ascontiguousarray(a.T),
+    lambda s, d: (s[1], s[0]) if len(s) == 2 else None,
+    lambda a, d: np.ascontiguousarray(a.T),
 )
 HEADS_IN = Reshape(  # q/k/v einsum [heads, embed, head_dim] -> Linear [heads * head_dim, embed]
     "[heads, embed, head_dim] -> [heads * head_dim, embed]",
-    lambda s, h: (s[0] * s[2], s[1]) if len(s) == 3 else None,
-    lambda a, h: np.ascontiguousarray(a.transpose(0, 2, 1)).reshape(a.shape[0] * a.shape[2], a.shape[1]),
+    lambda s, d: (s[0] * s[2], s[1]) if len(s) == 3 else None,
+    lambda a, d: np.ascontiguousarray(a.transpose(0, 2, 1)).reshape(a.shape[0] * a.shape[2], a.shape[1]),
 )
 HEADS_OUT = Reshape(  # attn_vec_einsum [heads, head_dim, embed] -> Linear [embed, heads * head_dim]
     "[heads, head_dim, embed] -> [embed, heads * head_dim]",
-    lambda s, h: (s[2], s[0] * s[1]) if len(s) == 3 else None,
-    lambda a, h: np.ascontiguousarray(a.reshape(a.shape[0] * a.shape[1], a.shape[2]).T),
+    lambda s, d: (s[2], s[0] * s[1]) if len(s) == 3 else None,
+    lambda a, d: np.ascontiguousarray(a.reshape(a.shape[0] * a.shape[1], a.shape[2]).T),
 )
 
 
-def _rows_shape(s: Shape, hidden: int) -> Shape | None:
-    if len(s) != 2 or (s[0] == hidden) == (s[1] == hidden):  # neither, or square: orientation unknown
+def _rows_shape(s: Shape, d: Dims) -> Shape | None:
+    if len(s) != 2 or (s[0] == d.hidden) == (s[1] == d.hidden):  # neither, or square: orientation unknown
         return None
-    return s if s[1] == hidden else (s[1], s[0])
+    return s if s[1] == d.hidden else (s[1], s[0])
 
 
 ROWS = Reshape(  # gating_einsum[k]: [ffw, embed] (Gemma 2/3 releases) or [embed, ffw] (Gemma 1) -> [ffw, embed]
     "[ffw, embed] or [embed, ffw] -> [ffw, embed]",
     _rows_shape,
-    lambda a, h: a if a.shape[1] == h else np.ascontiguousarray(a.T),
+    lambda a, d: a if a.shape[1] == d.hidden else np.ascontiguousarray(a.T),
+)
+VOCAB_ROWS = Reshape(  # Gemma 1/2 releases store 256128 embedding rows for HF's vocab_size 256000
+    "[rows >= vocab, embed] -> [vocab, embed]",
+    lambda s, d: (d.vocab, s[1]) if len(s) == 2 and s[0] >= d.vocab else None,
+    lambda a, d: a[: d.vocab],
+    drops=True,
 )
 
 
@@ -99,7 +115,7 @@ ATTN = JL + "attn/"
 
 # google-deepmind gemma (nested tree, or the flat transformer/... release form), every version
 GEMMA_COMMON: tuple[Leaf, ...] = (
-    _leaves("model.embed_tokens.weight", "embedder/input_embedding"),
+    _leaves("model.embed_tokens.weight", "embedder/input_embedding", VOCAB_ROWS),
     _leaves("model.norm.weight", "final_norm/scale"),
     _leaves(f"{HL}input_layernorm.weight", JL + "pre_attention_norm/scale"),
     _leaves(f"{HL}self_attn.q_proj.weight", ATTN + "q_einsum/w", HEADS_IN),
