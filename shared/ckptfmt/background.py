@@ -3,8 +3,11 @@
 ``RankFileWriter`` writes and sha256-hashes each tensor synchronously and fsyncs on close. Here
 writing and hashing each run in their own thread per file behind short queues, so a conversion overlaps
 them with each other, with reading the next tensor and with the other ranks' files (all release the
-GIL). The write thread also syncs every ``SYNC_EVERY`` bytes, so the disk writes while the conversion
-goes on instead of all at the final fsync. File format, order checks and digest are the base class's.
+GIL). The write thread writes with ``O_DIRECT`` through a staging buffer (``direct.DirectFile``: no
+page-cache copy, the disk works while the conversion goes on); where the filesystem refuses that, it
+writes buffered and starts the kernel's write-back of each piece at once (``writeback.WriteBack``). Either
+way the file gets one fsync, in the write thread, when its last byte is written, so all the files of a
+run sync in parallel. File format, order checks and digest are the base class's.
 """
 
 from __future__ import annotations
@@ -16,14 +19,16 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .direct import DirectFile, open_direct
 from .io import RankFileWriter
+from .writeback import WriteBack
 
 QUEUED_CHUNKS = 2  # bounds the memory held by pending writes
-SYNC_EVERY = 256 << 20  # bytes written between two fdatasync calls
+WRITE_PIECE = 8 << 20  # bytes per write call: write-back starts after each piece
 
 
 class BackgroundRankFileWriter(RankFileWriter):
-    """``RankFileWriter`` whose writes (+ periodic syncs) and sha256 run in two background threads.
+    """``RankFileWriter`` whose writes (+ early write-back) and sha256 run in two background threads.
 
     Overrides the base class's one byte path, ``_emit``, and uses its ``_file``, ``_hash`` and ``_size``
     (same package: they change together).
@@ -37,6 +42,10 @@ class BackgroundRankFileWriter(RankFileWriter):
     ):
         self._error: BaseException | None = None
         self._finishing = False
+        self._aborted = False  # the file will be removed: no need to sync it
+        self._opened = False  # the write thread has chosen direct or buffered writes
+        self._direct: DirectFile | None = None
+        self._writeback: WriteBack | None = None
         self._queues: dict[Callable[[bytes], None], queue.Queue] = {
             job: queue.Queue(maxsize=QUEUED_CHUNKS) for job in (self._write, self._digest)
         }
@@ -60,26 +69,48 @@ class BackgroundRankFileWriter(RankFileWriter):
                     job(data)
                 except BaseException as err:  # re-raised in the caller's thread
                     self._error = err
-        if self._error is None and job == self._write:
-            try:
-                self._sync()
-            except OSError as err:
-                self._error = err
+        if job == self._write:
+            self._end_writes()
+
+    def _end_writes(self) -> None:
+        """The file's one fsync (skipped when the file is abandoned), then its direct descriptor closed."""
+        try:
+            if self._error is None and not self._aborted:
+                if self._direct is not None:
+                    self._direct.finish()
+                else:
+                    os.fsync(self._file.fileno())
+        except OSError as err:
+            self._error = err
+        finally:
+            if self._direct is not None:
+                self._direct.close()
 
     def _write(self, data) -> None:
-        self._file.write(data)
-        self._size += len(data)
-        self._unsynced = getattr(self, "_unsynced", 0) + len(data)
-        if self._unsynced >= SYNC_EVERY:
-            self._sync()
+        """Append ``data``: through the ``O_DIRECT`` staging buffer, else buffered in ``WRITE_PIECE`` pieces,
+        each handed to the kernel's write-back at once."""
+        if not self._opened:
+            self._opened = True
+            self._direct = open_direct(self.path)
+            self._writeback = WriteBack(self._file.fileno())
+        view = memoryview(data).cast("B")
+        if self._direct is not None:
+            self._direct.append(view)
+            self._size += len(view)
+            return
+        assert self._writeback is not None
+        for start in range(0, len(view), WRITE_PIECE):
+            piece = view[start : start + WRITE_PIECE]
+            self._file.write(piece)
+            self._file.flush()
+            self._size += len(piece)
+            self._writeback.written(self._size)
+
+    def _fsync(self) -> None:
+        """Synced by the write thread when it drained (``_drain``), which ``close`` joined."""
 
     def _digest(self, data) -> None:
         self._hash.update(data)
-
-    def _sync(self) -> None:
-        self._file.flush()
-        os.fdatasync(self._file.fileno())
-        self._unsynced = 0
 
     def finish(self) -> None:
         """Let the threads write, hash and sync what is queued, without waiting (``close`` waits)."""
@@ -100,11 +131,12 @@ class BackgroundRankFileWriter(RankFileWriter):
     def close(self) -> dict:
         self._join()
         self._raise_pending()
-        return super().close()  # checks the tensor count; its fsync finds little left to do
+        return super().close()  # checks the tensor count
 
     def __exit__(self, exc_type, *_) -> None:
         if exc_type is None:
             self.close()
         else:
+            self._aborted = True
             self._join()
             self._file.close()

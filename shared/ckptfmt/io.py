@@ -23,13 +23,14 @@ import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from .constants import CONFIG_FILE, MANIFEST_FILE, RANK_FILE, SAFETENSORS_DTYPES, SAFETENSORS_TAGS
 from .entry import raise_interrupted
 from .errors import CheckpointError
+from .jsonfile import MAX_JSON_BYTES as MAX_JSON_BYTES  # re-exported: read_json_file lives in jsonfile
+from .jsonfile import read_json_file
 
 _ALIGN = 8
 _MAX_HEADER = 100 * 1024 * 1024
@@ -120,9 +121,12 @@ class RankFileWriter:
                 f"(missing {self._order[self._next]})"
             )
         self._file.flush()
-        os.fsync(self._file.fileno())
+        self._fsync()
         self._file.close()
         return {"size": self._size, "sha256": self._hash.hexdigest()}
+
+    def _fsync(self) -> None:
+        os.fsync(self._file.fileno())
 
     def __enter__(self) -> RankFileWriter:
         return self
@@ -650,31 +654,3 @@ def save_checkpoint(
             entries[name] = writer.close()
         config.save(tmp / CONFIG_FILE)
         write_manifest(tmp, entries)
-
-
-MAX_JSON_BYTES = 64 << 20  # config.json, manifest.json: far beyond any real one
-
-
-def read_json_file(path: Path, missing: str | None = None) -> Any:
-    """Parse a small JSON file: a regular file of at most ``MAX_JSON_BYTES``, UTF-8, not nested beyond reason.
-
-    Every failure is one ``CheckpointError`` line naming the file (``missing`` replaces the not-found one).
-    """
-    try:
-        if not path.exists():
-            raise CheckpointError(missing or f"{path}: missing")
-        if not path.is_file():
-            raise CheckpointError(f"{path}: not a regular file")
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise CheckpointError(f"{path}: {path.stat().st_size} bytes, more than any config ({MAX_JSON_BYTES})")
-        text = path.read_bytes().decode("utf-8")
-    except OSError as err:
-        raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
-    except UnicodeDecodeError as err:
-        raise CheckpointError(f"{path}: not UTF-8 text (byte {err.start})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
-    except RecursionError:
-        raise CheckpointError(f"{path}: not valid JSON (nested too deeply)") from None
