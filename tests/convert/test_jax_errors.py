@@ -169,3 +169,15 @@ def test_model_type_without_jax_layout(tmp_path, capsys):
     gpt2 = {"model_type": "gpt2", "n_layer": 2, "n_head": 4, "n_embd": 16, "vocab_size": 40, "n_positions": 64}
     err = fails(tmp_path, capsys, LLAMA / "ocdbt", config_with(tmp_path, **gpt2))
     assert "model_type 'gpt2' has no known JAX layout (known: gemma, gemma2, gemma3_text, llama" in err
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "parent", "config"])
+def test_output_dir_may_not_replace_an_input(where, tmp_path, capsys):
+    ckpt, config = copy("ocdbt", tmp_path), tmp_path / "hf"
+    shutil.copytree(LLAMA / "hf", config)
+    out = {"checkpoint": ckpt, "parent": ckpt.parent, "config": config}[where]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    argv = ("jax", "--checkpoint_dir", ckpt, "--model_config", config, "--output_dir", out, "--overwrite", "--quiet")
+    rc, _, err = run_cli(*argv, capsys=capsys)
+    assert rc == 1 and "output directory would replace the input" in err and err.count("\n") == 1, err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
