@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,12 @@ def test_output_dir_may_not_replace_an_input(where, tmp_path, capsys):
     rc, _, err = run_cli(*argv, capsys=capsys)
     assert rc == 1 and "output directory would replace the input" in err and err.count("\n") == 1, err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_without_tensorstore(tmp_path, capsys, monkeypatch):
+    """The [jax] extra is needed for orbax checkpoints only: named in one line; msgpack files convert without it."""
+    monkeypatch.setitem(sys.modules, "tensorstore", None)  # import fails as if not installed
+    assert "needs tensorstore: pip install 'ckpt-convert[jax]'" in fails(tmp_path, capsys, LLAMA / "ocdbt")
+    argv = ("jax", "--checkpoint_dir", LLAMA / "flax.msgpack", "--model_config", LLAMA / "hf")
+    rc, _, err = run_cli(*argv, "--output_dir", tmp_path / "out", "--quiet", capsys=capsys)
+    assert rc == 0, err
