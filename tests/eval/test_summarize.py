@@ -72,13 +72,16 @@ def test_report_files(first_report):
     systems = results["systems"]
     assert list(systems) == ["ours (torch)", "transformers"]
     for scores in systems.values():
-        assert set(scores) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "tokens_per_s", "latency_per_batch_s"}
+        keys = {"quantization", "rouge1", "rouge2", "rougeL", "rougeLsum", "tokens_per_s", "latency_per_batch_s"}
+        assert set(scores) == keys
         assert scores["tokens_per_s"] > 0 and scores["latency_per_batch_s"] > 0
     assert results["dataset"]["articles"] == 8
     assert [len(p) for p in results["predictions"].values()] == [8, 8]
     # fp32 greedy through the same loop: identical summaries, identical scores
     assert results["predictions"]["ours (torch)"] == results["predictions"]["transformers"]
     assert systems["ours (torch)"]["rouge1"] == systems["transformers"]["rouge1"]
+    assert systems["ours (torch)"]["quantization"] == "none"
+    assert systems["transformers"]["quantization"] == "none (transformers, float32)"
     assert len(results["timings"]["ours (torch)"]["seconds_per_batch"]) == 2
     assert results["settings"]["batch_size"] == 4 and results["settings"]["backend"] == "torch"
     assert results["accuracy"]["passed"] is True and results["versions"]["torch"]
@@ -92,7 +95,9 @@ def test_gate_fails_just_above_the_score_and_reports_the_difference(tiny, first_
     assert rc == 1
     assert f"accuracy check: ours (torch) ROUGE-1 {rouge1:.2f} < threshold {rouge1 + 0.01:.2f}" in out
     assert "(transformers " in out and "difference +0.00): FAILED" in out
-    assert "ROUGE-1" in out.splitlines()[1] and "ours (torch) - transformers" in out.splitlines()[0]
+    header, modes, rouge1_row = out.splitlines()[:3]
+    assert "ours (torch) - transformers" in header and "ROUGE-1" in rouge1_row
+    assert modes.split() == ["quantization", "none", "none", "(transformers,", "float32)"]
 
 
 def test_gate_passes_just_below_the_score(tiny, first_report, capsys):

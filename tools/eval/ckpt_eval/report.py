@@ -2,7 +2,9 @@
 
 A system's entry maps score keys (ckpt-summarize: the ROUGE keys of `metrics.ROUGE_KEYS` ×100; ckpt-mmlu:
 accuracy; ckpt-perplexity: perplexity) and optionally `tokens_per_s` and `latency_per_batch_s` to numbers;
-missing values print as "-". Which scores a table shows and a chart draws is a `Chart` (default: ROUGE).
+missing values print as "-". Text entries of `TEXT_ROWS` (the `quantization` label of `quant_label`) head the
+table and name the chart's bars when a system has them. Which scores a table shows and a chart draws is a
+`Chart` (default: ROUGE).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ ROW_LABELS = {
     "latency_per_batch_s": "latency/batch (s)",
 }
 ROW_FORMATS = {"tokens_per_s": "{:.1f}", "latency_per_batch_s": "{:.3f}"}
+TEXT_ROWS = {"quantization": "quantization"}  # text entries printed above the scores, no difference
 # Reported versions: a label and the distributions that may provide it, first installed one wins.
 VERSION_SOURCES = {
     "torch": ("torch",),
@@ -73,6 +76,9 @@ def format_table(systems: dict[str, dict[str, Any]], chart: Chart = ROUGE_CHART)
     names = list(systems)
     paired = len(names) == 2
     rows = [["metric", *names] + ([f"{names[0]} - {names[1]}"] if paired else [])]
+    for key, label in TEXT_ROWS.items():
+        if any(_text(systems[name].get(key)) for name in names):
+            rows.append([label] + [_text(systems[name].get(key)) or "-" for name in names] + ([""] if paired else []))
     for key, label in chart.rows.items():
         values = [_number(systems[name].get(key)) for name in names]
         row = [label] + [_format(key, value) for value in values]
@@ -160,7 +166,9 @@ def _draw_scores(axes: Any, systems: dict[str, dict[str, Any]], chart: Chart) ->
     for index, (name, system) in enumerate(systems.items()):
         scores = [_number(system.get(key)) or 0.0 for key in keys]
         shift = (index - (len(systems) - 1) / 2) * bar_width
-        bars = axes.bar([position + shift for position in range(len(keys))], scores, bar_width, label=name)
+        mode = _text(system.get("quantization"))
+        label = f"{name} [{mode}]" if mode else name
+        bars = axes.bar([position + shift for position in range(len(keys))], scores, bar_width, label=label)
         axes.bar_label(bars, fmt="%.1f", fontsize=8)
         colors[name] = bars.patches[0].get_facecolor()
     axes.set_xticks(range(len(keys)), list(chart.scores.values()))
@@ -207,6 +215,11 @@ def _number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def _text(value: Any) -> str | None:
+    """A non-empty string entry, else None."""
+    return value if isinstance(value, str) and value else None
 
 
 def _format(key: str, value: float | None) -> str:

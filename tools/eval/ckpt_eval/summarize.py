@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from ckptfmt import CheckpointError, check_output_dir
+from ckptfmt import CheckpointConfig, CheckpointError, check_output_dir
 from ckptfmt.config import canonical_dtype
 from ckptfmt.entry import run_main
 
@@ -29,6 +29,7 @@ from .dataset import DatasetError, load_summarization_dataset
 from .gates import EXIT_USAGE, Gate, GateError, Metric, add_gate_flags, baseline_gates, finish, load_baseline
 from .launch import detect_launch
 from .metrics import compute_rouge, encode_prompt
+from .quant_label import checkpoint_label, hf_label
 from .report import ROUGE_CHART, ReportError, print_table, write_report
 from .run_cli import add_runner_flags, backend_options
 from .sampling import SamplingConfig
@@ -136,21 +137,25 @@ def check_models(args, positive: tuple[str, ...]) -> tuple[str, str | None]:
     return backend, model_dir if args.test_trt_llm else None
 
 
-def model_limits(backend: str, model_dir: str) -> tuple[int, int | None]:
-    """(vocab_size, max_position_embeddings) from the engine's or checkpoint's config, without loading weights."""
+def model_config(backend: str, model_dir: str) -> CheckpointConfig:
+    """The engine's or checkpoint's config (ckptfmt's reader, checked), without loading weights."""
     if backend == "trt":
         from ckptfmt.engine import load_engine_config
 
-        config = load_engine_config(model_dir).checkpoint_config
-    else:
-        from ckptfmt import load_config
+        return load_engine_config(model_dir).checkpoint_config
+    from ckptfmt import load_config
 
-        config = load_config(model_dir)
+    return load_config(model_dir)
+
+
+def model_limits(backend: str, model_dir: str) -> tuple[int, int | None]:
+    """(vocab_size, max_position_embeddings) from the engine's or checkpoint's config, without loading weights."""
+    config = model_config(backend, model_dir)
     return config.vocab_size, config.max_position_embeddings
 
 
-def hf_limits(hf_dir: str) -> tuple[int, int | None]:
-    """(vocab_size, max positions) from a Hugging Face config.json."""
+def hf_config(hf_dir: str) -> dict:
+    """A Hugging Face config.json (a multimodal one's ``text_config`` merged under its top level)."""
     path = Path(hf_dir) / "config.json"
     try:
         config = json.loads(path.read_text())
@@ -158,7 +163,16 @@ def hf_limits(hf_dir: str) -> tuple[int, int | None]:
         raise SummarizeError(f"{path}: missing (not a Hugging Face model directory)") from None
     except (OSError, json.JSONDecodeError) as err:
         raise SummarizeError(f"{path}: cannot read ({err})") from None
-    config = {**(config.get("text_config") or {}), **config}
+    if not isinstance(config, dict):
+        raise SummarizeError(f"{path}: not a JSON object")
+    text_config = config.get("text_config")
+    return {**(text_config if isinstance(text_config, dict) else {}), **config}
+
+
+def hf_limits(hf_dir: str) -> tuple[int, int | None]:
+    """(vocab_size, max positions) from a Hugging Face config.json."""
+    path = Path(hf_dir) / "config.json"
+    config = hf_config(hf_dir)
     vocab = config.get("vocab_size")
     if not isinstance(vocab, int):
         raise SummarizeError(f"{path}: vocab_size: missing")
@@ -281,7 +295,8 @@ def prepare(args) -> dict:
     baseline = load_baseline(args.baseline, args.max_regression, "summarize")
     records = load_summarization_dataset(args.dataset)
     ours = f"ours ({backend})" if model_dir else None
-    tested = ([f"{ours} from {model_dir}"] if ours else []) + ([HF_NAME] if args.test_hf else [])
+    modes = quantization_labels(args, backend, model_dir, ours)
+    tested = [f"{name}{f' from {model_dir}' if name == ours else ''} [{mode}]" for name, mode in modes.items()]
     log.info(
         "evaluating %s on %d batches of %d; loading tokenizer and models",
         " and ".join(tested),
@@ -298,7 +313,17 @@ def prepare(args) -> dict:
         "tokenizer": tokenizer,
         "batches": make_batches(records, tokenizer, args),
         "baseline": baseline,
+        "quantization": modes,
     }
+
+
+def quantization_labels(args, backend: str, model_dir: str | None, ours: str | None) -> dict[str, str]:
+    """Each tested system's quantization label (``quant_label``): ours from its checkpoint or engine config,
+    transformers' from its config.json and --data_type."""
+    modes = {ours: checkpoint_label(model_config(backend, model_dir).quantization)} if ours and model_dir else {}
+    if args.test_hf:
+        modes[HF_NAME] = hf_label(hf_config(args.hf_model_dir), args.data_type)
+    return modes
 
 
 def summarize(args) -> int:
@@ -331,7 +356,9 @@ def summarize(args) -> int:
     shutdown()
     if rank != 0:
         return 0
-    scored = {name: scores(run, references) for name, run in runs.items()}
+    scored = {
+        name: {"quantization": job["quantization"][name], **scores(run, references)} for name, run in runs.items()
+    }
     print_table(scored)
     ratio = speed_ratio(runs[ours], runs[HF_NAME]) if ours and HF_NAME in runs else None
     if ratio is not None:
