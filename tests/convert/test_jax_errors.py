@@ -156,6 +156,16 @@ def test_named_pipe_is_refused_not_waited_on(victim, tmp_path, capsys):
     assert "not a regular file" in fails(tmp_path, capsys, ckpt)
 
 
+def test_one_step_folder_of_a_manager(tmp_path, capsys):
+    """A step folder given as --checkpoint_dir: its params item is read (step 1: the embedding negated)."""
+    out = tmp_path / "out"
+    argv = ("jax", "--checkpoint_dir", LLAMA / "manager" / "1", "--model_config", LLAMA / "hf", "--output_dir", out)
+    rc, _, err = run_cli(*argv, "--quiet", capsys=capsys)
+    assert rc == 0, err
+    (tmp_path / "again").mkdir()
+    assert "--step 1: " in fails(tmp_path / "again", capsys, LLAMA / "manager" / "1", LLAMA / "hf", "--step", 1)
+
+
 def test_links_inside_are_followed(tmp_path, capsys):
     ckpt = copy("per_array", tmp_path)
     shutil.move(ckpt / "lm_head.kernel", ckpt / "moved")

@@ -47,6 +47,8 @@ def locate(checkpoint_dir: Path, step: int | None) -> Location:
     steps = _steps(checkpoint_dir)
     if steps:
         return _step(checkpoint_dir, steps, step)
+    if any((p / METADATA).exists() for p in checkpoint_dir.iterdir()):  # one step folder of a manager
+        return _single(_item(checkpoint_dir, None), step, checkpoint_dir)
     packs = sorted(checkpoint_dir.glob("*.msgpack"))
     if len(packs) == 1:
         return _single(Location("msgpack", packs[0]), step, checkpoint_dir)
@@ -80,16 +82,21 @@ def _step(directory: Path, steps: dict[int, Path], step: int | None) -> Location
     path = steps[chosen]
     if path.is_file():
         return Location("msgpack", path, chosen)
-    if (path / METADATA).is_file():
+    if (path / METADATA).exists():
         return Location("orbax", path, chosen)
-    items = sorted(p.name for p in path.iterdir() if (p / METADATA).is_file())
+    return _item(path, chosen)
+
+
+def _item(path: Path, step: int | None) -> Location:
+    """The item folder of a step: ``params``, else ``default``, else the only one."""
+    items = sorted(p.name for p in path.iterdir() if (p / METADATA).exists())
     pick = [n for n in ITEM_PREFERENCE if n in items] if len(items) > 1 else items
     if not pick:
         raise CheckpointError(
-            f"{path}: step {chosen} has items {', '.join(items)}; none is 'params' or 'default' (pass the item "
-            "folder as --checkpoint_dir)"
+            f"{path}: items {', '.join(items)}; none is 'params' or 'default' (pass the item folder as "
+            "--checkpoint_dir)"
         )
-    return Location("orbax", path / pick[0], chosen)
+    return Location("orbax", path / pick[0], step)
 
 
 def check_links(location: Location, checkpoint_dir: Path) -> None:
