@@ -88,7 +88,8 @@ MEANINGS = {
     INPUT_IDS: "token ids, right-padded to the longest sequence of the step",
     HIDDEN_IN: "hidden states from the previous pipeline stage",
     POSITION_IDS: "position of each token = its KV-cache slot (past length + index); the step writes cache slots "
-    "position_ids[b, 0] ... and attends to slots <= position_ids[b, s]",
+    "position_ids[b, 0] ... and attends to slots <= position_ids[b, s] (in a sliding-window layer, the last "
+    "sliding_window of them)",
     LAST_TOKEN_INDEX: "index along seq of each sequence's last real token (its logits are returned)",
     HIDDEN_OUT: "hidden states for the next pipeline stage",
 }
