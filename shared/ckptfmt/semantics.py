@@ -272,7 +272,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature(
         "embedding scale",
         lambda s: "none" if s.embedding_scale == 1 else "sqrt(hidden_size)",
-        {"none": ALL, "sqrt(hidden_size)": UNFUSED},
+        {"none": ALL, "sqrt(hidden_size)": ALL},
     ),
     Feature("inter_layernorms", lambda s: _bool(s.attn_out_norm), {"false": ALL, "true": UNFUSED}),
     Feature("qk norm", lambda s: _bool(s.qk_norm), {"false": ALL, "true": UNFUSED}),

@@ -131,10 +131,13 @@ def test_zero_caps_are_off():
 
 
 @pytest.mark.parametrize("over", [{}, GEMMA2, GEMMA3])
-def test_torch_and_the_builder_compute_every_gemma_and_fused_refuses(over):
+def test_torch_and_the_builder_compute_every_gemma_and_fused_gemma_1(over):
     spec = model_spec(config(**over))
     assert unsupported_by(spec, TORCH) == [] and unsupported_by(spec, BUILDER) == []
-    assert unsupported_by(spec, FUSED)[0].startswith("config.json: ")
+    if over:
+        assert unsupported_by(spec, FUSED)[0].startswith("config.json: ")
+    else:  # Gemma 1: the embedding scale is the only thing it adds to LLaMA
+        assert unsupported_by(spec, FUSED) == []
 
 
 @pytest.mark.parametrize(("tp", "pp"), [(1, 1), (2, 1), (1, 2)])
@@ -171,9 +174,7 @@ def test_inspect_prints_gemma_rows(tmp_path, capsys):
     assert main(["inspect", str(ckpt), "--json"]) == 0
     rows = {f["field"]: (f["value"], f["executors"]) for f in json.loads(capsys.readouterr().out)["features"]}
     assert rows["sliding_window"] == ("8 positions, 1 global layer in 2", [BUILDER, TORCH])
-    assert rows["embedding scale"] == ("sqrt(hidden_size)", [BUILDER, TORCH])
+    assert rows["embedding scale"] == ("sqrt(hidden_size)", [BUILDER, FUSED, TORCH])
     assert rows["attn_logit_softcapping"] == ("50", [BUILDER, TORCH])
     assert rows["inter_layernorms"] == ("true", [BUILDER, TORCH])
-    assert {f for f, _, who in support_rows(model_spec(config())) if who != sorted((BUILDER, FUSED, TORCH))} == {
-        "embedding scale"
-    }
+    assert all(who == sorted((BUILDER, FUSED, TORCH)) for _, _, who in support_rows(model_spec(config())))

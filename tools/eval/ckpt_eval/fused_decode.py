@@ -153,6 +153,9 @@ class FusedDecoder:
         spec = model.spec
         self.act = KERNEL_ACTIVATIONS[spec.activation]
         self.eps = spec.norm_epsilon
+        # Gemma's embedding scale, rounded to the model dtype as the torch backend's (``Transformer.embed``)
+        p = next(model.parameters())
+        self.embedding_scale = torch.tensor(spec.embedding_scale, dtype=p.dtype, device=p.device)
         self.linears = []  # per layer: Operands of qkv, dense, fc (or [fc; gate]), proj
         for layer in model.transformer.blocks():
             a, mlp = layer.attention, layer.mlp
@@ -284,6 +287,8 @@ class FusedDecoder:
         t = model.transformer
         x = buf["x"]
         torch.index_select(t.vocab_embedding.weight, 0, tokens, out=x)
+        if spec.embedding_scale != 1:
+            x.mul_(self.embedding_scale)
         assert spec.mlp_norm is not None  # unsupported() refuses layers without an MLP norm
         for layer, (qkv, dense, fc, proj, fc_bias) in zip(t.blocks(), self.linears, strict=True):
             a, mlp = layer.attention, layer.mlp
