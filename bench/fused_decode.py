@@ -44,7 +44,7 @@ def sweep_gemv(top: int, pdl: bool) -> None:
         def launch(cfg, w, n=n, k=k, x=x, norm=norm, y=y, flags=flags):
             bn, bk, warps = cfg
             dk.gemv_kernel[(math.ceil(n / bn),)](
-                x, norm, w, w, y, y, n, k, 1e-5, BN=bn, BK=bk, num_warps=warps, launch_pdl=pdl, **flags
+                x, norm, w, w, y, y, w, w, w, n, k, 1e-5, BN=bn, BK=bk, num_warps=warps, launch_pdl=pdl, **flags
             )
 
         results = []
