@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 ALIGN = 4096  # offsets, lengths and addresses of O_DIRECT transfers (a multiple of any logical block size)
-PIECE = 8 << 20  # staging buffer: bytes per write call
+PIECE = 4 << 20  # staging buffer: bytes per write call (a typical largest single request of a disk)
 
 
 class DirectFile:
