@@ -40,6 +40,12 @@ TOLERANCE = {"float32": 2e-5, "float16": 5e-3, "bfloat16": 3e-2}
 FP8_VARIANTS = ["llama-gqa", "float16", "bfloat16", "all-biases", "mqa-gelu-tanh"]
 
 
+@pytest.fixture(autouse=True)
+def emulated(monkeypatch):
+    """The torch backend as the emulation it is on CPU (a GPU's native FP8 GEMMs: test_quantized_native.py)."""
+    monkeypatch.setenv("CKPT_EVAL_NATIVE_QUANT", "0")
+
+
 def fp8_checkpoint(tmp_path, name: str):
     config = CheckpointConfig.from_dict({**BASE, **VARIANTS[name]}).check()
     src = random_checkpoint(tmp_path / f"{name}-float", config, seed=len(name))

@@ -6,7 +6,8 @@ dtype). On CUDA this module computes the same product from the codes instead: FP
 (int8 x int8, int32 accumulation; from 17 rows on, the smallest it takes, so decode steps stay emulated).
 The input is quantized exactly as ``InputQuant`` does it; the results differ from the emulation only in
 where the model dtype rounds (the emulation rounds the dequantized weight and input, these GEMMs their
-float32 result). ``CKPT_EVAL_NATIVE_QUANT=0`` keeps the emulation; a GPU or torch whose GEMM fails a probe
+float32 result). float32 models keep the FP8 emulation (FP8 tensor cores accumulate in less than float32
+precision), and ``CKPT_EVAL_NATIVE_QUANT=0`` keeps it for all; a GPU or torch whose GEMM fails a probe
 (one small product against the emulation) keeps it too, and says so once on stderr.
 ``tests/eval/test_quantized_native.py`` (CUDA only) compares both paths.
 """
@@ -115,8 +116,8 @@ def attach_native(module: nn.Module, kind: str, dtype: torch.dtype) -> bool:
     False: it stays emulated (the caller registers the fake quantization of its input)."""
     qw = cast("QuantWeight", module.get_submodule("quant_weight"))
     native = native_kind("int8" if kind.startswith("int8") else kind, qw.codes.device)
-    if native is None:
-        return False
+    if native is None or (native == "fp8" and dtype == torch.float32):
+        return False  # Hopper's FP8 tensor cores add in less than float32 precision: float32 models stay exact
     n, k = qw.codes.shape
     if n % ALIGN or k % ALIGN or (native == "fp8" and bool((qw.scale != qw.scale[0]).any())):
         return False  # shapes the GEMM does not take; per-row FP8 weight scales are not ModelOpt's layout
