@@ -77,7 +77,9 @@ def test_orbax_dir_given_to_hf(tmp_path, capsys):
 
 def test_flax_weights_in_hf_dir(tiny_hf, tmp_path, capsys):
     err = convert_fails("hf", flax_hf_dir(tmp_path / "m", tiny_hf("gpt2")), tmp_path, capsys)
-    assert "no HuggingFace weights, the weights are a JAX (orbax / flax) checkpoint" in err and "--model_config DIR" in err
+    assert (
+        "no HuggingFace weights, the weights are a JAX (orbax / flax) checkpoint" in err and "--model_config DIR" in err
+    )
 
 
 @pytest.mark.parametrize("make", [deepspeed_dir, orbax_dir], ids=["deepspeed", "orbax"])
