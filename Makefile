@@ -16,8 +16,9 @@ test: setup
 	$(PY) -m mypy $(TYPED)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# QFORMAT=fp8|int8_sq|int4_awq: the same pipeline on a checkpoint quantized by ckpt-convert --qformat
 demo: setup
-	@VENV=$(VENV) scripts/demo.sh
+	@VENV=$(VENV) QFORMAT=$(QFORMAT) scripts/demo.sh
 
 lint: setup
 	$(PY) -m ruff check .
