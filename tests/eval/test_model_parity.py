@@ -115,7 +115,7 @@ def test_fp32_parity_with_transformers(models, name):
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_fp32_parity_without_padding(models, name):
-    """Prompts of one length: the prefill takes the plain causal path (no mask, ``Transformer.plain_causal``)."""
+    """Prompts of one length: the prefill is plain causal with no rows to shift (``Transformer.causal_prefill``)."""
     gen = torch.Generator().manual_seed(5)
     batch = [torch.randint(1, 250, (6,), generator=gen) for _ in range(3)]  # 0 is the reference's pad id
     ours = run_ours(ModelRunner.from_dir(models.checkpoint(name), device="cpu"), batch)

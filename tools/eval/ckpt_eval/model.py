@@ -203,13 +203,17 @@ class Attention(nn.Module):
         assert self.kv_cache is not None, "setup_cache allocates the KV caches"
         if self.kv_quant is not None:
             k, v = self.kv_quant(k), self.kv_quant(v)
-        k, v = self.kv_cache.update(slots, k, v)
         gqa = self.kv_heads != self.heads
-        if mask is None:  # prefill from slot 0 without padding: causal attention over the first t slots
-            y = F.scaled_dot_product_attention(
-                q, k[:, :, :t], v[:, :, :t], is_causal=True, enable_gqa=gqa, scale=self.scale
+        if isinstance(mask, Causal):  # a prefill from slot 0: plain causal over its own positions
+            padded = (k, v) if mask.to_padded is None else (shift(z, mask.to_padded, 2) for z in (k, v))
+            self.kv_cache.update(slots, *padded)
+            return self.dense(
+                F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa, scale=self.scale)
+                .transpose(1, 2)
+                .reshape(b, t, q_size)
             )
-        elif t == 1 or self.softcap is not None:
+        k, v = self.kv_cache.update(slots, k, v)
+        if t == 1 or self.softcap is not None:
             y = grouped_attention(q, k, v, mask, self.scale, self.softcap)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa, scale=self.scale)
@@ -368,14 +372,20 @@ class Transformer(nn.Module):
                 length = max(max_seq, old.length if old is not None else 0)
                 a.kv_cache = KVCache(batch, a.kv_heads, length, a.head_size, p.dtype, p.device)
 
-    def plain_causal(self, slots: torch.Tensor, pad: torch.Tensor) -> bool:
-        """True for a prefill from cache slot 0 with no left padding, no window and no ALiBi: attention is
-        then plain causal over the first ``t`` slots, and SDPA's causal kernels skip the masked half (the
-        summarization prompts, cut to --max_input_length, are mostly such batches). Reads two numbers from
-        the device, once per prefill."""
-        if slots.numel() == 1 or self.window or self.alibi is not None or self.spec.attn_logit_softcapping:
-            return False
-        return int(slots[0]) == 0 and not bool(pad.any())
+    def causal_prefill(self, slots: torch.Tensor, pad: torch.Tensor) -> Causal | None:
+        """A ``Causal`` for a prefill from cache slot 0 with no ALiBi, no attention softcap and no window
+        shorter than the prompt: attention is then plain causal over each row's own tokens (left-padded rows
+        are shifted to start at 0), and SDPA's causal kernels skip the masked half. The summarization
+        prompts are such batches. Reads two numbers from the device, once per prefill."""
+        t = slots.numel()
+        if t == 1 or self.alibi is not None or self.spec.attn_logit_softcapping or (self.window or t) < t:
+            return None
+        if int(slots[0]) != 0:
+            return None
+        if not bool(pad.any()):
+            return Causal()
+        s = torch.arange(t, device=pad.device)
+        return Causal(to_aligned=(s + pad[:, None]) % t, to_padded=(s - pad[:, None]) % t)
 
     def embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         t = self.transformer
@@ -406,8 +416,11 @@ class Transformer(nn.Module):
         ``last_only``: logits of the last position only."""
         positions = (slots.unsqueeze(0) - pad.unsqueeze(1)).clamp(min=0)
         x = self.embed(inputs, positions) if self.shapes.first_stage else inputs
-        masks: dict[bool, torch.Tensor | None] = {False: None, True: None}  # of global and local layers
-        if not self.plain_causal(slots, pad):
+        causal = self.causal_prefill(slots, pad)
+        if causal is not None and causal.to_aligned is not None:
+            x, positions = shift(x, causal.to_aligned, 1), shift(positions, causal.to_aligned, 1)
+        masks: dict[bool, torch.Tensor | Causal | None] = {False: causal, True: causal}  # global, local layers
+        if causal is None:
             cache = cast(Block, self.transformer.layers[0]).attention.kv_cache
             assert cache is not None, "setup_cache allocates the KV caches"
             for local in {layer.local for layer in self.transformer.blocks()}:
@@ -418,9 +431,28 @@ class Transformer(nn.Module):
         cos_sin[True] = self.rotary_local.cos_sin(positions, x.dtype) if self.rotary_local else cos_sin[False]
         for layer in self.transformer.blocks():
             x = layer(x, slots, masks[layer.local], rotary[layer.local], cos_sin[layer.local])
+        if causal is not None and causal.to_padded is not None:
+            x = shift(x, causal.to_padded, 1)
         if not self.shapes.last_stage:
             return x
         return self.head(x[:, -1:] if last_only else x)
+
+
+@dataclass(frozen=True)
+class Causal:
+    """Attention of a prefill from cache slot 0 as plain causal over its own positions. With left padding,
+    the layers run on rows shifted left by their padding (``to_aligned``), so every row starts at position 0,
+    while the KV cache is written in the padded layout that decode steps read (``to_padded``)."""
+
+    to_aligned: torch.Tensor | None = None  # [batch, seq]: aligned position j holds padded (j + pad) % seq
+    to_padded: torch.Tensor | None = None  # [batch, seq]: padded position s holds aligned (s - pad) % seq
+
+
+def shift(x: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x`` with the sequence axis ``dim`` (1 or 2) of each row reordered by ``index`` [batch, seq]."""
+    shape = [index.shape[0]] + [1] * (x.dim() - 1)
+    shape[dim] = index.shape[1]
+    return x.gather(dim, index.view(shape).expand_as(x))
 
 
 def attention_mask(slots: torch.Tensor, pad: torch.Tensor, max_seq: int, window: int | None) -> torch.Tensor:
