@@ -17,4 +17,4 @@ def _main(argv: list[str] | None) -> int:
     return run_reporting_errors(run, parser.parse_args(argv))
 
 
-sys.exit(run_main(_main, None, prog=PROG))
+sys.exit(run_main(_main, None, prog=PROG, held=()))  # the hf source imports numpy itself, signals held
