@@ -26,7 +26,14 @@ import torch
 from torch import nn
 
 from ckptfmt import CheckpointConfig, CheckpointError, RankFileReader
-from ckptfmt.names import ACTIVATION_SCALE, KV_CACHE_SCALE, MODELOPT_SCHEMES, PREQUANT_SCALE, WEIGHTS_SCALE
+from ckptfmt.names import (
+    ACTIVATION_SCALE,
+    KV_CACHE_SCALE,
+    MODELOPT_SCHEMES,
+    PER_CHANNEL_SCALE,
+    PREQUANT_SCALE,
+    WEIGHTS_SCALE,
+)
 from ckptfmt.quant import dequantize_linear
 
 from . import native_quant
@@ -118,6 +125,49 @@ def stack_fc_gate(mlp: nn.Module) -> None:
     mlp.quant_fc_gate = both
 
 
+class PackedWeight(nn.Module):
+    """A weight-only (int8 / int4) or INT4 AWQ linear's codes as the fused decode step reads them, with no
+    float copy: ``codes`` int8 ``[out, in]`` (``bits`` 8) or ``[out/2, in]`` (``bits`` 4: rows 2j, 2j+1 in the
+    low, high nibble of a byte, INT4 AWQ's layout); float32 ``scale`` ``[out, in/group]`` (per channel:
+    ``[out, 1]``, ``group`` = in); AWQ's float32 ``prequant`` ``[in]``, which multiplies the input. The weight
+    is ``unpack(codes) * scale[:, k // group]`` times ``prequant[k]`` in column k (``decode_wq_kernels``)."""
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    prequant: torch.Tensor | None
+
+    def __init__(self, codes, scale, prequant, bits: int, per_group: bool):
+        super().__init__()
+        self.bits, self.per_group = bits, per_group
+        self.rows = codes.shape[0] * (8 // bits)
+        self.group = codes.shape[1] // scale.shape[1]
+        self.register_buffer("codes", codes.contiguous(), persistent=False)
+        self.register_buffer("scale", scale.float().contiguous(), persistent=False)
+        self.register_buffer("prequant", None if prequant is None else prequant.float().contiguous(), persistent=False)
+
+
+def packs_weights(config: CheckpointConfig) -> bool:
+    """Whether the linears are weight-only int8 / int4 or INT4 AWQ (``PackedWeight``)."""
+    return config.quantization.scheme in ("weight_only", "int4_awq")
+
+
+def read_packed(reader: RankFileReader, name: str, config: CheckpointConfig, device) -> PackedWeight:
+    """``PackedWeight`` of the linear ``name`` (e.g. ``transformer.layers.0.mlp.fc``). INT4 AWQ's tensors are
+    its layout as stored; the weight-only ``[in, out]`` (int4 ``[in, out/2]``) bytes are transposed whole, each
+    byte kept (its two int4 values stay paired as stored), and the ``[in/group, out]`` scales with them."""
+    q = config.quantization
+    codes = torch.from_numpy(np.array(reader[f"{name}.weight"]))
+    if q.scheme == "int4_awq":
+        scale = torch.from_numpy(np.array(reader[f"{name}.{WEIGHTS_SCALE}"], dtype=np.float32))
+        pre = torch.from_numpy(np.array(reader[f"{name}.{PREQUANT_SCALE}"], dtype=np.float32))
+        packed = PackedWeight(codes, scale, pre, 4, True)
+    else:
+        scale = torch.from_numpy(np.array(reader[f"{name}.{PER_CHANNEL_SCALE}"], dtype=np.float32))
+        scale = scale.T if q.per_group else scale[:, None]
+        packed = PackedWeight(codes.T, scale, None, 4 if q.weight_only_precision == "int4" else 8, q.per_group)
+    return packed.to(device)
+
+
 def _quantize_input(module: nn.Module, args: tuple) -> tuple:
     quant = module.get_submodule("input_quant")
     return (quant(args[0]), *args[1:])
@@ -181,6 +231,11 @@ def attach(model: nn.Module, reader: RankFileReader, config: CheckpointConfig, d
                 if not native_quant.attach_native(module, kind, dtype):  # else it computes from the codes
                     module.register_forward_pre_hook(_quantize_input)
             stack_fc_gate(layer.get_submodule("mlp"))
+        if packs_weights(config):  # the codes for the fused step, beside the dequantized weights
+            for linear in LINEARS:
+                if f"{prefix}{linear}.weight" in reader:
+                    module = layer.get_submodule(linear)
+                    module.packed_weight = read_packed(reader, f"{prefix}{linear}", config, device)
         if kv_kind is not None:
             kv = scale(f"{prefix}attention.{KV_CACHE_SCALE}")
             if kv is None:
