@@ -26,7 +26,7 @@ import torch
 from ckptfmt.semantics import FUSED, support_rows
 
 from .model import Block, KVCache, Transformer
-from .quantized import InputQuant, QuantWeight
+from .quantized import InputQuant, PackedWeight, QuantWeight
 
 # ``ModelSpec.activation`` -> the kernel's activation
 KERNEL_ACTIVATIONS = {"silu": "silu", "relu": "relu", "gelu_erf": "gelu", "gelu_tanh": "gelu_tanh"}
@@ -54,6 +54,8 @@ def unsupported(model: Transformer) -> str | None:
         return f"the kernels do not compute {', '.join(features)}"
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return f"the model has dtype {dtype}"
+    if spec.norm != "rmsnorm" and any(isinstance(m, PackedWeight) for m in model.modules()):
+        return "its weight-only / AWQ GEMVs (decode_wq_kernels) take RMSNorm inputs only"
     fp8 = [m.codes for m in model.modules() if isinstance(m, QuantWeight) and m.codes.dtype == torch.float8_e4m3fn]
     if fp8 and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
         return "its float8 e4m3 weights need an sm89+ GPU (Ada, Hopper or later)"
@@ -103,11 +105,14 @@ class Operands:
     xs: torch.Tensor | None = None
     pre: torch.Tensor | None = None
     flags: dict | None = None
+    packed: list[PackedWeight] | None = None  # weight-only / AWQ codes (``decode_wq_kernels``): [W] or [fc, gate]
 
 
 def operands(linears: list, float_weight: torch.Tensor, codes: QuantWeight | None) -> Operands:
     """``Operands`` of a linear (``linears``: [fc, gate] for the stacked fc/gate): its float weight, or where it is
     quantized (``quantized.attach``) its ``codes`` (``QuantWeight``) and its input's quantization."""
+    if getattr(linears[0], "packed_weight", None) is not None:
+        return Operands(float_weight, packed=[m.packed_weight for m in linears])
     if getattr(linears[0], "input_quant", None) is None:
         return Operands(float_weight)
     quants = [cast(InputQuant, m.input_quant) for m in linears]
@@ -248,6 +253,11 @@ class FusedDecoder:
     def gemv(self, x, op: Operands, y, *, norm=None, bias=None, res=None, gated=False, act="none") -> None:
         """``y = act(W @ norm(x) + bias) (+ res)`` (gated: W holds [fc; gate]) as one ``gemv_kernel``; W and the
         input's quantization from ``op``."""
+        if op.packed is not None:  # weight-only / AWQ codes (``decode_wq_kernels``)
+            from .decode_wq_kernels import packed_gemv
+
+            packed_gemv(x, op.packed, y, eps=self.eps, norm=norm, bias=bias, res=res, act=act, pdl=self.pdl)
+            return
         w = op.w
         n, k = w.shape[0] // (2 if gated else 1), w.shape[1]
         blocks = gemv_blocks(k)
