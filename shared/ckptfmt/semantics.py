@@ -245,29 +245,29 @@ FEATURES: tuple[Feature, ...] = (
         lambda s: s.activation + (" (gated)" if s.gated_mlp else ""),
         {f"{fn}{gated}": ALL for fn in ("relu", "silu", "gelu_tanh", "gelu_erf") for gated in ("", " (gated)")},
     ),
-    Feature("norm", lambda s: s.norm, {"rmsnorm": ALL, "layernorm": UNFUSED}),
-    Feature("do_layer_norm_before", lambda s: _bool(s.pre_norm), {"true": ALL, "false": UNFUSED}),
-    Feature("parallel residual", lambda s: _bool(s.parallel_residual), {"false": ALL, "true": UNFUSED}),
+    Feature("norm", lambda s: s.norm, {"rmsnorm": ALL, "layernorm": ALL}),
+    Feature("do_layer_norm_before", lambda s: _bool(s.pre_norm), {"true": ALL, "false": ALL}),
+    Feature("parallel residual", lambda s: _bool(s.parallel_residual), {"false": ALL, "true": ALL}),
     Feature(
         "mlp norm",
         lambda s: "own" if s.mlp_norm else "shared with attention",
-        {"own": ALL, "shared with attention": UNFUSED},
+        {"own": ALL, "shared with attention": ALL},
     ),
     Feature(
         "position_embedding_type",
         lambda s: s.position_embedding_type,
         {
-            "learned_absolute": UNFUSED,
+            "learned_absolute": ALL,
             "rope_gpt_neox": ALL,
             "rope_gptj": ALL,
-            "alibi": frozenset({TORCH}),
-            "alibi_with_scale": frozenset({TORCH}),
+            "alibi": frozenset({TORCH, FUSED}),
+            "alibi_with_scale": frozenset({TORCH, FUSED}),
         },
     ),
     Feature(
         "rotary_scaling", lambda s: rotary_scaling_type(s.rotary_scaling), {"none": ALL, "linear": ALL, "llama3": ALL}
     ),
-    Feature("sliding_window", _window, {"none": ALL}, UNFUSED),
+    Feature("sliding_window", _window, {"none": ALL}, ALL),
     Feature("rope_local_base_freq", lambda s: _number(s.rotary_base_local), {"none": ALL}, UNFUSED),
     Feature(
         "embedding scale",
@@ -282,7 +282,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature(
         "word_embed_proj_dim",
         lambda s: "none" if s.embed_proj_dim is None else "projected",
-        {"none": ALL, "projected": UNFUSED},
+        {"none": ALL, "projected": ALL},
     ),
     # ModelOpt's FP8 / INT8 SmoothQuant / INT4 AWQ: emulated by the torch backend (ckpt_eval.quantized); the fused
     # kernels read FP8 / int8 codes and quantize their inputs the same way, and read INT4 AWQ's packed codes with

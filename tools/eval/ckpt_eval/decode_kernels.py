@@ -1,6 +1,8 @@
 """Triton kernels of the fused one-token decode step (``fused_decode``): a matrix-vector product with the
-RMSNorm before it and the residual add or gated activation after it fused in, and grouped-query decode
-attention with rotary and the KV-cache write fused in.
+RMSNorm or LayerNorm before it and the residual add or gated activation after it fused in (``gemv_kernel``,
+one sequence; ``gemv_batch_kernel``, 2-16 sequences reading each weight tile once), grouped-query decode
+attention with rotary (or ALiBi), the sliding window and the KV-cache write fused in, per sequence of a
+left-padded batch, and the embedding lookup.
 
 Imported only where triton is installed (CUDA builds of torch ship it). With ``TRITON_INTERPRET=1`` set before
 the import, the same kernels run on CPU tensors through triton's interpreter, which is how the tests check
@@ -86,17 +88,17 @@ def _quant_input(x, cols, K, PRE, scale, AQ: tl.constexpr, HAS_PRE: tl.constexpr
 
 
 @triton.jit
-def _input_scale(X, cols, K, NORM, PRE, XS, scale, BK: tl.constexpr, AQ: tl.constexpr, HAS_NORM: tl.constexpr,
-                 HAS_PRE: tl.constexpr, dtype: tl.constexpr):  # fmt: skip
-    """The activation scale: XS[0] (per tensor), or for AQ "int8_tok" the input's largest magnitude (after
-    norm and PRE) / 127, 1 where it is 0 (``quantized.per_token_scale``)."""
+def _input_scale(X, cols, K, NORM, NBIAS, PRE, XS, mean, scale, BK: tl.constexpr, AQ: tl.constexpr,
+                 HAS_NORM: tl.constexpr, LAYER: tl.constexpr, HAS_PRE: tl.constexpr, dtype: tl.constexpr):  # fmt: skip
+    """The activation scale: XS[0] (per tensor), or for AQ "int8_tok" each input row's largest magnitude
+    (after norm and PRE) / 127, 1 where it is 0 (``quantized.per_token_scale``)."""
     if AQ == "int8_tok":
-        amax = tl.zeros((BK,), tl.float32)
+        amax = tl.zeros_like(cols).to(tl.float32)
         for k0 in range(0, K, BK):
-            x = _quant_input(_load_input(X, k0 + cols, K, NORM, scale, HAS_NORM, dtype), k0 + cols, K, PRE,
-                             1.0, "none", HAS_PRE, dtype)  # fmt: skip
+            x = _load_normed(X, k0 + cols, K, NORM, NBIAS, mean, scale, HAS_NORM, LAYER, dtype)
+            x = _quant_input(x, k0 + cols, K, PRE, 1.0, "none", HAS_PRE, dtype)
             amax = tl.maximum(amax, tl.abs(x))
-        s = tl.math.div_rn(tl.max(amax, 0), 127.0)
+        s = tl.math.div_rn(tl.max(amax, -1, keep_dims=True), 127.0)
         return tl.where(s == 0.0, 1.0, s)
     elif AQ != "none":
         return tl.load(XS).to(tl.float32)
@@ -105,13 +107,43 @@ def _input_scale(X, cols, K, NORM, PRE, XS, scale, BK: tl.constexpr, AQ: tl.cons
 
 
 @triton.jit
+def _norm_stats(X, cols, K, eps, LAYER: tl.constexpr, BK: tl.constexpr):
+    """(mean, 1 / sqrt(variance + eps)) of the input rows in float32, reduced over the last axis with it
+    kept; RMSNorm (LAYER False) takes the mean as 0."""
+    mean = 0.0
+    if LAYER:
+        total = tl.zeros_like(cols).to(tl.float32)
+        for k0 in range(0, K, BK):
+            total += tl.load(X + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
+        mean = tl.sum(total, -1, keep_dims=True) / K
+    squares = tl.zeros_like(cols).to(tl.float32)
+    for k0 in range(0, K, BK):
+        x = tl.load(X + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
+        x = tl.where(k0 + cols < K, x - mean, 0.0)
+        squares += x * x
+    return mean, tl.rsqrt(tl.sum(squares, -1, keep_dims=True) / K + eps)
+
+
+@triton.jit
 def _load_input(X, cols, K, NORM, scale, HAS_NORM: tl.constexpr, dtype: tl.constexpr):
-    """Elements ``cols`` of the input vector (float32), RMS-normalized and scaled when HAS_NORM."""
+    """Elements ``cols`` of the input (float32), RMS-normalized (1 / rms ``scale``) and scaled when HAS_NORM."""
+    return _load_normed(X, cols, K, NORM, NORM, 0.0, scale, HAS_NORM, False, dtype)
+
+
+@triton.jit
+def _load_normed(X, cols, K, NORM, NBIAS, mean, scale, HAS_NORM: tl.constexpr, LAYER: tl.constexpr,
+                 dtype: tl.constexpr):  # fmt: skip
+    """Elements ``cols`` of the input (float32), normalized when HAS_NORM: RMSNorm (normalized, rounded,
+    times NORM, rounded) or LAYER (``(x - mean) * scale * NORM + NBIAS`` in float32, rounded once)."""
     col_ok = cols < K
     x = tl.load(X + cols, mask=col_ok, other=0.0).to(tl.float32)
     if HAS_NORM:
         g = tl.load(NORM + cols, mask=col_ok, other=0.0).to(tl.float32)
-        x = _round(_round(x * scale, dtype) * g, dtype)
+        if LAYER:
+            b = tl.load(NBIAS + cols, mask=col_ok, other=0.0).to(tl.float32)
+            x = _round((x - mean) * scale * g + b, dtype)
+        else:
+            x = _round(_round(x * scale, dtype) * g, dtype)
     return x
 
 
@@ -141,14 +173,16 @@ def gemv_kernel(
     AQ: tl.constexpr = "none",
     HAS_PRE: tl.constexpr = False,
     SPLIT_ACT: tl.constexpr = False,
+    LAYER: tl.constexpr = False,
+    NBIAS=None,
 ):
     """``Y[n] = act(W @ norm(X) + BIAS)[n] (+ RES[n])`` for rows n < N of W [N or 2N, K]; one vector X [K].
 
-    HAS_NORM: X is RMS-normalized first (float32 statistics, then scaled by NORM in the model dtype).
-    ACT: "none", "silu", "relu", "gelu" or "gelu_tanh". GATED: W (and BIAS) hold [fc; gate] (2N rows) and
-    ``Y[n] = act(fc . x) * (gate . x)``. Accumulation is float32; products are rounded to the model dtype
-    (X's) where the unfused path holds model-dtype tensors. RES may be Y itself: each program reads and
-    writes only its own BN rows.
+    HAS_NORM: X is normalized first (float32 statistics): RMSNorm scaled by NORM in the model dtype, or
+    LAYER: LayerNorm with weight NORM and bias NBIAS. ACT: "none", "silu", "relu", "gelu" or "gelu_tanh".
+    GATED: W (and BIAS) hold [fc; gate] (2N rows) and ``Y[n] = act(fc . x) * (gate . x)``. Accumulation is
+    float32; products are rounded to the model dtype (X's) where the unfused path holds model-dtype tensors.
+    RES may be Y itself: each program reads and writes only its own BN rows.
 
     Quantized linears (``quantized``): WQ: W holds codes (float8 e4m3 or int8), row r's weight is
     ``W[r] * WS[r]`` (the scale is applied to the row's sum). AQ: the input is quantized as ``InputQuant``
@@ -175,19 +209,16 @@ def gemv_kernel(
         w_gate = tl.load(gate_ptr, mask=w_mask, other=0.0, eviction_policy="evict_first")
     if PDL:
         gdc_wait()  # X and RES are written by earlier kernels of the step
-    scale = 1.0
+    mean, scale = 0.0, 1.0
     if HAS_NORM:
-        squares = tl.zeros((BK,), tl.float32)
-        for k0 in range(0, K, BK):
-            x = tl.load(X + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
-            squares += x * x
-        scale = tl.rsqrt(tl.sum(squares, 0) / K + eps)
-    x_scale = _input_scale(X, cols, K, NORM, PRE, XS, scale, BK, AQ, HAS_NORM, HAS_PRE, dtype)
+        mean, scale = _norm_stats(X, cols, K, eps, LAYER, BK)
+    x_scale = _input_scale(X, cols, K, NORM, NBIAS, PRE, XS, mean, scale, BK, AQ, HAS_NORM, LAYER, HAS_PRE, dtype)
     g_scale = x_scale
     if SPLIT_ACT:
-        g_scale = _input_scale(X, cols, K, NORM, PRE + K, XS + 1, scale, BK, AQ, HAS_NORM, HAS_PRE, dtype)
+        g_scale = _input_scale(X, cols, K, NORM, NBIAS, PRE + K, XS + 1, mean, scale, BK, AQ, HAS_NORM, LAYER,
+                               HAS_PRE, dtype)  # fmt: skip
     # accumulate elementwise [BN, BK], reduce once at the end
-    x_in = _load_input(X, cols, K, NORM, scale, HAS_NORM, dtype)
+    x_in = _load_normed(X, cols, K, NORM, NBIAS, mean, scale, HAS_NORM, LAYER, dtype)
     x = _quant_input(x_in, cols, K, PRE, x_scale, AQ, HAS_PRE, dtype)
     x_gate = x
     if SPLIT_ACT:
@@ -195,7 +226,7 @@ def gemv_kernel(
     acc = w.to(tl.float32) * x[None, :]
     acc_gate = w_gate.to(tl.float32) * x_gate[None, :]
     for k0 in range(BK, K, BK):
-        x_in = _load_input(X, k0 + cols, K, NORM, scale, HAS_NORM, dtype)
+        x_in = _load_normed(X, k0 + cols, K, NORM, NBIAS, mean, scale, HAS_NORM, LAYER, dtype)
         x = _quant_input(x_in, k0 + cols, K, PRE, x_scale, AQ, HAS_PRE, dtype)
         w_mask = row_ok[:, None] & (k0 + cols < K)[None, :]
         w = tl.load(w_ptr + k0, mask=w_mask, other=0.0, eviction_policy="evict_first")
@@ -206,14 +237,23 @@ def gemv_kernel(
                 x_gate = _quant_input(x_in, k0 + cols, K, PRE + K, g_scale, AQ, HAS_PRE, dtype)
             w_gate = tl.load(gate_ptr + k0, mask=w_mask, other=0.0, eviction_policy="evict_first")
             acc_gate += w_gate.to(tl.float32) * x_gate[None, :]
-    y = tl.sum(acc, 1)
+    y = _epilogue(tl.sum(acc, 1), tl.sum(acc_gate, 1), rows, row_ok, N, BIAS, WS, HAS_BIAS, GATED, ACT, WQ, dtype)
+    if HAS_RES:
+        y += tl.load(RES + rows, mask=row_ok, other=0.0).to(tl.float32)
+    tl.store(Y + rows, y.to(dtype).to(Y.dtype.element_ty), mask=row_ok)
+
+
+@triton.jit
+def _epilogue(y, y_gate, rows, row_ok, N, BIAS, WS, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, ACT: tl.constexpr,
+              WQ: tl.constexpr, dtype: tl.constexpr):  # fmt: skip
+    """Row sums ``y`` (and ``y_gate``; rows along the last axis) to outputs: weight scale, bias, activation
+    (gated: ``act(y) * y_gate``), rounded to the model dtype where the unfused path rounds."""
     if WQ:
         y *= tl.load(WS + rows, mask=row_ok, other=0.0)
     if HAS_BIAS:
         y += tl.load(BIAS + rows, mask=row_ok, other=0.0).to(tl.float32)
     y = _round(y, dtype)
     if GATED:
-        y_gate = tl.sum(acc_gate, 1)
         if WQ:
             y_gate *= tl.load(WS + N + rows, mask=row_ok, other=0.0)
         if HAS_BIAS:
@@ -221,9 +261,142 @@ def gemv_kernel(
         y = _round(_round(_activate(y, ACT), dtype) * _round(y_gate, dtype), dtype)
     elif ACT != "none":
         y = _round(_activate(y, ACT), dtype)
+    return y
+
+
+@triton.jit
+def _tile_product(x, w, DOT: tl.constexpr, PRECISION: tl.constexpr, dtype: tl.constexpr):
+    """``x [BB, BK] @ w [BN, BK]^T`` in float32: on tensor cores (DOT: x and w in the model dtype, which
+    holds them exactly) or as broadcast multiply-adds on the CUDA cores."""
+    if DOT:
+        return tl.dot(x.to(dtype), tl.trans(w.to(tl.float32).to(dtype)), input_precision=PRECISION)
+    else:
+        return tl.sum(x[:, None, :] * w.to(tl.float32)[None, :, :], 2)
+
+
+@triton.jit
+def gemv_batch_kernel(
+    X,
+    NORM,
+    W,
+    BIAS,
+    Y,
+    RES,
+    WS,
+    XS,
+    PRE,
+    N,
+    K,
+    eps,
+    HAS_NORM: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    GATED: tl.constexpr,
+    ACT: tl.constexpr,
+    PDL: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    B: tl.constexpr,
+    BB: tl.constexpr,
+    DOT: tl.constexpr,
+    PRECISION: tl.constexpr,
+    WQ: tl.constexpr = False,
+    AQ: tl.constexpr = "none",
+    HAS_PRE: tl.constexpr = False,
+    SPLIT_ACT: tl.constexpr = False,
+    LAYER: tl.constexpr = False,
+    NBIAS=None,
+):
+    """``gemv_kernel`` for a batch: ``Y[b] = act(W @ norm(X[b]) + BIAS) (+ RES[b])`` for the B rows of X
+    [B, K] (Y, RES: [B, N]). Each program reads its weight tile [BN, BK] once and multiplies it by all B
+    inputs, held as a [BB, BK] tile (BB: B rounded up to a power of two, at least 16 for DOT; the rows past
+    B read and write nothing). DOT: ``tl.dot`` on tensor cores (PRECISION "ieee" for float32 models), else
+    multiply-adds on the CUDA cores. Norm statistics, per-token input scales and rounding are per row, as
+    in ``gemv_kernel``."""
+    dtype: tl.constexpr = X.dtype.element_ty
+    if PDL:
+        gdc_launch_dependents()
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    row_ok = rows < N
+    cols = tl.arange(0, BK)
+    batch = tl.arange(0, BB)
+    in_batch = batch < B
+    x_cols = tl.where(in_batch[:, None], cols[None, :], K)  # [BB, BK]: rows past B read nothing
+    x_rows = X + batch[:, None] * K
+    rows64 = rows.to(tl.int64)
+    w_ptr = W + rows64[:, None] * K + cols[None, :]
+    gate_ptr = W + (rows64 + N)[:, None] * K + cols[None, :]
+    w_mask = row_ok[:, None] & (cols < K)[None, :]
+    w = tl.load(w_ptr, mask=w_mask, other=0.0, eviction_policy="evict_first")
+    w_gate = w
+    if GATED:
+        w_gate = tl.load(gate_ptr, mask=w_mask, other=0.0, eviction_policy="evict_first")
+    if PDL:
+        gdc_wait()
+    mean, scale = 0.0, 1.0
+    if HAS_NORM:
+        mean, scale = _norm_stats(x_rows, x_cols, K, eps, LAYER, BK)
+    x_scale = _input_scale(x_rows, x_cols, K, NORM, NBIAS, PRE, XS, mean, scale, BK, AQ, HAS_NORM, LAYER,
+                           HAS_PRE, dtype)  # fmt: skip
+    g_scale = x_scale
+    if SPLIT_ACT:
+        g_scale = _input_scale(x_rows, x_cols, K, NORM, NBIAS, PRE + K, XS + 1, mean, scale, BK, AQ, HAS_NORM,
+                               LAYER, HAS_PRE, dtype)  # fmt: skip
+    acc = tl.zeros((BB, BN), tl.float32)
+    acc_gate = tl.zeros((BB, BN), tl.float32)
+    for k0 in range(0, K, BK):  # each step multiplies the tile loaded before it and loads the next one
+        x_in = _load_normed(x_rows, k0 + x_cols, K, NORM, NBIAS, mean, scale, HAS_NORM, LAYER, dtype)
+        x = _quant_input(x_in, k0 + x_cols, K, PRE, x_scale, AQ, HAS_PRE, dtype)
+        acc += _tile_product(x, w, DOT, PRECISION, dtype)
+        if GATED:
+            x_gate = x
+            if SPLIT_ACT:
+                x_gate = _quant_input(x_in, k0 + x_cols, K, PRE + K, g_scale, AQ, HAS_PRE, dtype)
+            acc_gate += _tile_product(x_gate, w_gate, DOT, PRECISION, dtype)
+        w_mask = row_ok[:, None] & (k0 + BK + cols < K)[None, :]  # past the last tile: nothing read
+        w = tl.load(w_ptr + k0 + BK, mask=w_mask, other=0.0, eviction_policy="evict_first")
+        if GATED:
+            w_gate = tl.load(gate_ptr + k0 + BK, mask=w_mask, other=0.0, eviction_policy="evict_first")
+    y = _epilogue(acc, acc_gate, rows[None, :], row_ok[None, :], N, BIAS, WS, HAS_BIAS, GATED, ACT, WQ, dtype)
+    out = batch[:, None] * N + rows[None, :]
+    out_ok = in_batch[:, None] & row_ok[None, :]
     if HAS_RES:
-        y += tl.load(RES + rows, mask=row_ok, other=0.0).to(tl.float32)
-    tl.store(Y + rows, y.to(dtype).to(Y.dtype.element_ty), mask=row_ok)
+        y += tl.load(RES + out, mask=out_ok, other=0.0).to(tl.float32)
+    tl.store(Y + out, y.to(dtype).to(Y.dtype.element_ty), mask=out_ok)
+
+
+@triton.jit
+def embed_kernel(
+    TOKENS, E, P, X, SLOT, PAD, scale, H, BH: tl.constexpr, LOOKUP: tl.constexpr, HAS_SCALE: tl.constexpr,
+    HAS_POS: tl.constexpr,
+):  # fmt: skip
+    """Row b of X [B, H]: the embedding E[TOKENS[b]] (LOOKUP; else X[b] as it is) times ``scale`` (HAS_SCALE,
+    rounded), plus the learned position P[max(SLOT - PAD[b], 0)] (HAS_POS, rounded). One program per row."""
+    b = tl.program_id(0)
+    cols = tl.arange(0, BH)
+    ok = cols < H
+    dtype: tl.constexpr = X.dtype.element_ty
+    if LOOKUP:
+        x = tl.load(E + tl.load(TOKENS + b).to(tl.int64) * H + cols, mask=ok, other=0.0).to(tl.float32)
+    else:
+        x = tl.load(X + b * H + cols, mask=ok, other=0.0).to(tl.float32)
+    if HAS_SCALE:
+        x = _round(x * scale, dtype)
+    if HAS_POS:
+        position = tl.maximum(tl.load(SLOT) - tl.load(PAD + b), 0).to(tl.int64)
+        x = _round(x + tl.load(P + position * H + cols, mask=ok, other=0.0).to(tl.float32), dtype)
+    tl.store(X + b * H + cols, x.to(dtype), mask=ok)
+
+
+@triton.jit
+def norm_kernel(X, NORM, NBIAS, K, eps, BK: tl.constexpr, LAYER: tl.constexpr):
+    """Row b of X [B, K] normalized in place (OPT's post-norm layers): one program per row."""
+    b = tl.program_id(0)
+    cols = tl.arange(0, BK)
+    row = X + b * K
+    mean, scale = _norm_stats(row, cols, K, eps, LAYER, BK)
+    x = _load_normed(row, cols, K, NORM, NBIAS, mean, scale, True, LAYER, X.dtype.element_ty)
+    tl.store(row + cols, x.to(X.dtype.element_ty), mask=cols < K)
 
 
 @triton.jit
@@ -245,8 +418,11 @@ def decode_attention_kernel(
     SLOT,
     PAD,
     PARTS,
+    ALIBI,
     CHUNK,
+    WINDOW,
     kv_part,
+    kv_batch,
     kv_head,
     HEADS: tl.constexpr,
     KV_HEADS: tl.constexpr,
@@ -258,13 +434,17 @@ def decode_attention_kernel(
     SPLITS: tl.constexpr,
     SCALE: tl.constexpr,
     PDL: tl.constexpr,
+    HAS_ALIBI: tl.constexpr = False,
     KV_SCALE=None,
     KVQ: tl.constexpr = "none",
 ):
-    """One query position against the cache (batch 1): rotary on q and k (position slot - pad), the new k and
-    v written at ``slot`` of KV [2, 1, kv_heads, max_seq, D], then softmax(q k^T * SCALE) v over keys
-    pad .. slot. One program per (query head, split); the first head of each group writes k
-    and v, and every program takes the new position from registers, so no program reads what another writes.
+    """One query position of each sequence b of a left-padded batch against its cache: rotary on q and k
+    (position slot - PAD[b]), the new k and v written at ``slot`` of KV [2, batch, kv_heads, max_seq, D], then
+    softmax(q k^T * SCALE (+ ALiBi)) v over keys max(PAD[b], slot - WINDOW + 1) .. slot (WINDOW: the sliding
+    window, else longer than the cache). HAS_ALIBI: scores gain ALIBI[h] * (key - PAD[b]), rounded to the
+    model dtype (``model.alibi_bias``). One program per (query head, split, sequence); the first head of each
+    group writes k and v, and every program takes the new position from registers, so no program reads what
+    another writes.
 
     SPLITS > 1 (long caches): split ``i`` takes cache positions [i CHUNK, (i + 1) CHUNK) and writes its
     unnormalized partial (running max, denominator, weighted sum of values) to PARTS for
@@ -278,12 +458,14 @@ def decode_attention_kernel(
         gdc_wait()
     h = tl.program_id(0)
     split = tl.program_id(1)
+    b = tl.program_id(2)
     GROUP: tl.constexpr = HEADS // KV_HEADS
     g = h // GROUP
     slot = tl.load(SLOT)
-    pad = tl.load(PAD)
+    pad = tl.load(PAD + b)
     d = tl.arange(0, BD)
     d_ok = d < D
+    QKV += b * (HEADS + 2 * KV_HEADS) * D
     q_row, k_row, v_row = QKV + h * D, QKV + (HEADS + g) * D, QKV + (HEADS + KV_HEADS + g) * D
     q = tl.load(q_row + d, mask=d_ok, other=0.0).to(tl.float32)
     k = tl.load(k_row + d, mask=d_ok, other=0.0).to(tl.float32)
@@ -307,7 +489,7 @@ def decode_attention_kernel(
         kv_scale = tl.load(KV_SCALE).to(tl.float32)
         k = _fake_quant(k, kv_scale, KVQ, dtype)
         v = _fake_quant(v, kv_scale, KVQ, dtype)
-    cache = KV + g * kv_head
+    cache = KV + b * kv_batch + g * kv_head
     if (h % GROUP == 0) & (split == 0):
         tl.store(cache + slot * D + d, k.to(KV.dtype.element_ty), mask=d_ok)
         tl.store(cache + kv_part + slot * D + d, v.to(KV.dtype.element_ty), mask=d_ok)
@@ -315,17 +497,23 @@ def decode_attention_kernel(
     # split 0 seeds the online softmax with the new position (always visible), the others start empty;
     # then each walks its share of the cached keys pad .. slot - 1
     first = split == 0
-    m = tl.where(first, tl.sum(q * k, 0), float("-inf"))
+    slope = 0.0
+    if HAS_ALIBI:
+        slope = tl.load(ALIBI + h)
+    m = tl.where(first, tl.sum(q * k, 0) + _round(slope * (slot - pad).to(tl.float32), dtype), float("-inf"))
     denom = tl.where(first, 1.0, 0.0)
     acc = tl.where(first, v, 0.0)
-    lo = tl.maximum(split * CHUNK, pad)
+    lo = tl.maximum(tl.maximum(split * CHUNK, pad), slot - WINDOW + 1)
     hi = tl.minimum(split * CHUNK + CHUNK, slot)
     for start in range(lo, hi, BLOCK_S):
         s = start + tl.arange(0, BLOCK_S)
         valid = s < hi
         tile = valid[:, None] & d_ok[None, :]
         keys = tl.load(cache + s[:, None] * D + d[None, :], mask=tile, other=0.0).to(tl.float32)
-        scores = tl.where(valid, tl.sum(keys * q[None, :], 1), float("-inf"))
+        scores = tl.sum(keys * q[None, :], 1)
+        if HAS_ALIBI:
+            scores += _round(slope * (s - pad).to(tl.float32), dtype)
+        scores = tl.where(valid, scores, float("-inf"))
         m_new = tl.maximum(m, tl.max(scores, 0))
         alpha = tl.exp(m - m_new)
         p = tl.exp(scores - m_new)
@@ -334,9 +522,9 @@ def decode_attention_kernel(
         denom = denom * alpha + tl.sum(p, 0)
         m = m_new
     if SPLITS == 1:
-        tl.store(OUT + h * D + d, (acc / denom).to(OUT.dtype.element_ty), mask=d_ok)
+        tl.store(OUT + (b * HEADS + h) * D + d, (acc / denom).to(OUT.dtype.element_ty), mask=d_ok)
     else:
-        part = PARTS + (h * SPLITS + split) * (BD + 2)  # [max, denominator, BD sums]
+        part = PARTS + ((b * HEADS + h) * SPLITS + split) * (BD + 2)  # [max, denominator, BD sums]
         tl.store(part, m)
         tl.store(part + 1, denom)
         tl.store(part + 2 + d, acc)
@@ -352,12 +540,12 @@ def attention_combine_kernel(
     SPLITS: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    """OUT[h] from the SPLITS partials of ``decode_attention_kernel``, each rescaled to the common max.
-    One program per head."""
+    """OUT[b, h] from the SPLITS partials of ``decode_attention_kernel``, each rescaled to the common max.
+    One program per (head, sequence)."""
     if PDL:  # see gemv_kernel
         gdc_launch_dependents()
         gdc_wait()
-    h = tl.program_id(0)
+    h = tl.program_id(0) + tl.program_id(1) * HEADS  # (sequence, head) as one index
     d = tl.arange(0, BD)
     parts = PARTS + (h * SPLITS + tl.arange(0, SPLITS)) * (BD + 2)
     m = tl.load(parts)

@@ -1,13 +1,17 @@
-"""The one-token decode step as five fused Triton kernels per layer, captured once as a CUDA graph (batch 1).
+"""The one-token decode step as five fused Triton kernels per layer, captured as a CUDA graph per batch size.
 
-Per layer (``decode_kernels``): RMSNorm + qkv GEMV; rotary + KV-cache write + grouped-query attention;
-dense GEMV + residual add; RMSNorm + fc/gate GEMV + gated activation; proj GEMV + residual add. Then the
+Per layer (``decode_kernels``): norm + qkv GEMV; rotary + KV-cache write + grouped-query attention;
+dense GEMV + residual add; norm + fc/gate GEMV + gated activation; proj GEMV + residual add. Then the
 final norm + lm_head GEMV. That is ~5 kernels per layer instead of the ~14 that ``torch.compile`` makes of
 ``model.Transformer``, and it is what brings batch-1 decode near the memory-bandwidth bound
-(docs/performance.md). The weights, the KV cache and the prefill are ``model.Transformer``'s own: only the
-one-token step is replaced, and ``tests/eval/test_fused_decode.py`` checks it against that model.
+(docs/performance.md). Batches of 2-16 sequences (left-padded: each row has its own ``pad``) run the same
+step with ``gemv_batch_kernel``, which reads each weight tile once for the whole batch. The weights, the KV
+cache and the prefill are ``model.Transformer``'s own: only the one-token step is replaced, and
+``tests/eval/test_fused_decode.py`` checks it against that model.
 
-Covers the LLaMA-like decoders (pre-norm RMSNorm, rotary, optional biases, gated or plain MLP) on one rank;
+Covers the decoders of the support table's FUSED column (``ckptfmt.semantics``) on one rank: RMSNorm or
+LayerNorm, pre-norm or OPT's post-norm, sequential or parallel residual (GPT-NeoX, Falcon), rotary, ALiBi or
+learned positions (OPT's projected embeddings too), sliding windows, biases, gated or plain MLP;
 ``unsupported`` names what else a model has, and the torch backend then uses ``torch.compile`` instead.
 FP8 and INT8 SmoothQuant checkpoints run from their codes (``quantized.QuantWeight``: the GEMVs read e4m3 or
 int8 weights, a byte each, and quantize their inputs as ``quantized.InputQuant`` does), INT8/FP8 KV caches
@@ -25,12 +29,13 @@ import torch
 
 from ckptfmt.semantics import FUSED, support_rows
 
-from .model import Block, KVCache, Transformer
+from .model import Block, KVCache, RMSNorm, Transformer
 from .quantized import InputQuant, PackedWeight, QuantWeight
 
 # ``ModelSpec.activation`` -> the kernel's activation
 KERNEL_ACTIVATIONS = {"silu": "silu", "relu": "relu", "gelu_erf": "gelu", "gelu_tanh": "gelu_tanh"}
-MAX_BATCH = 1  # from batch 2 on, torch.compile's GEMMs are faster than these GEMVs (docs/performance.md)
+MAX_BATCH = 16  # a CUDA graph per batch size up to here; larger batches go to the fallback
+GEMMS = ("auto", "dot", "rows")  # how batches of 2-16 multiply (``batch_gemm``)
 
 
 def unsupported(model: Transformer) -> str | None:
@@ -69,6 +74,23 @@ def gemv_blocks(k: int) -> dict:
     step of a program, 8 warps (bench/fused_decode.py's sweep on an H100: within 4 % of the best found for
     TinyLlama-1.1B's qkv, dense, fc/gate and proj; docs/performance.md)."""
     return {"BN": 4, "BK": min(1024, triton_next_pow2(k)), "num_warps": 8}
+
+
+def batch_gemm(gemm: str, batch: int) -> bool:
+    """Whether ``gemv_batch_kernel`` multiplies a batch on tensor cores (``tl.dot``, the batch padded to 16
+    rows) rather than as multi-row GEMVs on the CUDA cores: "dot", "rows", or "auto": tensor cores from batch 8
+    (a guess until bench/fused_decode.py's batch runs measure both; docs/performance.md)."""
+    return gemm == "dot" or (gemm == "auto" and batch >= 8)
+
+
+def gemv_batch_blocks(k: int, batch: int, dot: bool) -> dict:
+    """Launch parameters of ``gemv_batch_kernel``: the padded batch BB, and a weight tile small enough that
+    the [BB, BN, BK] products of the CUDA-core form stay in registers (untuned: docs/performance.md)."""
+    if dot:
+        return {"BB": max(16, triton_next_pow2(batch)), "BN": 32, "BK": max(16, min(128, triton_next_pow2(k))),
+                "num_warps": 4}  # fmt: skip
+    bb = triton_next_pow2(batch)
+    return {"BB": bb, "BN": 4, "BK": min(triton_next_pow2(k), 4096 // bb), "num_warps": 4}
 
 
 def attention_blocks(cache_length: int) -> dict:
@@ -133,10 +155,42 @@ def operands(linears: list, float_weight: torch.Tensor, codes: QuantWeight | Non
 
 
 @dataclass
+class Norm:
+    """A norm the GEMVs apply to their input: RMSNorm (``bias`` None) or LayerNorm (``bias``: zeros where it
+    has none)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    @staticmethod
+    def of(module: torch.nn.Module) -> Norm:
+        weight = cast(torch.Tensor, module.weight)
+        if isinstance(module, RMSNorm):
+            return Norm(weight, None)
+        bias = cast(torch.Tensor | None, module.bias)
+        return Norm(weight, bias if bias is not None else torch.zeros_like(weight))
+
+
+@dataclass
+class LayerOps:
+    """What one layer's kernels read besides the activations: the four linears, the stacked fc/gate bias,
+    the norms (``mlp_norm`` None: the MLP reads the attention norm's output) and the attention window."""
+
+    qkv: Operands
+    dense: Operands
+    fc: Operands
+    proj: Operands
+    fc_bias: torch.Tensor | None
+    attn_norm: Norm
+    mlp_norm: Norm | None
+    window: int | None
+
+
+@dataclass
 class CapturedStep:
     """A captured step and every buffer its kernels read or write (they must outlive the graph)."""
 
-    cache: int  # address of the KV cache it was captured with
+    cache: tuple  # address and shape of the KV cache it was captured with
     graph: torch.cuda.CUDAGraph
     buffers: dict
     logits: torch.Tensor
@@ -144,76 +198,87 @@ class CapturedStep:
 
 class FusedDecoder:
     """Callable like ``Transformer.forward`` for one-token steps: ``(tokens [b, 1], slots [1], pad [b])`` ->
-    float32 logits [b, 1, vocab]. On CUDA the step is captured once as a CUDA graph (again when the KV
-    cache is reallocated) and replayed; batches over ``MAX_BATCH`` go to ``fallback``."""
+    float32 logits [b, 1, vocab]. On CUDA the step is captured once per batch size as a CUDA graph (again
+    when the KV cache is reallocated) and replayed; batches over ``MAX_BATCH`` go to ``fallback``. ``gemm``:
+    how batches of 2-16 multiply (``batch_gemm``)."""
 
-    def __init__(self, model: Transformer, fallback=None, cuda_graphs: bool = True):
+    def __init__(self, model: Transformer, fallback=None, cuda_graphs: bool = True, gemm: str = "auto"):
         reason = unsupported(model)
         if reason:
             raise ValueError(f"fused decode: {reason}")
+        if gemm not in GEMMS:
+            raise ValueError(f"fused decode: gemm must be one of {GEMMS}, got {gemm!r}")
         from . import decode_kernels
 
         self.kernels = decode_kernels
-        self.model, self.fallback = model, fallback
+        self.model, self.fallback, self.gemm = model, fallback, gemm
         spec = model.spec
         self.act = KERNEL_ACTIVATIONS[spec.activation]
         self.eps = spec.norm_epsilon
         # Gemma's embedding scale, rounded to the model dtype as the torch backend's (``Transformer.embed``)
         p = next(model.parameters())
-        self.embedding_scale = torch.tensor(spec.embedding_scale, dtype=p.dtype, device=p.device)
-        self.linears = []  # per layer: Operands of qkv, dense, fc (or [fc; gate]), proj
-        for layer in model.transformer.blocks():
-            a, mlp = layer.attention, layer.mlp
-            quantized = getattr(a.qkv, "input_quant", None) is not None
-            if mlp.gate is not None and mlp.fc_gate is None and not quantized:
-                mlp.fuse()  # [fc; gate] as one weight: one GEMV reads both (load_model has done it)
-            fc = [mlp.fc, mlp.gate] if mlp.gate is not None else [mlp.fc]
-            fc_weight = mlp.fc_gate if mlp.fc_gate is not None else mlp.fc.weight
-            fc_bias: torch.Tensor | None = mlp.fc.bias
-            if mlp.gate is not None and mlp.fc.bias is not None:  # [fc; gate] (fuse() stacked the float path's)
-                fc_bias = mlp.fc_gate_bias if mlp.fc_gate is not None else torch.cat([mlp.fc.bias, mlp.gate.bias])
-            self.linears.append(
-                (
-                    operands([a.qkv], a.qkv.weight, getattr(a.qkv, "quant_weight", None)),
-                    operands([a.dense], a.dense.weight, getattr(a.dense, "quant_weight", None)),
-                    operands(fc, fc_weight, getattr(mlp, "quant_fc_gate", getattr(mlp.fc, "quant_weight", None))),
-                    operands([mlp.proj], mlp.proj.weight, getattr(mlp.proj, "quant_weight", None)),
-                    fc_bias,
-                )
-            )
+        self.embedding_scale = float(torch.tensor(spec.embedding_scale, dtype=p.dtype))
+        self.layers = [self.layer_ops(layer) for layer in model.transformer.blocks()]
         if not all(p.is_contiguous() for p in model.parameters()):
             raise ValueError("fused decode: the kernels read contiguous weights")
-        first = model.transformer.blocks()[0].attention
+        t = model.transformer
+        self.final_norm = Norm.of(t.ln_f) if spec.has_ln_f else None
+        self.alibi = model.alibi.to(p.device) if model.alibi is not None else None
+        first = t.blocks()[0].attention
         self.heads, self.kv_heads, self.head_size = first.heads, first.kv_heads, first.head_size
-        self.rotary_dim = spec.rotary_dim
-        device = next(model.parameters()).device
-        self.cuda_graphs = cuda_graphs and device.type == "cuda"
-        self.pdl = use_pdl(device)
-        self.graph: CapturedStep | None = None
+        self.rotary_dim = spec.rotary_dim if model.rotary is not None else 0
+        self.cuda_graphs = cuda_graphs and p.device.type == "cuda"
+        self.pdl = use_pdl(p.device)
+        self.graphs: dict[int, CapturedStep] = {}  # per batch size
+
+    def layer_ops(self, layer: Block) -> LayerOps:
+        spec = self.model.spec
+        a, mlp = layer.attention, layer.mlp
+        quantized = getattr(a.qkv, "input_quant", None) is not None
+        if mlp.gate is not None and mlp.fc_gate is None and not quantized:
+            mlp.fuse()  # [fc; gate] as one weight: one GEMV reads both (load_model has done it)
+        fc = [mlp.fc, mlp.gate] if mlp.gate is not None else [mlp.fc]
+        fc_weight = mlp.fc_gate if mlp.fc_gate is not None else mlp.fc.weight
+        fc_bias: torch.Tensor | None = mlp.fc.bias
+        if mlp.gate is not None and mlp.fc.bias is not None:  # [fc; gate] (fuse() stacked the float path's)
+            fc_bias = mlp.fc_gate_bias if mlp.fc_gate is not None else torch.cat([mlp.fc.bias, mlp.gate.bias])
+        return LayerOps(
+            operands([a.qkv], a.qkv.weight, getattr(a.qkv, "quant_weight", None)),
+            operands([a.dense], a.dense.weight, getattr(a.dense, "quant_weight", None)),
+            operands(fc, fc_weight, getattr(mlp, "quant_fc_gate", getattr(mlp.fc, "quant_weight", None))),
+            operands([mlp.proj], mlp.proj.weight, getattr(mlp.proj, "quant_weight", None)),
+            fc_bias,
+            Norm.of(getattr(layer, spec.attn_norm)),
+            Norm.of(getattr(layer, spec.mlp_norm)) if spec.mlp_norm else None,
+            self.model.window if layer.local else None,
+        )
 
     @torch.inference_mode()
     def __call__(self, inputs: torch.Tensor, slots: torch.Tensor, pad: torch.Tensor, last_only: bool = True):
         b = inputs.shape[0]
         if inputs.shape[1] != 1 or (b > MAX_BATCH and self.fallback is None):
-            raise ValueError(f"fused decode takes one token of at most {MAX_BATCH} sequence, got {tuple(inputs.shape)}")
+            shape = tuple(inputs.shape)
+            raise ValueError(f"fused decode takes one token of at most {MAX_BATCH} sequences, got {shape}")
         if b > MAX_BATCH:
             return self.fallback(inputs, slots, pad, last_only=last_only)
         if not self.cuda_graphs:
-            return self.step(inputs.view(b), slots.view(1), pad, self.buffers()).view(b, 1, -1)
-        key = self.cache().kv.data_ptr()
-        if self.graph is None or self.graph.cache != key:
-            self.graph = None  # its memory goes back before the new capture
-            self.graph = self.capture(inputs, slots, pad)
-        g = self.graph
+            tokens = inputs.reshape(b).contiguous()  # the kernels read it as a vector
+            return self.step(tokens, slots.reshape(1), pad.contiguous(), self.buffers(b)).unsqueeze(1)
+        kv = self.cache().kv
+        key = (kv.data_ptr(), tuple(kv.shape))
+        self.graphs = {n: g for n, g in self.graphs.items() if g.cache == key}  # memory back before a capture
+        if b not in self.graphs:
+            self.graphs[b] = self.capture(inputs, slots, pad, key)
+        g = self.graphs[b]
         g.buffers["tokens"].copy_(inputs.view(b))
         g.buffers["slot"].copy_(slots.view(1))
         g.buffers["pad"].copy_(pad)
         g.graph.replay()
-        return g.logits.view(b, 1, -1)
+        return g.logits.unsqueeze(1)
 
-    def capture(self, inputs, slots, pad) -> CapturedStep:
+    def capture(self, inputs, slots, pad, key: tuple) -> CapturedStep:
         """Warm the kernels up (triton compiles at first launch) on a side stream, then capture one step."""
-        buffers = self.buffers()
+        buffers = self.buffers(inputs.shape[0])
         buffers.update(tokens=inputs.view(-1).clone(), slot=slots.view(1).clone(), pad=pad.clone())
         run = lambda: self.step(buffers["tokens"], buffers["slot"], buffers["pad"], buffers)  # noqa: E731
         side = torch.cuda.Stream()
@@ -224,7 +289,6 @@ class FusedDecoder:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             logits = run()
-        key = self.cache().kv.data_ptr()
         return CapturedStep(key, graph, buffers, logits)
 
     def cache(self) -> KVCache:
@@ -233,81 +297,153 @@ class FusedDecoder:
         assert cache is not None, "setup_cache allocates the KV caches"
         return cache
 
-    def buffers(self) -> dict:
+    def buffers(self, b: int) -> dict:
+        """The step's activations for a batch of ``b``."""
         model, spec = self.model, self.model.spec
         p = next(model.parameters())
         layer = model.transformer.blocks()[0]
-        width = layer.attention.qkv.weight.shape[0]
-        ffn = layer.mlp.fc.weight.shape[0]
         splits = attention_blocks(self.cache().length)["SPLITS"]  # attention partials
-        empty = lambda n, dtype=p.dtype: torch.empty(n, dtype=dtype, device=p.device)  # noqa: E731
+        empty = lambda *n, dtype=p.dtype: torch.empty(*n, dtype=dtype, device=p.device)  # noqa: E731
         return {
-            "x": torch.empty(1, spec.hidden_size, dtype=p.dtype, device=p.device),  # index_select's output
-            "qkv": empty(width),
-            "attn": empty(self.heads * self.head_size),
-            "mlp": empty(ffn),
-            "logits": empty(model.lm_head.weight.shape[0], torch.float32),
-            "parts": empty(self.heads * splits * (triton_next_pow2(self.head_size) + 2), torch.float32),
+            "x": empty(b, spec.hidden_size),
+            "small": empty(b, spec.embed_proj_dim or 1),  # OPT's embedding before project_in / after project_out
+            "qkv": empty(b, layer.attention.qkv.weight.shape[0]),
+            "attn": empty(b, self.heads * self.head_size),
+            "mlp": empty(b, layer.mlp.fc.weight.shape[0]),
+            "logits": empty(b, model.lm_head.weight.shape[0], dtype=torch.float32),
+            "parts": empty(b * self.heads * splits * (triton_next_pow2(self.head_size) + 2), dtype=torch.float32),
         }
 
-    def gemv(self, x, op: Operands, y, *, norm=None, bias=None, res=None, gated=False, act="none") -> None:
-        """``y = act(W @ norm(x) + bias) (+ res)`` (gated: W holds [fc; gate]) as one ``gemv_kernel``; W and the
-        input's quantization from ``op``."""
-        if op.packed is not None:  # weight-only / AWQ codes (``decode_wq_kernels``)
+    def gemv(self, x, op: Operands, y, *, norm: Norm | None = None, bias=None, res=None, gated=False, act="none"):
+        """``y = act(W @ norm(x) + bias) (+ res)`` for each row of ``x`` (gated: W holds [fc; gate]): one
+        ``gemv_kernel`` for one row, one ``gemv_batch_kernel`` for several; W and the input's quantization
+        from ``op``."""
+        if op.packed is not None:  # weight-only / AWQ codes: RMSNorm only (``unsupported``), a launch per row
             from .decode_wq_kernels import packed_gemv
 
-            packed_gemv(x, op.packed, y, eps=self.eps, norm=norm, bias=bias, res=res, act=act, pdl=self.pdl)
+            for i in range(x.shape[0]):
+                norm_w = None if norm is None else norm.weight
+                r = None if res is None else res[i]
+                packed_gemv(x[i], op.packed, y[i], eps=self.eps, norm=norm_w, bias=bias, res=r, act=act, pdl=self.pdl)
             return
-        w = op.w
+        w, b = op.w, x.shape[0]
         n, k = w.shape[0] // (2 if gated else 1), w.shape[1]
-        blocks = gemv_blocks(k)
-        pdl = {"launch_pdl": True} if self.pdl else {}
-        self.kernels.gemv_kernel[(math.ceil(n / blocks["BN"]),)](
-            x, w if norm is None else norm, w, w if bias is None else bias, y, y if res is None else res,
-            w if op.ws is None else op.ws, w if op.xs is None else op.xs, w if op.pre is None else op.pre, n, k,
-            self.eps, HAS_NORM=norm is not None, HAS_BIAS=bias is not None, HAS_RES=res is not None,
-            GATED=gated, ACT=act, PDL=self.pdl, **(op.flags or {}), **blocks, **pdl,
+        flags = dict(
+            HAS_NORM=norm is not None, LAYER=norm is not None and norm.bias is not None, HAS_BIAS=bias is not None,
+            HAS_RES=res is not None, GATED=gated, ACT=act, PDL=self.pdl, **(op.flags or {}),
         )  # fmt: skip
+        args = (
+            x, w if norm is None else norm.weight, w, w if bias is None else bias, y, y if res is None else res,
+            w if op.ws is None else op.ws, w if op.xs is None else op.xs, w if op.pre is None else op.pre, n, k,
+            self.eps,
+        )  # fmt: skip
+        nbias = w if norm is None or norm.bias is None else norm.bias
+        pdl = {"launch_pdl": True} if self.pdl else {}
+        if b == 1:
+            blocks = gemv_blocks(k)
+            grid = (math.ceil(n / blocks["BN"]),)
+            self.kernels.gemv_kernel[grid](*args, NBIAS=nbias, **flags, **blocks, **pdl)
+            return
+        dot = batch_gemm(self.gemm, b)
+        blocks = gemv_batch_blocks(k, b, dot)
+        precision = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32: unused by half-precision inputs
+        self.kernels.gemv_batch_kernel[(math.ceil(n / blocks["BN"]),)](
+            *args, NBIAS=nbias, B=b, DOT=dot, PRECISION=precision, **flags, **blocks, **pdl
+        )
 
-    def attention(self, qkv, cache, out, parts, slot, pad, quant=None) -> None:
-        """Rotary, the cache write at ``slot`` and attention over the cache: one ``decode_attention_kernel``,
-        plus ``attention_combine_kernel`` where the cache is long enough to be split."""
-        kv, rotary = cache.kv, self.model.rotary
-        kv_quant = {} if quant is None else {"KV_SCALE": quant.scale, "KVQ": quant.kind}
-        assert rotary is not None  # unsupported() refuses models without rotary embeddings
+    def attention(self, layer: Block, ops: LayerOps, buf: dict, slot, pad) -> None:
+        """Rotary (or ALiBi), the cache write at ``slot`` and attention over each row's cache: one
+        ``decode_attention_kernel``, plus ``attention_combine_kernel`` where the cache is long enough to be
+        split."""
+        a, qkv, out, parts = layer.attention, buf["qkv"], buf["attn"], buf["parts"]
+        assert a.kv_cache is not None, "setup_cache allocates the KV caches"
+        kv, rotary, b = a.kv_cache.kv, self.model.rotary, qkv.shape[0]
+        kv_quant = {} if a.kv_quant is None else {"KV_SCALE": a.kv_quant.scale, "KVQ": a.kv_quant.kind}
         pdl = {"launch_pdl": True} if self.pdl else {}
         blocks = attention_blocks(kv.shape[3])
         splits, chunk = blocks.pop("SPLITS"), blocks.pop("CHUNK")
         bd = triton_next_pow2(self.head_size)
-        self.kernels.decode_attention_kernel[(self.heads, splits)](
-            qkv, kv, out, rotary.inv_freq, slot, pad, parts, chunk, kv.stride(0), kv.stride(2),
+        window = ops.window or kv.shape[3] + 1
+        self.kernels.decode_attention_kernel[(self.heads, splits, b)](
+            qkv, kv, out, rotary.inv_freq if rotary is not None else qkv, slot, pad, parts,
+            self.alibi if self.alibi is not None else qkv, chunk, window, kv.stride(0), kv.stride(1), kv.stride(2),
             HEADS=self.heads, KV_HEADS=self.kv_heads, D=self.head_size, BD=bd, ROT=self.rotary_dim,
-            INTERLEAVED=self.model.spec.rotary_interleaved, SPLITS=splits, SCALE=1.0 / math.sqrt(self.head_size),
-            PDL=self.pdl, **kv_quant, **blocks, **pdl,
+            INTERLEAVED=self.model.spec.rotary_interleaved, SPLITS=splits, SCALE=a.scale, PDL=self.pdl,
+            HAS_ALIBI=self.alibi is not None, **kv_quant, **blocks, **pdl,
         )  # fmt: skip
         if splits > 1:
-            self.kernels.attention_combine_kernel[(self.heads,)](
+            self.kernels.attention_combine_kernel[(self.heads, b)](
                 parts, out, HEADS=self.heads, D=self.head_size, BD=bd, SPLITS=splits, PDL=self.pdl,
                 num_warps=1, **pdl,
             )  # fmt: skip
 
+    def embed(self, tokens: torch.Tensor, slot, pad, buf: dict) -> None:
+        """``buf["x"]``: the embeddings of ``tokens`` (times Gemma's scale; OPT's through project_in), plus the
+        learned positions where the model has them."""
+        t, spec = self.model.transformer, self.model.spec
+        x, small = buf["x"], buf["small"]
+        table = t.vocab_embedding.weight
+        positions = t.position_embedding.weight if spec.learned_positions else table
+        scaled = spec.embedding_scale != 1
+
+        def launch(out: torch.Tensor, lookup: bool, pos: bool) -> None:
+            h = out.shape[1]
+            self.kernels.embed_kernel[(out.shape[0],)](
+                tokens, table, positions, out, slot, pad, self.embedding_scale, h, BH=triton_next_pow2(h),
+                LOOKUP=lookup, HAS_SCALE=scaled and lookup, HAS_POS=pos, num_warps=4,
+            )  # fmt: skip
+
+        if spec.embed_proj_dim:
+            launch(small, True, False)
+            self.gemv(small, Operands(t.project_in.weight), x)
+            if spec.learned_positions:
+                launch(x, False, True)
+        else:
+            launch(x, True, spec.learned_positions)
+
+    def norm(self, x: torch.Tensor, norm: Norm | None) -> None:
+        """``x`` normalized in place, row by row (OPT's post-norm)."""
+        assert norm is not None  # post-norm layers have both norms
+        k = x.shape[1]
+        self.kernels.norm_kernel[(x.shape[0],)](
+            x, norm.weight, norm.weight if norm.bias is None else norm.bias, k, self.eps, BK=triton_next_pow2(k),
+            LAYER=norm.bias is not None, num_warps=4,
+        )  # fmt: skip
+
+    def layer(self, layer: Block, ops: LayerOps, slot, pad, buf: dict) -> None:
+        """One decoder layer on ``buf["x"]``, in the order ``model.Block`` adds and normalizes."""
+        spec, x, mlp = self.model.spec, buf["x"], layer.mlp
+        pre, parallel = spec.pre_norm, spec.parallel_residual
+
+        def mlp_in(norm: Norm | None) -> None:
+            gated = mlp.gate is not None
+            self.gemv(x, ops.fc, buf["mlp"], norm=norm, bias=ops.fc_bias, gated=gated, act=self.act)
+
+        self.gemv(x, ops.qkv, buf["qkv"], norm=ops.attn_norm if pre else None, bias=layer.attention.qkv.bias)
+        self.attention(layer, ops, buf, slot, pad)
+        if pre and parallel:  # the MLP reads x before the attention's residual add: x + attn + mlp
+            mlp_in(ops.mlp_norm or ops.attn_norm)
+        self.gemv(buf["attn"], ops.dense, x, bias=layer.attention.dense.bias, res=x)
+        if not pre:  # OPT post-norm: normalize after each residual add
+            self.norm(x, ops.attn_norm)
+            mlp_in(None)
+        elif not parallel:
+            mlp_in(ops.mlp_norm)
+        self.gemv(buf["mlp"], ops.proj, x, bias=mlp.proj.bias, res=x)
+        if not pre:
+            self.norm(x, ops.mlp_norm)
+
     def step(self, tokens: torch.Tensor, slot: torch.Tensor, pad: torch.Tensor, buf: dict) -> torch.Tensor:
-        """Launch the kernels of one step; returns the logits buffer [vocab] (float32)."""
+        """Launch the kernels of one step; returns the logits [b, vocab] (float32, a view of the buffer)."""
         model, spec = self.model, self.model.spec
         t = model.transformer
-        x = buf["x"]
-        torch.index_select(t.vocab_embedding.weight, 0, tokens, out=x)
-        if spec.embedding_scale != 1:
-            x.mul_(self.embedding_scale)
-        assert spec.mlp_norm is not None  # unsupported() refuses layers without an MLP norm
-        for layer, (qkv, dense, fc, proj, fc_bias) in zip(t.blocks(), self.linears, strict=True):
-            a, mlp = layer.attention, layer.mlp
-            self.gemv(x, qkv, buf["qkv"], norm=getattr(layer, spec.attn_norm).weight, bias=a.qkv.bias)
-            self.attention(buf["qkv"], a.kv_cache, buf["attn"], buf["parts"], slot, pad, a.kv_quant)
-            self.gemv(buf["attn"], dense, x, bias=a.dense.bias, res=x)
-            mlp_norm = getattr(layer, spec.mlp_norm).weight
-            self.gemv(x, fc, buf["mlp"], norm=mlp_norm, bias=fc_bias, gated=mlp.gate is not None, act=self.act)
-            self.gemv(buf["mlp"], proj, x, bias=mlp.proj.bias, res=x)
+        self.embed(tokens, slot, pad, buf)
+        for layer, ops in zip(t.blocks(), self.layers, strict=True):
+            self.layer(layer, ops, slot, pad, buf)
+        x, final = buf["x"], self.final_norm
+        if spec.embed_proj_dim:
+            self.gemv(x, Operands(t.project_out.weight), buf["small"], norm=final)
+            x, final = buf["small"], None
         logits = buf["logits"]
-        self.gemv(x, Operands(model.lm_head.weight), logits, norm=t.ln_f.weight, bias=model.lm_head.bias)
-        return logits[: spec.vocab_size]
+        self.gemv(x, Operands(model.lm_head.weight), logits, norm=final, bias=model.lm_head.bias)
+        return logits[:, : spec.vocab_size]
