@@ -19,6 +19,8 @@ if not CUDA:
 triton = pytest.importorskip("triton")
 
 import importlib  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
 
 import triton.language as tl  # noqa: E402
 
@@ -122,3 +124,31 @@ def test_kernel_rounding_equals_torch_casts(scale):
     y = x / s
     assert torch.equal(e4m3, y.clamp(-448, 448).to(torch.float8_e4m3fn).float())
     assert torch.equal(int8, y.round().clamp(-128, 127))
+
+
+@pytest.mark.parametrize("gemm", ["rows", "dot"])
+def test_fp8_fused_batch_matches_torch_backend(tmp_path, gemm):
+    """A left-padded batch of 3 through ``gemv_batch_kernel`` reading e4m3 codes, both formulations."""
+    path, config = fp8_checkpoint(tmp_path, "all-biases")
+    model = load(path, config)
+    fused = FusedDecoder(model, gemm=gemm)
+    errors = teacher_forced_errors(model, fused, prompt_len=5, steps=2, pad=[2, 0, 4])
+    assert max(errors) <= TOLERANCE[config.dtype], errors
+
+
+def test_int8_per_token_kv_int8_fused_batch(tmp_path):
+    """ModelOpt's int8 SmoothQuant export with per-token activation scales (one per row of the batch) and an
+    int8 KV cache, in a left-padded batch of 2."""
+    from ckptfmt.reconcile import reconcile
+    from tests.test_executor_parity import QUANTIZED, quantized_variant
+
+    src = tmp_path / "src"
+    shutil.copytree(QUANTIZED / "int8_sq_kv_int8" / "tp1_pp1", src)
+    config_json = json.loads((src / "config.json").read_text())
+    config_json["quantization"]["quant_algo"] = "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"
+    (src / "config.json").write_text(json.dumps(config_json))
+    quantized_variant(src, tmp_path / "q")
+    model = load(tmp_path / "q", reconcile(load_config(tmp_path / "q"), tmp_path / "q"))
+    assert unsupported(model) is None
+    errors = teacher_forced_errors(model, FusedDecoder(model), prompt_len=6, steps=2, pad=[0, 3])
+    assert max(errors) <= TOLERANCE["float32"], errors
