@@ -14,7 +14,9 @@ numbers a cache of codes dequantized on read in float32 holds, so the cache stay
 FP8 and SmoothQuant linears also keep the checkpoint's codes (``QuantWeight``: e4m3 or int8 ``[out, in]`` and a
 float32 scale per row, one byte a weight on top of the dequantized copy): the fused decode kernels read them,
 and on a GPU with the matching instructions ``native_quant`` computes the linear from them with
-``torch._scaled_mm`` (FP8, sm89+) or ``torch._int_mm`` (int8) instead of the emulation.
+``torch._scaled_mm`` (FP8, sm89+) or ``torch._int_mm`` (int8) instead of the emulation. Weight-only int8 / int4
+and INT4 AWQ linears keep theirs as ``PackedWeight`` (packed codes, float32 group scales, AWQ's pre-quant scale),
+which ``decode_wq_kernels`` reads: ½ or 1 byte a weight beside the dequantized copy the torch backend computes with.
 """
 
 from __future__ import annotations
