@@ -85,8 +85,9 @@ def sweep_attention(positions: list[int], pdl: bool) -> None:
 
         def launch(kv, block_s, warps, splits, qkv=qkv, out=out, parts=parts, inv_freq=inv_freq, slot=slot, pad=pad):
             chunk = math.ceil(kv.shape[3] / splits)
-            dk.decode_attention_kernel[(heads, splits)](
-                qkv, kv, out, inv_freq, slot, pad, parts, chunk, kv.stride(0), kv.stride(2),
+            dk.decode_attention_kernel[(heads, splits, 1)](
+                qkv, kv, out, inv_freq, slot, pad, parts, qkv, chunk, kv.shape[3] + 1, kv.stride(0), kv.stride(1),
+                kv.stride(2),
                 HEADS=heads, KV_HEADS=kv_heads, D=d, BD=d, ROT=d, INTERLEAVED=False, BLOCK_S=block_s,
                 SPLITS=splits, SCALE=1 / math.sqrt(d), PDL=pdl, num_warps=warps, launch_pdl=pdl,
             )  # fmt: skip
