@@ -198,3 +198,26 @@ def test_unsupported_models_name_the_reason_and_auto_falls_back(tmp_path, overri
     with pytest.raises(RunnerError, match=reason):
         ModelRunner.from_dir(path, device=DEVICE, compile="fused")
     assert ModelRunner.from_dir(path, device=DEVICE, compile="auto").model.decode_path.startswith("torch.compile")
+
+
+def test_batches_over_max_batch_go_to_the_fallback(tmp_path):
+    """``max_batch`` bounds what the kernels take (``--compile`` "auto" sends batch 1 only, ``AUTO_MAX_BATCH``):
+    a larger batch runs ``fallback``, and without one it is refused."""
+    path, config = write(tmp_path, "llama-gqa")
+    model = load(path, config)
+    model.setup_cache(2, 8)
+    calls = []
+
+    def fallback(inputs, slots, pad, last_only=True):
+        calls.append(inputs.shape[0])
+        return model(inputs, slots, pad, last_only=last_only)
+
+    step = FusedDecoder(model, fallback=fallback, cuda_graphs=False, max_batch=1)
+    tokens, slot = torch.tensor([[3], [4]], device=DEVICE), torch.tensor([0], device=DEVICE)
+    pad = torch.zeros(2, dtype=torch.long, device=DEVICE)
+    step(tokens, slot, pad)
+    assert calls == [2]
+    with pytest.raises(ValueError, match="at most 1 sequences"):
+        FusedDecoder(model, cuda_graphs=False, max_batch=1)(tokens, slot, pad)
+    with pytest.raises(ValueError, match="max_batch"):
+        FusedDecoder(model, max_batch=17)

@@ -35,6 +35,9 @@ from .quantized import InputQuant, PackedWeight, QuantWeight
 # ``ModelSpec.activation`` -> the kernel's activation
 KERNEL_ACTIVATIONS = {"silu": "silu", "relu": "relu", "gelu_erf": "gelu", "gelu_tanh": "gelu_tanh"}
 MAX_BATCH = 16  # a CUDA graph per batch size up to here; larger batches go to the fallback
+# what ``--compile`` ("auto") sends to the fused step: batch 1 is measured on an H100 (docs/performance.md);
+# batches of 2-16 go there only with compile="fused" until a GPU run shows them faster than torch.compile
+AUTO_MAX_BATCH = 1
 GEMMS = ("auto", "dot", "rows")  # how batches of 2-16 multiply (``batch_gemm``)
 
 
@@ -199,10 +202,17 @@ class CapturedStep:
 class FusedDecoder:
     """Callable like ``Transformer.forward`` for one-token steps: ``(tokens [b, 1], slots [1], pad [b])`` ->
     float32 logits [b, 1, vocab]. On CUDA the step is captured once per batch size as a CUDA graph (again
-    when the KV cache is reallocated) and replayed; batches over ``MAX_BATCH`` go to ``fallback``. ``gemm``:
-    how batches of 2-16 multiply (``batch_gemm``)."""
+    when the KV cache is reallocated) and replayed; batches over ``max_batch`` (at most ``MAX_BATCH``) go to
+    ``fallback``. ``gemm``: how batches of 2-16 multiply (``batch_gemm``)."""
 
-    def __init__(self, model: Transformer, fallback=None, cuda_graphs: bool = True, gemm: str = "auto"):
+    def __init__(
+        self,
+        model: Transformer,
+        fallback=None,
+        cuda_graphs: bool = True,
+        gemm: str = "auto",
+        max_batch: int = MAX_BATCH,
+    ):
         reason = unsupported(model)
         if reason:
             raise ValueError(f"fused decode: {reason}")
@@ -211,7 +221,9 @@ class FusedDecoder:
         from . import decode_kernels
 
         self.kernels = decode_kernels
-        self.model, self.fallback, self.gemm = model, fallback, gemm
+        if not 1 <= max_batch <= MAX_BATCH:
+            raise ValueError(f"fused decode: max_batch must be 1 to {MAX_BATCH}, got {max_batch}")
+        self.model, self.fallback, self.gemm, self.max_batch = model, fallback, gemm, max_batch
         spec = model.spec
         self.act = KERNEL_ACTIVATIONS[spec.activation]
         self.eps = spec.norm_epsilon
@@ -256,10 +268,10 @@ class FusedDecoder:
     @torch.inference_mode()
     def __call__(self, inputs: torch.Tensor, slots: torch.Tensor, pad: torch.Tensor, last_only: bool = True):
         b = inputs.shape[0]
-        if inputs.shape[1] != 1 or (b > MAX_BATCH and self.fallback is None):
+        if inputs.shape[1] != 1 or (b > self.max_batch and self.fallback is None):
             shape = tuple(inputs.shape)
-            raise ValueError(f"fused decode takes one token of at most {MAX_BATCH} sequences, got {shape}")
-        if b > MAX_BATCH:
+            raise ValueError(f"fused decode takes one token of at most {self.max_batch} sequences, got {shape}")
+        if b > self.max_batch:
             return self.fallback(inputs, slots, pad, last_only=last_only)
         if not self.cuda_graphs:
             tokens = inputs.reshape(b).contiguous()  # the kernels read it as a vector

@@ -91,19 +91,21 @@ class TorchStepper:
 def decode_step(model: Transformer, mode: str):
     """The one-token step for ``compile`` mode ``mode`` and a label of what it is:
 
-    - "auto": the fused Triton kernels (``fused_decode``) where they cover the model on a GPU, else
-      "reduce-overhead";
-    - "fused": the fused kernels, an error where they do not cover the model;
+    - "auto": the fused Triton kernels (``fused_decode``) for batch-1 steps where they cover the model on a
+      GPU, else "reduce-overhead";
+    - "fused": the fused kernels for batches up to ``MAX_BATCH``, an error where they do not cover the model;
     - any other string: a ``torch.compile`` mode ("reduce-overhead", "max-autotune", "default", ...).
     """
     if mode == "auto" and next(model.parameters()).device.type != "cuda":
         mode = "reduce-overhead"  # the fused kernels are GPU kernels (on CPU only triton's interpreter runs them)
     if mode in ("auto", "fused"):
-        from ..fused_decode import FusedDecoder, unsupported
+        from ..fused_decode import AUTO_MAX_BATCH, MAX_BATCH, FusedDecoder, unsupported
 
         reason = unsupported(model)
         if reason is None:
-            return FusedDecoder(model, fallback=compile_decode(model, "reduce-overhead")), "fused"
+            limit = AUTO_MAX_BATCH if mode == "auto" else MAX_BATCH
+            fallback = compile_decode(model, "reduce-overhead")
+            return FusedDecoder(model, fallback=fallback, max_batch=limit), "fused"
         if mode == "fused":
             raise RunnerError(f"compile 'fused': {reason}")
         mode = "reduce-overhead"
