@@ -173,7 +173,7 @@ def test_inspect_prints_gemma_rows(tmp_path, capsys):
     ckpt = random_checkpoint(tmp_path / "c", config(**GEMMA2))
     assert main(["inspect", str(ckpt), "--json"]) == 0
     rows = {f["field"]: (f["value"], f["executors"]) for f in json.loads(capsys.readouterr().out)["features"]}
-    assert rows["sliding_window"] == ("8 positions, 1 global layer in 2", [BUILDER, TORCH])
+    assert rows["sliding_window"] == ("8 positions, 1 global layer in 2", [BUILDER, FUSED, TORCH])
     assert rows["embedding scale"] == ("sqrt(hidden_size)", [BUILDER, FUSED, TORCH])
     assert rows["attn_logit_softcapping"] == ("50", [BUILDER, TORCH])
     assert rows["inter_layernorms"] == ("true", [BUILDER, TORCH])

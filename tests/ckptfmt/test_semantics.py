@@ -54,8 +54,9 @@ def test_declared_field_types_are_checked(over, problem):
         ({"final_logit_softcapping": 30.0}, "final_logit_softcapping", [BUILDER, TORCH]),
         ({"attn_logit_softcapping": 50.0}, "attn_logit_softcapping", [BUILDER, TORCH]),
         ({"rotary_scaling": {"type": "dynamic", "factor": 2.0}}, "rotary_scaling", []),
-        ({"position_embedding_type": "alibi"}, "position_embedding_type", [TORCH]),
-        ({"sliding_window": 16}, "sliding_window", [BUILDER, TORCH]),
+        ({"position_embedding_type": "alibi"}, "position_embedding_type", [FUSED, TORCH]),
+        ({"sliding_window": 16}, "sliding_window", [BUILDER, FUSED, TORCH]),
+        ({"query_pre_attn_scalar": 32}, "query_pre_attn_scalar", [BUILDER, TORCH]),
     ],
 )
 def test_unsupported_values_are_refused_naming_field_and_supporters(over, field, who):
@@ -85,7 +86,7 @@ def test_inspect_prints_the_row(tmp_path, capsys):
     assert features["position_embedding_type"] == {
         "field": "position_embedding_type",
         "value": "alibi",
-        "executors": ["torch"],
+        "executors": ["fused", "torch"],
     }
     assert main(["inspect", str(d)]) == 0
-    assert "position_embedding_type  alibi: torch" in capsys.readouterr().out
+    assert "position_embedding_type  alibi: fused, torch" in capsys.readouterr().out
