@@ -177,6 +177,8 @@ def init_parallel(mapping: Mapping, device: str = "cpu") -> Parallel:
     if launch.world_size == 1:
         return Parallel(mapping, 0, dev)
     if not dist.is_initialized():
+        if dev.type == "cuda":  # NVLink SHARP (multicast) off: captured steps replay plain NCCL rings/trees
+            os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
         atexit.register(shutdown)  # gloo/NCCL threads must stop before the interpreter does
         dist.init_process_group(
             "nccl" if dev.type == "cuda" else "gloo",

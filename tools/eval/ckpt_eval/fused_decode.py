@@ -9,7 +9,10 @@ step with ``gemv_batch_kernel``, which reads each weight tile once for the whole
 cache and the prefill are ``model.Transformer``'s own: only the one-token step is replaced, and
 ``tests/eval/test_fused_decode.py`` checks it against that model.
 
-Covers the decoders of the support table's FUSED column (``ckptfmt.semantics``) on one rank: RMSNorm or
+Covers the decoders of the support table's FUSED column (``ckptfmt.semantics``) on one rank or tensor
+parallel (tp ranks, pp 1): each rank steps its own heads and columns, rank 0 alone adds the residual and the
+row-parallel biases into the dense and proj outputs, and the sums over ranks are all-reduced in place (two
+per layer, inside the captured graph: NCCL on GPUs), the vocab-split logits all-gathered. RMSNorm or
 LayerNorm, pre-norm or OPT's post-norm, sequential or parallel residual (GPT-NeoX, Falcon), rotary, ALiBi or
 learned positions (OPT's projected embeddings too), sliding windows, biases, gated or plain MLP;
 ``unsupported`` names what else a model has, and the torch backend then uses ``torch.compile`` instead.
@@ -45,8 +48,8 @@ def unsupported(model: Transformer) -> str | None:
     """Why the fused step cannot run ``model`` (None when it can)."""
     spec, par = model.spec, model.par
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    if par.distributed:
-        return "it runs on one rank only (this checkpoint has tp x pp > 1)"
+    if par.mapping.pp_size > 1:
+        return f"it runs tensor parallel only (this checkpoint has pp {par.mapping.pp_size})"
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         return f"it needs a CUDA device (the model is on {device.type})"
     try:
@@ -230,6 +233,8 @@ class FusedDecoder:
         # Gemma's embedding scale, rounded to the model dtype as the torch backend's (``Transformer.embed``)
         p = next(model.parameters())
         self.embedding_scale = float(torch.tensor(spec.embedding_scale, dtype=p.dtype))
+        self.par = model.par
+        self.lead = model.par.tp_rank == 0  # adds the residual and row-parallel biases (once, before the sum)
         self.layers = [self.layer_ops(layer) for layer in model.transformer.blocks()]
         if not all(p.is_contiguous() for p in model.parameters()):
             raise ValueError("fused decode: the kernels read contiguous weights")
@@ -394,6 +399,10 @@ class FusedDecoder:
         learned positions where the model has them."""
         t, spec = self.model.transformer, self.model.spec
         x, small = buf["x"], buf["small"]
+        if self.par.tp_size > 1 and t.vocab_embedding.split != "none":  # split table: the model's lookup + sum
+            positions = (slot.view(1, 1) - pad.view(-1, 1)).clamp(min=0)
+            x.copy_(self.model.embed(tokens.view(-1, 1), positions).view(x.shape))
+            return
         table = t.vocab_embedding.weight
         positions = t.position_embedding.weight if spec.learned_positions else table
         scaled = spec.embedding_scale != 1
@@ -435,15 +444,22 @@ class FusedDecoder:
         self.attention(layer, ops, buf, slot, pad)
         if pre and parallel:  # the MLP reads x before the attention's residual add: x + attn + mlp
             mlp_in(ops.mlp_norm or ops.attn_norm)
-        self.gemv(buf["attn"], ops.dense, x, bias=layer.attention.dense.bias, res=x)
+        self.row_parallel(buf["attn"], ops.dense, x, layer.attention.dense.bias)
         if not pre:  # OPT post-norm: normalize after each residual add
             self.norm(x, ops.attn_norm)
             mlp_in(None)
         elif not parallel:
             mlp_in(ops.mlp_norm)
-        self.gemv(buf["mlp"], ops.proj, x, bias=mlp.proj.bias, res=x)
+        self.row_parallel(buf["mlp"], ops.proj, x, mlp.proj.bias)
         if not pre:
             self.norm(x, ops.mlp_norm)
+
+    def row_parallel(self, inputs: torch.Tensor, op: Operands, x: torch.Tensor, bias) -> None:
+        """``x += W @ inputs + bias`` for a row-parallel W (dense, proj): each rank's partial product, the
+        residual and bias from tp rank 0 only, then the sum over ranks in place (no-op on one rank)."""
+        lead = self.lead
+        self.gemv(inputs, op, x, bias=bias if lead else None, res=x if lead else None)
+        self.par.all_reduce(x)
 
     def step(self, tokens: torch.Tensor, slot: torch.Tensor, pad: torch.Tensor, buf: dict) -> torch.Tensor:
         """Launch the kernels of one step; returns the logits [b, vocab] (float32, a view of the buffer)."""
@@ -458,4 +474,4 @@ class FusedDecoder:
             x, final = buf["small"], None
         logits = buf["logits"]
         self.gemv(x, Operands(model.lm_head.weight), logits, norm=final, bias=model.lm_head.bias)
-        return logits[:, : spec.vocab_size]
+        return self.par.all_gather(logits, dim=-1)[:, : spec.vocab_size]  # vocab rows of every tp rank

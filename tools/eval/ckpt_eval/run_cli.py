@@ -60,9 +60,9 @@ def add_runner_flags(p: argparse.ArgumentParser) -> None:
         nargs="?",
         const="auto",
         metavar="MODE",
-        help="torch backend, one rank: a fast one-token decode step. MODE auto (default): fused Triton kernels "
-        "where they cover the model, else torch.compile with CUDA graphs; fused: only the fused kernels; "
-        "or a torch.compile mode (reduce-overhead, max-autotune, ...)",
+        help="torch backend, one rank or tensor parallel: a fast one-token decode step. MODE auto (default): fused "
+        "Triton kernels where they cover the model, else torch.compile with CUDA graphs; fused: only the fused "
+        "kernels; or a torch.compile mode (reduce-overhead, max-autotune, ...). Pipeline stages run eager",
     )
     p.add_argument(
         "--skip_checksum",

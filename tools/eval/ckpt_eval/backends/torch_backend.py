@@ -61,7 +61,7 @@ class TorchStepper:
         self.is_sampler = self.par.is_sampler
         self.decode = self.model
         self.decode_path = "eager"
-        if compile and not self.par.distributed:
+        if compile:
             self.decode, self.decode_path = decode_step(self.model, "auto" if compile is True else compile)
 
     def cancel_checksums(self) -> None:
@@ -95,7 +95,20 @@ def decode_step(model: Transformer, mode: str):
       GPU, else "reduce-overhead";
     - "fused": the fused kernels for batches up to ``MAX_BATCH``, an error where they do not cover the model;
     - any other string: a ``torch.compile`` mode ("reduce-overhead", "max-autotune", "default", ...).
+
+    At tp > 1 both take the collectives into the step (the fused step's all-reduces, or torch.compile's
+    traced ones), captured in the CUDA graph. Pipeline stages (pp > 1) run eager: "auto" says so on rank 0,
+    the other modes are an error.
     """
+    par = model.par
+    if par.mapping.pp_size > 1:
+        if mode != "auto":
+            raise RunnerError(
+                f"compile {mode!r}: the compiled and fused steps run tensor parallel only (pp {par.mapping.pp_size})"
+            )
+        if par.rank == 0:
+            print(f"note: --compile: pipeline stages (pp {par.mapping.pp_size}) run eager", file=sys.stderr)
+        return model, "eager"
     if mode == "auto" and next(model.parameters()).device.type != "cuda":
         mode = "reduce-overhead"  # the fused kernels are GPU kernels (on CPU only triton's interpreter runs them)
     if mode in ("auto", "fused"):
