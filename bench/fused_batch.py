@@ -91,11 +91,12 @@ def step_bytes(model, batch: int, context: int) -> int:
         {t.position_embedding.weight.data_ptr()} if model.spec.learned_positions else set()
     )
     tables -= {model.lm_head.weight.data_ptr()}  # a tied table is read whole by lm_head
-    seen, weights = set(), 0
+    seen, weights = set(), 0  # by storage: a fused MLP's fc and gate are views of its stacked weight
     for p in model.parameters():
-        if p.data_ptr() not in seen and p.data_ptr() not in tables:
-            seen.add(p.data_ptr())
-            weights += p.numel() * p.element_size()
+        storage = p.untyped_storage()
+        if storage.data_ptr() not in seen and p.data_ptr() not in tables:
+            seen.add(storage.data_ptr())
+            weights += storage.nbytes()
     a = t.blocks()[0].attention
     kv = 2 * len(t.blocks()) * a.kv_heads * a.head_size * (context + 1) * batch * p.element_size()
     return weights + kv
@@ -125,7 +126,8 @@ def bench_shape(name: str, fields: dict, args, bandwidth: float) -> None:
             bound = step_bytes(model, batch, context) / bandwidth
             for label, step in systems.items():
                 run = lambda step=step, slot=slot, tokens=tokens, pad=pad: step(tokens, slot, pad, last_only=True)  # noqa: E731
-                seconds = timed(run, args.repeats, args.device)
+                with torch.no_grad():  # the compiled step's CUDA graphs are replayed only without autograd
+                    seconds = timed(run, args.repeats, args.device)
                 per_step = seconds / args.repeats
                 print(
                     f"{name:<12} batch {batch:<2} context {context:<5} {label:<14} {batch / per_step:10.1f} tokens/s"

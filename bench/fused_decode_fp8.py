@@ -130,6 +130,9 @@ def run(args) -> dict:
         assert all(r.model.decode_path == "fused" for r in runners.values())
         rows = list(prompts(1, args.prompt_len, vocab, device))
         eager = ModelRunner.from_dir(fp8, device=device)  # the torch backend's own FP8 step, model dtype
+        os.environ["CKPT_EVAL_NATIVE_QUANT"] = "0"  # the same, emulated: what the fused step computes
+        emulated = ModelRunner.from_dir(fp8, device=device)
+        del os.environ["CKPT_EVAL_NATIVE_QUANT"]
         result["reference"] = greedy_reference(fp8, rows[0].cpu(), args.steps, device).tolist()
     result["bandwidth"] = bandwidth(device, nbytes=(1 << 24) if args.tiny else (1 << 30))
     result["tokens/s"] = {}
@@ -138,6 +141,7 @@ def run(args) -> dict:
         result["tokens/s"][label] = decode_rate(gen, 1, args.new_tokens, 1 if args.tiny else 3, device)
     result["fp8 tokens"] = runners["fp8"].generate(rows, max_new_tokens=args.steps)[0, 0, -args.steps :].tolist()
     result["fp8 eager tokens"] = eager.generate(rows, max_new_tokens=args.steps)[0, 0, -args.steps :].tolist()
+    result["fp8 emulated tokens"] = emulated.generate(rows, max_new_tokens=args.steps)[0, 0, -args.steps :].tolist()
     result["gemv"] = gemv_times(device) if device == "cuda" else {}
     return result
 
@@ -152,11 +156,15 @@ def report(r: dict) -> None:
         print(f"{label:<8} {rate:>10.1f} {nbytes / 1e6:>10.1f} {bound:>10.1f} {100 * rate / bound:>8.1f}%")
     print(f"fp8 / fp16: {r['tokens/s']['fp8'] / r['tokens/s']['fp16']:.2f}x tokens/s "
           f"(targets: >= 1.70x and >= 65% of the FP8 bound)")  # fmt: skip
-    for label, key in (("fp32 dequantized reference", "reference"), ("torch backend eager, fp16", "fp8 eager tokens")):
-        ours, ref = r["fp8 tokens"], r[key]
+    pairs = (("fused", "fp32 dequantized reference", "fp8 tokens", "reference"),
+             ("fused", "torch backend eager, fp16", "fp8 tokens", "fp8 eager tokens"),
+             ("fused", "torch backend eager, fp16, emulated FP8 GEMMs", "fp8 tokens", "fp8 emulated tokens"),
+             ("torch backend eager", "fp32 dequantized reference", "fp8 eager tokens", "reference"))  # fmt: skip
+    for who, label, mine, key in pairs:
+        ours, ref = r[mine], r[key]
         same = sum(a == b for a, b in zip(ours, ref, strict=True))
         first = next((i for i, (a, b) in enumerate(zip(ours, ref, strict=True)) if a != b), None)
-        print(f"greedy tokens, fp8 fused vs {label}: {same}/{len(ref)} equal, first difference at step {first}")
+        print(f"greedy tokens, fp8 {who} vs {label}: {same}/{len(ref)} equal, first difference at step {first}")
     for name, row in r["gemv"].items():
         a, b = row["fp16"], row["fp8"]
         print(f"gemv {name:<8} fp16 {a['us']:6.2f} us ({a['TB/s']:.2f} TB/s)  fp8 {b['us']:6.2f} us "
