@@ -38,8 +38,9 @@ from .quantized import InputQuant, PackedWeight, QuantWeight
 # ``ModelSpec.activation`` -> the kernel's activation
 KERNEL_ACTIVATIONS = {"silu": "silu", "relu": "relu", "gelu_erf": "gelu", "gelu_tanh": "gelu_tanh"}
 MAX_BATCH = 16  # a CUDA graph per batch size up to here; larger batches go to the fallback
-# what ``--compile`` ("auto") sends to the fused step: batch 1 is measured on an H100 (docs/performance.md);
-# batches of 2-16 go there only with compile="fused" until a GPU run shows them faster than torch.compile
+# what ``--compile`` ("auto") sends to the fused step: batch 1 (measured on an H100, docs/performance.md: 70 %
+# of the bound). Batches of 2-16 go there only with compile="fused": measured at 9-14 % of the bound against
+# torch.compile's ~44 % at batch 8, so they stay on torch.compile until the batched kernel is rewritten
 AUTO_MAX_BATCH = 1
 GEMMS = ("auto", "dot", "rows")  # how batches of 2-16 multiply (``batch_gemm``)
 
@@ -85,7 +86,7 @@ def gemv_blocks(k: int) -> dict:
 def batch_gemm(gemm: str, batch: int) -> bool:
     """Whether ``gemv_batch_kernel`` multiplies a batch on tensor cores (``tl.dot``, the batch padded to 16
     rows) rather than as multi-row GEMVs on the CUDA cores: "dot", "rows", or "auto": tensor cores from batch 8
-    (a guess until bench/fused_decode.py's batch runs measure both; docs/performance.md)."""
+    (on an H100 "dot" measured faster than "rows" at batch 8 and 16: docs/performance.md)."""
     return gemm == "dot" or (gemm == "auto" and batch >= 8)
 
 
