@@ -1,6 +1,7 @@
 """The fused decode step (``ckpt_eval.fused_decode``) at batches 1/8/16 against torch.compile, with % of the bound.
 
-    python bench/fused_batch.py           # GPU: four model shapes, random fp16 weights (< 5 min on an H100)
+    python bench/fused_batch.py           # GPU: five model shapes, random fp16 weights (over 6 min on an H100:
+                                          #   split it with --shapes / --batch)
     python bench/fused_batch.py --tiny    # CPU: tiny shapes, the kernels in triton's interpreter
 
 Per shape, batch and context (the step's position: 32 and 1024 cached tokens): tokens/s of one decode step of
@@ -33,6 +34,10 @@ SHAPES = {  # config.json fields of the checkpoint shapes
     "pythia-1.4b": dict(architecture="GPTNeoXForCausalLM", vocab_size=50304, hidden_size=2048, num_hidden_layers=24,
                         num_attention_heads=16, num_key_value_heads=16, intermediate_size=8192, hidden_act="gelu",
                         position_embedding_type="rope_gpt_neox", rotary_pct=0.25, bias=True),
+    # Falcon-7B's layout (one shared norm, attention and MLP in parallel, one KV head, rotary) at ~1.2B
+    "falcon-1b": dict(architecture="FalconForCausalLM", vocab_size=65024, hidden_size=2048, num_hidden_layers=24,
+                      num_attention_heads=32, num_key_value_heads=1, intermediate_size=8192, hidden_act="gelu",
+                      position_embedding_type="rope_gpt_neox", parallel_attention=True, bias=False),
 }  # fmt: skip
 TINY = dict(vocab_size=512, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
 
