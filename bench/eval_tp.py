@@ -140,12 +140,11 @@ def tp_decode_rate(runner, batch: int, vocab: int, args) -> float:
 
 
 def step_bytes(ckpt: Path, rank: int, model, batch: int, context: int) -> int:
-    """Bytes one rank reads per decode step: every tensor of its rank file but the embedding table (a lookup
-    reads one row; FP8 weights count as their codes), plus its KV cache up to ``context`` positions (K and V)."""
-    from ckptfmt import RankFileReader
+    """Bytes one rank reads per decode step: its weights (``fused_decode_fp8.step_bytes``: FP8 weights count as
+    their codes), plus its KV cache up to ``context`` positions (K and V)."""
+    from fused_decode_fp8 import step_bytes as weight_bytes
 
-    with RankFileReader(Path(ckpt) / f"rank{rank}.safetensors") as reader:
-        weights = sum(reader[n].nbytes for n in reader.entries if n != "transformer.vocab_embedding.weight")
+    weights = weight_bytes(ckpt, rank)
     first = model.transformer.blocks()[0].attention
     elt = first.kv_cache.kv.element_size() if first.kv_cache is not None else 2
     return weights + 2 * len(model.transformer.blocks()) * first.kv_heads * first.head_size * context * batch * elt

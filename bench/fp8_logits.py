@@ -13,13 +13,13 @@ compared with each other to tell such spread from an error of one path.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 from eval_decode import hf_model, prompts, write_checkpoint
+from fused_decode_fp8 import native_quant
 
 PROMPT, STEPS = 32, 6
 
@@ -30,10 +30,10 @@ def load(path: Path, native: bool, dtype: str | None = None):
     from ckpt_eval.weights import load_model
     from ckptfmt import load_config
 
-    os.environ["CKPT_EVAL_NATIVE_QUANT"] = "1" if native else "0"
     config = load_config(path)
     config = dataclasses.replace(config, dtype=dtype) if dtype else config
-    return load_model(path, config, init_parallel(config.mapping, "cuda")).eval()
+    with native_quant(native):
+        return load_model(path, config, init_parallel(config.mapping, "cuda")).eval()
 
 
 @torch.inference_mode()

@@ -16,6 +16,7 @@ dequantized reference: fake-quantized inputs, no native FP8 GEMM).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -42,12 +43,28 @@ def tiny_hf():
     return LlamaForCausalLM(cfg).to(torch.float16).eval()
 
 
-def step_bytes(ckpt: Path) -> int:
-    """Bytes a one-token step reads: every tensor of the rank file but the embedding table (one row is read)."""
+def step_bytes(ckpt: Path, rank: int = 0) -> int:
+    """Bytes a one-token step reads of rank ``rank``'s weights: every tensor of its rank file but the embedding
+    table (one row is read)."""
     from ckptfmt import RankFileReader
 
-    with RankFileReader(ckpt / "rank0.safetensors") as reader:
+    with RankFileReader(Path(ckpt) / f"rank{rank}.safetensors") as reader:
         return sum(reader[n].nbytes for n in reader.entries if n != "transformer.vocab_embedding.weight")
+
+
+@contextlib.contextmanager
+def native_quant(enabled: bool):
+    """Models loaded inside compute quantized linears natively (``torch._scaled_mm`` where the GPU has FP8) or,
+    ``enabled`` False, with the emulation the fused step reproduces (``CKPT_EVAL_NATIVE_QUANT``)."""
+    before = os.environ.get("CKPT_EVAL_NATIVE_QUANT")
+    os.environ["CKPT_EVAL_NATIVE_QUANT"] = "1" if enabled else "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["CKPT_EVAL_NATIVE_QUANT"]
+        else:
+            os.environ["CKPT_EVAL_NATIVE_QUANT"] = before
 
 
 def greedy_reference(ckpt: Path, prompt: torch.Tensor, steps: int, device: str) -> torch.Tensor:
@@ -56,10 +73,9 @@ def greedy_reference(ckpt: Path, prompt: torch.Tensor, steps: int, device: str) 
     from ckpt_eval.weights import load_model
     from ckptfmt import load_config
 
-    os.environ["CKPT_EVAL_NATIVE_QUANT"] = "0"
     config = dataclasses.replace(load_config(ckpt), dtype="float32")
-    model = load_model(ckpt, config, init_parallel(config.mapping, device))
-    del os.environ["CKPT_EVAL_NATIVE_QUANT"]
+    with native_quant(False):
+        model = load_model(ckpt, config, init_parallel(config.mapping, device))
     t = prompt.numel()
     model.setup_cache(1, t + steps)
     pad = torch.zeros(1, dtype=torch.long, device=device)
@@ -130,9 +146,8 @@ def run(args) -> dict:
         assert all(r.model.decode_path == "fused" for r in runners.values())
         rows = list(prompts(1, args.prompt_len, vocab, device))
         eager = ModelRunner.from_dir(fp8, device=device)  # the torch backend's own FP8 step, model dtype
-        os.environ["CKPT_EVAL_NATIVE_QUANT"] = "0"  # the same, emulated: what the fused step computes
-        emulated = ModelRunner.from_dir(fp8, device=device)
-        del os.environ["CKPT_EVAL_NATIVE_QUANT"]
+        with native_quant(False):  # the same, emulated: what the fused step computes
+            emulated = ModelRunner.from_dir(fp8, device=device)
         result["reference"] = greedy_reference(fp8, rows[0].cpu(), args.steps, device).tolist()
     result["bandwidth"] = bandwidth(device, nbytes=(1 << 24) if args.tiny else (1 << 30))
     result["tokens/s"] = {}
