@@ -101,8 +101,12 @@ def kill_build(ckpt: Path, out: Path, delay: float, overwrite: bool, marker: str
         killed = time.monotonic()
         proc.wait()
     trial.processes = len(seen)
+    # a worker spawned just before the kill may be missing from the samples: the marker finds it, and it gets the
+    # same time to end as the others (it may still be importing, before it can notice that its parent is gone)
+    for p in _marked(tag):
+        seen.setdefault(p.pid, p)
     alive = wait_gone([p for pid, p in seen.items() if pid != proc.pid], timeout=10)
-    alive += [p for p in _marked(tag) if p not in alive and _running(p)]
+    alive += [p for p in _marked(tag) if p.pid not in seen and _running(p)]
     trial.gone_s = time.monotonic() - killed
     trial.survivors = [p.pid for p in alive]
     for p in alive:  # leave nothing running, whatever the verdict
