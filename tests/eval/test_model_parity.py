@@ -151,9 +151,17 @@ def test_weight_only_matches_dequantized_reference(models, precision, group_size
     if group_size:
         flags.update(per_group=True, group_size=group_size)
     batch = prompts()
-    ours = run_ours(ModelRunner.from_dir(models.checkpoint("llama-gqa", **flags), device="cpu"), batch)
+    runner = ModelRunner.from_dir(models.checkpoint("llama-gqa", **flags), device="cpu")
+    ours = run_ours(runner, batch)
     ref = reference(dequantized_hf(models.hf("llama-gqa"), precision, group_size), batch)
     assert_matches_reference(ours, ref, batch, FP32_TOL)
+    # the model holds the codes, not a float copy: no floating tensor of a decoder layer has a linear's size
+    names = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
+    for linear in (b.get_submodule(n) for b in runner.model.model.transformer.blocks() for n in names):
+        held = [*linear.parameters(), *linear.buffers()]
+        codes = [t.nbytes for t in held if t.dtype == torch.int8]
+        floats = sum(t.nbytes for t in held if t.is_floating_point())  # scales (group 32: 1/8 byte a weight)
+        assert len(codes) == 1 and floats < codes[0] / 2, linear
 
 
 @pytest.mark.parametrize("name", VARIANTS)

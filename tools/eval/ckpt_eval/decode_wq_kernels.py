@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
@@ -234,14 +233,3 @@ def packed_gemv(x, weights: list[PackedWeight], y, *, eps: float, norm=None, bia
         HAS_NORM=norm is not None, HAS_PRE=w.prequant is not None, HAS_BIAS=bias is not None,
         HAS_RES=res is not None, GATED=gated, ACT=act, PDL=pdl, **blocks, **launch,
     )  # fmt: skip
-
-
-def dequantized(weight: PackedWeight) -> torch.Tensor:
-    """float32 ``[out, in]`` the kernel multiplies (pre-quant scale folded into the columns): for tests and
-    the benchmark's reference, computed in torch from the same buffers."""
-    codes = weight.codes.to(torch.int32)
-    if weight.bits == 4:
-        lo, hi = (codes << 28) >> 28, (codes << 24) >> 28
-        codes = torch.stack([lo, hi], 1).reshape(-1, codes.shape[1])
-    w = codes.float() * weight.scale.repeat_interleave(weight.group, 1)[:, : codes.shape[1]]
-    return w * weight.prequant[None, :] if weight.prequant is not None else w

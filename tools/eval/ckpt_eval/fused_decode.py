@@ -33,7 +33,7 @@ import torch
 from ckptfmt.semantics import FUSED, support_rows
 
 from .model import Block, KVCache, RMSNorm, Transformer
-from .quantized import InputQuant, PackedWeight, QuantWeight
+from .quantized import InputQuant, PackedLinear, PackedWeight, QuantWeight
 
 # ``ModelSpec.activation`` -> the kernel's activation
 KERNEL_ACTIVATIONS = {"silu": "silu", "relu": "relu", "gelu_erf": "gelu", "gelu_tanh": "gelu_tanh"}
@@ -129,7 +129,7 @@ class Operands:
     """What ``gemv_kernel`` reads for one linear besides its input: the weight (float, or codes with a float32
     scale per row ``ws``), the activation scale(s) ``xs`` and pre-quant scale(s) ``pre``, and the flags."""
 
-    w: torch.Tensor
+    w: torch.Tensor | None  # None: ``packed``
     ws: torch.Tensor | None = None
     xs: torch.Tensor | None = None
     pre: torch.Tensor | None = None
@@ -137,11 +137,13 @@ class Operands:
     packed: list[PackedWeight] | None = None  # weight-only / AWQ codes (``decode_wq_kernels``): [W] or [fc, gate]
 
 
-def operands(linears: list, float_weight: torch.Tensor, codes: QuantWeight | None) -> Operands:
-    """``Operands`` of a linear (``linears``: [fc, gate] for the stacked fc/gate): its float weight, or where it is
-    quantized (``quantized.attach``) its ``codes`` (``QuantWeight``) and its input's quantization."""
-    if getattr(linears[0], "packed_weight", None) is not None:
-        return Operands(float_weight, packed=[m.packed_weight for m in linears])
+def operands(linears: list, codes: QuantWeight | None, stacked: torch.Tensor | None = None) -> Operands:
+    """``Operands`` of a linear (``linears``: [fc, gate] for the stacked fc/gate, whose float weight is ``stacked``
+    when ``MLP.fuse`` made one): its float weight, or where it is quantized (``quantized.attach``) its ``codes``
+    (``QuantWeight``) and its input's quantization, or a ``PackedLinear``'s codes (never its dequantized weight)."""
+    if isinstance(linears[0], PackedLinear):
+        return Operands(None, packed=[m.packed_weight for m in linears])
+    float_weight = cast(torch.Tensor, stacked if stacked is not None else linears[0].weight)
     if getattr(linears[0], "input_quant", None) is None:
         return Operands(float_weight)
     quants = [cast(InputQuant, m.input_quant) for m in linears]
@@ -256,15 +258,14 @@ class FusedDecoder:
         if mlp.gate is not None and mlp.fc_gate is None and not quantized:
             mlp.fuse()  # [fc; gate] as one weight: one GEMV reads both (load_model has done it)
         fc = [mlp.fc, mlp.gate] if mlp.gate is not None else [mlp.fc]
-        fc_weight = mlp.fc_gate if mlp.fc_gate is not None else mlp.fc.weight
         fc_bias: torch.Tensor | None = mlp.fc.bias
         if mlp.gate is not None and mlp.fc.bias is not None:  # [fc; gate] (fuse() stacked the float path's)
             fc_bias = mlp.fc_gate_bias if mlp.fc_gate is not None else torch.cat([mlp.fc.bias, mlp.gate.bias])
         return LayerOps(
-            operands([a.qkv], a.qkv.weight, getattr(a.qkv, "quant_weight", None)),
-            operands([a.dense], a.dense.weight, getattr(a.dense, "quant_weight", None)),
-            operands(fc, fc_weight, getattr(mlp, "quant_fc_gate", getattr(mlp.fc, "quant_weight", None))),
-            operands([mlp.proj], mlp.proj.weight, getattr(mlp.proj, "quant_weight", None)),
+            operands([a.qkv], getattr(a.qkv, "quant_weight", None)),
+            operands([a.dense], getattr(a.dense, "quant_weight", None)),
+            operands(fc, getattr(mlp, "quant_fc_gate", getattr(mlp.fc, "quant_weight", None)), mlp.fc_gate),
+            operands([mlp.proj], getattr(mlp.proj, "quant_weight", None)),
             fc_bias,
             Norm.of(getattr(layer, spec.attn_norm)),
             Norm.of(getattr(layer, spec.mlp_norm)) if spec.mlp_norm else None,
@@ -325,9 +326,9 @@ class FusedDecoder:
         return {
             "x": empty(b, spec.hidden_size),
             "small": empty(b, spec.embed_proj_dim or 1),  # OPT's embedding before project_in / after project_out
-            "qkv": empty(b, layer.attention.qkv.weight.shape[0]),
+            "qkv": empty(b, layer.attention.qkv.out_features),
             "attn": empty(b, self.heads * self.head_size),
-            "mlp": empty(b, layer.mlp.fc.weight.shape[0]),
+            "mlp": empty(b, layer.mlp.fc.out_features),
             "logits": empty(b, model.lm_head.weight.shape[0], dtype=torch.float32),
             "parts": empty(b * self.heads * splits * (triton_next_pow2(self.head_size) + 2), dtype=torch.float32),
         }
@@ -345,6 +346,7 @@ class FusedDecoder:
                 packed_gemv(x[i], op.packed, y[i], eps=self.eps, norm=norm_w, bias=bias, res=r, act=act, pdl=self.pdl)
             return
         w, b = op.w, x.shape[0]
+        assert w is not None, "a float or code weight where no packed one"
         n, k = w.shape[0] // (2 if gated else 1), w.shape[1]
         flags = dict(
             HAS_NORM=norm is not None, LAYER=norm is not None and norm.bias is not None, HAS_BIAS=bias is not None,

@@ -257,8 +257,8 @@ class MLP(nn.Module):
 
     def fuse(self) -> None:
         """Stack the gate rows under fc's so a gated MLP reads both with one GEMM (fc and gate stay the
-        checkpoint's tensors, as views of the stacked one)."""
-        if self.gate is None:
+        checkpoint's tensors, as views of the stacked one). Packed linears (``quantized.PackedLinear``) stay apart."""
+        if self.gate is None or hasattr(self.fc, "packed_weight"):
             return
         ffn = self.fc.weight.shape[0]
         for suffix in ("weight", "bias"):

@@ -1,8 +1,7 @@
 """Quantized checkpoints in the torch backend (ModelOpt's layouts, docs/checkpoint-format.md), emulated exactly.
 
-The weights are dequantized at load (``ckptfmt.quant.dequantize_linear``: e4m3 / int8 / packed int4 codes times
-their scales, the smoothing already folded in; INT4 AWQ's ``prequant_scaling_factor`` folded into the weight's
-columns too, so an AWQ model is a plain float model to every kernel); what the checkpoint says happens to an FP8 or
+FP8 and SmoothQuant weights are dequantized at load (``ckptfmt.quant.dequantize_linear``: e4m3 / int8 codes
+times their scales, the smoothing already folded in); what the checkpoint says happens to an FP8 or
 SmoothQuant linear's input is an ``InputQuant`` run before it (a forward pre-hook): ``x * prequant_scaling_factor``
 (SmoothQuant), then a fake quantization with ``activation_scaling_factor`` (FP8: ``x / s`` clamped to +-448,
 rounded to e4m3, times ``s``; INT8 SmoothQuant: rounded to an integer in [-128, 127] (ModelOpt's and TensorRT's
@@ -15,8 +14,9 @@ FP8 and SmoothQuant linears also keep the checkpoint's codes (``QuantWeight``: e
 float32 scale per row, one byte a weight on top of the dequantized copy): the fused decode kernels read them,
 and on a GPU with the matching instructions ``native_quant`` computes the linear from them with
 ``torch._scaled_mm`` (FP8, sm89+) or ``torch._int_mm`` (int8) instead of the emulation. Weight-only int8 / int4
-and INT4 AWQ linears keep theirs as ``PackedWeight`` (packed codes, float32 group scales, AWQ's pre-quant scale),
-which ``decode_wq_kernels`` reads: ½ or 1 byte a weight beside the dequantized copy the torch backend computes with.
+and INT4 AWQ linears are ``PackedLinear``s holding only ``PackedWeight`` (packed codes, float32 group scales,
+AWQ's pre-quant scale): ``decode_wq_kernels`` reads it, and each torch-backend call dequantizes the weight from it
+(float32, AWQ's pre-quant scale folded into the columns, then the model dtype) and drops it after the GEMM.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import cast
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ckptfmt import CheckpointConfig, CheckpointError, RankFileReader
@@ -147,6 +148,64 @@ class PackedWeight(nn.Module):
         self.register_buffer("scale", scale.float().contiguous(), persistent=False)
         self.register_buffer("prequant", None if prequant is None else prequant.float().contiguous(), persistent=False)
 
+    def dequantized(self) -> torch.Tensor:
+        """The float32 ``[out, in]`` weight (pre-quant scale folded into the columns): one float32 product per
+        weight, as ``ckptfmt.quant`` dequantizes; 4 bytes a weight while it lives, nothing else that size."""
+        codes = self.codes
+        if self.bits == 4:  # rows 2j, 2j+1: low, high nibble, sign-extended by the arithmetic right shift
+            codes = torch.stack([(codes << 4) >> 4, codes >> 4], 1).reshape(self.rows, codes.shape[1])
+        w = codes.float()
+        groups = self.scale.shape[1]
+        w.view(self.rows, groups, w.shape[1] // groups).mul_(self.scale[:, :, None])
+        return w.mul_(self.prequant) if self.prequant is not None else w
+
+
+class PackedLinear(nn.Module):
+    """A weight-only int8 / int4 or INT4 AWQ linear that keeps only its codes (``packed_weight``): each call
+    dequantizes the weight (float32, then the model ``dtype``) and drops it after the GEMM, so the model holds ½
+    or 1 byte a weight instead of 2. The fused decode step reads the codes themselves. ``reduce``: a row-parallel
+    linear's ``Parallel`` (partial products summed over the tp ranks, then the bias added once)."""
+
+    def __init__(self, packed: PackedWeight, in_features: int, bias: nn.Parameter | None, dtype, reduce=None):
+        super().__init__()
+        self.packed_weight = packed
+        self.in_features, self.out_features, self.dtype, self.reduce = in_features, packed.rows, dtype, reduce
+        self.bias = bias
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight in the model dtype, computed on each access (never stored)."""
+        return self.packed_weight.dequantized().to(self.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reduce is None:
+            return F.linear(x, self.weight, self.bias)
+        y = self.reduce.all_reduce(F.linear(x, self.weight))
+        return y + self.bias if self.bias is not None else y
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.packed_weight.bits}"
+
+
+def pack_linears(model: nn.Module, reader: RankFileReader, config: CheckpointConfig, device, dtype) -> None:
+    """Replace each weight-only / INT4 AWQ linear of ``model``'s layers by a ``PackedLinear`` holding the codes of
+    ``reader`` (before the other weights load: its ``.weight`` is then no parameter to read)."""
+    for i, layer in enumerate(model.get_submodule("transformer.layers").children()):
+        for linear in LINEARS:
+            name = f"transformer.layers.{i}.{linear}"
+            if f"{name}.weight" not in reader:
+                continue  # no gate in a plain MLP
+            parent, _, leaf = linear.rpartition(".")
+            old = layer.get_submodule(linear)
+            rows, cols = cast(torch.Tensor, old.weight).shape
+            packed = read_packed(reader, name, config, device)
+            if (packed.rows, packed.codes.shape[1]) != (rows, cols):
+                shape = [packed.rows, packed.codes.shape[1]]
+                raise CheckpointError(f"tensor {name}.weight: holds a {shape} weight, the model expects {[rows, cols]}")
+            reduce = getattr(old, "par", None)  # a RowLinear
+            bias = cast(nn.Parameter | None, old.bias)
+            setattr(layer.get_submodule(parent), leaf, PackedLinear(packed, cols, bias, dtype, reduce))
+
 
 def packs_weights(config: CheckpointConfig) -> bool:
     """Whether the linears are weight-only int8 / int4 or INT4 AWQ (``PackedWeight``)."""
@@ -185,15 +244,13 @@ def quantizes_inputs(config: CheckpointConfig) -> bool:
 
 
 def read_linear_weight(reader: RankFileReader, name: str, config: CheckpointConfig) -> torch.Tensor | None:
-    """The float32 ``[out, in]`` weight ``name`` dequantized, when it is one of a ModelOpt-quantized linear."""
+    """The float32 ``[out, in]`` weight ``name`` dequantized, when it is one of an FP8 or INT8 SmoothQuant linear
+    (INT4 AWQ's are ``PackedLinear``s: ``pack_linears``)."""
     scale_name = name[: -len("weight")] + WEIGHTS_SCALE
-    if not (is_modelopt(config) and name.endswith(".weight") and scale_name in reader):
+    if not (quantizes_inputs(config) and name.endswith(".weight") and scale_name in reader):
         return None
     q = config.quantization
     w = dequantize_linear(reader[name], reader[scale_name], q.scheme, q.group_size)
-    prequant = name[: -len("weight")] + PREQUANT_SCALE
-    if activation_kind(config) is None and prequant in reader:  # AWQ: (x * s) @ W.T == x @ (W * s).T
-        w = w * np.asarray(reader[prequant], dtype=np.float32)[None, :]
     return torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
 
 
@@ -233,11 +290,6 @@ def attach(model: nn.Module, reader: RankFileReader, config: CheckpointConfig, d
                 if not native_quant.attach_native(module, kind, dtype):  # else it computes from the codes
                     module.register_forward_pre_hook(_quantize_input)
             stack_fc_gate(layer.get_submodule("mlp"))
-        if packs_weights(config):  # the codes for the fused step, beside the dequantized weights
-            for linear in LINEARS:
-                if f"{prefix}{linear}.weight" in reader:
-                    module = layer.get_submodule(linear)
-                    module.packed_weight = read_packed(reader, f"{prefix}{linear}", config, device)
         if kv_kind is not None:
             kv = scale(f"{prefix}attention.{KV_CACHE_SCALE}")
             if kv is None:

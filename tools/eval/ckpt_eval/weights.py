@@ -10,15 +10,12 @@ import torch
 
 from ckptfmt import RANK_FILE, CheckpointConfig, CheckpointError, RankFileReader, model_spec
 from ckptfmt.names import LM_HEAD, VOCAB_EMBEDDING
-from ckptfmt.quant import dequantize_weight_only
 from ckptfmt.sharding import split_padded
 
 from .distributed import Parallel
 from .model import RankShapes, Transformer
-from .quantized import attach, quantizes_inputs, read_linear_weight
+from .quantized import attach, pack_linears, packs_weights, quantizes_inputs, read_linear_weight
 from .torch_dtypes import TORCH_DTYPES
-
-SCALE = "per_channel_scale"
 
 
 def rank_shapes(config: CheckpointConfig, rank: int) -> RankShapes:
@@ -43,19 +40,10 @@ def to_torch(a: np.ndarray) -> torch.Tensor:
 
 
 def read_tensor(reader: RankFileReader, name: str, config: CheckpointConfig) -> torch.Tensor:
-    """Tensor ``name`` as stored, or dequantized to ``[out, in]`` when it is a quantized weight (weight-only, or
-    ModelOpt's FP8 / INT8 SmoothQuant / INT4 AWQ)."""
+    """Tensor ``name`` as stored, or dequantized to ``[out, in]`` when it is an FP8 / INT8 SmoothQuant weight
+    (weight-only and INT4 AWQ linears keep their codes: ``quantized.pack_linears``)."""
     modelopt = read_linear_weight(reader, name, config)
-    if modelopt is not None:
-        return modelopt
-    scale_name = name[: -len("weight")] + SCALE
-    if name.endswith(".weight") and scale_name in reader and reader.spec(name)[0] == np.int8:
-        q = config.quantization
-        w = dequantize_weight_only(
-            reader[name], reader[scale_name], q.weight_only_precision, q.group_size if q.per_group else None
-        )
-        return torch.from_numpy(np.ascontiguousarray(w))
-    return to_torch(reader[name])
+    return modelopt if modelopt is not None else to_torch(reader[name])
 
 
 def head_from_embedding(reader: RankFileReader, config: CheckpointConfig, par: Parallel) -> torch.Tensor:
@@ -87,6 +75,11 @@ def load_model(directory: str | Path, config: CheckpointConfig, par: Parallel) -
         model = Transformer(spec, shapes, par)
     path = Path(directory) / RANK_FILE.format(rank=par.rank)
     with RankFileReader(path) as reader:
+        if packs_weights(config):  # weight-only / INT4 AWQ linears: codes, no float copy
+            try:
+                pack_linears(model, reader, config, par.device, dtype)
+            except CheckpointError as err:
+                raise CheckpointError(f"{path}: {err}") from None
         for name, _ in list(model.named_parameters()):
             if name not in reader and name == LM_HEAD and shapes.head_from_embedding:
                 value = head_from_embedding(reader, config, par)
