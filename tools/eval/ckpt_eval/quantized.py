@@ -147,17 +147,25 @@ class PackedWeight(nn.Module):
         self.register_buffer("codes", codes.contiguous(), persistent=False)
         self.register_buffer("scale", scale.float().contiguous(), persistent=False)
         self.register_buffer("prequant", None if prequant is None else prequant.float().contiguous(), persistent=False)
+        half = (torch.float16, torch.bfloat16)
+        self.exact_in = {torch.float32, *(t for t in half if torch.equal(self.scale.to(t).float(), self.scale))}
 
-    def dequantized(self) -> torch.Tensor:
-        """The float32 ``[out, in]`` weight (pre-quant scale folded into the columns): one float32 product per
-        weight, as ``ckptfmt.quant`` dequantizes; 4 bytes a weight while it lives, nothing else that size."""
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The ``[out, in]`` weight in ``dtype``, pre-quant scale folded into the columns: each weight the float32
+        product of its code and scales, rounded to ``dtype`` (as ``ckptfmt.quant`` dequantizes). Without a
+        pre-quant scale, and with scales that ``dtype`` holds exactly (weight-only scales are stored in the model
+        dtype), it is computed in ``dtype`` itself: a code has at most 8 significant bits, so the float32 product
+        is exact and one ``dtype`` multiply rounds it the same way, with half the bytes to write."""
         codes = self.codes
         if self.bits == 4:  # rows 2j, 2j+1: low, high nibble, sign-extended by the arithmetic right shift
             codes = torch.stack([(codes << 4) >> 4, codes >> 4], 1).reshape(self.rows, codes.shape[1])
-        w = codes.float()
+        direct = self.prequant is None and dtype in self.exact_in
+        w = codes.to(dtype if direct else torch.float32)
         groups = self.scale.shape[1]
-        w.view(self.rows, groups, w.shape[1] // groups).mul_(self.scale[:, :, None])
-        return w.mul_(self.prequant) if self.prequant is not None else w
+        w.view(self.rows, groups, w.shape[1] // groups).mul_(self.scale.to(w.dtype)[:, :, None])
+        if self.prequant is not None:
+            w.mul_(self.prequant)
+        return w.to(dtype)
 
 
 class PackedLinear(nn.Module):
@@ -175,7 +183,7 @@ class PackedLinear(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """The dequantized weight in the model dtype, computed on each access (never stored)."""
-        return self.packed_weight.dequantized().to(self.dtype)
+        return self.packed_weight.dequantized(self.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reduce is None:
