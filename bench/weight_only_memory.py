@@ -6,14 +6,14 @@ held beside its codes) and fp16, in one run (issue 24).
     python bench/weight_only_memory.py --device cuda --preset 1b --dtype float16   # TinyLlama-1.1B shape
 
 A random LLaMA (transformers' init) is written as a checkpoint, then quantized by our own code
-(``ckpt_eval.wq_quantize``: int8 and int4 per channel, INT4 AWQ group 128). Each loads in the eager torch backend
-(``ModelRunner``, no --compile: the path every batch size and the prefill take); "previous" is the same loaded
-model with every ``PackedLinear`` turned back into a float linear holding the dequantized weight beside the codes,
-fc and gate stacked, as ``weights.load_model`` built it before. Printed per model: bytes the model holds (every
-parameter and buffer, counted once per storage; the KV cache is not yet allocated), the decoder linears' share,
-the ratio to fp16; on CUDA the peak allocated during a prefill; time to first token of a ``--prompt_len`` prompt
-and decode tokens/s (``eval_decode.decode_rate``) at batch 1, and whether "previous" gives the same greedy
-tokens.
+(``ckpt_eval.wq_quantize``: int8 and int4 per channel, INT4 AWQ group ``--group``). Each loads in the torch
+backend (``ModelRunner``: eager decode, or with ``--compile MODE`` that decode step, at ``--batch``). "previous"
+is the same loaded model with every ``PackedLinear`` turned back into a float linear holding the dequantized
+weight beside the codes, fc and gate stacked, as ``weights.load_model`` built it before. Printed per model: bytes
+the model holds (every parameter and buffer, counted once per storage; the KV cache is not yet allocated), the
+decoder linears' share, the ratio to fp16; on CUDA the peak allocated during a prefill; time to first token of a
+``--prompt_len`` prompt and decode tokens/s (``eval_decode.decode_rate``), and whether "previous" gives the same
+greedy tokens.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def measure(runner, args, vocab: int) -> dict:
     """Held bytes, prefill time and peak, decode tokens/s and greedy tokens of one loaded model."""
     model = runner.model.model
     out = {"held": held_bytes(model), "linears": linear_bytes(model)}
-    prompt = list(prompts(1, args.prompt_len, vocab, args.device))
+    prompt = list(prompts(args.batch, args.prompt_len, vocab, args.device))
     first = lambda: runner.generate(prompt, max_new_tokens=1)  # noqa: E731
     first()  # warm-up
     if args.device.startswith("cuda"):
@@ -117,18 +117,21 @@ def measure(runner, args, vocab: int) -> dict:
         out["prefill_peak_extra"] = torch.cuda.max_memory_allocated() - base
     out["ttft_s"] = min(timed(first, args.device) for _ in range(args.repeats))
     decode = lambda n: runner.generate(prompt, max_new_tokens=n)  # noqa: E731
-    out["decode_tok_s"] = decode_rate(decode, 1, args.new_tokens, args.repeats, args.device)
-    out["tokens"] = runner.generate(prompt, max_new_tokens=args.new_tokens)[0].tolist()
+    out["decode_tok_s"] = decode_rate(decode, args.batch, args.new_tokens, args.repeats, args.device)
+    out["decode_path"] = runner.model.decode_path
+    out["tokens"] = runner.generate(prompt, max_new_tokens=args.new_tokens).tolist()
     return out
 
 
 def run(args) -> dict:
+    from ckpt_eval.backends.torch_backend import decode_step
     from ckpt_eval.runner import ModelRunner
     from ckpt_eval.wq_quantize import quantize_wq
 
     hf = hf_model(args.preset, "cpu", args.dtype)
     result: dict = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"}
     result.update(preset=args.preset, dtype=args.dtype, parameters=sum(p.numel() for p in hf.parameters()))
+    result.update(batch=args.batch, compile=args.compile)
     vocab = hf.config.vocab_size
     result["models"] = models = {}
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
@@ -139,11 +142,13 @@ def run(args) -> dict:
             paths[mode] = Path(work) / mode
             quantize_wq(paths[args.dtype], paths[mode], mode, args.group)
         for label, path in paths.items():
-            runner = ModelRunner.from_dir(path, device=args.device)
+            runner = ModelRunner.from_dir(path, device=args.device, compile=args.compile or False)
             models[label] = measure(runner, args, vocab)
             print(f"{label}: {_line(models[label])}", flush=True)
             if label in MODES:
                 dequantize_at_load(runner.model.model)
+                if args.compile:  # the step again, over the previous layout
+                    runner.model.decode, runner.model.decode_path = decode_step(runner.model.model, args.compile)
                 prev = models[f"{label} previous"] = measure(runner, args, vocab)
                 prev["same_tokens"] = prev.pop("tokens") == models[label]["tokens"]
                 print(f"{label} previous: {_line(prev)}", flush=True)
@@ -163,7 +168,9 @@ def _line(m: dict) -> str:
 
 def report(r: dict) -> None:
     models, base = r["models"], r["models"][r["dtype"]]
-    print(f"\n{r['device']}, preset {r['preset']} ({r['parameters'] / 1e6:.0f}M parameters), {r['dtype']}")
+    step = f"--compile {r['compile']}" if r["compile"] else "eager"
+    print(f"\n{r['device']}, preset {r['preset']} ({r['parameters'] / 1e6:.0f}M parameters), {r['dtype']}, ", end="")
+    print(f"batch {r['batch']}, decode {step} (ours: {models[r['dtype']]['decode_path']})")
     head = f"{'model':18} {'held MiB':>9} {'linears':>8} {'held/fp':>8} {'TTFT ms':>8} {'tok/s':>7} {'vs prev':>8}"
     print(head + "  same tokens")
     for label, m in models.items():
@@ -184,6 +191,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", choices=["float16", "bfloat16", "float32"])
     ap.add_argument("--prompt_len", type=int, default=256)
     ap.add_argument("--new_tokens", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--compile", metavar="MODE", help="the decode step of ModelRunner(compile=MODE): auto, fused, ...")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--group", type=int, default=128, help="INT4 AWQ group size")
     ap.add_argument("--workdir", default=None, help="where the checkpoints go (a temporary directory in it)")
