@@ -79,8 +79,14 @@ def make_norm(spec: ModelSpec, width: int | None = None) -> nn.Module:
     return nn.LayerNorm(spec.hidden_size, eps=spec.norm_epsilon, bias=spec.norm_bias)
 
 
+def row_linear(par: Parallel, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A row-parallel linear: partial products summed over tp ranks, then the (unsplit) bias added once."""
+    y = par.all_reduce(F.linear(x, weight))
+    return y + bias if bias is not None else y
+
+
 class RowLinear(nn.Module):
-    """Row-parallel linear: partial products summed over tp ranks, then the (unsplit) bias added once."""
+    """Row-parallel linear (``row_linear``)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, par: Parallel):
         super().__init__()
@@ -89,8 +95,7 @@ class RowLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.par.all_reduce(F.linear(x, self.weight))
-        return y + self.bias if self.bias is not None else y
+        return row_linear(self.par, x, self.weight, self.bias)
 
 
 class ParallelEmbedding(nn.Module):

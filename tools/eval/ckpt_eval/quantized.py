@@ -40,6 +40,7 @@ from ckptfmt.names import (
 from ckptfmt.quant import dequantize_linear
 
 from . import native_quant
+from .model import row_linear
 
 FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
 INT8_MAX = 127.0  # the scale maps amax to 127; codes are clamped to [-128, 127] (ModelOpt: narrow_range False)
@@ -188,8 +189,7 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reduce is None:
             return F.linear(x, self.weight, self.bias)
-        y = self.reduce.all_reduce(F.linear(x, self.weight))
-        return y + self.bias if self.bias is not None else y
+        return row_linear(self.reduce, x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.packed_weight.bits}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import ml_dtypes
@@ -66,6 +68,15 @@ def set_param(model: torch.nn.Module, name: str, value: torch.Tensor) -> None:
     module._parameters[attr] = torch.nn.Parameter(value, requires_grad=False)
 
 
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """A ``CheckpointError`` raised inside names the rank file ``path`` it is about."""
+    try:
+        yield
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+
+
 def load_model(directory: str | Path, config: CheckpointConfig, par: Parallel) -> Transformer:
     """This rank's model with its weights in the checkpoint dtype on ``par.device``."""
     spec = model_spec(config)  # the Transformer refuses what this backend does not compute
@@ -76,10 +87,8 @@ def load_model(directory: str | Path, config: CheckpointConfig, par: Parallel) -
     path = Path(directory) / RANK_FILE.format(rank=par.rank)
     with RankFileReader(path) as reader:
         if packs_weights(config):  # weight-only / INT4 AWQ linears: codes, no float copy
-            try:
+            with naming(path):
                 pack_linears(model, reader, config, par.device, dtype)
-            except CheckpointError as err:
-                raise CheckpointError(f"{path}: {err}") from None
         for name, _ in list(model.named_parameters()):
             if name not in reader and name == LM_HEAD and shapes.head_from_embedding:
                 value = head_from_embedding(reader, config, par)
@@ -87,14 +96,10 @@ def load_model(directory: str | Path, config: CheckpointConfig, par: Parallel) -
                 raise CheckpointError(f"{path}: missing tensor {name}")
             else:
                 value = read_tensor(reader, name, config)
-            try:
+            with naming(path):
                 set_param(model, name, value.to(device=par.device, dtype=dtype))
-            except CheckpointError as err:
-                raise CheckpointError(f"{path}: {err}") from None
-        try:
+        with naming(path):
             attach(model, reader, config, par.device, dtype)  # activation and KV-cache quantization
-        except CheckpointError as err:
-            raise CheckpointError(f"{path}: {err}") from None
     for layer in model.transformer.blocks():
         if not quantizes_inputs(config):  # fc and gate keep their own input quantization otherwise
             layer.mlp.fuse()
