@@ -30,6 +30,7 @@ from ckpt_eval.wq_quantize import quantize_wq  # noqa: E402
 from ckptfmt import CheckpointConfig  # noqa: E402
 from ckptfmt.quant import dequantize_linear, dequantize_weight_only, quantize_weight_only  # noqa: E402
 from tests.eval.test_fused_decode import BASE, DEVICE, load, teacher_forced_errors  # noqa: E402
+from tests.eval.test_packed_linear import every_byte  # noqa: E402
 from tests.random_checkpoint import random_checkpoint  # noqa: E402
 
 if not CUDA:
@@ -80,12 +81,6 @@ def test_fused_greedy_tokens_equal_torch_backend(tmp_path, mode, dtype):
     assert fused.model.model.transformer.blocks()[0].attention.qkv.packed_weight.bits == int(mode[3])
     prompt = [torch.tensor([1, 2, 3, 4, 5])]
     assert torch.equal(fused.generate(prompt, max_new_tokens=16), eager.generate(prompt, max_new_tokens=16))
-
-
-def every_byte(rows: int, cols: int) -> np.ndarray:
-    """int8 [rows, cols] holding every byte value (so every int4 pair) in every column and a row-dependent mix."""
-    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-    return ((r * 7 + c * 13) % 256).astype(np.uint8).view(np.int8)
 
 
 def gemv(weight: PackedWeight, x: torch.Tensor, blocks: dict | None = None) -> torch.Tensor:

@@ -12,9 +12,10 @@ from ckpt_eval.quantized import PackedWeight  # noqa: E402
 from ckptfmt.quant import dequantize_weight_only  # noqa: E402
 
 
-def every_byte(rows: int, cols: int) -> torch.Tensor:
+def every_byte(rows: int, cols: int) -> np.ndarray:
+    """int8 [rows, cols] holding every byte value (so every int4 pair) in every column and a row-dependent mix."""
     r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-    return torch.from_numpy(((r * 7 + c * 13) % 256).astype(np.uint8).view(np.int8))
+    return ((r * 7 + c * 13) % 256).astype(np.uint8).view(np.int8)
 
 
 def scales(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
@@ -31,7 +32,7 @@ def scales(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
 @pytest.mark.parametrize("bits, groups", [(8, 1), (4, 1), (8, 4), (4, 4)])
 def test_model_dtype_product_is_the_rounded_float32_product(dtype, bits, groups):
     out, k = 64, 96
-    codes = every_byte(out * bits // 8, k)
+    codes = torch.from_numpy(every_byte(out * bits // 8, k))
     weight = PackedWeight(codes, scales((out, groups), dtype), None, bits, groups > 1)
     assert dtype in weight.exact_in  # the direct path is the one under test
     want = weight.dequantized().to(dtype)  # float32, then rounded
@@ -48,8 +49,8 @@ def test_float32_scales_and_prequant_go_through_float32():
     out, k = 32, 64
     gen = torch.Generator().manual_seed(1)
     scale, pre = torch.rand(out, 4, generator=gen) + 0.5, torch.rand(k, generator=gen) + 0.5
-    weight = PackedWeight(every_byte(out // 2, k), scale, pre, 4, True)
+    weight = PackedWeight(torch.from_numpy(every_byte(out // 2, k)), scale, pre, 4, True)
     assert weight.exact_in == {torch.float32}
     assert torch.equal(weight.dequantized(torch.float16), weight.dequantized().to(torch.float16))
-    no_pre = PackedWeight(every_byte(out // 2, k), scale, None, 4, True)
+    no_pre = PackedWeight(torch.from_numpy(every_byte(out // 2, k)), scale, None, 4, True)
     assert torch.float16 not in no_pre.exact_in
