@@ -35,6 +35,14 @@ PRESETS = {
         num_key_value_heads=4,
         intermediate_size=5632,
     ),  # TinyLlama-1.1B
+    "150m": dict(
+        vocab_size=32000,
+        hidden_size=1024,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        intermediate_size=2816,
+    ),  # a CPU run of a minute or two
     "tiny": dict(
         vocab_size=32000,
         hidden_size=256,
@@ -143,19 +151,27 @@ def bandwidth(device: str, nbytes: int = 1 << 30, iters: int = 20) -> float:
     return 2 * nbytes * iters / (time.perf_counter() - start)
 
 
+def timed(fn, device: str) -> float:
+    """Seconds of ``fn()``, the device synchronized before and after."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def generate_times(generate, new_tokens: int, repeats: int, device: str) -> tuple[float, float]:
+    """Seconds of ``generate(1)`` (the time to first token) and of ``generate(new_tokens)``, best of ``repeats``
+    each, after a warm-up of both (compilation, CUDA graph capture, allocator)."""
+    timed(lambda: generate(1), device), timed(lambda: generate(new_tokens), device)
+    t1 = min(timed(lambda: generate(1), device) for _ in range(repeats))
+    tn = min(timed(lambda: generate(new_tokens), device) for _ in range(repeats))
+    return t1, tn
+
+
 def decode_rate(generate, batch: int, new_tokens: int, repeats: int, device: str) -> float:
-    """Decode tokens/s: batch * (N - 1) / (t(N) - t(1)), best of ``repeats`` timings each (after a warm-up)."""
-
-    def timed(n: int) -> float:
-        sync(device)
-        start = time.perf_counter()
-        generate(n)
-        sync(device)
-        return time.perf_counter() - start
-
-    timed(1), timed(new_tokens)  # warm-up (compilation, CUDA graph capture, allocator)
-    t1 = min(timed(1) for _ in range(repeats))
-    tn = min(timed(new_tokens) for _ in range(repeats))
+    """Decode tokens/s: batch * (N - 1) / (t(N) - t(1)) (``generate_times``)."""
+    t1, tn = generate_times(generate, new_tokens, repeats, device)
     return batch * (new_tokens - 1) / (tn - t1)
 
 

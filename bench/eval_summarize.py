@@ -35,11 +35,15 @@ def prepare_models(work: Path, dtype: str = "float32") -> tuple[Path, Path]:
     from tests.smollm2 import smollm2_hf_dir
 
     hf = smollm2_hf_dir(work)
-    ckpt = work / ("ckpt-fp32" if dtype == "float32" else f"ckpt-{dtype}")
+    return hf, converted(hf, work / ("ckpt-fp32" if dtype == "float32" else f"ckpt-{dtype}"), dtype)
+
+
+def converted(hf: Path, ckpt: Path, dtype: str) -> Path:
+    """``ckpt``: the HF model ``hf`` converted with ``ckpt-convert`` in ``dtype``, on first use."""
     if not (ckpt / "manifest.json").is_file():
         convert = [sys.executable, "-m", "ckpt_convert.cli", "hf", "--model_dir", str(hf), "--dtype", dtype]
         subprocess.run([*convert, "--output_dir", str(ckpt), "--quiet"], check=True)
-    return hf, ckpt
+    return ckpt
 
 
 def random_models(work: Path, preset: str, dtype: str, tokenizer: Path) -> tuple[Path, Path]:
@@ -59,11 +63,7 @@ def random_models(work: Path, preset: str, dtype: str, tokenizer: Path) -> tuple
         torch.manual_seed(0)
         LlamaForCausalLM(cfg).save_pretrained(hf)
         tok.save_pretrained(hf)
-    ckpt = work / f"ckpt-random-{preset}-{dtype}"
-    if not (ckpt / "manifest.json").is_file():
-        convert = [sys.executable, "-m", "ckpt_convert.cli", "hf", "--model_dir", str(hf), "--dtype", dtype]
-        subprocess.run([*convert, "--output_dir", str(ckpt), "--quiet"], check=True)
-    return hf, ckpt
+    return hf, converted(hf, work / f"ckpt-random-{preset}-{dtype}", dtype)
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 computing each linear from its codes costs, against the previous path (each weight dequantized once at load and
 held beside its codes) and fp16, in one run (issue 24).
 
-    python bench/weight_only_memory.py                          # CPU: a ~170M-parameter LLaMA, bfloat16, ~2 min
+    python bench/weight_only_memory.py                          # CPU: a 156M-parameter LLaMA, bfloat16, ~1 min
     python bench/weight_only_memory.py --device cuda --preset 1b --dtype float16   # TinyLlama-1.1B shape
 
 A random LLaMA (transformers' init) is written as a checkpoint, then quantized by our own code
@@ -12,7 +12,7 @@ is the same loaded model with every ``PackedLinear`` turned back into a float li
 weight beside the codes, fc and gate stacked, as ``weights.load_model`` built it before. Printed per model: bytes
 the model holds (every parameter and buffer, counted once per storage; the KV cache is not yet allocated), the
 decoder linears' share, the ratio to fp16; on CUDA the peak allocated during a prefill; time to first token of a
-``--prompt_len`` prompt and decode tokens/s (``eval_decode.decode_rate``), and whether "previous" gives the same
+``--prompt_len`` prompt and decode tokens/s (``eval_decode.generate_times``), and whether "previous" gives the same
 greedy tokens.
 """
 
@@ -21,44 +21,31 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
-import eval_decode
 import torch
-from eval_decode import decode_rate, hf_model, prompts, sync, write_checkpoint
+from eval_decode import PRESETS, generate_times, hf_model, prompts, timed, write_checkpoint
 from torch import nn
 
-PRESETS = eval_decode.PRESETS
-PRESETS["cpu"] = dict(  # ~170M parameters: a CPU run of a few minutes
-    vocab_size=32000,
-    hidden_size=1024,
-    num_hidden_layers=8,
-    num_attention_heads=16,
-    num_key_value_heads=4,
-    intermediate_size=2816,
-)
 MODES = ("int8", "int4", "int4_awq")
 LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
 
 
-def held_bytes(module: nn.Module) -> int:
-    """Bytes of every parameter and buffer of ``module``, each storage once (views of a stacked tensor)."""
-    storages = {}
-    for t in [*module.parameters(), *module.buffers()]:
-        s = t.untyped_storage()
-        storages[(s.data_ptr(), t.device)] = s.nbytes()
-    return sum(storages.values())
+def held_bytes(tensors) -> int:
+    """Bytes of ``tensors``, each storage once (views of a stacked tensor)."""
+    return sum({(t.untyped_storage().data_ptr(), t.device): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
+def model_bytes(module: nn.Module) -> int:
+    """Bytes of every parameter and buffer of ``module``."""
+    return held_bytes([*module.parameters(), *module.buffers()])
 
 
 def linear_bytes(model: nn.Module) -> int:
     """Bytes held by the decoder layers' linears (with the MLPs' stacked fc/gate, of which fc and gate are views)."""
-    holder = nn.Module()
-    holder.linears = nn.ModuleList([m for b in model.transformer.blocks() for m in linears_of(b)])
-    holder.stacked = nn.ParameterList(
-        [p for b in model.transformer.blocks() for p in (b.mlp.fc_gate, b.mlp.fc_gate_bias) if p is not None]
-    )
-    return held_bytes(holder)
+    blocks = model.transformer.blocks()
+    tensors = [t for b in blocks for m in linears_of(b) for t in [*m.parameters(), *m.buffers()]]
+    return held_bytes(tensors + [p for b in blocks for p in (b.mlp.fc_gate, b.mlp.fc_gate_bias) if p is not None])
 
 
 def linears_of(block: nn.Module) -> list[nn.Module]:
@@ -95,29 +82,19 @@ def dequantize_at_load(model: nn.Module) -> None:
         block.mlp.fuse()
 
 
-def timed(fn, device: str) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
 def measure(runner, args, vocab: int) -> dict:
     """Held bytes, prefill time and peak, decode tokens/s and greedy tokens of one loaded model."""
     model = runner.model.model
-    out = {"held": held_bytes(model), "linears": linear_bytes(model)}
+    out = {"held": model_bytes(model), "linears": linear_bytes(model)}
     prompt = list(prompts(args.batch, args.prompt_len, vocab, args.device))
-    first = lambda: runner.generate(prompt, max_new_tokens=1)  # noqa: E731
-    first()  # warm-up
+    generate = lambda n: runner.generate(prompt, max_new_tokens=n)  # noqa: E731
+    t1, tn = generate_times(generate, args.new_tokens, args.repeats, args.device)  # warm as well
+    out["ttft_s"], out["decode_tok_s"] = t1, args.batch * (args.new_tokens - 1) / (tn - t1)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        first()
+        timed(lambda: generate(1), args.device)
         out["prefill_peak_extra"] = torch.cuda.max_memory_allocated() - base
-    out["ttft_s"] = min(timed(first, args.device) for _ in range(args.repeats))
-    decode = lambda n: runner.generate(prompt, max_new_tokens=n)  # noqa: E731
-    out["decode_tok_s"] = decode_rate(decode, args.batch, args.new_tokens, args.repeats, args.device)
     out["decode_path"] = runner.model.decode_path
     out["tokens"] = runner.generate(prompt, max_new_tokens=args.new_tokens).tolist()
     return out
@@ -187,7 +164,7 @@ def report(r: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    ap.add_argument("--preset", default="150m", choices=sorted(PRESETS))
     ap.add_argument("--dtype", default="bfloat16", choices=["float16", "bfloat16", "float32"])
     ap.add_argument("--prompt_len", type=int, default=256)
     ap.add_argument("--new_tokens", type=int, default=16)
