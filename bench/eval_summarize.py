@@ -124,11 +124,15 @@ def main() -> None:
     settings = {"max_new_tokens": opts.output_len, "top_k": 1}
     systems = [("ours", ours), ("transformers", reference)]
     report = lambda index, runs: print(progress_line(index, len(batches), runs), flush=True)  # noqa: E731
-    if opts.compile:  # compilation (torch.compile, triton's kernels, CUDA graph capture) before the timed batches
+    # untimed: compilation (torch.compile, triton's kernels, CUDA graph capture) and, on a GPU, either side's
+    # first-use costs (CUDA context, cuBLAS handles and workspaces) would otherwise land in the first batch
+    warm = [("ours", ours)] if opts.compile or opts.device != "cpu" else []
+    warm += [("transformers", reference)] if opts.device != "cpu" else []
+    for name, runner in warm:
         start = time.perf_counter()
-        generate_batch(ours, batches[0], job["tokenizer"], settings)
-        phases["warm-up ours (--compile)"] = time.perf_counter() - start
-        print(f"{'warm-up ours':<20} {phases['warm-up ours (--compile)']:7.2f} s (one batch, untimed)", flush=True)
+        generate_batch(runner, batches[0], job["tokenizer"], settings)
+        phases[f"warm-up {name}"] = time.perf_counter() - start
+        print(f"{'warm-up ' + name:<20} {phases[f'warm-up {name}']:7.2f} s (one batch, untimed)", flush=True)
     runs = run_interleaved(systems, batches, job["tokenizer"], settings, report)
     ratio = speed_ratio(runs["ours"], runs["transformers"])
     result = {
@@ -148,7 +152,7 @@ def main() -> None:
         f"same summaries: {result['same_summaries']}"
     )
     if opts.json:
-        Path(opts.json).write_text(json.dumps(result, indent=2) + "\n")
+        Path(opts.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def test_awq_unpacking_equals_ckptfmt():
     weight = PackedWeight(torch.from_numpy(stored), torch.from_numpy(scale), torch.from_numpy(pre), 4, True)
     got = torch.stack([gemv(weight.to(DEVICE), e) for e in one_hots(k)], 1).cpu()
     assert torch.equal(got, torch.from_numpy(want))
-    assert torch.equal(weight.dequantized(), torch.from_numpy(want))
+    assert torch.equal(weight.dequantized().cpu(), torch.from_numpy(want))  # weight.to(DEVICE) moved it
 
 
 def test_several_steps_and_tail_match_dequantized_product():

@@ -340,6 +340,21 @@ def test_compiled_decode_gives_the_eager_tokens(models, greedy):
 
 
 @pytest.mark.slow
+def test_compiled_decode_runs_a_smaller_batch_in_the_captured_one(models, runner):
+    """A batch smaller than one the compiled step already ran (the last, partial batch of a summarize run) runs
+    with idle cache rows in that step instead of compiling another; its tokens are the eager ones."""
+    compiled = ModelRunner.from_dir(models.checkpoint("llama-gqa"), device="cpu", compile="default")
+    batch = prompts()
+    compiled.generate(batch, max_new_tokens=STEPS)
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for part in (batch[1:], batch[:1]):
+        want = runner.generate(part, max_new_tokens=STEPS)
+        assert torch.equal(compiled.generate(part, max_new_tokens=STEPS), want)
+        assert (compiled.model.rows, compiled.model.cache_rows) == (len(part), len(batch))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames  # nothing compiled again
+
+
+@pytest.mark.slow
 def test_ckpt_run_compile_flag_prints_the_eager_output(models, tmp_path, capsys):
     (tmp_path / "p.csv").write_text("1,2,3,4,5\n9,8,7\n")
     args = ["--checkpoint_dir", str(models.checkpoint("llama-gqa")), "--input_file", str(tmp_path / "p.csv")]

@@ -61,6 +61,8 @@ class TorchStepper:
         self.is_sampler = self.par.is_sampler
         self.decode = self.model
         self.decode_path = "eager"
+        self.rows = self.cache_rows = 0  # this batch's sequences, and the cache's rows (idle ones past ``rows``)
+        self.captured: set[int] = set()  # batch sizes the compiled step has run (each one a graph of its own)
         if compile:
             self.decode, self.decode_path = decode_step(self.model, "auto" if compile is True else compile)
 
@@ -70,10 +72,36 @@ class TorchStepper:
             self.checksums = None
 
     def reset(self, batch: int, max_seq: int) -> None:
-        self.model.setup_cache(batch, max_seq)
+        self.rows, self.cache_rows = batch, self.padded_batch(batch)
+        self.model.setup_cache(self.cache_rows, max_seq)
+
+    def padded_batch(self, batch: int) -> int:
+        """The batch to run ``batch`` sequences as. A compiled step is specialised to its batch size, and a new
+        size costs a recompile (tens of seconds under torch.compile, e.g. for the last, partial batch of
+        ``ckpt-summarize``), so a batch smaller than one already compiled runs as the smallest such with idle
+        rows; their outputs are dropped. Batches the fused kernels take themselves are never padded."""
+        if self.decode is self.model:
+            return batch
+        if batch <= getattr(self.decode, "max_batch", 0):  # FusedDecoder's own batches: one cheap graph each
+            return batch
+        larger = [n for n in self.captured if n > batch]
+        if batch not in self.captured and larger:
+            return min(larger)
+        self.captured.add(batch)
+        return batch
+
+    def step(self, tokens: torch.Tensor, slots: torch.Tensor, pad: torch.Tensor, all_logits: bool = False):
+        rows = tokens.shape[0]
+        if self.cache_rows > rows:  # idle rows of token 0, dropped from the output (made outside inference mode,
+            # as the caller's tensors are: an inference tensor would fail the compiled step's guards)
+            idle = self.cache_rows - rows
+            tokens = torch.cat([tokens, tokens.new_zeros(idle, tokens.shape[1])])
+            pad = torch.cat([pad, pad.new_zeros(idle)])
+        out = self.run_step(tokens, slots, pad, all_logits)
+        return out if out is None or self.cache_rows == rows else out[:rows]
 
     @torch.inference_mode()
-    def step(self, tokens: torch.Tensor, slots: torch.Tensor, pad: torch.Tensor, all_logits: bool = False):
+    def run_step(self, tokens: torch.Tensor, slots: torch.Tensor, pad: torch.Tensor, all_logits: bool):
         par = self.par
         b, t = tokens.shape
         x = tokens if par.is_first_stage else par.recv_prev((b, t, self.spec.hidden_size), self.dtype)
