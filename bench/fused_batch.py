@@ -16,6 +16,7 @@ them.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -121,7 +122,10 @@ def bench_shape(name: str, fields: dict, args, bandwidth: float) -> None:
             layer.attention.kv_cache.kv.normal_()
         tokens = torch.randint(0, model.spec.vocab_size, (batch, 1), device=args.device)
         pad = torch.zeros(batch, dtype=torch.long, device=args.device)
-        systems = {f"fused {g}": FusedDecoder(model, gemm=g) for g in (["rows", "dot"] if batch > 1 else ["rows"])}
+        gemms = ["rows", "dot"] if batch > 1 else ["rows"]
+        systems = {f"fused {g}": FusedDecoder(model, gemm=g) for g in gemms}
+        if batch > 1 and args.tuning:  # a candidate of bench/fused_decode.py --batch, beside the launch in use
+            systems["fused dot tuned"] = FusedDecoder(model, gemm="dot", batch_tuning=args.tuning)
         if batch == 1:
             systems = {"fused": systems["fused rows"]}
         if compiled is not None:
@@ -135,7 +139,7 @@ def bench_shape(name: str, fields: dict, args, bandwidth: float) -> None:
                     seconds = timed(run, args.repeats, args.device)
                 per_step = seconds / args.repeats
                 print(
-                    f"{name:<12} batch {batch:<2} context {context:<5} {label:<14} {batch / per_step:10.1f} tokens/s"
+                    f"{name:<12} batch {batch:<2} context {context:<5} {label:<16} {batch / per_step:10.1f} tokens/s"
                     f"  {per_step * 1e3:8.3f} ms/step  {100 * bound / per_step:5.1f} % of the bound"
                     f" ({batch / bound:.0f} tokens/s)"
                 )
@@ -149,6 +153,10 @@ def main() -> None:
     ap.add_argument("--contexts", type=int, nargs="+", default=[32, 1024])
     ap.add_argument("--compile", nargs="*", default=["llama-1.1b", "opt-1.3b"], help="shapes timed with torch.compile")
     ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument(
+        "--tuning", type=json.loads, default=None, metavar="JSON",
+        help='also time the dot form with these launch options, e.g. \'{"BN": 16, "BK": 256, "PREFETCH": false}\'',
+    )  # fmt: skip
     ap.add_argument("--dtype", default="float16")
     args = ap.parse_args()
     args.device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,12 +1,18 @@
 """Launch-parameter sweep of the fused decode kernels (``ckpt_eval.decode_kernels``) on this GPU.
 
     python bench/fused_decode.py [--pdl] [--positions 96 1024]
+    python bench/fused_decode.py --batch 8 [16] [--pdl]     (the batched GEMV only)
 
 TinyLlama-1.1B shapes, fp16, batch 1 (the fused step's case). Each GEMV shape is timed as 22 launches over
 distinct weights captured in one CUDA graph (nothing stays in L2, as in a decode step), for every
 (BN, BK, warps) candidate, and the best few are printed with the weight-read bandwidth they reach;
 ``ckpt_eval.fused_decode.gemv_blocks`` holds what this sweep found. Then the decode-attention kernel at a
 few cache lengths, block sizes and splits. ``--pdl`` launches as the fused step does on sm90+.
+
+``--batch B``: the tensor-core form of ``gemv_batch_kernel`` (what batches of 2-16 run) for the same shapes at
+batch B, over tiles (BN, BK), warps, and the hand-prefetched loop against triton's pipelined one at 2-4 stages;
+``ckpt_eval.fused_decode.gemv_batch_blocks`` takes the winner, ``FusedDecoder(batch_tuning=...)`` and
+``bench/fused_batch.py --tuning`` try one end to end.
 """
 
 from __future__ import annotations
@@ -67,6 +73,58 @@ def sweep_gemv(top: int, pdl: bool) -> None:
             print(f"    BN={bn:<3} BK={bk:<5} warps={warps}  {us:6.2f} us  {nbytes / us / 1e6:.2f} TB/s")
 
 
+BATCH_CANDIDATES = [  # (BN, BK, warps, prefetch by hand, num_stages)
+    *itertools.product((16, 32, 64), (128, 256, 512), (4,), (False,), (2, 3, 4)),
+    *itertools.product((16, 32, 64), (128, 256), (4, 8), (True,), (3,)),
+    *itertools.product((64, 128), (128, 256), (8,), (False,), (3, 4)),
+]
+
+
+def sweep_batch_gemv(batch: int, top: int, pdl: bool) -> None:
+    """``gemv_batch_kernel`` on tensor cores at ``batch`` rows, per shape: the launch in use, then the best
+    candidates of ``BATCH_CANDIDATES``, with the weight-read bandwidth each reaches."""
+    from ckpt_eval import decode_kernels as dk
+    from ckpt_eval.fused_decode import gemv_batch_blocks
+
+    for name, (n, k, extras) in SHAPES.items():
+        if n > 10000:
+            continue  # lm_head: a bandwidth-bound GEMM outside the layers, like the batch-1 sweep's
+        gated = extras.get("GATED", False)
+        rows = 2 * n if gated else n
+        weights = [torch.randn(rows, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(LAYERS)]
+        x = torch.randn(batch, k, device="cuda", dtype=torch.float16)
+        norm = torch.ones(k, device="cuda", dtype=torch.float16)
+        y = torch.zeros(batch, n, device="cuda", dtype=torch.float16)
+        flags = dict(HAS_NORM=False, HAS_BIAS=False, HAS_RES=False, GATED=False, ACT="none", PDL=pdl) | extras
+        base = gemv_batch_blocks(k, batch, dot=True)
+
+        def launch(blocks, w, n=n, k=k, x=x, norm=norm, y=y, flags=flags):
+            dk.gemv_batch_kernel[(math.ceil(n / blocks["BN"]),)](
+                x, norm, w, w, y, y, w, w, w, n, k, 1e-5, B=batch, DOT=True, PRECISION="tf32", launch_pdl=pdl,
+                **flags, **blocks,
+            )  # fmt: skip
+
+        def timed(blocks, weights=weights, launch=launch):
+            return graph_time_us(lambda: [launch(blocks, w) for w in weights]) / LAYERS
+
+        nbytes = weights[0].numel() * 2
+        now = timed(base)
+        print(f"{name} [{n}x{k}] batch {batch}: in use {base} {now:.2f} us ({nbytes / now / 1e6:.2f} TB/s)")
+        results = []
+        for bn, bk, warps, prefetch, stages in BATCH_CANDIDATES:
+            blocks = base | dict(BN=bn, BK=bk, num_warps=warps, PREFETCH=prefetch, num_stages=stages)
+            try:
+                results.append((timed(blocks), (bn, bk, warps, prefetch, stages)))
+            except Exception as err:  # a config the compiler refuses (registers, shared memory)
+                print(f"  {name} {(bn, bk, warps, prefetch, stages)}: {type(err).__name__}")
+        results.sort()
+        for us, (bn, bk, warps, prefetch, stages) in results[:top]:
+            print(
+                f"    BN={bn:<3} BK={bk:<4} warps={warps} prefetch={prefetch!s:<5} stages={stages}"
+                f"  {us:6.2f} us  {nbytes / us / 1e6:.2f} TB/s"
+            )
+
+
 def sweep_attention(positions: list[int], pdl: bool) -> None:
     """Decode attention (+ the combine kernel when split) per layer, at each cache length: the settings
     ``attention_blocks`` picks, then the best few of a sweep."""
@@ -117,8 +175,13 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=5)
     ap.add_argument("--skip_gemv", action="store_true")
     ap.add_argument("--pdl", action="store_true", help="launch with programmatic dependent launch (sm90+)")
+    ap.add_argument("--batch", type=int, nargs="+", help="sweep the batched GEMV at these batch sizes, only")
     args = ap.parse_args()
     print(torch.cuda.get_device_name(), "PDL" if args.pdl else "")
+    if args.batch:
+        for batch in args.batch:
+            sweep_batch_gemv(batch, args.top, args.pdl)
+        return
     if not args.skip_gemv:
         sweep_gemv(args.top, args.pdl)
     sweep_attention(args.positions, args.pdl)

@@ -137,13 +137,15 @@ def test_fused_step_long_cache_and_left_padding(tmp_path):
     assert max(errors) <= TOLERANCE["float32"], errors
 
 
-@pytest.mark.parametrize("gemm", ["rows", "dot"])
-def test_fused_batch_with_ragged_padding(tmp_path, gemm):
+@pytest.mark.parametrize("gemm, tuning", [("rows", {}), ("dot", {}), ("dot", {"PREFETCH": False, "BK": 32})])
+def test_fused_batch_with_ragged_padding(tmp_path, gemm, tuning):
     """A batch of 3 left-padded rows (pads 0, 2, 5): every GEMV reads its weight once for all rows, on tensor
-    cores (dot) or as multi-row GEMVs (rows); rotary positions and the keys each row sees follow its pad."""
+    cores (dot) or as multi-row GEMVs (rows), with the next tile prefetched by hand or by triton's pipeliner
+    (several tiles of K); rotary positions and the keys each row sees follow its pad."""
     path, config = write(tmp_path, "all-biases")
     model = load(path, config)
-    errors = teacher_forced_errors(model, FusedDecoder(model, gemm=gemm), prompt_len=7, steps=3, pad=[0, 2, 5])
+    fused = FusedDecoder(model, gemm=gemm, batch_tuning=tuning)
+    errors = teacher_forced_errors(model, fused, prompt_len=7, steps=3, pad=[0, 2, 5])
     assert max(errors) <= TOLERANCE["float32"], errors
 
 

@@ -306,13 +306,18 @@ def gemv_batch_kernel(
     SPLIT_ACT: tl.constexpr = False,
     LAYER: tl.constexpr = False,
     NBIAS=None,
+    PREFETCH: tl.constexpr = True,
 ):
     """``gemv_kernel`` for a batch: ``Y[b] = act(W @ norm(X[b]) + BIAS) (+ RES[b])`` for the B rows of X
     [B, K] (Y, RES: [B, N]). Each program reads its weight tile [BN, BK] once and multiplies it by all B
     inputs, held as a [BB, BK] tile (BB: B rounded up to a power of two, at least 16 for DOT; the rows past
     B read and write nothing). DOT: ``tl.dot`` on tensor cores (PRECISION "ieee" for float32 models), else
     multiply-adds on the CUDA cores. Norm statistics, per-token input scales and rounding are per row, as
-    in ``gemv_kernel``."""
+    in ``gemv_kernel``.
+
+    PREFETCH: each step of the loop loads the next weight tile while it multiplies the current one, and the
+    first tile is read before the PDL wait. Otherwise the loop is the plain load-multiply form that triton's
+    software pipeliner keeps ``num_stages`` (a launch option) tiles in flight for, read after the wait."""
     dtype: tl.constexpr = X.dtype.element_ty
     if PDL:
         gdc_launch_dependents()
@@ -327,10 +332,12 @@ def gemv_batch_kernel(
     w_ptr = W + rows64[:, None] * K + cols[None, :]
     gate_ptr = W + (rows64 + N)[:, None] * K + cols[None, :]
     w_mask = row_ok[:, None] & (cols < K)[None, :]
-    w = tl.load(w_ptr, mask=w_mask, other=0.0, eviction_policy="evict_first")
+    w = tl.zeros((BN, BK), W.dtype.element_ty)  # without PREFETCH: unused
     w_gate = w
-    if GATED:
-        w_gate = tl.load(gate_ptr, mask=w_mask, other=0.0, eviction_policy="evict_first")
+    if PREFETCH:
+        w = tl.load(w_ptr, mask=w_mask, other=0.0, eviction_policy="evict_first")
+        if GATED:
+            w_gate = tl.load(gate_ptr, mask=w_mask, other=0.0, eviction_policy="evict_first")
     if PDL:
         gdc_wait()
     mean, scale = 0.0, 1.0
@@ -344,19 +351,26 @@ def gemv_batch_kernel(
                                LAYER, HAS_PRE, dtype)  # fmt: skip
     acc = tl.zeros((BB, BN), tl.float32)
     acc_gate = tl.zeros((BB, BN), tl.float32)
-    for k0 in range(0, K, BK):  # each step multiplies the tile loaded before it and loads the next one
+    for k0 in range(0, K, BK):
+        wt, wt_gate = w, w_gate
+        if not PREFETCH:  # this step's tiles, named apart so that no tile is carried from step to step
+            tile_ok = row_ok[:, None] & (k0 + cols < K)[None, :]
+            wt = tl.load(w_ptr + k0, mask=tile_ok, other=0.0, eviction_policy="evict_first")
+            if GATED:
+                wt_gate = tl.load(gate_ptr + k0, mask=tile_ok, other=0.0, eviction_policy="evict_first")
         x_in = _load_normed(x_rows, k0 + x_cols, K, NORM, NBIAS, mean, scale, HAS_NORM, LAYER, dtype)
         x = _quant_input(x_in, k0 + x_cols, K, PRE, x_scale, AQ, HAS_PRE, dtype)
-        acc += _tile_product(x, w, DOT, PRECISION, dtype)
+        acc += _tile_product(x, wt, DOT, PRECISION, dtype)
         if GATED:
             x_gate = x
             if SPLIT_ACT:
                 x_gate = _quant_input(x_in, k0 + x_cols, K, PRE + K, g_scale, AQ, HAS_PRE, dtype)
-            acc_gate += _tile_product(x_gate, w_gate, DOT, PRECISION, dtype)
-        w_mask = row_ok[:, None] & (k0 + BK + cols < K)[None, :]  # past the last tile: nothing read
-        w = tl.load(w_ptr + k0 + BK, mask=w_mask, other=0.0, eviction_policy="evict_first")
-        if GATED:
-            w_gate = tl.load(gate_ptr + k0 + BK, mask=w_mask, other=0.0, eviction_policy="evict_first")
+            acc_gate += _tile_product(x_gate, wt_gate, DOT, PRECISION, dtype)
+        if PREFETCH:  # the next step's tiles; past the last tile nothing is read
+            w_mask = row_ok[:, None] & (k0 + BK + cols < K)[None, :]
+            w = tl.load(w_ptr + k0 + BK, mask=w_mask, other=0.0, eviction_policy="evict_first")
+            if GATED:
+                w_gate = tl.load(gate_ptr + k0 + BK, mask=w_mask, other=0.0, eviction_policy="evict_first")
     y = _epilogue(acc, acc_gate, rows[None, :], row_ok[None, :], N, BIAS, WS, HAS_BIAS, GATED, ACT, WQ, dtype)
     out = batch[:, None] * N + rows[None, :]
     out_ok = in_batch[:, None] & row_ok[None, :]

@@ -209,7 +209,9 @@ class FusedDecoder:
     """Callable like ``Transformer.forward`` for one-token steps: ``(tokens [b, 1], slots [1], pad [b])`` ->
     float32 logits [b, 1, vocab]. On CUDA the step is captured once per batch size as a CUDA graph (again
     when the KV cache is reallocated) and replayed; batches over ``max_batch`` (at most ``MAX_BATCH``) go to
-    ``fallback``. ``gemm``: how batches of 2-16 multiply (``batch_gemm``)."""
+    ``fallback``. ``gemm``: how batches of 2-16 multiply (``batch_gemm``); ``batch_tuning``: launch options of
+    ``gemv_batch_kernel`` over ``gemv_batch_blocks``' own (BN, BK, num_warps, num_stages, PREFETCH), for
+    ``bench/fused_decode.py --batch``'s candidates."""
 
     def __init__(
         self,
@@ -218,6 +220,7 @@ class FusedDecoder:
         cuda_graphs: bool = True,
         gemm: str = "auto",
         max_batch: int = MAX_BATCH,
+        batch_tuning: dict | None = None,
     ):
         reason = unsupported(model)
         if reason:
@@ -230,6 +233,10 @@ class FusedDecoder:
         if not 1 <= max_batch <= MAX_BATCH:
             raise ValueError(f"fused decode: max_batch must be 1 to {MAX_BATCH}, got {max_batch}")
         self.model, self.fallback, self.gemm, self.max_batch = model, fallback, gemm, max_batch
+        unknown = set(batch_tuning or {}) - {"BN", "BK", "num_warps", "num_stages", "PREFETCH"}
+        if unknown:
+            raise ValueError(f"fused decode: batch_tuning takes BN, BK, num_warps, num_stages, PREFETCH: {unknown}")
+        self.batch_tuning = dict(batch_tuning or {})
         spec = model.spec
         self.act = KERNEL_ACTIVATIONS[spec.activation]
         self.eps = spec.norm_epsilon
@@ -365,7 +372,7 @@ class FusedDecoder:
             self.kernels.gemv_kernel[grid](*args, NBIAS=nbias, **flags, **blocks, **pdl)
             return
         dot = batch_gemm(self.gemm, b)
-        blocks = gemv_batch_blocks(k, b, dot)
+        blocks = gemv_batch_blocks(k, b, dot) | self.batch_tuning
         precision = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32: unused by half-precision inputs
         self.kernels.gemv_batch_kernel[(math.ceil(n / blocks["BN"]),)](
             *args, NBIAS=nbias, B=b, DOT=dot, PRECISION=precision, **flags, **blocks, **pdl
