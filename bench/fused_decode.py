@@ -2,6 +2,7 @@
 
     python bench/fused_decode.py [--pdl] [--positions 96 1024]
     python bench/fused_decode.py --batch 8 [16] [--pdl]     (the batched GEMV only)
+    python bench/fused_decode.py --fp8 [--pdl]              (the batch-1 GEMV with FP8 weights, only)
 
 TinyLlama-1.1B shapes, fp16, batch 1 (the fused step's case). Each GEMV shape is timed as 22 launches over
 distinct weights captured in one CUDA graph (nothing stays in L2, as in a decode step), for every
@@ -33,7 +34,10 @@ SHAPES = {  # name: (rows, cols, fused extras)
 }
 
 
-def sweep_gemv(top: int, pdl: bool) -> None:
+def sweep_gemv(top: int, pdl: bool, fp8: bool = False) -> None:
+    """``gemv_kernel`` per shape over (BN, BK, warps). ``fp8``: e4m3 weight codes with a scale per row and the
+    input quantized to e4m3 in the kernel (per-tensor scale), as an FP8 checkpoint's linears run; wider row
+    tiles are tried too, since each program quantizes its input tiles once for all of its rows."""
     from ckpt_eval import decode_kernels as dk
     from ckpt_eval.fused_decode import gemv_blocks, triton_next_pow2
 
@@ -41,20 +45,26 @@ def sweep_gemv(top: int, pdl: bool) -> None:
         gated = extras.get("GATED", False)
         layers = 4 if n > 10000 else LAYERS
         rows = 2 * n if gated else n
-        weights = [torch.randn(rows, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(layers)]
+        wtype = torch.float8_e4m3fn if fp8 else torch.float16
+        weights = [(torch.randn(rows, k, device="cuda", dtype=torch.float16) * 0.02).to(wtype) for _ in range(layers)]
         x = torch.randn(k, device="cuda", dtype=torch.float16)
         norm = torch.ones(k, device="cuda", dtype=torch.float16)
         y = torch.zeros(n, device="cuda", dtype=torch.float16)
         flags = dict(HAS_NORM=False, HAS_BIAS=False, HAS_RES=False, GATED=False, ACT="none", PDL=pdl) | extras
+        ws = torch.full((rows,), 0.01, device="cuda")  # FP8: the weight scale of each row
+        xs = torch.tensor([0.02, 0.02], device="cuda")  # and the input's (fc and gate)
+        if fp8:
+            flags |= dict(WQ=True, AQ="fp8", HAS_PRE=False, SPLIT_ACT=False)
 
-        def launch(cfg, w, n=n, k=k, x=x, norm=norm, y=y, flags=flags):
+        def launch(cfg, w, n=n, k=k, x=x, norm=norm, y=y, flags=flags, ws=ws, xs=xs):
             bn, bk, warps = cfg
             dk.gemv_kernel[(math.ceil(n / bn),)](
-                x, norm, w, w, y, y, w, w, w, n, k, 1e-5, BN=bn, BK=bk, num_warps=warps, launch_pdl=pdl, **flags
-            )
+                x, norm, w, w, y, y, ws if fp8 else w, xs if fp8 else w, w, n, k, 1e-5, BN=bn, BK=bk,
+                num_warps=warps, launch_pdl=pdl, **flags,
+            )  # fmt: skip
 
         results = []
-        for cfg in itertools.product((2, 4, 8, 16), (256, 512, 1024), (4, 8)):
+        for cfg in itertools.product((2, 4, 8, 16, 32) if fp8 else (2, 4, 8, 16), (256, 512, 1024), (4, 8)):
             if cfg[1] > triton_next_pow2(k):
                 continue
             try:
@@ -67,8 +77,8 @@ def sweep_gemv(top: int, pdl: bool) -> None:
         d = gemv_blocks(k)
         current = (d["BN"], d["BK"], d["num_warps"])
         now = next((us for us, cfg in results if cfg == current), float("nan"))
-        nbytes = weights[0].numel() * 2
-        print(f"{name} [{n}x{k}]: in use {current} {now:.2f} us ({nbytes / now / 1e6:.2f} TB/s)")
+        nbytes = weights[0].numel() * weights[0].element_size()
+        print(f"{name} [{n}x{k}]{' fp8' if fp8 else ''}: in use {current} {now:.2f} us ({nbytes / now / 1e6:.2f} TB/s)")
         for us, (bn, bk, warps) in results[:top]:
             print(f"    BN={bn:<3} BK={bk:<5} warps={warps}  {us:6.2f} us  {nbytes / us / 1e6:.2f} TB/s")
 
@@ -176,8 +186,12 @@ def main() -> None:
     ap.add_argument("--skip_gemv", action="store_true")
     ap.add_argument("--pdl", action="store_true", help="launch with programmatic dependent launch (sm90+)")
     ap.add_argument("--batch", type=int, nargs="+", help="sweep the batched GEMV at these batch sizes, only")
+    ap.add_argument("--fp8", action="store_true", help="sweep the batch-1 GEMV with FP8 weights and inputs, only")
     args = ap.parse_args()
     print(torch.cuda.get_device_name(), "PDL" if args.pdl else "")
+    if args.fp8:
+        sweep_gemv(args.top, args.pdl, fp8=True)
+        return
     if args.batch:
         for batch in args.batch:
             sweep_batch_gemv(batch, args.top, args.pdl)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one-GPU figures issues 19 and 24 still wait for, in steps that each fit a 10-minute call.
-#   bash bench/one_gpu.sh [STEP ...]          (default: every step, in this order)
+#   bash bench/one_gpu.sh [STEP ...]          (default: the steps not yet run: batch-sweep fp8-sweep)
 # Steps:
 #   wq-memory  bench/weight_only_memory.py at the TinyLlama-1.1B shape in fp16: memory held, prefill peak and
 #              eager decode of int8/int4/AWQ (codes only) against the previous dequantize-at-load layout;
@@ -8,7 +8,12 @@
 #   summarize  bench/eval_summarize.py on the GPU at batch 8, fp16, ours with --compile against transformers
 #              (SmolLM2-135M when its package is installed, else a random TinyLlama shape with TOKENIZER's vocabulary);
 #   falcon     bench/fused_batch.py's Falcon shape at batch 1/8/16 against torch.compile;
-#   tests      the GPU-only tests: native FP8/int8 GEMMs, fused decode with FP8 and weight-only codes.
+#   tests      the GPU-only tests: native FP8/int8 GEMMs, fused decode with FP8 and weight-only codes;
+#   batch-sweep  bench/fused_decode.py --batch 8 16: tiles, warps and pipelining of the batched tensor-core GEMV
+#              (issue 24's batches of 2-16; gemv_batch_blocks takes the winner);
+#   fp8-sweep  bench/fused_decode.py --fp8: the batch-1 GEMV's tiles with FP8 weights (issue 19; wider row tiles
+#              quantize each input tile for more rows).
+# Done on 2026-12-07 (docs/performance.md): wq-memory, wq-compiled (but INT4 AWQ), summarize, falcon, tests.
 # Env: PYTHON (python3), OUT (where figures go, default /tmp/one-gpu), TOKENIZER (a tokenizer dir for summarize),
 # WORK (models; default $OUT/work).
 set -euo pipefail
@@ -29,7 +34,7 @@ step() {  # step NAME SECONDS CMD...: run CMD with a time limit, its output in $
   grep -v -e '^{' -e '^  ' -e 'Warning' "$OUT/$name.txt" | tail -30
   echo "$name: exit $rc"
 }
-for s in "${@:-wq-memory wq-compiled summarize falcon tests}"; do
+for s in "${@:-batch-sweep fp8-sweep}"; do
   for name in $s; do
     case $name in
       wq-memory)
@@ -50,7 +55,12 @@ for s in "${@:-wq-memory wq-compiled summarize falcon tests}"; do
       tests)
         step tests 420 "$PY" -m pytest -q -p no:cacheprovider -o addopts= tests/eval/test_quantized_native.py \
           tests/eval/test_fused_decode_quantized.py tests/eval/test_fused_decode_wq.py tests/eval/test_packed_linear.py ;;
-      *) echo "unknown step $name (wq-memory, wq-compiled, summarize, falcon, tests)" >&2; exit 2 ;;
+      batch-sweep)
+        step batch-sweep 560 "$PY" bench/fused_decode.py --pdl --batch 8 16 ;;
+      fp8-sweep)
+        step fp8-sweep 560 "$PY" bench/fused_decode.py --pdl --fp8 ;;
+      *) echo "unknown step $name (wq-memory, wq-compiled, summarize, falcon, tests, batch-sweep, fp8-sweep)" >&2
+         exit 2 ;;
     esac
   done
 done
