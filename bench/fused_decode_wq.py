@@ -104,6 +104,7 @@ def run(args) -> dict:
     vocab = hf.config.vocab_size
     group = 32 if args.tiny else 128
     result: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (triton interpreter)"}
+    result["batch"] = args.batch
     with tempfile.TemporaryDirectory() as work:
         paths = {label: Path(work) / label for label in ("fp16", *MODES)}
         write_checkpoint(hf, paths["fp16"])
@@ -111,7 +112,7 @@ def run(args) -> dict:
         for mode in MODES:
             quantize_wq(paths["fp16"], paths[mode], mode, group)
         result["bytes"] = {label: step_bytes(path) for label, path in paths.items()}
-        rows = list(prompts(1, args.prompt_len, vocab, device))
+        rows = list(prompts(args.batch, args.prompt_len, vocab, device))
         result["reference"] = {m: greedy_reference(paths[m], rows[0].cpu(), args.steps, device).tolist() for m in MODES}
         runners = {label: ModelRunner.from_dir(path, device=device, compile="fused") for label, path in paths.items()}
         assert all(r.model.decode_path == "fused" for r in runners.values())
@@ -119,23 +120,23 @@ def run(args) -> dict:
     result["tokens/s"], result["tokens"] = {}, {}
     for label, runner in runners.items():
         gen = lambda n, r=runner: r.generate(rows, max_new_tokens=n)  # noqa: E731
-        result["tokens/s"][label] = decode_rate(gen, 1, args.new_tokens, 1 if args.tiny else 3, device)
+        result["tokens/s"][label] = decode_rate(gen, args.batch, args.new_tokens, 1 if args.tiny else 3, device)
         if label in MODES:
             result["tokens"][label] = runner.generate(rows, max_new_tokens=args.steps)[0, 0, -args.steps :].tolist()
     try:  # the per-shape timings must not cost the figures above
-        result["gemv"] = gemv_times(device) if device == "cuda" else {}
+        result["gemv"] = gemv_times(device) if device == "cuda" and args.batch == 1 else {}
     except Exception as err:  # noqa: BLE001
         result["gemv"], result["gemv error"] = {}, f"{type(err).__name__}: {err}"
     return result
 
 
 def report(r: dict) -> None:
-    bw = r["bandwidth"]
-    print(f"{r['device']}: copy bandwidth {bw / 1e9:.0f} GB/s")
+    bw, batch = r["bandwidth"], r.get("batch", 1)
+    print(f"{r['device']}: copy bandwidth {bw / 1e9:.0f} GB/s, batch {batch} (bound: weight bytes read once a step)")
     print(f"{'weights':<9} {'tokens/s':>10} {'MB/step':>10} {'bound':>10} {'of bound':>9} {'vs fp16':>8}")
     for label in ("fp16", *MODES):
         rate, nbytes = r["tokens/s"][label], r["bytes"][label]
-        bound = bw / nbytes
+        bound = batch * bw / nbytes
         ratio = rate / r["tokens/s"]["fp16"]
         print(
             f"{label:<9} {rate:>10.1f} {nbytes / 1e6:>10.1f} {bound:>10.1f} {100 * rate / bound:>8.1f}% {ratio:>7.2f}x"
@@ -163,6 +164,7 @@ def main() -> None:
     ap.add_argument("--new_tokens", type=int, default=128)
     ap.add_argument("--steps", type=int, default=32, help="greedy steps compared with the reference")
     ap.add_argument("--prompt_len", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=1, help="rows decoded together (2-16: the batched kernels)")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
     if args.tiny and os.environ.get("TRITON_INTERPRET") != "1":

@@ -68,6 +68,36 @@ def test_fused_step_reads_codes_and_matches_torch_backend(tmp_path, name):
     assert max(errors) <= TOLERANCE["float32"], errors
 
 
+@pytest.mark.parametrize("name", ["int8", "int4-group32", "int8-group32-biases", "int4-awq-plain-mlp"])
+def test_fused_batch_reads_codes_once_and_matches_torch_backend(tmp_path, name):
+    """A batch of 3 left-padded rows: ``packed_gemv_batch_kernel`` multiplies each weight's codes by every row
+    (one launch per linear) and the step computes what the torch backend computes."""
+    path, config = quantized_checkpoint(tmp_path, name)
+    model = load(path, config)
+    errors = teacher_forced_errors(model, FusedDecoder(model), prompt_len=7, steps=3, pad=[0, 2, 5])
+    assert max(errors) <= TOLERANCE["float32"], errors
+
+
+@pytest.mark.parametrize("bits, group", [(8, None), (4, 16), (4, 24)])
+def test_batch_gemv_equals_one_row_gemv(bits, group):
+    """Each row of the batch kernel's product is the one-vector kernel's product of that row, to float32
+    rounding, for codes that take every byte value, with RMSNorm, for batches of 2 and 5 (padded to 8)."""
+    k, n = 48, 64
+    stored = every_byte(k, n // (8 // bits))
+    rng = np.random.default_rng(bits)
+    scale = torch.from_numpy((rng.random((n, k // group if group else 1)) + 0.5).astype(np.float32))
+    weight = PackedWeight(torch.from_numpy(stored.T.copy()), scale, None, bits, group is not None).to(DEVICE)
+    norm = torch.from_numpy(rng.random(k).astype(np.float32) + 0.5).to(DEVICE)
+    for batch in (2, 5):
+        x = torch.from_numpy(rng.standard_normal((batch, k)).astype(np.float32)).to(DEVICE)
+        y = torch.zeros(batch, n, device=DEVICE)
+        decode_wq_kernels.packed_gemv_batch(x, [weight], y, eps=1e-5, norm=norm)
+        for row in range(batch):
+            want = torch.zeros(n, device=DEVICE)
+            decode_wq_kernels.packed_gemv(x[row], [weight], want, eps=1e-5, norm=norm)
+            torch.testing.assert_close(y[row], want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("mode, dtype", [("int4", "float32"), ("int8", "float16"), ("int4_awq", "float16")])
 def test_fused_greedy_tokens_equal_torch_backend(tmp_path, mode, dtype):
     """A random float model quantized by ``wq_quantize``: ``compile="fused"`` through ModelRunner gives the
@@ -79,8 +109,8 @@ def test_fused_greedy_tokens_equal_torch_backend(tmp_path, mode, dtype):
     fused = ModelRunner.from_dir(tmp_path / mode, device=DEVICE, compile="fused")
     assert fused.model.decode_path == "fused"
     assert fused.model.model.transformer.blocks()[0].attention.qkv.packed_weight.bits == int(mode[3])
-    prompt = [torch.tensor([1, 2, 3, 4, 5])]
-    assert torch.equal(fused.generate(prompt, max_new_tokens=16), eager.generate(prompt, max_new_tokens=16))
+    for prompt in ([torch.tensor([1, 2, 3, 4, 5])], [torch.tensor([1, 2, 3, 4, 5]), torch.tensor([7, 8])]):
+        assert torch.equal(fused.generate(prompt, max_new_tokens=16), eager.generate(prompt, max_new_tokens=16))
 
 
 def gemv(weight: PackedWeight, x: torch.Tensor, blocks: dict | None = None) -> torch.Tensor:

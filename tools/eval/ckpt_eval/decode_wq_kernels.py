@@ -1,5 +1,6 @@
-"""Triton GEMV of the fused decode step (``fused_decode``) reading weight-only int8 / int4 and INT4 AWQ weights
-as packed codes, with the fp16 GEMV's RMSNorm prologue and bias / gated activation / residual epilogue.
+"""Triton GEMVs of the fused decode step (``fused_decode``) reading weight-only int8 / int4 and INT4 AWQ weights
+as packed codes, with the fp16 GEMV's RMSNorm prologue and bias / gated activation / residual epilogue: one
+input vector (``packed_gemv``) or a batch of them, each weight read once for all (``packed_gemv_batch``).
 
 The kernel reads ``quantized.PackedWeight``: codes in the AWQ row layout (``[out, in]`` int8, or ``[out/2, in]``
 int4 with rows 2j, 2j+1 in the low, high nibble of each byte), a float32 scale per row and group of inputs, and
@@ -78,10 +79,11 @@ def _row_sums(acc, S, rows, row_ok, KG, PER_GROUP: tl.constexpr):
 
 
 @triton.jit
-def _finish(y, y_gate, rows, row_ok, N, BIAS, RES, Y, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
+def _finish(y, y_gate, rows, row_ok, out, out_ok, N, BIAS, RES, Y, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
             GATED: tl.constexpr, ACT: tl.constexpr, dtype: tl.constexpr):  # fmt: skip
     """The fp16 GEMV's epilogue (``decode_kernels.gemv_kernel``): bias, model-dtype rounding, activation (gated:
-    ``act(fc) * gate``), residual, store."""
+    ``act(fc) * gate``), residual, store. ``rows``: the output rows (bias); ``out``: where in Y and RES (the
+    batch kernel's [batch, rows] offsets; one vector: ``rows`` again)."""
     if HAS_BIAS:
         y += tl.load(BIAS + rows, mask=row_ok, other=0.0).to(tl.float32)
     y = _round(y, dtype)
@@ -92,8 +94,8 @@ def _finish(y, y_gate, rows, row_ok, N, BIAS, RES, Y, HAS_BIAS: tl.constexpr, HA
     elif ACT != "none":
         y = _round(_activate(y, ACT), dtype)
     if HAS_RES:
-        y += tl.load(RES + rows, mask=row_ok, other=0.0).to(tl.float32)
-    tl.store(Y + rows, y.to(dtype).to(Y.dtype.element_ty), mask=row_ok)
+        y += tl.load(RES + out, mask=out_ok, other=0.0).to(tl.float32)
+    tl.store(Y + out, y.to(dtype).to(Y.dtype.element_ty), mask=out_ok)
 
 
 @triton.jit
@@ -194,12 +196,149 @@ def packed_gemv_kernel(
     y_gate = y
     if GATED:
         y_gate = _row_sums(gate_lo, SG, lo_rows, br_ok, KG, PER_GROUP)
-    _finish(y, y_gate, lo_rows, br_ok, N, BIAS, RES, Y, HAS_BIAS, HAS_RES, GATED, ACT, dtype)
+    _finish(y, y_gate, lo_rows, br_ok, lo_rows, br_ok, N, BIAS, RES, Y, HAS_BIAS, HAS_RES, GATED, ACT, dtype)
     if BITS == 4:
         y = _row_sums(acc_hi, S, hi_rows, br_ok, KG, PER_GROUP)
         if GATED:
             y_gate = _row_sums(gate_hi, SG, hi_rows, br_ok, KG, PER_GROUP)
-        _finish(y, y_gate, hi_rows, br_ok, N, BIAS, RES, Y, HAS_BIAS, HAS_RES, GATED, ACT, dtype)
+        _finish(y, y_gate, hi_rows, br_ok, hi_rows, br_ok, N, BIAS, RES, Y, HAS_BIAS, HAS_RES, GATED, ACT, dtype)
+
+
+@triton.jit
+def _codes_times_scales(b, S, rows, row_ok, cols, K, KG, BITS: tl.constexpr, HIGH: tl.constexpr,
+                        PER_GROUP: tl.constexpr, GROUP: tl.constexpr):  # fmt: skip
+    """Codes of the bytes ``b`` [BR, BK] for output ``rows`` (float32), each times its group's scale when
+    PER_GROUP (any group size: one scale load per code, from a small array that stays in cache)."""
+    q = _unpack(b, BITS, HIGH)
+    if PER_GROUP:
+        ok = row_ok[:, None] & (cols < K)[None, :]
+        q *= tl.load(S + rows[:, None] * KG + (cols // GROUP)[None, :], mask=ok, other=0.0)
+    return q
+
+
+@triton.jit
+def _batch_products(x, b, S, rows, row_ok, cols, K, KG, BITS: tl.constexpr, HIGH: tl.constexpr,
+                    PER_GROUP: tl.constexpr, GROUP: tl.constexpr):  # fmt: skip
+    """``x [BB, BK] @ codes(b)^T`` [BB, BR] in float32 on the CUDA cores."""
+    q = _codes_times_scales(b, S, rows, row_ok, cols, K, KG, BITS, HIGH, PER_GROUP, GROUP)
+    return tl.sum(x[:, None, :] * q[None, :, :], 2)
+
+
+@triton.jit
+def packed_gemv_batch_kernel(
+    X,
+    NORM,
+    W,
+    S,
+    PRE,
+    WG,
+    SG,
+    PREG,
+    BIAS,
+    Y,
+    RES,
+    N,
+    K,
+    KG,
+    eps,
+    BITS: tl.constexpr,
+    GROUP: tl.constexpr,
+    PER_GROUP: tl.constexpr,
+    HAS_NORM: tl.constexpr,
+    HAS_PRE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    GATED: tl.constexpr,
+    ACT: tl.constexpr,
+    PDL: tl.constexpr,
+    B: tl.constexpr,
+    BB: tl.constexpr,
+    BR: tl.constexpr,
+    BK: tl.constexpr,
+):
+    """``packed_gemv_kernel`` for a batch: ``Y[b] = act(W @ (norm(X[b]) * PRE) + BIAS) (+ RES[b])`` for the B rows
+    of X [B, K] (Y, RES: [B, N]). Each program reads its BR rows of code bytes once per step of BK columns and
+    multiplies them by all B inputs ([BB, BK], BB: B rounded up to a power of two; rows past B read and write
+    nothing), float32 on the CUDA cores. Norm statistics are per input row; the arguments are
+    ``packed_gemv_kernel``'s."""
+    dtype: tl.constexpr = X.dtype.element_ty
+    if PDL:
+        gdc_launch_dependents()
+    br = tl.program_id(0) * BR + tl.arange(0, BR)
+    NB = N // (8 // BITS)  # rows of bytes
+    br_ok = br < NB
+    cols = tl.arange(0, BK)
+    batch = tl.arange(0, BB)
+    in_batch = batch < B
+    x_rows = X + batch[:, None] * K
+    w_off = br.to(tl.int64)[:, None] * K + cols[None, :]  # 64-bit: vocab x hidden may pass 2**31
+    w_mask = br_ok[:, None] & (cols < K)[None, :]
+    b = tl.load(W + w_off, mask=w_mask, other=0, eviction_policy="evict_first")  # before the wait (PDL)
+    if PDL:
+        gdc_wait()  # X and RES are written by earlier kernels of the step
+    scale = tl.full((BB, 1), 1.0, tl.float32)
+    if HAS_NORM:
+        squares = tl.zeros((BB, BK), tl.float32)
+        for k0 in range(0, K, BK):
+            ok = in_batch[:, None] & (k0 + cols < K)[None, :]
+            xs = tl.load(x_rows + k0 + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+            squares += xs * xs
+        scale = tl.rsqrt(tl.sum(squares, 1, keep_dims=True) / K + eps)
+    lo_rows = br
+    if BITS == 4:
+        lo_rows = 2 * br
+    hi_rows = lo_rows + 1
+    acc_lo = tl.zeros((BB, BR), tl.float32)
+    acc_hi = tl.zeros((BB, BR), tl.float32)
+    gate_lo = tl.zeros((BB, BR), tl.float32)
+    gate_hi = tl.zeros((BB, BR), tl.float32)
+    for k0 in range(0, K, BK):
+        c = k0 + cols
+        if k0 > 0:
+            w_mask = br_ok[:, None] & (c < K)[None, :]
+            b = tl.load(W + w_off + k0, mask=w_mask, other=0, eviction_policy="evict_first")
+        x_ok = in_batch[:, None] & (c < K)[None, :]
+        x_in = tl.load(x_rows + c[None, :], mask=x_ok, other=0.0).to(tl.float32)
+        if HAS_NORM:
+            g = tl.load(NORM + c, mask=c < K, other=0.0).to(tl.float32)
+            x_in = _round(_round(x_in * scale, dtype) * g[None, :], dtype)
+        x = x_in
+        if HAS_PRE:
+            x = x_in * tl.load(PRE + c, mask=c < K, other=0.0)[None, :]
+        acc_lo += _batch_products(x, b, S, lo_rows, br_ok, c, K, KG, BITS, False, PER_GROUP, GROUP)
+        if BITS == 4:
+            acc_hi += _batch_products(x, b, S, hi_rows, br_ok, c, K, KG, BITS, True, PER_GROUP, GROUP)
+        if GATED:
+            bg = tl.load(WG + w_off + k0, mask=w_mask, other=0, eviction_policy="evict_first")
+            xg = x_in
+            if HAS_PRE:
+                xg = x_in * tl.load(PREG + c, mask=c < K, other=0.0)[None, :]
+            gate_lo += _batch_products(xg, bg, SG, lo_rows, br_ok, c, K, KG, BITS, False, PER_GROUP, GROUP)
+            if BITS == 4:
+                gate_hi += _batch_products(xg, bg, SG, hi_rows, br_ok, c, K, KG, BITS, True, PER_GROUP, GROUP)
+    out_ok = in_batch[:, None] & br_ok[None, :]
+    y = _batch_row_sums(acc_lo, S, lo_rows, br_ok, KG, PER_GROUP)
+    y_gate = y
+    if GATED:
+        y_gate = _batch_row_sums(gate_lo, SG, lo_rows, br_ok, KG, PER_GROUP)
+    out = batch[:, None] * N + lo_rows[None, :]
+    _finish(y, y_gate, lo_rows[None, :], br_ok[None, :], out, out_ok, N, BIAS, RES, Y, HAS_BIAS, HAS_RES, GATED,
+            ACT, dtype)  # fmt: skip
+    if BITS == 4:
+        y = _batch_row_sums(acc_hi, S, hi_rows, br_ok, KG, PER_GROUP)
+        if GATED:
+            y_gate = _batch_row_sums(gate_hi, SG, hi_rows, br_ok, KG, PER_GROUP)
+        out = batch[:, None] * N + hi_rows[None, :]
+        _finish(y, y_gate, hi_rows[None, :], br_ok[None, :], out, out_ok, N, BIAS, RES, Y, HAS_BIAS, HAS_RES,
+                GATED, ACT, dtype)  # fmt: skip
+
+
+@triton.jit
+def _batch_row_sums(acc, S, rows, row_ok, KG, PER_GROUP: tl.constexpr):
+    """[BB, BR] sums, times each row's scale per channel."""
+    if not PER_GROUP:
+        acc *= tl.load(S + rows * KG, mask=row_ok, other=0.0)[None, :]
+    return acc
 
 
 def packed_blocks(weight: PackedWeight) -> dict:
@@ -211,6 +350,35 @@ def packed_blocks(weight: PackedWeight) -> dict:
     if weight.per_group and group & (group - 1) == 0 and group <= step:
         return {"BR": 4, "GS": group, "NG": step // group, "EACH": False, "num_warps": 8}
     return {"BR": 4, "GS": step, "NG": 1, "EACH": weight.per_group, "num_warps": 8}
+
+
+def packed_batch_blocks(weight: PackedWeight, batch: int) -> dict:
+    """Launch parameters of ``packed_gemv_batch_kernel``: 4 rows of bytes a program, and a column step small
+    enough that the [BB, BR, BK] products stay in registers (untuned)."""
+    bb = 1 << max(0, (batch - 1).bit_length())
+    k = weight.codes.shape[1]
+    return {"BB": bb, "BR": 4, "BK": max(16, min(1 << max(0, (k - 1).bit_length()), 4096 // (4 * bb))), "num_warps": 4}
+
+
+def packed_gemv_batch(x, weights: list[PackedWeight], y, *, eps: float, norm=None, bias=None, res=None,
+                      act="none", pdl: bool = False, blocks: dict | None = None) -> None:  # fmt: skip
+    """``packed_gemv`` for the rows of ``x`` [B, K] (``y``, ``res``: [B, N]), each weight read once for all rows."""
+    w = weights[0]
+    gated = len(weights) > 1
+    g = weights[-1]
+    n, k = w.rows, w.codes.shape[1]
+    if x.dim() != 2 or x.shape[1] != k or not x.is_contiguous():
+        raise ValueError(f"packed batch GEMV: contiguous inputs [batch, {k}], got {tuple(x.shape)}")
+    blocks = dict(blocks or packed_batch_blocks(w, x.shape[0]))
+    dummy = w.scale
+    launch = {"launch_pdl": True} if pdl else {}
+    packed_gemv_batch_kernel[(math.ceil(w.codes.shape[0] / blocks["BR"]),)](
+        x, dummy if norm is None else norm, w.codes, w.scale, dummy if w.prequant is None else w.prequant,
+        g.codes, g.scale, dummy if g.prequant is None else g.prequant, dummy if bias is None else bias, y,
+        y if res is None else res, n, k, w.scale.shape[1], eps, BITS=w.bits, GROUP=w.group, PER_GROUP=w.per_group,
+        HAS_NORM=norm is not None, HAS_PRE=w.prequant is not None, HAS_BIAS=bias is not None,
+        HAS_RES=res is not None, GATED=gated, ACT=act, PDL=pdl, B=x.shape[0], **blocks, **launch,
+    )  # fmt: skip
 
 
 def packed_gemv(x, weights: list[PackedWeight], y, *, eps: float, norm=None, bias=None, res=None, act="none",

@@ -344,13 +344,13 @@ class FusedDecoder:
         """``y = act(W @ norm(x) + bias) (+ res)`` for each row of ``x`` (gated: W holds [fc; gate]): one
         ``gemv_kernel`` for one row, one ``gemv_batch_kernel`` for several; W and the input's quantization
         from ``op``."""
-        if op.packed is not None:  # weight-only / AWQ codes: RMSNorm only (``unsupported``), a launch per row
-            from .decode_wq_kernels import packed_gemv
+        if op.packed is not None:  # weight-only / AWQ codes: RMSNorm only (``unsupported``)
+            from .decode_wq_kernels import packed_gemv, packed_gemv_batch
 
-            for i in range(x.shape[0]):
-                norm_w = None if norm is None else norm.weight
-                r = None if res is None else res[i]
-                packed_gemv(x[i], op.packed, y[i], eps=self.eps, norm=norm_w, bias=bias, res=r, act=act, pdl=self.pdl)
+            norm_w = None if norm is None else norm.weight
+            run = packed_gemv if x.shape[0] == 1 else packed_gemv_batch  # the batch: codes read once for all rows
+            xs, ys, rs = (x[0], y[0], None if res is None else res[0]) if x.shape[0] == 1 else (x, y, res)
+            run(xs, op.packed, ys, eps=self.eps, norm=norm_w, bias=bias, res=rs, act=act, pdl=self.pdl)
             return
         w, b = op.w, x.shape[0]
         assert w is not None, "a float or code weight where no packed one"
