@@ -131,12 +131,12 @@ def test_zero_caps_are_off():
 
 
 @pytest.mark.parametrize("over", [{}, GEMMA2, GEMMA3])
-def test_torch_and_the_builder_compute_every_gemma_and_fused_gemma_1(over):
+def test_torch_and_the_builder_compute_every_gemma_and_fused_gemma_1_and_2(over):
     spec = model_spec(config(**over))
     assert unsupported_by(spec, TORCH) == [] and unsupported_by(spec, BUILDER) == []
-    if over:
+    if over is GEMMA3:  # qk norm and the local rotary base are not in the fused kernels
         assert unsupported_by(spec, FUSED)[0].startswith("config.json: ")
-    else:  # Gemma 1: the embedding scale is the only thing it adds to LLaMA
+    else:  # Gemma 1 adds the embedding scale to LLaMA; Gemma 2 the caps, the query scalar and output norms
         assert unsupported_by(spec, FUSED) == []
 
 
@@ -175,6 +175,6 @@ def test_inspect_prints_gemma_rows(tmp_path, capsys):
     rows = {f["field"]: (f["value"], f["executors"]) for f in json.loads(capsys.readouterr().out)["features"]}
     assert rows["sliding_window"] == ("8 positions, 1 global layer in 2", [BUILDER, FUSED, TORCH])
     assert rows["embedding scale"] == ("sqrt(hidden_size)", [BUILDER, FUSED, TORCH])
-    assert rows["attn_logit_softcapping"] == ("50", [BUILDER, TORCH])
-    assert rows["inter_layernorms"] == ("true", [BUILDER, TORCH])
+    assert rows["attn_logit_softcapping"] == ("50", [BUILDER, FUSED, TORCH])
+    assert rows["inter_layernorms"] == ("true", [BUILDER, FUSED, TORCH])
     assert all(who == sorted((BUILDER, FUSED, TORCH)) for _, _, who in support_rows(model_spec(config())))

@@ -51,12 +51,13 @@ def test_declared_field_types_are_checked(over, problem):
     [
         ({"hidden_act": "squared-relu"}, "hidden_act", []),
         ({"residual_multiplier": 0.5}, "unimplemented fields", []),
-        ({"final_logit_softcapping": 30.0}, "final_logit_softcapping", [BUILDER, TORCH]),
-        ({"attn_logit_softcapping": 50.0}, "attn_logit_softcapping", [BUILDER, TORCH]),
+        ({"final_logit_softcapping": 30.0}, "final_logit_softcapping", [BUILDER, FUSED, TORCH]),
+        ({"attn_logit_softcapping": 50.0}, "attn_logit_softcapping", [BUILDER, FUSED, TORCH]),
         ({"rotary_scaling": {"type": "dynamic", "factor": 2.0}}, "rotary_scaling", []),
         ({"position_embedding_type": "alibi"}, "position_embedding_type", [FUSED, TORCH]),
         ({"sliding_window": 16}, "sliding_window", [BUILDER, FUSED, TORCH]),
-        ({"query_pre_attn_scalar": 32}, "query_pre_attn_scalar", [BUILDER, TORCH]),
+        ({"query_pre_attn_scalar": 32}, "query_pre_attn_scalar", [BUILDER, FUSED, TORCH]),
+        ({"rope_local_base_freq": 1e4}, "rope_local_base_freq", [BUILDER, TORCH]),
     ],
 )
 def test_unsupported_values_are_refused_naming_field_and_supporters(over, field, who):

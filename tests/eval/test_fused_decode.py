@@ -18,6 +18,7 @@ if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"  # read when triton is imported
 pytest.importorskip("triton")
 
+import dataclasses  # noqa: E402
 import importlib  # noqa: E402
 
 from ckpt_eval import decode_kernels  # noqa: E402
@@ -78,6 +79,17 @@ ARCHITECTURES = {
     "falcon-shared-norm-alibi": {**FALCON, "position_embedding_type": "alibi", "parallel_attention": True},
     "falcon-new": {**FALCON, "num_key_value_heads": 2, "new_decoder_architecture": True},
     "mistral-window-4": {"architecture": "MistralForCausalLM", "sliding_window": 4},
+    "gemma2": {  # a window of 4 on every other layer; test_gemma2_caps_bite makes the attention cap bite
+        "architecture": "Gemma2ForCausalLM",
+        "num_key_value_heads": 1,
+        "head_size": 24,
+        "hidden_act": "gelu_pytorch_tanh",
+        "query_pre_attn_scalar": 20,
+        "attn_logit_softcapping": 0.5,
+        "final_logit_softcapping": 0.05,
+        "sliding_window": 4,
+        "_sliding_window_pattern": 2,
+    },
 }
 VARIANTS.update(ARCHITECTURES)
 # largest |fused - model| / max |model| over the steps: float32 agrees to rounding; half precision to a few
@@ -184,14 +196,38 @@ def test_runner_fused_greedy_tokens_equal_eager(tmp_path):
         assert torch.equal(fused.generate(batch, max_new_tokens=8), ref)
 
 
-@pytest.mark.parametrize(
-    "overrides, reason",
-    [
-        ({"final_logit_softcapping": 3.0}, "final_logit_softcapping"),
-        ({"attn_logit_softcapping": 20.0}, "attn_logit_softcapping"),
-        ({"query_pre_attn_scalar": 32}, "query_pre_attn_scalar"),
-    ],
-)  # fmt: skip
+def test_gemma2_caps_bite(tmp_path):
+    """Gemma 2 with query/key weights scaled up so that scores pass the attention cap (random weights give
+    scores of ~1e-3) and logits pass the final cap: the fused step computes both caps; without either in the
+    reference the step would be far outside the tolerance."""
+    path, config = write(tmp_path, "gemma2")
+    model = load(path, config)
+    with torch.no_grad():
+        for layer in model.transformer.blocks():
+            layer.attention.qkv.weight.mul_(40.0)
+    fused = FusedDecoder(model)
+    assert max(teacher_forced_errors(model, fused, prompt_len=7, steps=3, pad=[0, 2, 5])) <= TOLERANCE["float32"]
+    spec, attention = model.spec, [layer.attention for layer in model.transformer.blocks()]
+    for attn_cap, final_cap in ((None, spec.final_logit_softcapping), (attention[0].softcap, None)):
+        for a in attention:
+            a.softcap = attn_cap
+        model.spec = dataclasses.replace(spec, final_logit_softcapping=final_cap)
+        errors = teacher_forced_errors(model, fused, prompt_len=7, steps=3, pad=[0, 2, 5])
+        assert max(errors) > 100 * TOLERANCE["float32"], (attn_cap, final_cap, errors)
+    model.spec = spec
+
+
+GEMMA3 = {
+    "architecture": "Gemma3ForCausalLM",
+    "hidden_act": "gelu_pytorch_tanh",
+    "query_pre_attn_scalar": 16,
+    "rope_local_base_freq": 1e4,
+    "sliding_window": 8,
+    "_sliding_window_pattern": 2,
+}
+
+
+@pytest.mark.parametrize("overrides, reason", [(GEMMA3, "qk norm"), (GEMMA3, "rope_local_base_freq")])
 def test_unsupported_models_name_the_reason_and_auto_falls_back(tmp_path, overrides, reason):
     config = CheckpointConfig.from_dict({**BASE, **overrides}).check()
     path = random_checkpoint(tmp_path / "m", config)

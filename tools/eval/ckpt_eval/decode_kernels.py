@@ -403,14 +403,30 @@ def embed_kernel(
 
 
 @triton.jit
-def norm_kernel(X, NORM, NBIAS, K, eps, BK: tl.constexpr, LAYER: tl.constexpr):
-    """Row b of X [B, K] normalized in place (OPT's post-norm layers): one program per row."""
+def _softcap(s, CAP: tl.constexpr):
+    """``CAP * tanh(s / CAP)`` in float32 (tanh(u) = 1 - 2 / (1 + exp(2u)), exact at both ends); CAP 0: s."""
+    if CAP > 0:
+        return CAP * (1.0 - 2.0 / (1.0 + tl.exp(2.0 * (s / CAP))))
+    else:
+        return s
+
+
+@triton.jit
+def norm_kernel(X, NORM, NBIAS, K, eps, BK: tl.constexpr, LAYER: tl.constexpr, RES=None, HAS_RES: tl.constexpr = False):
+    """Row b of X [B, K] normalized in place (OPT's post-norm layers), or with HAS_RES added to RES [B, K]
+    instead (``RES[b] += norm(X[b])``, Gemma 2's norms on the attention and MLP outputs), rounded to the model
+    dtype as the torch backend's sum is: one program per row."""
     b = tl.program_id(0)
     cols = tl.arange(0, BK)
     row = X + b * K
+    dtype: tl.constexpr = X.dtype.element_ty
     mean, scale = _norm_stats(row, cols, K, eps, LAYER, BK)
-    x = _load_normed(row, cols, K, NORM, NBIAS, mean, scale, True, LAYER, X.dtype.element_ty)
-    tl.store(row + cols, x.to(X.dtype.element_ty), mask=cols < K)
+    x = _load_normed(row, cols, K, NORM, NBIAS, mean, scale, True, LAYER, dtype)
+    if HAS_RES:
+        x = _round(x + tl.load(RES + b * K + cols, mask=cols < K, other=0.0).to(tl.float32), dtype)
+        tl.store(RES + b * K + cols, x.to(dtype), mask=cols < K)
+    else:
+        tl.store(row + cols, x.to(dtype), mask=cols < K)
 
 
 @triton.jit
@@ -451,6 +467,7 @@ def decode_attention_kernel(
     HAS_ALIBI: tl.constexpr = False,
     KV_SCALE=None,
     KVQ: tl.constexpr = "none",
+    SOFTCAP: tl.constexpr = 0.0,
 ):
     """One query position of each sequence b of a left-padded batch against its cache: rotary on q and k
     (position slot - PAD[b]), the new k and v written at ``slot`` of KV [2, batch, kv_heads, max_seq, D], then
@@ -465,7 +482,8 @@ def decode_attention_kernel(
     ``attention_combine_kernel``; split 0 also holds the new position. SPLITS == 1 writes OUT directly.
 
     KVQ "fp8" / "int8": the new k and v are fake-quantized with KV_SCALE[0] (``quantized.KVQuant``) before
-    they are written and used, so the cache holds what the torch backend's does."""
+    they are written and used, so the cache holds what the torch backend's does. SOFTCAP > 0 (Gemma 2): each
+    score becomes ``SOFTCAP * tanh(score / SOFTCAP)`` before the ALiBi term and the softmax."""
     dtype: tl.constexpr = QKV.dtype.element_ty
     if PDL:  # see gemv_kernel
         gdc_launch_dependents()
@@ -514,7 +532,8 @@ def decode_attention_kernel(
     slope = 0.0
     if HAS_ALIBI:
         slope = tl.load(ALIBI + h)
-    m = tl.where(first, tl.sum(q * k, 0) + _round(slope * (slot - pad).to(tl.float32), dtype), float("-inf"))
+    own = _softcap(tl.sum(q * k, 0), SOFTCAP) + _round(slope * (slot - pad).to(tl.float32), dtype)
+    m = tl.where(first, own, float("-inf"))
     denom = tl.where(first, 1.0, 0.0)
     acc = tl.where(first, v, 0.0)
     lo = tl.maximum(tl.maximum(split * CHUNK, pad), slot - WINDOW + 1)
@@ -524,7 +543,7 @@ def decode_attention_kernel(
         valid = s < hi
         tile = valid[:, None] & d_ok[None, :]
         keys = tl.load(cache + s[:, None] * D + d[None, :], mask=tile, other=0.0).to(tl.float32)
-        scores = tl.sum(keys * q[None, :], 1)
+        scores = _softcap(tl.sum(keys * q[None, :], 1), SOFTCAP)
         if HAS_ALIBI:
             scores += _round(slope * (s - pad).to(tl.float32), dtype)
         scores = tl.where(valid, scores, float("-inf"))

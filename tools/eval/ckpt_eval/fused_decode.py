@@ -183,7 +183,8 @@ class Norm:
 @dataclass
 class LayerOps:
     """What one layer's kernels read besides the activations: the four linears, the stacked fc/gate bias,
-    the norms (``mlp_norm`` None: the MLP reads the attention norm's output) and the attention window."""
+    the norms (``mlp_norm`` None: the MLP reads the attention norm's output; ``attn_out_norm`` /
+    ``mlp_out_norm``: Gemma 2's norms on the attention and MLP outputs) and the attention window."""
 
     qkv: Operands
     dense: Operands
@@ -193,6 +194,9 @@ class LayerOps:
     attn_norm: Norm
     mlp_norm: Norm | None
     window: int | None
+    attn_out_norm: Norm | None = None
+    mlp_out_norm: Norm | None = None
+    softcap: float = 0.0  # Gemma 2's attention logit cap (0: none)
 
 
 @dataclass
@@ -243,6 +247,7 @@ class FusedDecoder:
         # Gemma's embedding scale, rounded to the model dtype as the torch backend's (``Transformer.embed``)
         p = next(model.parameters())
         self.embedding_scale = float(torch.tensor(spec.embedding_scale, dtype=p.dtype))
+        self.final_cap = spec.final_logit_softcapping  # Gemma 2's cap on the logits
         self.par = model.par
         self.lead = model.par.tp_rank == 0  # adds the residual and row-parallel biases (once, before the sum)
         self.layers = [self.layer_ops(layer) for layer in model.transformer.blocks()]
@@ -277,6 +282,9 @@ class FusedDecoder:
             Norm.of(getattr(layer, spec.attn_norm)),
             Norm.of(getattr(layer, spec.mlp_norm)) if spec.mlp_norm else None,
             self.model.window if layer.local else None,
+            Norm.of(getattr(layer, spec.attn_out_norm)) if spec.attn_out_norm else None,
+            Norm.of(getattr(layer, spec.mlp_out_norm)) if spec.mlp_out_norm else None,
+            float(a.softcap or 0.0),
         )
 
     @torch.inference_mode()
@@ -336,6 +344,7 @@ class FusedDecoder:
             "qkv": empty(b, layer.attention.qkv.out_features),
             "attn": empty(b, self.heads * self.head_size),
             "mlp": empty(b, layer.mlp.fc.out_features),
+            "out": empty(b, spec.hidden_size),  # a sublayer's output before its own norm (Gemma 2)
             "logits": empty(b, model.lm_head.weight.shape[0], dtype=torch.float32),
             "parts": empty(b * self.heads * splits * (triton_next_pow2(self.head_size) + 2), dtype=torch.float32),
         }
@@ -396,7 +405,7 @@ class FusedDecoder:
             self.alibi if self.alibi is not None else qkv, chunk, window, kv.stride(0), kv.stride(1), kv.stride(2),
             HEADS=self.heads, KV_HEADS=self.kv_heads, D=self.head_size, BD=bd, ROT=self.rotary_dim,
             INTERLEAVED=self.model.spec.rotary_interleaved, SPLITS=splits, SCALE=a.scale, PDL=self.pdl,
-            HAS_ALIBI=self.alibi is not None, **kv_quant, **blocks, **pdl,
+            HAS_ALIBI=self.alibi is not None, SOFTCAP=ops.softcap, **kv_quant, **blocks, **pdl,
         )  # fmt: skip
         if splits > 1:
             self.kernels.attention_combine_kernel[(self.heads, b)](
@@ -432,13 +441,13 @@ class FusedDecoder:
         else:
             launch(x, True, spec.learned_positions)
 
-    def norm(self, x: torch.Tensor, norm: Norm | None) -> None:
-        """``x`` normalized in place, row by row (OPT's post-norm)."""
+    def norm(self, x: torch.Tensor, norm: Norm | None, res: torch.Tensor | None = None) -> None:
+        """``x`` normalized in place, row by row (OPT's post-norm), or ``res += norm(x)`` (Gemma 2)."""
         assert norm is not None  # post-norm layers have both norms
         k = x.shape[1]
         self.kernels.norm_kernel[(x.shape[0],)](
             x, norm.weight, norm.weight if norm.bias is None else norm.bias, k, self.eps, BK=triton_next_pow2(k),
-            LAYER=norm.bias is not None, num_warps=4,
+            LAYER=norm.bias is not None, RES=x if res is None else res, HAS_RES=res is not None, num_warps=4,
         )  # fmt: skip
 
     def layer(self, layer: Block, ops: LayerOps, slot, pad, buf: dict) -> None:
@@ -454,22 +463,28 @@ class FusedDecoder:
         self.attention(layer, ops, buf, slot, pad)
         if pre and parallel:  # the MLP reads x before the attention's residual add: x + attn + mlp
             mlp_in(ops.mlp_norm or ops.attn_norm)
-        self.row_parallel(buf["attn"], ops.dense, x, layer.attention.dense.bias)
+        self.row_parallel(buf["attn"], ops.dense, x, layer.attention.dense.bias, ops.attn_out_norm, buf["out"])
         if not pre:  # OPT post-norm: normalize after each residual add
             self.norm(x, ops.attn_norm)
             mlp_in(None)
         elif not parallel:
             mlp_in(ops.mlp_norm)
-        self.row_parallel(buf["mlp"], ops.proj, x, mlp.proj.bias)
+        self.row_parallel(buf["mlp"], ops.proj, x, mlp.proj.bias, ops.mlp_out_norm, buf["out"])
         if not pre:
             self.norm(x, ops.mlp_norm)
 
-    def row_parallel(self, inputs: torch.Tensor, op: Operands, x: torch.Tensor, bias) -> None:
+    def row_parallel(self, inputs: torch.Tensor, op: Operands, x: torch.Tensor, bias, out_norm=None, out=None) -> None:
         """``x += W @ inputs + bias`` for a row-parallel W (dense, proj): each rank's partial product, the
-        residual and bias from tp rank 0 only, then the sum over ranks in place (no-op on one rank)."""
+        residual and bias from tp rank 0 only, then the sum over ranks in place (no-op on one rank). With
+        ``out_norm`` (Gemma 2): ``x += out_norm(W @ inputs + bias)``, the product summed in ``out`` first."""
         lead = self.lead
-        self.gemv(inputs, op, x, bias=bias if lead else None, res=x if lead else None)
-        self.par.all_reduce(x)
+        if out_norm is None:
+            self.gemv(inputs, op, x, bias=bias if lead else None, res=x if lead else None)
+            self.par.all_reduce(x)
+            return
+        self.gemv(inputs, op, out, bias=bias if lead else None)
+        self.par.all_reduce(out)
+        self.norm(out, out_norm, res=x)
 
     def step(self, tokens: torch.Tensor, slot: torch.Tensor, pad: torch.Tensor, buf: dict) -> torch.Tensor:
         """Launch the kernels of one step; returns the logits [b, vocab] (float32, a view of the buffer)."""
@@ -484,4 +499,8 @@ class FusedDecoder:
             x, final = buf["small"], None
         logits = buf["logits"]
         self.gemv(x, Operands(model.lm_head.weight), logits, norm=final, bias=model.lm_head.bias)
-        return self.par.all_gather(logits, dim=-1)[:, : spec.vocab_size]  # vocab rows of every tp rank
+        logits = self.par.all_gather(logits, dim=-1)[:, : spec.vocab_size]  # vocab rows of every tp rank
+        cap = self.final_cap
+        if cap:  # Gemma 2, as the torch backend's head: on the logits in the model dtype (they hold its values)
+            logits = (torch.tanh(logits.to(x.dtype) / cap) * cap).float()
+        return logits
