@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from .decode_kernels import _activate, _round
+from .decode_kernels import _activate, _load_normed, _norm_stats, _round
 from .quantized import PackedWeight
 
 
@@ -271,19 +271,15 @@ def packed_gemv_batch_kernel(
     batch = tl.arange(0, BB)
     in_batch = batch < B
     x_rows = X + batch[:, None] * K
+    x_cols = tl.where(in_batch[:, None], cols[None, :], K)  # [BB, BK]: rows past B read nothing
     w_off = br.to(tl.int64)[:, None] * K + cols[None, :]  # 64-bit: vocab x hidden may pass 2**31
     w_mask = br_ok[:, None] & (cols < K)[None, :]
     b = tl.load(W + w_off, mask=w_mask, other=0, eviction_policy="evict_first")  # before the wait (PDL)
     if PDL:
         gdc_wait()  # X and RES are written by earlier kernels of the step
-    scale = tl.full((BB, 1), 1.0, tl.float32)
-    if HAS_NORM:
-        squares = tl.zeros((BB, BK), tl.float32)
-        for k0 in range(0, K, BK):
-            ok = in_batch[:, None] & (k0 + cols < K)[None, :]
-            xs = tl.load(x_rows + k0 + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-            squares += xs * xs
-        scale = tl.rsqrt(tl.sum(squares, 1, keep_dims=True) / K + eps)
+    mean, scale = 0.0, 1.0
+    if HAS_NORM:  # RMSNorm statistics of each input row, as the fp16 batch GEMV takes them
+        mean, scale = _norm_stats(x_rows, x_cols, K, eps, False, BK)
     lo_rows = br
     if BITS == 4:
         lo_rows = 2 * br
@@ -297,11 +293,7 @@ def packed_gemv_batch_kernel(
         if k0 > 0:
             w_mask = br_ok[:, None] & (c < K)[None, :]
             b = tl.load(W + w_off + k0, mask=w_mask, other=0, eviction_policy="evict_first")
-        x_ok = in_batch[:, None] & (c < K)[None, :]
-        x_in = tl.load(x_rows + c[None, :], mask=x_ok, other=0.0).to(tl.float32)
-        if HAS_NORM:
-            g = tl.load(NORM + c, mask=c < K, other=0.0).to(tl.float32)
-            x_in = _round(_round(x_in * scale, dtype) * g[None, :], dtype)
+        x_in = _load_normed(x_rows, k0 + x_cols, K, NORM, NORM, mean, scale, HAS_NORM, False, dtype)
         x = x_in
         if HAS_PRE:
             x = x_in * tl.load(PRE + c, mask=c < K, other=0.0)[None, :]
@@ -355,49 +347,44 @@ def packed_blocks(weight: PackedWeight) -> dict:
 def packed_batch_blocks(weight: PackedWeight, batch: int) -> dict:
     """Launch parameters of ``packed_gemv_batch_kernel``: 4 rows of bytes a program, and a column step small
     enough that the [BB, BR, BK] products stay in registers (untuned)."""
-    bb = 1 << max(0, (batch - 1).bit_length())
-    k = weight.codes.shape[1]
-    return {"BB": bb, "BR": 4, "BK": max(16, min(1 << max(0, (k - 1).bit_length()), 4096 // (4 * bb))), "num_warps": 4}
+    bb = triton.next_power_of_2(batch)
+    k = triton.next_power_of_2(weight.codes.shape[1])
+    return {"BB": bb, "BR": 4, "BK": max(16, min(k, 4096 // (4 * bb))), "num_warps": 4}
+
+
+def _launch(kernel, grid_rows: int, x, weights: list[PackedWeight], y, eps: float, norm, bias, res, act: str,
+            pdl: bool, blocks: dict, **extra) -> None:  # fmt: skip
+    """One launch of a packed GEMV kernel over ``grid_rows`` rows of bytes: the arguments both kernels take."""
+    w, g = weights[0], weights[-1]
+    dummy = w.scale
+    launch = {"launch_pdl": True} if pdl else {}
+    kernel[(math.ceil(grid_rows / blocks["BR"]),)](
+        x, dummy if norm is None else norm, w.codes, w.scale, dummy if w.prequant is None else w.prequant,
+        g.codes, g.scale, dummy if g.prequant is None else g.prequant, dummy if bias is None else bias, y,
+        y if res is None else res, w.rows, w.codes.shape[1], w.scale.shape[1], eps, BITS=w.bits, GROUP=w.group,
+        PER_GROUP=w.per_group, HAS_NORM=norm is not None, HAS_PRE=w.prequant is not None, HAS_BIAS=bias is not None,
+        HAS_RES=res is not None, GATED=len(weights) > 1, ACT=act, PDL=pdl, **blocks, **extra, **launch,
+    )  # fmt: skip
 
 
 def packed_gemv_batch(x, weights: list[PackedWeight], y, *, eps: float, norm=None, bias=None, res=None,
                       act="none", pdl: bool = False, blocks: dict | None = None) -> None:  # fmt: skip
     """``packed_gemv`` for the rows of ``x`` [B, K] (``y``, ``res``: [B, N]), each weight read once for all rows."""
     w = weights[0]
-    gated = len(weights) > 1
-    g = weights[-1]
-    n, k = w.rows, w.codes.shape[1]
+    k = w.codes.shape[1]
     if x.dim() != 2 or x.shape[1] != k or not x.is_contiguous():
         raise ValueError(f"packed batch GEMV: contiguous inputs [batch, {k}], got {tuple(x.shape)}")
     blocks = dict(blocks or packed_batch_blocks(w, x.shape[0]))
-    dummy = w.scale
-    launch = {"launch_pdl": True} if pdl else {}
-    packed_gemv_batch_kernel[(math.ceil(w.codes.shape[0] / blocks["BR"]),)](
-        x, dummy if norm is None else norm, w.codes, w.scale, dummy if w.prequant is None else w.prequant,
-        g.codes, g.scale, dummy if g.prequant is None else g.prequant, dummy if bias is None else bias, y,
-        y if res is None else res, n, k, w.scale.shape[1], eps, BITS=w.bits, GROUP=w.group, PER_GROUP=w.per_group,
-        HAS_NORM=norm is not None, HAS_PRE=w.prequant is not None, HAS_BIAS=bias is not None,
-        HAS_RES=res is not None, GATED=gated, ACT=act, PDL=pdl, B=x.shape[0], **blocks, **launch,
-    )  # fmt: skip
+    _launch(packed_gemv_batch_kernel, w.codes.shape[0], x, weights, y, eps, norm, bias, res, act, pdl, blocks,
+            B=x.shape[0])  # fmt: skip
 
 
 def packed_gemv(x, weights: list[PackedWeight], y, *, eps: float, norm=None, bias=None, res=None, act="none",
                 pdl: bool = False, blocks: dict | None = None) -> None:  # fmt: skip
     """``y = act(W @ norm(x) + bias) (+ res)`` for one input vector; ``weights``: [W], or [fc, gate] (gated)."""
     w = weights[0]
-    gated = len(weights) > 1
-    g = weights[-1]
-    n, k = w.rows, w.codes.shape[1]
+    k = w.codes.shape[1]
     if x.numel() != k:
         raise ValueError(f"packed GEMV: one input vector of {k} (batch 1), got {tuple(x.shape)}")
     blocks = dict(blocks or packed_blocks(w))
-    rows_of_bytes = w.codes.shape[0]
-    dummy = w.scale
-    launch = {"launch_pdl": True} if pdl else {}
-    packed_gemv_kernel[(math.ceil(rows_of_bytes / blocks["BR"]),)](
-        x, dummy if norm is None else norm, w.codes, w.scale, dummy if w.prequant is None else w.prequant,
-        g.codes, g.scale, dummy if g.prequant is None else g.prequant, dummy if bias is None else bias, y,
-        y if res is None else res, n, k, w.scale.shape[1], eps, BITS=w.bits, GROUP=w.group, PER_GROUP=w.per_group,
-        HAS_NORM=norm is not None, HAS_PRE=w.prequant is not None, HAS_BIAS=bias is not None,
-        HAS_RES=res is not None, GATED=gated, ACT=act, PDL=pdl, **blocks, **launch,
-    )  # fmt: skip
+    _launch(packed_gemv_kernel, w.codes.shape[0], x, weights, y, eps, norm, bias, res, act, pdl, blocks)
