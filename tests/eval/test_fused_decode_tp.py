@@ -24,30 +24,12 @@ from ckpt_eval.fp8_quantize import quantize_fp8  # noqa: E402
 from ckptfmt import CheckpointConfig  # noqa: E402
 from ckptfmt.reshard import reshard  # noqa: E402
 from tests.eval.fused_tp_worker import greedy  # noqa: E402
+from tests.eval.test_fused_decode import BASE, VARIANTS  # noqa: E402
 from tests.mpi import MPIRUN  # noqa: E402
 from tests.mpi import mpirun as run_mpi  # noqa: E402
 from tests.random_checkpoint import random_checkpoint  # noqa: E402
 from tests.tiny_models import convert_tiny  # noqa: E402
 
-GEMMA2 = {
-    "architecture": "Gemma2ForCausalLM",
-    "dtype": "float32",
-    "vocab_size": 300,
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_size": 24,
-    "intermediate_size": 96,
-    "hidden_act": "gelu_pytorch_tanh",
-    "position_embedding_type": "rope_gpt_neox",
-    "max_position_embeddings": 256,
-    "query_pre_attn_scalar": 20,
-    "attn_logit_softcapping": 0.5,
-    "final_logit_softcapping": 0.05,
-    "sliding_window": 4,
-    "_sliding_window_pattern": 2,
-}
 pytestmark = [
     pytest.mark.mpi,
     pytest.mark.slow,
@@ -107,7 +89,7 @@ def test_fp8_tp2_fused_gives_the_tp1_tokens(tmp_path):
 
 def test_gemma2_tp2_fused_gives_the_tp1_tokens(tmp_path):
     """Gemma 2 split by ``ckptfmt.reshard``: each sublayer's output is summed over the ranks before its norm."""
-    config = CheckpointConfig.from_dict(GEMMA2).check()
+    config = CheckpointConfig.from_dict({**BASE, **VARIANTS["gemma2"], "num_key_value_heads": 2}).check()
     tp1 = random_checkpoint(tmp_path / "tp1", config, seed=2)
     reshard(tp1, tmp_path / "tp2", 2, 1)
     out = ranks(tmp_path / "tp2", "fused", n=2)
