@@ -11,7 +11,8 @@ distinct weights captured in one CUDA graph (nothing stays in L2, as in a decode
 few cache lengths, block sizes and splits. ``--pdl`` launches as the fused step does on sm90+.
 
 ``--batch B``: the tensor-core form of ``gemv_batch_kernel`` (what batches of 2-16 run) for the same shapes at
-batch B, over tiles (BN, BK), warps, and the hand-prefetched loop against triton's pipelined one at 2-4 stages;
+batch B, over tiles (BN, BK), warps, the hand-prefetched loop against triton's pipelined one at 3-4 stages, and
+split-K (the K columns over 1-8 programs per row tile);
 ``ckpt_eval.fused_decode.gemv_batch_blocks`` takes the winner, ``FusedDecoder(batch_tuning=...)`` and
 ``bench/fused_batch.py --tuning`` try one end to end.
 """
@@ -83,10 +84,10 @@ def sweep_gemv(top: int, pdl: bool, fp8: bool = False) -> None:
             print(f"    BN={bn:<3} BK={bk:<5} warps={warps}  {us:6.2f} us  {nbytes / us / 1e6:.2f} TB/s")
 
 
-BATCH_CANDIDATES = [  # (BN, BK, warps, prefetch by hand, num_stages)
-    *itertools.product((16, 32, 64), (128, 256, 512), (4,), (False,), (2, 3, 4)),
-    *itertools.product((16, 32, 64), (128, 256), (4, 8), (True,), (3,)),
-    *itertools.product((64, 128), (128, 256), (8,), (False,), (3, 4)),
+BATCH_CANDIDATES = [  # (BN, BK, warps, prefetch by hand, num_stages, split-K)
+    *itertools.product((16, 32, 64), (128, 256), (4,), (False,), (3, 4), (1, 2, 4, 8)),
+    *itertools.product((16, 32), (128,), (4,), (True,), (3,), (1, 4)),
+    *itertools.product((64, 128), (128,), (8,), (False,), (3,), (1, 4)),
 ]
 
 
@@ -96,6 +97,7 @@ def sweep_batch_gemv(batch: int, top: int, pdl: bool) -> None:
     from ckpt_eval import decode_kernels as dk
     from ckpt_eval.fused_decode import gemv_batch_blocks
 
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
     for name, (n, k, extras) in SHAPES.items():
         if n > 10000:
             continue  # lm_head: a bandwidth-bound GEMM outside the layers, like the batch-1 sweep's
@@ -105,32 +107,46 @@ def sweep_batch_gemv(batch: int, top: int, pdl: bool) -> None:
         x = torch.randn(batch, k, device="cuda", dtype=torch.float16)
         norm = torch.ones(k, device="cuda", dtype=torch.float16)
         y = torch.zeros(batch, n, device="cuda", dtype=torch.float16)
+        res = torch.randn(batch, n, device="cuda", dtype=torch.float16)
+        part = torch.empty(8 * 2 * 16 * n, device="cuda", dtype=torch.float32)  # split-K partials (BB <= 16)
+        count = torch.zeros(n, device="cuda", dtype=torch.int32)
         flags = dict(HAS_NORM=False, HAS_BIAS=False, HAS_RES=False, GATED=False, ACT="none", PDL=pdl) | extras
-        base = gemv_batch_blocks(k, batch, dot=True)
+        base = gemv_batch_blocks(n, k, batch, True, sms)
 
-        def launch(blocks, w, n=n, k=k, x=x, norm=norm, y=y, flags=flags):
-            dk.gemv_batch_kernel[(math.ceil(n / blocks["BN"]),)](
-                x, norm, w, w, y, y, w, w, w, n, k, 1e-5, B=batch, DOT=True, PRECISION="tf32", launch_pdl=pdl,
-                **flags, **blocks,
+        def launch(blocks, w, n=n, k=k, x=x, norm=norm, y=y, res=res, flags=flags, part=part, count=count):
+            dk.gemv_batch_kernel[(math.ceil(n / blocks["BN"]), blocks["SPLIT"])](
+                x, norm, w, w, y, res, w, w, w, n, k, 1e-5, B=batch, DOT=True, PRECISION="tf32", launch_pdl=pdl,
+                PART=part, COUNT=count, **flags, **blocks,
             )  # fmt: skip
 
         def timed(blocks, weights=weights, launch=launch):
             return graph_time_us(lambda: [launch(blocks, w) for w in weights]) / LAYERS
 
         nbytes = weights[0].numel() * 2
+        launch(base | {"SPLIT": 1}, weights[-1])
+        want = y.clone()  # what every candidate's last launch (the last weight) must write
         now = timed(base)
         print(f"{name} [{n}x{k}] batch {batch}: in use {base} {now:.2f} us ({nbytes / now / 1e6:.2f} TB/s)")
+        rule = gemv_batch_blocks(n, k, batch, True, sms, split_k=True)
+        if rule != base:
+            us = timed(rule)
+            print(f"    split-K rule (SPLIT_K): SPLIT={rule['SPLIT']}  {us:6.2f} us  {nbytes / us / 1e6:.2f} TB/s")
         results = []
-        for bn, bk, warps, prefetch, stages in BATCH_CANDIDATES:
-            blocks = base | dict(BN=bn, BK=bk, num_warps=warps, PREFETCH=prefetch, num_stages=stages)
+        for bn, bk, warps, prefetch, stages, split in BATCH_CANDIDATES:
+            cand = (bn, bk, warps, prefetch, stages, split)
+            if split > 1 and k < 2 * bk * split:
+                continue  # a split of less than two tiles
+            blocks = base | dict(BN=bn, BK=bk, num_warps=warps, PREFETCH=prefetch, num_stages=stages, SPLIT=split)
             try:
-                results.append((timed(blocks), (bn, bk, warps, prefetch, stages)))
+                results.append((timed(blocks), cand))
+                if not torch.allclose(y, want, rtol=1e-2, atol=1e-2):
+                    print(f"  {name} {cand}: WRONG, max error {(y - want).abs().max().item():.3g}")
             except Exception as err:  # a config the compiler refuses (registers, shared memory)
-                print(f"  {name} {(bn, bk, warps, prefetch, stages)}: {type(err).__name__}")
+                print(f"  {name} {cand}: {type(err).__name__}")
         results.sort()
-        for us, (bn, bk, warps, prefetch, stages) in results[:top]:
+        for us, (bn, bk, warps, prefetch, stages, split) in results[:top]:
             print(
-                f"    BN={bn:<3} BK={bk:<4} warps={warps} prefetch={prefetch!s:<5} stages={stages}"
+                f"    BN={bn:<3} BK={bk:<4} warps={warps} prefetch={prefetch!s:<5} stages={stages} split={split}"
                 f"  {us:6.2f} us  {nbytes / us / 1e6:.2f} TB/s"
             )
 

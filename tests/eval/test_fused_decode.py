@@ -149,16 +149,29 @@ def test_fused_step_long_cache_and_left_padding(tmp_path):
     assert max(errors) <= TOLERANCE["float32"], errors
 
 
-@pytest.mark.parametrize("gemm, tuning", [("rows", {}), ("dot", {}), ("dot", {"PREFETCH": False, "BK": 32})])
+@pytest.mark.parametrize(
+    "gemm, tuning",
+    [
+        ("rows", {}),
+        ("dot", {}),
+        ("dot", {"PREFETCH": False, "BK": 32}),
+        ("dot", {"SPLIT": 3, "BK": 16}),
+        ("rows", {"SPLIT": 2, "BK": 16, "PREFETCH": False}),
+    ],
+)
 def test_fused_batch_with_ragged_padding(tmp_path, gemm, tuning):
     """A batch of 3 left-padded rows (pads 0, 2, 5): every GEMV reads its weight once for all rows, on tensor
     cores (dot) or as multi-row GEMVs (rows), with the next tile prefetched by hand or by triton's pipeliner
-    (several tiles of K); rotary positions and the keys each row sees follow its pad."""
+    (several tiles of K), or with K split over several programs per row tile (split-K: 3 splits of 64
+    columns in tiles of 16 leave the last split empty) whose partials the last one adds; rotary positions and
+    the keys each row sees follow its pad."""
     path, config = write(tmp_path, "all-biases")
     model = load(path, config)
     fused = FusedDecoder(model, gemm=gemm, batch_tuning=tuning)
     errors = teacher_forced_errors(model, fused, prompt_len=7, steps=3, pad=[0, 2, 5])
     assert max(errors) <= TOLERANCE["float32"], errors
+    if tuning.get("SPLIT", 1) > 1:  # every step's counts went back to zero for the next launch
+        assert set(fused.split_space) == {3} and not fused.split_space[3][1].any()
 
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))

@@ -307,6 +307,9 @@ def gemv_batch_kernel(
     LAYER: tl.constexpr = False,
     NBIAS=None,
     PREFETCH: tl.constexpr = True,
+    SPLIT: tl.constexpr = 1,
+    PART=None,
+    COUNT=None,
 ):
     """``gemv_kernel`` for a batch: ``Y[b] = act(W @ norm(X[b]) + BIAS) (+ RES[b])`` for the B rows of X
     [B, K] (Y, RES: [B, N]). Each program reads its weight tile [BN, BK] once and multiplies it by all B
@@ -317,10 +320,22 @@ def gemv_batch_kernel(
 
     PREFETCH: each step of the loop loads the next weight tile while it multiplies the current one, and the
     first tile is read before the PDL wait. Otherwise the loop is the plain load-multiply form that triton's
-    software pipeliner keeps ``num_stages`` (a launch option) tiles in flight for, read after the wait."""
+    software pipeliner keeps ``num_stages`` (a launch option) tiles in flight for, read after the wait.
+
+    SPLIT > 1 (split-K, for GEMVs with too few row tiles to keep every SM streaming): the grid's second axis
+    splits the K columns into SPLIT ranges of whole BK tiles. Each program stores its float32 partial sums in
+    PART ([SPLIT, 2, BB, N]: plain and gate) and counts itself in COUNT[row tile] (int32, zero before the
+    launch); the program that counts last adds the SPLIT partials in split order (the same sum whichever
+    program finishes last), applies the epilogue, and sets the count back to zero for the next launch."""
     dtype: tl.constexpr = X.dtype.element_ty
     if PDL:
         gdc_launch_dependents()
+    k_lo = 0
+    k_hi = K
+    if SPLIT > 1:
+        k_span = tl.cdiv(tl.cdiv(K, SPLIT), BK) * BK
+        k_lo = tl.program_id(1) * k_span
+        k_hi = tl.minimum(K, k_lo + k_span)
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
     row_ok = rows < N
     cols = tl.arange(0, BK)
@@ -331,13 +346,13 @@ def gemv_batch_kernel(
     rows64 = rows.to(tl.int64)
     w_ptr = W + rows64[:, None] * K + cols[None, :]
     gate_ptr = W + (rows64 + N)[:, None] * K + cols[None, :]
-    w_mask = row_ok[:, None] & (cols < K)[None, :]
+    w_mask = row_ok[:, None] & (k_lo + cols < k_hi)[None, :]
     w = tl.zeros((BN, BK), W.dtype.element_ty)  # without PREFETCH: unused
     w_gate = w
     if PREFETCH:
-        w = tl.load(w_ptr, mask=w_mask, other=0.0, eviction_policy="evict_first")
+        w = tl.load(w_ptr + k_lo, mask=w_mask, other=0.0, eviction_policy="evict_first")
         if GATED:
-            w_gate = tl.load(gate_ptr, mask=w_mask, other=0.0, eviction_policy="evict_first")
+            w_gate = tl.load(gate_ptr + k_lo, mask=w_mask, other=0.0, eviction_policy="evict_first")
     if PDL:
         gdc_wait()
     mean, scale = 0.0, 1.0
@@ -351,10 +366,10 @@ def gemv_batch_kernel(
                                LAYER, HAS_PRE, dtype)  # fmt: skip
     acc = tl.zeros((BB, BN), tl.float32)
     acc_gate = tl.zeros((BB, BN), tl.float32)
-    for k0 in range(0, K, BK):
+    for k0 in range(k_lo, k_hi, BK):
         wt, wt_gate = w, w_gate
         if not PREFETCH:  # this step's tiles, named apart so that no tile is carried from step to step
-            tile_ok = row_ok[:, None] & (k0 + cols < K)[None, :]
+            tile_ok = row_ok[:, None] & (k0 + cols < k_hi)[None, :]
             wt = tl.load(w_ptr + k0, mask=tile_ok, other=0.0, eviction_policy="evict_first")
             if GATED:
                 wt_gate = tl.load(gate_ptr + k0, mask=tile_ok, other=0.0, eviction_policy="evict_first")
@@ -367,13 +382,40 @@ def gemv_batch_kernel(
                 x_gate = _quant_input(x_in, k0 + x_cols, K, PRE + K, g_scale, AQ, HAS_PRE, dtype)
             acc_gate += _tile_product(x_gate, wt_gate, DOT, PRECISION, dtype)
         if PREFETCH:  # the next step's tiles; past the last tile nothing is read
-            w_mask = row_ok[:, None] & (k0 + BK + cols < K)[None, :]
+            w_mask = row_ok[:, None] & (k0 + BK + cols < k_hi)[None, :]
             w = tl.load(w_ptr + k0 + BK, mask=w_mask, other=0.0, eviction_policy="evict_first")
             if GATED:
                 w_gate = tl.load(gate_ptr + k0 + BK, mask=w_mask, other=0.0, eviction_policy="evict_first")
-    y = _epilogue(acc, acc_gate, rows[None, :], row_ok[None, :], N, BIAS, WS, HAS_BIAS, GATED, ACT, WQ, dtype)
     out = batch[:, None] * N + rows[None, :]
     out_ok = in_batch[:, None] & row_ok[None, :]
+    if SPLIT > 1:
+        plane = BB * N
+        tl.store(PART + tl.program_id(1) * 2 * plane + out, acc, mask=out_ok)
+        if GATED:
+            tl.store(PART + (tl.program_id(1) * 2 + 1) * plane + out, acc_gate, mask=out_ok)
+        tl.debug_barrier()  # every thread's partials stored before the count says so
+        if tl.atomic_add(COUNT + tl.program_id(0), 1, sem="acq_rel") == SPLIT - 1:
+            acc = tl.zeros((BB, BN), tl.float32)
+            acc_gate = tl.zeros((BB, BN), tl.float32)
+            for s in range(SPLIT):  # in split order; from L2, where the other programs' stores are
+                acc += tl.load(PART + s * 2 * plane + out, mask=out_ok, other=0.0, cache_modifier=".cg")
+                if GATED:
+                    acc_gate += tl.load(PART + (s * 2 + 1) * plane + out, mask=out_ok, other=0.0,
+                                        cache_modifier=".cg")  # fmt: skip
+            tl.store(COUNT + tl.program_id(0), 0)
+            _batch_store(acc, acc_gate, rows, row_ok, out, out_ok, N, BIAS, WS, RES, Y, HAS_BIAS, GATED, ACT, WQ,
+                         HAS_RES, dtype)  # fmt: skip
+    else:
+        _batch_store(acc, acc_gate, rows, row_ok, out, out_ok, N, BIAS, WS, RES, Y, HAS_BIAS, GATED, ACT, WQ,
+                     HAS_RES, dtype)  # fmt: skip
+
+
+@triton.jit
+def _batch_store(acc, acc_gate, rows, row_ok, out, out_ok, N, BIAS, WS, RES, Y, HAS_BIAS: tl.constexpr,
+                 GATED: tl.constexpr, ACT: tl.constexpr, WQ: tl.constexpr, HAS_RES: tl.constexpr,
+                 dtype: tl.constexpr):  # fmt: skip
+    """``gemv_batch_kernel``'s outputs [BB, BN] from its float32 sums: epilogue, residual, store."""
+    y = _epilogue(acc, acc_gate, rows[None, :], row_ok[None, :], N, BIAS, WS, HAS_BIAS, GATED, ACT, WQ, dtype)
     if HAS_RES:
         y += tl.load(RES + out, mask=out_ok, other=0.0).to(tl.float32)
     tl.store(Y + out, y.to(dtype).to(Y.dtype.element_ty), mask=out_ok)

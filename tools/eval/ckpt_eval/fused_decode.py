@@ -43,6 +43,10 @@ MAX_BATCH = 16  # a CUDA graph per batch size up to here; larger batches go to t
 # torch.compile's ~44 % at batch 8, so they stay on torch.compile until the batched kernel is rewritten
 AUTO_MAX_BATCH = 1
 GEMMS = ("auto", "dot", "rows")  # how batches of 2-16 multiply (``batch_gemm``)
+# split-K by default in ``gemv_batch_blocks``: not until bench/fused_decode.py --batch has timed it on a GPU (it
+# is tested in triton's interpreter; ``batch_tuning={"SPLIT": n}`` and the sweep run it meanwhile)
+SPLIT_K = False
+TUNABLE = ("BN", "BK", "num_warps", "num_stages", "PREFETCH", "SPLIT")  # ``FusedDecoder(batch_tuning=...)``
 
 
 def unsupported(model: Transformer) -> str | None:
@@ -90,14 +94,22 @@ def batch_gemm(gemm: str, batch: int) -> bool:
     return gemm == "dot" or (gemm == "auto" and batch >= 8)
 
 
-def gemv_batch_blocks(k: int, batch: int, dot: bool) -> dict:
-    """Launch parameters of ``gemv_batch_kernel``: the padded batch BB, and a weight tile small enough that
-    the [BB, BN, BK] products of the CUDA-core form stay in registers (untuned: docs/performance.md)."""
+def gemv_batch_blocks(n: int, k: int, batch: int, dot: bool, sms: int = 132, split_k: bool | None = None) -> dict:
+    """Launch parameters of ``gemv_batch_kernel`` for a weight of ``n`` rows x ``k`` columns: the padded batch
+    BB, a weight tile small enough that the [BB, BN, BK] products of the CUDA-core form stay in registers, and
+    SPLIT. With ``split_k`` (default ``SPLIT_K``) the K columns are split over up to 8 programs per row tile
+    while there are fewer than two programs per SM (``sms``) and each split keeps at least two BK tiles;
+    otherwise SPLIT is 1 (docs/performance.md)."""
     if dot:
-        return {"BB": max(16, triton_next_pow2(batch)), "BN": 32, "BK": max(16, min(128, triton_next_pow2(k))),
-                "num_warps": 4}  # fmt: skip
-    bb = triton_next_pow2(batch)
-    return {"BB": bb, "BN": 4, "BK": min(triton_next_pow2(k), 4096 // bb), "num_warps": 4}
+        blocks = {"BB": max(16, triton_next_pow2(batch)), "BN": 32, "BK": max(16, min(128, triton_next_pow2(k))),
+                  "num_warps": 4}  # fmt: skip
+    else:
+        bb = triton_next_pow2(batch)
+        blocks = {"BB": bb, "BN": 4, "BK": min(triton_next_pow2(k), 4096 // bb), "num_warps": 4}
+    tiles, split, most = math.ceil(n / blocks["BN"]), 1, 8 if (SPLIT_K if split_k is None else split_k) else 1
+    while split < most and tiles * split < 2 * sms and k >= 4 * blocks["BK"] * split:
+        split *= 2
+    return blocks | {"SPLIT": split}
 
 
 def attention_blocks(cache_length: int) -> dict:
@@ -214,7 +226,7 @@ class FusedDecoder:
     float32 logits [b, 1, vocab]. On CUDA the step is captured once per batch size as a CUDA graph (again
     when the KV cache is reallocated) and replayed; batches over ``max_batch`` (at most ``MAX_BATCH``) go to
     ``fallback``. ``gemm``: how batches of 2-16 multiply (``batch_gemm``); ``batch_tuning``: launch options of
-    ``gemv_batch_kernel`` over ``gemv_batch_blocks``' own (BN, BK, num_warps, num_stages, PREFETCH), for
+    ``gemv_batch_kernel`` over ``gemv_batch_blocks``' own (``TUNABLE``), for
     ``bench/fused_decode.py --batch``'s candidates."""
 
     def __init__(
@@ -237,9 +249,9 @@ class FusedDecoder:
         if not 1 <= max_batch <= MAX_BATCH:
             raise ValueError(f"fused decode: max_batch must be 1 to {MAX_BATCH}, got {max_batch}")
         self.model, self.fallback, self.gemm, self.max_batch = model, fallback, gemm, max_batch
-        unknown = set(batch_tuning or {}) - {"BN", "BK", "num_warps", "num_stages", "PREFETCH"}
+        unknown = set(batch_tuning or {}) - set(TUNABLE)
         if unknown:
-            raise ValueError(f"fused decode: batch_tuning takes BN, BK, num_warps, num_stages, PREFETCH: {unknown}")
+            raise ValueError(f"fused decode: batch_tuning takes {', '.join(TUNABLE)}: {unknown}")
         self.batch_tuning = dict(batch_tuning or {})
         spec = model.spec
         self.act = KERNEL_ACTIVATIONS[spec.activation]
@@ -261,7 +273,9 @@ class FusedDecoder:
         self.rotary_dim = spec.rotary_dim if model.rotary is not None else 0
         self.cuda_graphs = cuda_graphs and p.device.type == "cuda"
         self.pdl = use_pdl(p.device)
+        self.sms = torch.cuda.get_device_properties(p.device).multi_processor_count if p.device.type == "cuda" else 132
         self.graphs: dict[int, CapturedStep] = {}  # per batch size
+        self.split_space: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per batch size: split-K partials
 
     def layer_ops(self, layer: Block) -> LayerOps:
         spec = self.model.spec
@@ -381,11 +395,26 @@ class FusedDecoder:
             self.kernels.gemv_kernel[grid](*args, NBIAS=nbias, **flags, **blocks, **pdl)
             return
         dot = batch_gemm(self.gemm, b)
-        blocks = gemv_batch_blocks(k, b, dot) | self.batch_tuning
+        blocks = gemv_batch_blocks(n, k, b, dot, self.sms) | self.batch_tuning
         precision = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32: unused by half-precision inputs
-        self.kernels.gemv_batch_kernel[(math.ceil(n / blocks["BN"]),)](
-            *args, NBIAS=nbias, B=b, DOT=dot, PRECISION=precision, **flags, **blocks, **pdl
+        tiles, split = math.ceil(n / blocks["BN"]), blocks["SPLIT"]
+        part, count = self.partials(b, split * 2 * blocks["BB"] * n, tiles) if split > 1 else (y, y)
+        self.kernels.gemv_batch_kernel[(tiles, split)](
+            *args, NBIAS=nbias, B=b, DOT=dot, PRECISION=precision, PART=part, COUNT=count, **flags, **blocks, **pdl
         )
+
+    def partials(self, b: int, size: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split-K workspace of batch size ``b``: float32 partial sums and int32 counts per row tile (zero
+        between launches: the kernel sets them back). Grown on the step's first run, which precedes its
+        capture, so a captured graph's workspace is never replaced; one per batch size, as the graphs are."""
+        held = self.split_space.get(b)
+        if held is None or held[0].numel() < size or held[1].numel() < tiles:
+            device = next(self.model.parameters()).device
+            size, tiles = max(size, held[0].numel() if held else 0), max(tiles, held[1].numel() if held else 0)
+            held = torch.empty(size, dtype=torch.float32, device=device), torch.zeros(tiles, dtype=torch.int32,
+                                                                                       device=device)  # fmt: skip
+            self.split_space[b] = held
+        return held
 
     def attention(self, layer: Block, ops: LayerOps, buf: dict, slot, pad) -> None:
         """Rotary (or ALiBi), the cache write at ``slot`` and attention over each row's cache: one
