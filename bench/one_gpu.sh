@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one-GPU figures issues 19 and 24 still wait for, in steps that each fit a 10-minute call.
-#   bash bench/one_gpu.sh [STEP ...]          (default: the steps not yet run: batch-sweep wq-batch fp8-sweep)
+#   bash bench/one_gpu.sh [STEP ...]          (default: the steps not yet run: batch-sweep batch-sweep-16 wq-batch fp8-sweep)
 # Steps:
 #   wq-memory  bench/weight_only_memory.py at the TinyLlama-1.1B shape in fp16: memory held, prefill peak and
 #              eager decode of int8/int4/AWQ (codes only) against the previous dequantize-at-load layout;
@@ -8,8 +8,9 @@
 #   summarize  bench/eval_summarize.py on the GPU at batch 8, fp16, ours with --compile against transformers
 #              (SmolLM2-135M when its package is installed, else a random TinyLlama shape with TOKENIZER's vocabulary);
 #   falcon     bench/fused_batch.py's Falcon shape at batch 1/8/16 against torch.compile;
-#   tests      the GPU-only tests: native FP8/int8 GEMMs, fused decode with FP8 and weight-only codes;
-#   batch-sweep  bench/fused_decode.py --batch 8 16: tiles, warps and pipelining of the batched tensor-core GEMV
+#   tests      the GPU tests: native FP8/int8 GEMMs, fused decode (split-K with real atomics), with FP8 and weight-only codes;
+#   batch-sweep  bench/fused_decode.py --batch 8: tiles, warps, pipelining and split-K of the batched tensor-core GEMV
+#              (batch-sweep-16: the same at batch 16)
 #              (issue 24's batches of 2-16; gemv_batch_blocks takes the winner);
 #   wq-batch   bench/fused_decode_wq.py --batch 8: the fused step at batch 8 on int8/int4/AWQ codes (the batched
 #              packed GEMV, codes read once for all rows) against fp16's batched tensor-core GEMV;
@@ -36,7 +37,7 @@ step() {  # step NAME SECONDS CMD...: run CMD with a time limit, its output in $
   grep -v -e '^{' -e '^  ' -e 'Warning' "$OUT/$name.txt" | tail -30
   echo "$name: exit $rc"
 }
-for s in "${@:-batch-sweep wq-batch fp8-sweep}"; do
+for s in "${@:-batch-sweep batch-sweep-16 wq-batch fp8-sweep}"; do
   for name in $s; do
     case $name in
       wq-memory)
@@ -56,14 +57,17 @@ for s in "${@:-batch-sweep wq-batch fp8-sweep}"; do
         step falcon 360 "$PY" bench/fused_batch.py --shapes falcon-1b --batch 1 8 16 --compile falcon-1b ;;
       tests)
         step tests 420 "$PY" -m pytest -q -p no:cacheprovider -o addopts= tests/eval/test_quantized_native.py \
-          tests/eval/test_fused_decode_quantized.py tests/eval/test_fused_decode_wq.py tests/eval/test_packed_linear.py ;;
+          tests/eval/test_fused_decode_quantized.py tests/eval/test_fused_decode_wq.py tests/eval/test_packed_linear.py \
+          tests/eval/test_fused_decode.py ;;
       batch-sweep)
-        step batch-sweep 560 "$PY" bench/fused_decode.py --pdl --batch 8 16 ;;
+        step batch-sweep 560 "$PY" bench/fused_decode.py --pdl --batch 8 ;;
+      batch-sweep-16)
+        step batch-sweep-16 560 "$PY" bench/fused_decode.py --pdl --batch 16 ;;
       wq-batch)
         step wq-batch 560 "$PY" bench/fused_decode_wq.py --batch 8 --json "$OUT/wq-batch.json" ;;
       fp8-sweep)
         step fp8-sweep 560 "$PY" bench/fused_decode.py --pdl --fp8 ;;
-      *) echo "unknown step $name (wq-memory, wq-compiled, summarize, falcon, tests, batch-sweep, wq-batch, fp8-sweep)" >&2
+      *) echo "unknown step $name (wq-memory, wq-compiled, summarize, falcon, tests, batch-sweep, batch-sweep-16, wq-batch, fp8-sweep)" >&2
          exit 2 ;;
     esac
   done

@@ -158,6 +158,16 @@ def test_flag_dependencies(tmp_path, capsys):
     assert "--calib_size: must be >= 1 (got 0)" in refused_fast(
         capsys, model, tmp_path, "--qformat", "fp8", "--calib_size", "0"
     )
+    assert "--smoothquant: is INT8 SmoothQuant, not --qformat fp8" in refused_fast(
+        capsys, model, tmp_path, "--qformat", "fp8", "--smoothquant", "0.5"
+    )
+    assert "--smoothquant: ALPHA must be within [0, 1] (got 1.5)" in refused_fast(
+        capsys, model, tmp_path, "--smoothquant", "1.5"
+    )
+    for flag in ("--per_token", "--per_channel"):
+        assert f"{flag}: applies only with --qformat int8_sq (or --smoothquant)" in refused_fast(
+            capsys, model, tmp_path, flag
+        )
 
 
 def test_quantized_source_refused(tmp_path, capsys):
@@ -202,3 +212,23 @@ def test_qformat_gpt2(tiny_hf, tmp_path, capsys):
     config = check_checkpoint(out)
     assert config.quantization.quant_algo == "W8A8_SQ_PER_CHANNEL" and config.dtype == "float16"
     assert config.position_embedding_type == "learned_absolute"
+
+
+def test_smoothquant_alpha_and_per_token(tmp_path, capsys):
+    """convert_checkpoint.py's ``--smoothquant ALPHA --per_channel [--per_token]``: ALPHA 1.0 is ModelOpt's own
+    preset (the int8_sq export byte for byte); 0.5 migrates less to the weights (other smoothing factors, the same
+    layout); --per_token declares run-time per-token input scales over the same tensors."""
+    import json
+
+    fixture = ROOT / "llama_gqa" / "int8_sq" / "tp1_pp1"
+    one = quantize(capsys, "llama_gqa", "int8_sq", tmp_path / "a1", "--smoothquant", "1.0", "--per_channel")
+    same_files(one, fixture)
+    half = quantize(capsys, "llama_gqa", "int8_sq", tmp_path / "a05", "--smoothquant", "0.5", "--per_token")
+    check_checkpoint(half)
+    assert json.loads((half / "config.json").read_text())["quantization"]["quant_algo"] == (
+        "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"
+    )
+    ours, theirs = RankFileReader(half / "rank0.safetensors"), RankFileReader(fixture / "rank0.safetensors")
+    assert {n: ours.spec(n) for n in ours.entries} == {n: theirs.spec(n) for n in theirs.entries}
+    name = "transformer.layers.0.attention.dense.prequant_scaling_factor"
+    assert not np.allclose(ours[name].astype(np.float32), theirs[name].astype(np.float32), rtol=1e-2)

@@ -277,7 +277,7 @@ def convert_quantized(args: argparse.Namespace) -> str | None:
     """``ckpt-convert hf`` for quantized work: --qformat, a ModelOpt TensorRT-LLM or HF export; the summary line,
     or None when none applies (a plain HF model: the unquantized converter)."""
     model_dir, start = Path(args.model_dir), time.monotonic()
-    if args.qformat or args.kv_cache_dtype:
+    if args.qformat or args.kv_cache_dtype or args.smoothquant is not None or args.per_token or args.per_channel:
         from .quantize import quantize_and_convert
 
         summary = quantize_and_convert(model_dir, args)

@@ -20,6 +20,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"Calibrate and quantize here, on a GPU when present, else on the CPU. {PEAK_MEMORY}.",
     )
     quant.add_argument("--qformat", choices=QFORMATS, help="FP8, INT8 SmoothQuant (per channel) or INT4 AWQ")
+    quant.add_argument(
+        "--smoothquant",
+        "-sq",
+        type=float,
+        metavar="ALPHA",
+        help="INT8 SmoothQuant with migration strength ALPHA in [0, 1] (convert_checkpoint.py's flag; implies "
+        "--qformat int8_sq, whose own ALPHA is ModelOpt's 1.0)",
+    )
+    quant.add_argument(
+        "--per_token",
+        action="store_true",
+        help="int8_sq: scale each token's activations at run time instead of by one calibrated scale per linear "
+        "(W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN: the torch backend runs it, ckpt-build refuses it)",
+    )
+    quant.add_argument(
+        "--per_channel",
+        action="store_true",
+        help="int8_sq: a weight scale per output channel (what ModelOpt's int8_sq writes in any case; accepted for "
+        "convert_checkpoint.py command lines)",
+    )
     quant.add_argument("--kv_cache_dtype", choices=KV_CACHE_DTYPES, help="with --qformat: quantize the KV cache too")
     quant.add_argument("--calib_size", type=int, default=512, help="calibration samples (default 512)")
     quant.add_argument(

@@ -46,6 +46,15 @@ BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def check_flags(args: argparse.Namespace) -> None:
+    if args.smoothquant is not None:  # convert_checkpoint.py's spelling of int8_sq, with its alpha
+        if args.qformat not in (None, "int8_sq"):
+            raise CheckpointError(f"--smoothquant: is INT8 SmoothQuant, not --qformat {args.qformat}")
+        if not 0.0 <= args.smoothquant <= 1.0:
+            raise CheckpointError(f"--smoothquant: ALPHA must be within [0, 1] (got {args.smoothquant})")
+        args.qformat = "int8_sq"
+    for flag in ("per_token", "per_channel"):
+        if getattr(args, flag) and args.qformat != "int8_sq":
+            raise CheckpointError(f"--{flag}: applies only with --qformat int8_sq (or --smoothquant)")
     if args.kv_cache_dtype and not args.qformat:
         raise CheckpointError(f"--kv_cache_dtype {args.kv_cache_dtype}: applies only with --qformat")
     for flag in ("calib_size", "calib_max_seq_length", "awq_block_size"):
@@ -83,7 +92,9 @@ def preflight(model_dir: Path, args: argparse.Namespace) -> tuple[CheckpointConf
         args.awq_block_size if args.qformat == "int4_awq" else None,
         ["lm_head"],
     )
-    config, _ = target_config(unquantized, args, hf.dtype, arch.tied(hf), quant.quant_config())
+    section = quant.quant_config()
+    section.per_token = args.per_token  # W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN: the same tensors, dynamic input scales
+    config, _ = target_config(unquantized, args, hf.dtype, arch.tied(hf), section)
     check_layout(config, f"--qformat {args.qformat}")
     if args.qformat == "int4_awq":  # ModelOpt quantizes the full weights: the block must divide them at tp 1 too
         check_layout(config.with_mapping(1, 1), f"--awq_block_size {args.awq_block_size}")
@@ -137,12 +148,15 @@ def calibration_ids(model_dir: Path, args: argparse.Namespace, config: Checkpoin
     return samples
 
 
-def quant_config(qformat: str, kv: str | None, block: int) -> dict:
-    """ModelOpt's preset for ``qformat`` with the AWQ block size and the KV-cache quantizers (8 bits or e4m3)."""
+def quant_config(qformat: str, kv: str | None, block: int, alpha: float | None = None) -> dict:
+    """ModelOpt's preset for ``qformat`` with the AWQ block size, SmoothQuant's ``alpha`` (None: the preset's) and
+    the KV-cache quantizers (8 bits or e4m3)."""
     import modelopt.torch.quantization as mtq
 
     presets = {"fp8": mtq.FP8_DEFAULT_CFG, "int8_sq": mtq.INT8_SMOOTHQUANT_CFG, "int4_awq": mtq.INT4_AWQ_CFG}
     cfg = copy.deepcopy(presets[qformat])
+    if alpha is not None:
+        cfg["algorithm"] = {"method": "smoothquant", "alpha": alpha}
     for entry in cfg["quant_cfg"]:
         if qformat == "int4_awq" and entry.get("quantizer_name") == "*weight_quantizer":
             entry["cfg"]["block_sizes"][-1] = block
@@ -174,7 +188,7 @@ def quantized_model(model_dir: Path, args: argparse.Namespace, samples: list[lis
                 m(torch.tensor([ids], dtype=torch.long, device=device))
 
     torch.manual_seed(SEED)
-    config = quant_config(args.qformat, args.kv_cache_dtype, args.awq_block_size)
+    config = quant_config(args.qformat, args.kv_cache_dtype, args.awq_block_size, args.smoothquant)
     return modelopt_step("quantize", mtq.quantize, model, config, forward_loop)
 
 
