@@ -78,7 +78,7 @@ HF_VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "llama-int8-weight-only": ("llama-gqa", {}, dict(use_weight_only=True, weight_only_precision="int8")),
 }
 # variant -> (tests.eval.test_gemma model, transformers overrides): Gemma's features, transformers the reference
-# (the torch backend and the builder's graph compute all three, the fused step Gemma 1 and 2; prompt 8 > window 4)
+# (the torch backend, the builder's graph and the fused step compute all three; prompt 8 > window 4)
 GEMMA_VARIANTS: dict[str, tuple[str, dict]] = {
     "gemma": ("gemma", {}),  # embedding x sqrt(hidden), norms stored as 1 + w
     "gemma2-window-4-caps": ("gemma2", dict(sliding_window=4)),  # sandwich norms, caps, query_pre_attn_scalar

@@ -209,7 +209,6 @@ EXECUTORS: dict[str, str] = {
     BUILDER: "ckpt-build",
 }
 ALL = frozenset(EXECUTORS)
-UNFUSED = frozenset({TORCH, BUILDER})
 
 
 @dataclass(frozen=True)
@@ -268,14 +267,14 @@ FEATURES: tuple[Feature, ...] = (
         "rotary_scaling", lambda s: rotary_scaling_type(s.rotary_scaling), {"none": ALL, "linear": ALL, "llama3": ALL}
     ),
     Feature("sliding_window", _window, {"none": ALL}, ALL),
-    Feature("rope_local_base_freq", lambda s: _number(s.rotary_base_local), {"none": ALL}, UNFUSED),
+    Feature("rope_local_base_freq", lambda s: _number(s.rotary_base_local), {"none": ALL}, ALL),
     Feature(
         "embedding scale",
         lambda s: "none" if s.embedding_scale == 1 else "sqrt(hidden_size)",
         {"none": ALL, "sqrt(hidden_size)": ALL},
     ),
     Feature("inter_layernorms", lambda s: _bool(s.attn_out_norm), {"false": ALL, "true": ALL}),
-    Feature("qk norm", lambda s: _bool(s.qk_norm), {"false": ALL, "true": UNFUSED}),
+    Feature("qk norm", lambda s: _bool(s.qk_norm), {"false": ALL, "true": ALL}),
     Feature("query_pre_attn_scalar", lambda s: _number(s.query_pre_attn_scalar), {"none": ALL}, ALL),
     Feature("attn_logit_softcapping", lambda s: _number(s.attn_logit_softcapping), {"none": ALL}, ALL),
     Feature("final_logit_softcapping", lambda s: _number(s.final_logit_softcapping), {"none": ALL}, ALL),
@@ -292,9 +291,9 @@ FEATURES: tuple[Feature, ...] = (
         lambda s: s.quantization,
         {
             # ckpt-build: TensorRT Q/DQ layers with the checkpoint's per-tensor activation scale; a per-token
-            # (dynamic, per-row) int8 scale is no IQuantizeLayer input TensorRT-RTX takes
+            # (dynamic, per-row) int8 scale is no IQuantizeLayer input, so it rounds with elementwise layers
             **{m: ALL for m in ("FP8", "W8A8_SQ_PER_CHANNEL", "W8A8_SQ_PER_TENSOR_PLUGIN")},
-            "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN": frozenset({TORCH, FUSED}),
+            "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN": ALL,
             "W4A16_AWQ with pre-quant scales": ALL,  # ckpt-build: weight-only int4 blocks, x * pre-quant scale
         },
     ),

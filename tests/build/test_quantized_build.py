@@ -78,20 +78,38 @@ def test_fp8_below_sm89_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def with_quantization(src: Path, out: Path, **overrides) -> Path:
+    """A copy of the export ``src`` whose config's quantization section takes ``overrides``."""
+    shutil.copytree(src, out)
+    config = json.loads((out / "config.json").read_text())
+    config["quantization"].update(overrides)
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.mark.trt
+def test_per_token_smoothquant_builds(tmp_path):
+    """Per-token SmoothQuant (the INT8 SQ export's tensors, each row's input scale computed at run time): its
+    rounding is elementwise layers (network.per_token_fake_quant), so the plan builds and records the mode."""
+    pytest.importorskip("tensorrt_rtx_bindings")
+    algo = "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"
+    src = with_quantization(QUANTIZED / "int8_sq" / "tp1_pp1", tmp_path / "src", quant_algo=algo)
+    out = tmp_path / "engine"
+    rc, err = build(src, out, "--target", "sm86")
+    assert rc == 0, err
+    check_engine_dir(out, hash_files=True)
+    assert json.loads((out / "config.json").read_text())["pretrained_config"]["quantization"]["quant_algo"] == algo
+
+
 @pytest.mark.parametrize(
     "mode,overrides,word",
     [
-        ("int8_sq", {"quant_algo": "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"}, "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"),
+        ("int8_sq", {"quant_algo": "NVFP4"}, "NVFP4"),
         ("int4_awq", {"has_zero_point": True}, "zero points"),
     ],
 )
 def test_unbuilt_modes_are_refused_in_one_line(tmp_path, mode, overrides, word):
-    """Per-token SmoothQuant: its dynamic per-row scale is not a constant IQuantizeLayer scale."""
-    src = tmp_path / "src"
-    shutil.copytree(QUANTIZED / mode / "tp1_pp1", src)
-    config = json.loads((src / "config.json").read_text())
-    config["quantization"].update(overrides)
-    (src / "config.json").write_text(json.dumps(config))
+    src = with_quantization(QUANTIZED / mode / "tp1_pp1", tmp_path / "src", **overrides)
     rc, err = build(src, tmp_path / "out")
     lines = err.strip().splitlines()
     assert rc == 1 and len(lines) == 1 and "Traceback" not in err, err

@@ -131,13 +131,11 @@ def test_zero_caps_are_off():
 
 
 @pytest.mark.parametrize("over", [{}, GEMMA2, GEMMA3])
-def test_torch_and_the_builder_compute_every_gemma_and_fused_gemma_1_and_2(over):
+def test_every_executor_computes_every_gemma(over):
+    """Gemma 1 adds the embedding scale to LLaMA; Gemma 2 the caps, the query scalar and output norms; Gemma 3 the
+    q/k norms and the local rotary base."""
     spec = model_spec(config(**over))
-    assert unsupported_by(spec, TORCH) == [] and unsupported_by(spec, BUILDER) == []
-    if over is GEMMA3:  # qk norm and the local rotary base are not in the fused kernels
-        assert unsupported_by(spec, FUSED)[0].startswith("config.json: ")
-    else:  # Gemma 1 adds the embedding scale to LLaMA; Gemma 2 the caps, the query scalar and output norms
-        assert unsupported_by(spec, FUSED) == []
+    assert unsupported_by(spec, TORCH) == unsupported_by(spec, BUILDER) == unsupported_by(spec, FUSED) == []
 
 
 @pytest.mark.parametrize(("tp", "pp"), [(1, 1), (2, 1), (1, 2)])

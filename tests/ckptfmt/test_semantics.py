@@ -57,7 +57,7 @@ def test_declared_field_types_are_checked(over, problem):
         ({"position_embedding_type": "alibi"}, "position_embedding_type", [FUSED, TORCH]),
         ({"sliding_window": 16}, "sliding_window", [BUILDER, FUSED, TORCH]),
         ({"query_pre_attn_scalar": 32}, "query_pre_attn_scalar", [BUILDER, FUSED, TORCH]),
-        ({"rope_local_base_freq": 1e4}, "rope_local_base_freq", [BUILDER, TORCH]),
+        ({"rope_local_base_freq": 1e4}, "rope_local_base_freq", [BUILDER, FUSED, TORCH]),
     ],
 )
 def test_unsupported_values_are_refused_naming_field_and_supporters(over, field, who):

@@ -90,6 +90,16 @@ ARCHITECTURES = {
         "sliding_window": 4,
         "_sliding_window_pattern": 2,
     },
+    "gemma3": {  # q/k norms per head before the rotary; local layers (window 4) with a rotary base of their own
+        "architecture": "Gemma3ForCausalLM",
+        "head_size": 24,
+        "hidden_act": "gelu_pytorch_tanh",
+        "query_pre_attn_scalar": 16,
+        "rope_local_base_freq": 100.0,
+        "rotary_base": 1e6,
+        "sliding_window": 4,
+        "_sliding_window_pattern": 2,
+    },
 }
 VARIANTS.update(ARCHITECTURES)
 # largest |fused - model| / max |model| over the steps: float32 agrees to rounding; half precision to a few
@@ -230,17 +240,11 @@ def test_gemma2_caps_bite(tmp_path):
     model.spec = spec
 
 
-GEMMA3 = {
-    "architecture": "Gemma3ForCausalLM",
-    "hidden_act": "gelu_pytorch_tanh",
-    "query_pre_attn_scalar": 16,
-    "rope_local_base_freq": 1e4,
-    "sliding_window": 8,
-    "_sliding_window_pattern": 2,
-}
+# a weight-only checkpoint of a LayerNorm model: its packed GEMVs take RMSNorm inputs only
+WEIGHT_ONLY_OPT = {**OPT, "quantization": {"quant_algo": "W8A16"}}
 
 
-@pytest.mark.parametrize("overrides, reason", [(GEMMA3, "qk norm"), (GEMMA3, "rope_local_base_freq")])
+@pytest.mark.parametrize("overrides, reason", [(WEIGHT_ONLY_OPT, "RMSNorm inputs only")])
 def test_unsupported_models_name_the_reason_and_auto_falls_back(tmp_path, overrides, reason):
     config = CheckpointConfig.from_dict({**BASE, **overrides}).check()
     path = random_checkpoint(tmp_path / "m", config)
@@ -249,6 +253,31 @@ def test_unsupported_models_name_the_reason_and_auto_falls_back(tmp_path, overri
     with pytest.raises(RunnerError, match=reason):
         ModelRunner.from_dir(path, device=DEVICE, compile="fused")
     assert ModelRunner.from_dir(path, device=DEVICE, compile="auto").model.decode_path.startswith("torch.compile")
+
+
+def test_gemma3_norms_and_local_base_bite(tmp_path):
+    """The fused step matches Gemma 3, and the model without its q/k norms, or with the global rotary base on its
+    local layers, is far from it: the step computes both (it reads what it needs when it is made)."""
+    path, config = write(tmp_path, "gemma3")
+    model = load(path, config)
+    attention = [layer.attention for layer in model.transformer.blocks()]
+    with torch.no_grad():  # norm weights of ~10: scores far from 0, so the softmax feels both changes
+        for a in attention:
+            a.q_layernorm.weight.mul_(10.0)
+            a.k_layernorm.weight.mul_(10.0)
+    fused = FusedDecoder(model)
+    assert max(teacher_forced_errors(model, fused, prompt_len=7, steps=2, pad=[0, 3])) <= TOLERANCE["float32"]
+    norms = [(a.q_layernorm, a.k_layernorm) for a in attention]
+    for a in attention:
+        a.q_layernorm = a.k_layernorm = torch.nn.Identity()
+    errors = teacher_forced_errors(model, fused, prompt_len=7, steps=2, pad=[0, 3])
+    for a, (q, k) in zip(attention, norms, strict=True):
+        a.q_layernorm, a.k_layernorm = q, k
+    assert max(errors) > 100 * TOLERANCE["float32"], errors
+    local, model.rotary_local = model.rotary_local, None  # the model's local layers on the global base
+    errors = teacher_forced_errors(model, fused, prompt_len=7, steps=2, pad=[0, 3])
+    model.rotary_local = local
+    assert max(errors) > 100 * TOLERANCE["float32"], errors
 
 
 def test_batches_over_max_batch_go_to_the_fallback(tmp_path):

@@ -87,9 +87,11 @@ def test_fp8_tp2_fused_gives_the_tp1_tokens(tmp_path):
     assert out["fused"]["tokens"] == one_process(fp8)
 
 
-def test_gemma2_tp2_fused_gives_the_tp1_tokens(tmp_path):
-    """Gemma 2 split by ``ckptfmt.reshard``: each sublayer's output is summed over the ranks before its norm."""
-    config = CheckpointConfig.from_dict({**BASE, **VARIANTS["gemma2"], "num_key_value_heads": 2}).check()
+@pytest.mark.parametrize("name", ["gemma2", "gemma3"])
+def test_gemma_tp2_fused_gives_the_tp1_tokens(tmp_path, name):
+    """Gemma 2 and 3 split by ``ckptfmt.reshard``: each sublayer's output is summed over the ranks before its norm;
+    Gemma 3's q/k norm weights (per head) are on every rank."""
+    config = CheckpointConfig.from_dict({**BASE, **VARIANTS[name], "num_key_value_heads": 2}).check()
     tp1 = random_checkpoint(tmp_path / "tp1", config, seed=2)
     reshard(tp1, tmp_path / "tp2", 2, 1)
     out = ranks(tmp_path / "tp2", "fused", n=2)

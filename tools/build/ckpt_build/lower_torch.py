@@ -134,8 +134,26 @@ class TorchOps:
     def sqrt(self, x):
         return torch.sqrt(x)
 
+    def unary(self, x, op):
+        if op == "abs":
+            return x.abs()
+        if op == "round":
+            return torch.round(x)  # half to even, as TensorRT's ROUND
+        raise TypeError(f"unary: unsupported {op}")
+
+    def maximum(self, a, b):
+        self._same(a, b)
+        return torch.maximum(a, b)
+
+    def minimum(self, a, b):
+        self._same(a, b)
+        return torch.minimum(a, b)
+
     def reduce_mean_last(self, x):
         return x.mean(dim=-1, keepdim=True)
+
+    def reduce_max_last(self, x):
+        return x.amax(dim=-1, keepdim=True)
 
     def activation(self, x, kind):
         if kind == "relu":

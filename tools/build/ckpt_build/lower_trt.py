@@ -139,9 +139,22 @@ class TrtOps:
     def sqrt(self, x):
         return self._out(self.net.add_unary(x, self.trt.UnaryOperation.SQRT), "sqrt")
 
+    def unary(self, x, op: str):
+        return self._out(self.net.add_unary(x, self.trt.UnaryOperation.__members__[op.upper()]), op)
+
+    def maximum(self, a, b):
+        return self._elementwise(a, b, "MAX")
+
+    def minimum(self, a, b):
+        return self._elementwise(a, b, "MIN")
+
     def reduce_mean_last(self, x):
         axes = 1 << (len(x.shape) - 1)
         return self._out(self.net.add_reduce(x, self.trt.ReduceOperation.AVG, axes, True), "reduce_mean")
+
+    def reduce_max_last(self, x):
+        axes = 1 << (len(x.shape) - 1)
+        return self._out(self.net.add_reduce(x, self.trt.ReduceOperation.MAX, axes, True), "reduce_max")
 
     def activation(self, x, kind: str):
         act = {"relu": "RELU", "gelu_erf": "GELU_ERF", "gelu_tanh": "GELU_TANH", "sigmoid": "SIGMOID", "tanh": "TANH"}

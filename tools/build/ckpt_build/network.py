@@ -182,6 +182,20 @@ def fake_quant(ops: Ops, layout: RankLayout, x: Tensor, key: str, scale: np.ndar
     return ops.cast(y, layout.dtype) if layout.dtype != F32 else y
 
 
+def per_token_fake_quant(ops: Ops, layout: RankLayout, x: Tensor) -> Tensor:
+    """``x`` quantized to int8 with each row's own scale (its largest magnitude / 127; 1 for a row of zeros) and
+    dequantized, in float32 like the torch backend (ckpt_eval.quantized.per_token_scale): a scale computed from
+    the input is no constant IQuantizeLayer takes, so the rounding and clamping are elementwise layers."""
+    x32 = ops.cast(x, F32) if layout.dtype != F32 else x
+    rank = len(x32.shape)
+    scale = ops.div(ops.reduce_max_last(ops.unary(x32, "abs")), ops.scalar(127.0, F32, rank))
+    scale = ops.where(ops.less(ops.scalar(0.0, F32, rank), scale), scale, ops.scalar(1.0, F32, rank))
+    q = ops.unary(ops.div(x32, scale), "round")
+    q = ops.minimum(ops.maximum(q, ops.scalar(-128.0, F32, rank)), ops.scalar(127.0, F32, rank))
+    y = ops.mul(q, scale)
+    return ops.cast(y, layout.dtype) if layout.dtype != F32 else y
+
+
 def quantized_matmul(ops: Ops, layout: RankLayout, x: Tensor, lin: Linear) -> Tensor:
     """FP8 / INT8 SmoothQuant: ``fq(x * prequant) @ dq(W).T`` (weights dequantized in float32, then the model
     dtype: what the torch backend loads), times ``out_scale``."""
@@ -189,7 +203,10 @@ def quantized_matmul(ops: Ops, layout: RankLayout, x: Tensor, lin: Linear) -> Te
     assert qz is not None
     if qz.prequant is not None:
         x = ops.mul(x, ops.constant(lin.key + ".prequant", qz.prequant.reshape(1, 1, -1)))
-    x = fake_quant(ops, layout, x, lin.key + ".input_scale", qz.input_scale, qz.dtype)
+    if qz.per_token:
+        x = per_token_fake_quant(ops, layout, x)
+    else:
+        x = fake_quant(ops, layout, x, lin.key + ".input_scale", qz.input_scale, qz.dtype)
     q = ops.constant(lin.key + ".weight", lin.weight, dtype=qz.dtype, shape=(1, *lin.weight.shape))
     per_tensor = qz.weight_scale.size == 1
     scale = ops.constant(lin.key + ".scale", qz.weight_scale.reshape(()) if per_tensor else qz.weight_scale)

@@ -71,8 +71,18 @@ class Ops(Protocol):
 
     def sqrt(self, x: Tensor) -> Tensor: ...
 
+    def unary(self, x: Tensor, op: str) -> Tensor:
+        """Elementwise ``abs``, or ``round`` (to the nearest integer, ties to even)."""
+
+    def maximum(self, a: Tensor, b: Tensor) -> Tensor: ...
+
+    def minimum(self, a: Tensor, b: Tensor) -> Tensor: ...
+
     def reduce_mean_last(self, x: Tensor) -> Tensor:
         """Mean over the last dim, kept as size 1."""
+
+    def reduce_max_last(self, x: Tensor) -> Tensor:
+        """Maximum over the last dim, kept as size 1."""
 
     def activation(self, x: Tensor, kind: str) -> Tensor:
         """``relu``, ``gelu_erf``, ``gelu_tanh``, ``sigmoid``, ``tanh``."""

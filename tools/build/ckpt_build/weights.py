@@ -42,13 +42,15 @@ from .contract import RankLayout
 class QuantizedLinear:
     """ModelOpt's FP8 / INT8 SmoothQuant linear: codes ``dtype`` (fp8, int8), ``weight_scale`` ``[1]`` or
     ``[out]``, the input's per-tensor ``input_scale`` ``[1]``, SmoothQuant's ``prequant`` ``[in]`` (model dtype),
-    ``out_scale`` ``[out]`` (model dtype) multiplying the output (qkv: 1/sqrt(head_size) on the q rows)."""
+    ``out_scale`` ``[out]`` (model dtype) multiplying the output (qkv: 1/sqrt(head_size) on the q rows);
+    ``per_token``: the input scale is each row's own (per-token SmoothQuant), ``input_scale`` unused."""
 
     dtype: str
     weight_scale: np.ndarray
     input_scale: np.ndarray
     prequant: np.ndarray | None = None
     out_scale: np.ndarray | None = None
+    per_token: bool = False
 
 
 @dataclass
@@ -179,6 +181,7 @@ class RankWeights:
             np.asarray(self.get(f"{prefix}.{WEIGHTS_SCALE}"), dtype=np.float32).reshape(-1),
             np.asarray(self.get(f"{prefix}.{ACTIVATION_SCALE}"), dtype=np.float32).reshape(-1),
             None if prequant is None else np.asarray(prequant).astype(self.dtype),
+            per_token=self.layout.config.quantization.per_token,
         )
 
     def _awq(self, prefix: str, bias: np.ndarray | None) -> Linear:

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--per_token",
         action="store_true",
         help="int8_sq: scale each token's activations at run time instead of by one calibrated scale per linear "
-        "(W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN: the torch backend runs it, ckpt-build refuses it)",
+        "(W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN)",
     )
     quant.add_argument(
         "--per_channel",

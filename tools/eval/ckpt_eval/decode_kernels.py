@@ -482,6 +482,13 @@ def _rotate(x, partner, d, cos, sin, ROT: tl.constexpr, INTERLEAVED: tl.constexp
 
 
 @triton.jit
+def _head_norm(x, rstd, W, channels, ok, dtype: tl.constexpr):
+    """``model.RMSNorm`` of a head's ``channels`` given its 1 / rms ``rstd``: normalized in float32, rounded
+    to the model dtype, times the weight W there."""
+    return _round(_round(x * rstd, dtype) * tl.load(W + channels, mask=ok, other=0.0).to(tl.float32), dtype)
+
+
+@triton.jit
 def decode_attention_kernel(
     QKV,
     KV,
@@ -510,6 +517,10 @@ def decode_attention_kernel(
     KV_SCALE=None,
     KVQ: tl.constexpr = "none",
     SOFTCAP: tl.constexpr = 0.0,
+    QNORM=None,
+    KNORM=None,
+    eps=0.0,
+    QK_NORM: tl.constexpr = False,
 ):
     """One query position of each sequence b of a left-padded batch against its cache: rotary on q and k
     (position slot - PAD[b]), the new k and v written at ``slot`` of KV [2, batch, kv_heads, max_seq, D], then
@@ -525,7 +536,9 @@ def decode_attention_kernel(
 
     KVQ "fp8" / "int8": the new k and v are fake-quantized with KV_SCALE[0] (``quantized.KVQuant``) before
     they are written and used, so the cache holds what the torch backend's does. SOFTCAP > 0 (Gemma 2): each
-    score becomes ``SOFTCAP * tanh(score / SOFTCAP)`` before the ALiBi term and the softmax."""
+    score becomes ``SOFTCAP * tanh(score / SOFTCAP)`` before the ALiBi term and the softmax. QK_NORM (Gemma 3):
+    each q and k head is RMS-normalized (statistics in float32, ``eps``) and scaled by QNORM / KNORM [D] before
+    the rotary embedding, as ``model.RMSNorm`` does."""
     dtype: tl.constexpr = QKV.dtype.element_ty
     if PDL:  # see gemv_kernel
         gdc_launch_dependents()
@@ -544,6 +557,12 @@ def decode_attention_kernel(
     q = tl.load(q_row + d, mask=d_ok, other=0.0).to(tl.float32)
     k = tl.load(k_row + d, mask=d_ok, other=0.0).to(tl.float32)
     v = tl.load(v_row + d, mask=d_ok, other=0.0).to(tl.float32)
+    q_rstd, k_rstd = 1.0, 1.0
+    if QK_NORM:  # the channels past D were read as 0
+        q_rstd = tl.rsqrt(tl.sum(q * q, 0) / D + eps)
+        k_rstd = tl.rsqrt(tl.sum(k * k, 0) / D + eps)
+        q = _head_norm(q, q_rstd, QNORM, d, d_ok, dtype)
+        k = _head_norm(k, k_rstd, KNORM, d, d_ok, dtype)
     if ROT > 0:
         rotated = d < ROT
         if INTERLEAVED:
@@ -557,6 +576,9 @@ def decode_attention_kernel(
         cos, sin = _round(tl.cos(angle), dtype), _round(tl.sin(angle), dtype)
         q_partner = tl.load(q_row + partner, mask=rotated, other=0.0).to(tl.float32)
         k_partner = tl.load(k_row + partner, mask=rotated, other=0.0).to(tl.float32)
+        if QK_NORM:
+            q_partner = _head_norm(q_partner, q_rstd, QNORM, partner, rotated, dtype)
+            k_partner = _head_norm(k_partner, k_rstd, KNORM, partner, rotated, dtype)
         q = _round(_rotate(q, q_partner, d, cos, sin, ROT, INTERLEAVED), dtype)
         k = _round(_rotate(k, k_partner, d, cos, sin, ROT, INTERLEAVED), dtype)
     if KVQ != "none":

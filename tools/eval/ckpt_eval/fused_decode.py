@@ -14,7 +14,8 @@ parallel (tp ranks, pp 1): each rank steps its own heads and columns, rank 0 alo
 row-parallel biases into the dense and proj outputs, and the sums over ranks are all-reduced in place (two
 per layer, inside the captured graph: NCCL on GPUs), the vocab-split logits all-gathered. RMSNorm or
 LayerNorm, pre-norm or OPT's post-norm, sequential or parallel residual (GPT-NeoX, Falcon), rotary, ALiBi or
-learned positions (OPT's projected embeddings too), sliding windows, biases, gated or plain MLP;
+learned positions (OPT's projected embeddings too), sliding windows, biases, gated or plain MLP, Gemma 1-3's
+embedding scale, sandwich norms, logit caps and per-head q/k norms;
 ``unsupported`` names what else a model has, and the torch backend then uses ``torch.compile`` instead.
 FP8 and INT8 SmoothQuant checkpoints run from their codes (``quantized.QuantWeight``: the GEMVs read e4m3 or
 int8 weights, a byte each, and quantize their inputs as ``quantized.InputQuant`` does), INT8/FP8 KV caches
@@ -196,7 +197,8 @@ class Norm:
 class LayerOps:
     """What one layer's kernels read besides the activations: the four linears, the stacked fc/gate bias,
     the norms (``mlp_norm`` None: the MLP reads the attention norm's output; ``attn_out_norm`` /
-    ``mlp_out_norm``: Gemma 2's norms on the attention and MLP outputs) and the attention window."""
+    ``mlp_out_norm``: Gemma 2's norms on the attention and MLP outputs), the attention window, and the rotary
+    frequencies (Gemma 3's local layers have their own) and q/k norm weights (Gemma 3) the attention reads."""
 
     qkv: Operands
     dense: Operands
@@ -209,6 +211,8 @@ class LayerOps:
     attn_out_norm: Norm | None = None
     mlp_out_norm: Norm | None = None
     softcap: float = 0.0  # Gemma 2's attention logit cap (0: none)
+    inv_freq: torch.Tensor | None = None  # None: no rotary
+    qk_norm: tuple[torch.Tensor, torch.Tensor] | None = None  # RMSNorm weights of each q and k head
 
 
 @dataclass
@@ -280,6 +284,7 @@ class FusedDecoder:
     def layer_ops(self, layer: Block) -> LayerOps:
         spec = self.model.spec
         a, mlp = layer.attention, layer.mlp
+        rotary = self.model.rotary_local if layer.local and self.model.rotary_local else self.model.rotary
         quantized = getattr(a.qkv, "input_quant", None) is not None
         if mlp.gate is not None and mlp.fc_gate is None and not quantized:
             mlp.fuse()  # [fc; gate] as one weight: one GEMV reads both (load_model has done it)
@@ -299,6 +304,8 @@ class FusedDecoder:
             Norm.of(getattr(layer, spec.attn_out_norm)) if spec.attn_out_norm else None,
             Norm.of(getattr(layer, spec.mlp_out_norm)) if spec.mlp_out_norm else None,
             float(a.softcap or 0.0),
+            rotary.inv_freq if rotary is not None else None,
+            (Norm.of(a.q_layernorm).weight, Norm.of(a.k_layernorm).weight) if spec.qk_norm else None,
         )
 
     @torch.inference_mode()
@@ -422,7 +429,10 @@ class FusedDecoder:
         split."""
         a, qkv, out, parts = layer.attention, buf["qkv"], buf["attn"], buf["parts"]
         assert a.kv_cache is not None, "setup_cache allocates the KV caches"
-        kv, rotary, b = a.kv_cache.kv, self.model.rotary, qkv.shape[0]
+        kv, b = a.kv_cache.kv, qkv.shape[0]
+        qk_norm = {}
+        if ops.qk_norm is not None:  # Gemma 3: RMSNorm per head
+            qk_norm = {"QNORM": ops.qk_norm[0], "KNORM": ops.qk_norm[1], "eps": self.eps, "QK_NORM": True}
         kv_quant = {} if a.kv_quant is None else {"KV_SCALE": a.kv_quant.scale, "KVQ": a.kv_quant.kind}
         pdl = {"launch_pdl": True} if self.pdl else {}
         blocks = attention_blocks(kv.shape[3])
@@ -430,11 +440,11 @@ class FusedDecoder:
         bd = triton_next_pow2(self.head_size)
         window = ops.window or kv.shape[3] + 1
         self.kernels.decode_attention_kernel[(self.heads, splits, b)](
-            qkv, kv, out, rotary.inv_freq if rotary is not None else qkv, slot, pad, parts,
+            qkv, kv, out, ops.inv_freq if ops.inv_freq is not None else qkv, slot, pad, parts,
             self.alibi if self.alibi is not None else qkv, chunk, window, kv.stride(0), kv.stride(1), kv.stride(2),
             HEADS=self.heads, KV_HEADS=self.kv_heads, D=self.head_size, BD=bd, ROT=self.rotary_dim,
             INTERLEAVED=self.model.spec.rotary_interleaved, SPLITS=splits, SCALE=a.scale, PDL=self.pdl,
-            HAS_ALIBI=self.alibi is not None, SOFTCAP=ops.softcap, **kv_quant, **blocks, **pdl,
+            HAS_ALIBI=self.alibi is not None, SOFTCAP=ops.softcap, **qk_norm, **kv_quant, **blocks, **pdl,
         )  # fmt: skip
         if splits > 1:
             self.kernels.attention_combine_kernel[(self.heads, b)](
