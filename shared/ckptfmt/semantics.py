@@ -161,6 +161,32 @@ def field_problems(extra: dict, hidden_act: str) -> list[str]:
     return out
 
 
+# --- ALiBi slopes ---------------------------------------------------------------------------------
+# Families whose ALiBi bias is scaled by 1/sqrt(head_size) like q.k even when the config says plain "alibi"
+# (Falcon; TensorRT-LLM's Falcon model switches to alibi_with_scale itself). "alibi_with_scale" always is.
+ALIBI_SCALED_FAMILIES = frozenset({"falcon"})
+
+
+def alibi_slopes(spec: ModelSpec) -> np.ndarray:
+    """float32 ``[num_heads]`` ALiBi slopes (Press et al.): a geometric sequence for the largest power of two
+    <= heads, then odd powers of the next one for the other heads; divided by sqrt(head_size) where the bias is
+    scaled (``alibi_with_scale``, ``ALIBI_SCALED_FAMILIES``). Every executor takes its slopes from here (a tp
+    rank those of its heads); the bias of a key is slope x its position, rounded to the model dtype."""
+    import numpy as np  # here: parsing a config needs no numpy
+
+    heads = spec.num_heads
+    closest = 2 ** math.floor(math.log2(heads))
+    base = np.float32(2.0 ** (-(2.0 ** -(math.log2(closest) - 3))))
+    slopes = np.power(base, np.arange(1, closest + 1, dtype=np.float32), dtype=np.float32)
+    if closest != heads:
+        extra = np.float32(2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3))))
+        odd = np.arange(1, 1 + 2 * (heads - closest), 2, dtype=np.float32)
+        slopes = np.concatenate([slopes, np.power(extra, odd, dtype=np.float32)])
+    if spec.position_embedding_type == "alibi_with_scale" or spec.family in ALIBI_SCALED_FAMILIES:
+        slopes = slopes / np.float32(math.sqrt(spec.head_size))
+    return slopes.astype(np.float32)
+
+
 # --- rotary frequencies ---------------------------------------------------------------------------
 ROTARY_SCALING_TYPES = ("linear", "llama3")
 
@@ -259,8 +285,8 @@ FEATURES: tuple[Feature, ...] = (
             "learned_absolute": ALL,
             "rope_gpt_neox": ALL,
             "rope_gptj": ALL,
-            "alibi": frozenset({TORCH, FUSED}),
-            "alibi_with_scale": frozenset({TORCH, FUSED}),
+            "alibi": ALL,
+            "alibi_with_scale": ALL,
         },
     ),
     Feature(

@@ -118,3 +118,25 @@ def test_converter_weight_only(tmp_path, hf_models, name, tp, precision, group):
     _, logits = ranks.greedy(PROMPT, 1)
     assert rel_err(logits[0][0], dequantized_reference(hf_dir, precision, group)) <= 1e-4
     assert rel_err(logits[0][0], ref_logits) > 1e-3  # the weights really were quantized
+
+
+def test_alibi_matches_transformers_at_tp1_and_tp2(tmp_path):
+    """Falcon with ALiBi (the slope x key bias added to the scores): the graph's logits and greedy tokens are
+    transformers' at tp 1, and at tp 2, where each rank holds its own heads' slopes."""
+    import transformers
+
+    from tests.tiny_models import make_tiny_hf
+
+    hf = make_tiny_hf("falcon-old", tmp_path / "hf", alibi=True, multi_query=False, parallel_attn=False, bias=True)
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf).eval()
+    with torch.no_grad():
+        ref_logits = model(torch.tensor([PROMPT])).logits[0, -1]
+        out = model.generate(
+            torch.tensor([PROMPT]), max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0
+        )
+    for tp in (1, 2):
+        tokens, logits = TorchRanks(convert_tiny("falcon-old", tmp_path / f"tp{tp}", tp=tp, hf_dir=hf), LIMITS).greedy(
+            PROMPT, 8
+        )
+        assert rel_err(logits[0][0], ref_logits) <= 1e-4, tp
+        assert tokens == out[0, len(PROMPT) :].tolist(), tp

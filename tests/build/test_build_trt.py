@@ -117,3 +117,12 @@ def test_all_token_logits_build(tmp_path):
     assert engine.io.stage(0).tensor("logits").shape == ["batch", "seq", 250]
     assert not engine.build_config.gather_last_token_logits
     assert_plans_name_their_io(out)
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+@pytest.mark.parametrize("alibi", ["alibi", "alibi_with_scale"])
+def test_alibi_builds(tmp_path, alibi, tp):
+    """ALiBi: the slope x key bias is a constant added to the scores of an explicit attention (no attention layer
+    takes it); each tp rank holds its own heads' slopes."""
+    config = layout_config("falcon-old", tp=tp, position_embedding_type=alibi)
+    assert_plans_name_their_io(build(tmp_path, config))

@@ -1,6 +1,7 @@
 """The declared model semantics: field types, the GELU meaning, the support table and its refusals."""
 
 import json
+import re
 
 import pytest
 
@@ -54,7 +55,8 @@ def test_declared_field_types_are_checked(over, problem):
         ({"final_logit_softcapping": 30.0}, "final_logit_softcapping", [BUILDER, FUSED, TORCH]),
         ({"attn_logit_softcapping": 50.0}, "attn_logit_softcapping", [BUILDER, FUSED, TORCH]),
         ({"rotary_scaling": {"type": "dynamic", "factor": 2.0}}, "rotary_scaling", []),
-        ({"position_embedding_type": "alibi"}, "position_embedding_type", [FUSED, TORCH]),
+        ({"position_embedding_type": "alibi"}, "position_embedding_type", [BUILDER, FUSED, TORCH]),
+        ({"use_prompt_tuning": True}, "use_prompt_tuning", [FUSED, TORCH]),
         ({"sliding_window": 16}, "sliding_window", [BUILDER, FUSED, TORCH]),
         ({"query_pre_attn_scalar": 32}, "query_pre_attn_scalar", [BUILDER, FUSED, TORCH]),
         ({"rope_local_base_freq": 1e4}, "rope_local_base_freq", [BUILDER, FUSED, TORCH]),
@@ -81,13 +83,13 @@ def test_llama3_frequencies_keep_the_high_ones_and_scale_the_low_ones():
 
 
 def test_inspect_prints_the_row(tmp_path, capsys):
-    d = random_checkpoint(tmp_path / "c", CheckpointConfig.from_dict(llama_dict(position_embedding_type="alibi")))
+    d = random_checkpoint(tmp_path / "c", CheckpointConfig.from_dict(llama_dict(use_prompt_tuning=True)))
     assert main(["inspect", str(d), "--json"]) == 0
     features = {f["field"]: f for f in json.loads(capsys.readouterr().out)["features"]}
-    assert features["position_embedding_type"] == {
-        "field": "position_embedding_type",
-        "value": "alibi",
+    assert features["use_prompt_tuning"] == {
+        "field": "use_prompt_tuning",
+        "value": "true",
         "executors": ["fused", "torch"],
     }
     assert main(["inspect", str(d)]) == 0
-    assert "position_embedding_type  alibi: fused, torch" in capsys.readouterr().out
+    assert re.search(r"use_prompt_tuning +true: fused, torch", capsys.readouterr().out)

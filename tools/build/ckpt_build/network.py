@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ckptfmt.constants import DTYPES
 from ckptfmt.engine import (
     HIDDEN_IN,
     HIDDEN_OUT,
@@ -26,6 +27,7 @@ from ckptfmt.engine import (
     VALUE_OUT,
 )
 from ckptfmt.names import DENSE, FC, GATE, K_NORM, PROJ, Q_NORM, QKV
+from ckptfmt.semantics import alibi_slopes
 
 from .contract import RankLayout, stage_io
 from .ops import Ops, Tensor
@@ -63,6 +65,16 @@ def define_rank_network(ops: Ops, layout: RankLayout, weights: RankWeights) -> N
         ops.output(io.tensor(HIDDEN_OUT), h)
 
 
+def alibi_bias(layout: RankLayout) -> np.ndarray:
+    """float32 ``[1, kv_heads, group, 1, max_seq_len]``: this rank's query heads' slope x key position (a key's
+    slot is its position), rounded to the model dtype as the torch backend's ``alibi_bias``; the head axis
+    split as ``explicit_attention`` folds query heads into their kv head."""
+    nq, nkv, smax = layout.heads, layout.kv_heads, layout.build.max_seq_len
+    slopes = alibi_slopes(layout.spec)[layout.tp_rank * nq : (layout.tp_rank + 1) * nq]
+    bias = slopes[:, None] * np.arange(smax, dtype=np.float32)[None, :]
+    return bias.astype(DTYPES[layout.dtype]).astype(np.float32).reshape(1, nkv, nq // nkv, 1, smax)
+
+
 class _StepContext:
     """Per-step tensors the layers share: positions, KV write index, rope tables (and each layer's mask)."""
 
@@ -77,6 +89,8 @@ class _StepContext:
                 cos, sin = rope_tables(layout, layout.layers[local])
                 key = ".local" if own else ""
                 self._ropes[own] = (ops.constant("rope_cos" + key, cos), ops.constant("rope_sin" + key, sin))
+        alibi = layout.spec.position_embedding_type.startswith("alibi")
+        self.alibi = ops.constant("alibi_bias", alibi_bias(layout)) if alibi else None
 
     def _own_rope(self, local: int) -> bool:
         """Whether stage layer ``local`` is a local layer with a rotary base of its own."""
@@ -282,23 +296,30 @@ def _attention(ctx: _StepContext, w: RankWeights, local: int, x: Tensor, caches)
     k_all = ops.kv_cache_update(caches[0], k, ctx.write_index)
     v_all = ops.kv_cache_update(caches[1], v, ctx.write_index)
     cap = layout.spec.attn_logit_softcapping
-    if cap is None:
+    if cap is None and ctx.alibi is None:
         o = ops.attention(q, k_all, v_all, ctx.mask(local))  # [B, nq, S, d]
     else:
-        o = capped_attention(ctx, q, k_all, v_all, ctx.mask(local), cap)
+        o = explicit_attention(ctx, q, k_all, v_all, ctx.mask(local), cap, ctx.alibi)
     o = ops.reshape(ops.transpose(o, (0, 2, 1, 3)), (0, 0, nq * d))
     return linear(ops, layout, o, w.linear(local, DENSE), reduce=True), [k_all, v_all]
 
 
-def capped_attention(ctx: _StepContext, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, cap: float) -> Tensor:
-    """Attention with soft-capped scores, from matmul / tanh / select / softmax layers (the attention layer
-    takes no cap): ``softmax(mask(cap * tanh(q.k / cap))) v``, scores and softmax in fp32. A query head group
-    folds into the rows of its kv head (``[B, nkv, group * S, d]``), so no key or value is copied."""
+def explicit_attention(
+    ctx: _StepContext, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, cap: float | None, bias: Tensor | None
+) -> Tensor:
+    """Attention from matmul / tanh / add / select / softmax layers, for what the attention layer does not take:
+    soft-capped scores (Gemma 2) and the ALiBi ``bias`` ([1, nkv, group, 1, max_seq_len]):
+    ``softmax(mask(cap * tanh(q.k / cap) + bias)) v``, scores and softmax in fp32. A query head group folds
+    into the rows of its kv head (``[B, nkv, group * S, d]``), so no key or value is copied."""
     ops, layout = ctx.ops, ctx.layout
     d, nq, nkv, smax = layout.spec.head_size, layout.heads, layout.kv_heads, layout.build.max_seq_len
     q32, k32 = (ops.cast(x, F32) if layout.dtype != F32 else x for x in (q, k))
     scores = ops.matmul(ops.reshape(q32, (0, nkv, -1, d)), k32, transpose_b=True)  # [B, nkv, group * S, smax]
-    scores = ops.reshape(softcap(ops, scores, cap, F32, 4), (0, 0, nq // nkv, -1, smax))
+    if cap is not None:
+        scores = softcap(ops, scores, cap, F32, 4)
+    scores = ops.reshape(scores, (0, 0, nq // nkv, -1, smax))
+    if bias is not None:
+        scores = ops.add(scores, bias)
     visible = ops.reshape(mask, (0, 1, 1, -1, smax))
     scores = ops.where(visible, scores, ops.scalar(float("-inf"), F32, 5))
     p = ops.softmax_last(scores)

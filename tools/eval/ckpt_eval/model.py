@@ -8,7 +8,6 @@ collectives of ``Parallel``; a pipeline stage holds only its layers.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import cast
 
@@ -18,7 +17,7 @@ from torch import nn
 
 from ckptfmt import ModelSpec
 from ckptfmt.names import kv_heads_per_rank, layer_norms, pad_to_multiple
-from ckptfmt.semantics import TORCH, check_support, rotary_inv_freq
+from ckptfmt.semantics import TORCH, alibi_slopes, check_support, rotary_inv_freq
 
 from .distributed import Parallel
 
@@ -29,23 +28,6 @@ ACTIVATIONS = {
     "relu": F.relu,
     "silu": F.silu,
 }
-
-# Families whose ALiBi bias is scaled by 1/sqrt(head_size) like q.k even when the config says plain "alibi"
-# (Falcon; TensorRT-LLM's Falcon model switches to alibi_with_scale itself). "alibi_with_scale" always is.
-ALIBI_SCALED_FAMILIES = frozenset({"falcon"})
-
-
-def alibi_slopes(num_heads: int) -> torch.Tensor:
-    """Per-head ALiBi slopes: a geometric sequence for the largest power of two <= heads, then odd powers
-    of the next sequence for the remaining heads (Press et al.)."""
-    closest = 2 ** math.floor(math.log2(num_heads))
-    base = 2.0 ** (-(2.0 ** -(math.log2(closest) - 3)))
-    slopes = base ** torch.arange(1, closest + 1, dtype=torch.float32, device="cpu")
-    if closest != num_heads:
-        extra_base = 2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3)))
-        extra = extra_base ** torch.arange(1, 1 + 2 * (num_heads - closest), 2, dtype=torch.float32, device="cpu")
-        slopes = torch.cat([slopes, extra])
-    return slopes
 
 
 @dataclass(frozen=True)
@@ -360,10 +342,8 @@ class Transformer(nn.Module):
         self.alibi = None  # this rank's head slopes, already scaled where the family scales the bias
         if spec.position_embedding_type.startswith("alibi"):
             heads = spec.num_heads // par.tp_size
-            slopes = alibi_slopes(spec.num_heads)[par.tp_rank * heads : (par.tp_rank + 1) * heads]
-            if spec.position_embedding_type == "alibi_with_scale" or spec.family in ALIBI_SCALED_FAMILIES:
-                slopes = slopes / math.sqrt(spec.head_size)
-            self.alibi = slopes
+            slopes = alibi_slopes(spec)[par.tp_rank * heads : (par.tp_rank + 1) * heads]
+            self.alibi = torch.from_numpy(slopes.copy())
 
     def setup_cache(self, batch: int, max_seq: int) -> None:
         """KV caches for ``batch`` sequences of up to ``max_seq`` positions. Buffers are kept while the batch
