@@ -57,11 +57,11 @@ def sweep_gemv(top: int, pdl: bool, fp8: bool = False) -> None:
         if fp8:
             flags |= dict(WQ=True, AQ="fp8", HAS_PRE=False, SPLIT_ACT=False)
 
-        def launch(cfg, w, n=n, k=k, x=x, norm=norm, y=y, flags=flags, ws=ws, xs=xs):
+        def launch(cfg, w, n=n, k=k, x=x, norm=norm, y=y, flags=flags, ws=ws, xs=xs, cast=False):
             bn, bk, warps = cfg
             dk.gemv_kernel[(math.ceil(n / bn),)](
                 x, norm, w, w, y, y, ws if fp8 else w, xs if fp8 else w, w, n, k, 1e-5, BN=bn, BK=bk,
-                num_warps=warps, launch_pdl=pdl, **flags,
+                num_warps=warps, launch_pdl=pdl, CAST=cast, **flags,
             )  # fmt: skip
 
         results = []
@@ -82,6 +82,15 @@ def sweep_gemv(top: int, pdl: bool, fp8: bool = False) -> None:
         print(f"{name} [{n}x{k}]{' fp8' if fp8 else ''}: in use {current} {now:.2f} us ({nbytes / now / 1e6:.2f} TB/s)")
         for us, (bn, bk, warps) in results[:top]:
             print(f"    BN={bn:<3} BK={bk:<5} warps={warps}  {us:6.2f} us  {nbytes / us / 1e6:.2f} TB/s")
+        for _, cfg in results[:3] if fp8 else ():  # the input's e4m3 rounding by the GPU's conversion instead
+            launch(cfg, weights[0])
+            want = y.clone()
+            launch(cfg, weights[0], cast=True)
+            same = (
+                "same outputs" if torch.equal(y, want) else f"DIFFERENT outputs ({(y - want).abs().max().item():.3g})"
+            )
+            us = graph_time_us(lambda cfg=cfg, weights=weights: [launch(cfg, w, cast=True) for w in weights]) / layers
+            print(f"    cast to e4m3 {cfg}: {us:6.2f} us  {nbytes / us / 1e6:.2f} TB/s, {same}")
 
 
 BATCH_CANDIDATES = [  # (BN, BK, warps, prefetch by hand, num_stages, split-K)

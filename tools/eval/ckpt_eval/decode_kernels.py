@@ -63,11 +63,15 @@ def _round_e4m3(y):
 
 
 @triton.jit
-def _fake_quant(x, scale, KIND: tl.constexpr, dtype: tl.constexpr):
+def _fake_quant(x, scale, KIND: tl.constexpr, dtype: tl.constexpr, CAST: tl.constexpr = False):
     """``quantized.fake_quant``: x / scale (IEEE division) clamped and rounded to e4m3 (KIND "fp8") or to an
-    integer in [-128, 127] ("int8"), times scale, rounded to the model dtype."""
+    integer in [-128, 127] ("int8"), times scale, rounded to the model dtype. CAST: e4m3 by the GPU's own
+    conversion (round to nearest even, as the arithmetic form; compiled kernels only, the interpreter rounds
+    it otherwise): one instruction instead of a dozen, for bench/fused_decode.py --fp8 to time."""
     y = tl.math.div_rn(x, scale)
-    if KIND == "fp8":  # noqa: SIM108 (a compile-time branch)
+    if KIND == "fp8" and CAST:
+        q = tl.clamp(y, -448.0, 448.0).to(tl.float8e4nv).to(tl.float32)
+    elif KIND == "fp8":
         q = _round_e4m3(tl.clamp(y, -448.0, 448.0))
     else:
         q = _rint(tl.clamp(y, -128.0, 127.0))
@@ -75,13 +79,14 @@ def _fake_quant(x, scale, KIND: tl.constexpr, dtype: tl.constexpr):
 
 
 @triton.jit
-def _quant_input(x, cols, K, PRE, scale, AQ: tl.constexpr, HAS_PRE: tl.constexpr, dtype: tl.constexpr):
+def _quant_input(x, cols, K, PRE, scale, AQ: tl.constexpr, HAS_PRE: tl.constexpr, dtype: tl.constexpr,
+                 CAST: tl.constexpr = False):  # fmt: skip
     """What a quantized linear does to its input (``quantized.InputQuant``): x * PRE (model dtype), then the
-    fake quantization with ``scale`` (AQ "fp8", "int8", "int8_tok"; "none": none)."""
+    fake quantization with ``scale`` (AQ "fp8", "int8", "int8_tok"; "none": none; CAST: see ``_fake_quant``)."""
     if HAS_PRE:
         x = _round(x * tl.load(PRE + cols, mask=cols < K, other=0.0).to(tl.float32), dtype)
     if AQ == "fp8":
-        x = _fake_quant(x, scale, "fp8", dtype)
+        x = _fake_quant(x, scale, "fp8", dtype, CAST)
     elif AQ != "none":
         x = _fake_quant(x, scale, "int8", dtype)
     return x
@@ -175,6 +180,7 @@ def gemv_kernel(
     SPLIT_ACT: tl.constexpr = False,
     LAYER: tl.constexpr = False,
     NBIAS=None,
+    CAST: tl.constexpr = False,
 ):
     """``Y[n] = act(W @ norm(X) + BIAS)[n] (+ RES[n])`` for rows n < N of W [N or 2N, K]; one vector X [K].
 
@@ -187,7 +193,8 @@ def gemv_kernel(
     Quantized linears (``quantized``): WQ: W holds codes (float8 e4m3 or int8), row r's weight is
     ``W[r] * WS[r]`` (the scale is applied to the row's sum). AQ: the input is quantized as ``InputQuant``
     does, after ``x * PRE`` where HAS_PRE: "fp8" / "int8" with the scale XS[0], "int8_tok" with its own
-    per-token scale. SPLIT_ACT: the gate rows' input has its own PRE (at PRE + K) and scale (XS[1]).
+    per-token scale. SPLIT_ACT: the gate rows' input has its own PRE (at PRE + K) and scale (XS[1]). CAST: the
+    input's e4m3 rounding by the GPU's conversion instead of arithmetic (``_fake_quant``; not used by the step yet).
 
     PDL (programmatic dependent launch, sm90+): the next kernel may start while this one runs, and this one
     reads its first weight tile (which no kernel of the step writes) before it waits for the previous
@@ -219,22 +226,22 @@ def gemv_kernel(
                                HAS_PRE, dtype)  # fmt: skip
     # accumulate elementwise [BN, BK], reduce once at the end
     x_in = _load_normed(X, cols, K, NORM, NBIAS, mean, scale, HAS_NORM, LAYER, dtype)
-    x = _quant_input(x_in, cols, K, PRE, x_scale, AQ, HAS_PRE, dtype)
+    x = _quant_input(x_in, cols, K, PRE, x_scale, AQ, HAS_PRE, dtype, CAST)
     x_gate = x
     if SPLIT_ACT:
-        x_gate = _quant_input(x_in, cols, K, PRE + K, g_scale, AQ, HAS_PRE, dtype)
+        x_gate = _quant_input(x_in, cols, K, PRE + K, g_scale, AQ, HAS_PRE, dtype, CAST)
     acc = w.to(tl.float32) * x[None, :]
     acc_gate = w_gate.to(tl.float32) * x_gate[None, :]
     for k0 in range(BK, K, BK):
         x_in = _load_normed(X, k0 + cols, K, NORM, NBIAS, mean, scale, HAS_NORM, LAYER, dtype)
-        x = _quant_input(x_in, k0 + cols, K, PRE, x_scale, AQ, HAS_PRE, dtype)
+        x = _quant_input(x_in, k0 + cols, K, PRE, x_scale, AQ, HAS_PRE, dtype, CAST)
         w_mask = row_ok[:, None] & (k0 + cols < K)[None, :]
         w = tl.load(w_ptr + k0, mask=w_mask, other=0.0, eviction_policy="evict_first")
         acc += w.to(tl.float32) * x[None, :]
         if GATED:
             x_gate = x
             if SPLIT_ACT:
-                x_gate = _quant_input(x_in, k0 + cols, K, PRE + K, g_scale, AQ, HAS_PRE, dtype)
+                x_gate = _quant_input(x_in, k0 + cols, K, PRE + K, g_scale, AQ, HAS_PRE, dtype, CAST)
             w_gate = tl.load(gate_ptr + k0, mask=w_mask, other=0.0, eviction_policy="evict_first")
             acc_gate += w_gate.to(tl.float32) * x_gate[None, :]
     y = _epilogue(tl.sum(acc, 1), tl.sum(acc_gate, 1), rows, row_ok, N, BIAS, WS, HAS_BIAS, GATED, ACT, WQ, dtype)
