@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one-GPU figures issues 19 and 24 still wait for, in steps that each fit a 10-minute call.
-#   bash bench/one_gpu.sh [STEP ...]          (default: the steps not yet run: batch-sweep batch-sweep-16 wq-batch fp8-sweep)
+#   bash bench/one_gpu.sh [STEP ...]          (default: tests, then the steps not yet run: batch-sweep batch-sweep-16 wq-batch fp8-sweep)
 # Steps:
 #   wq-memory  bench/weight_only_memory.py at the TinyLlama-1.1B shape in fp16: memory held, prefill peak and
 #              eager decode of int8/int4/AWQ (codes only) against the previous dequantize-at-load layout;
@@ -8,7 +8,8 @@
 #   summarize  bench/eval_summarize.py on the GPU at batch 8, fp16, ours with --compile against transformers
 #              (SmolLM2-135M when its package is installed, else a random TinyLlama shape with TOKENIZER's vocabulary);
 #   falcon     bench/fused_batch.py's Falcon shape at batch 1/8/16 against torch.compile;
-#   tests      the GPU tests: native FP8/int8 GEMMs, fused decode (split-K with real atomics), with FP8 and weight-only codes;
+#   tests      the GPU tests: native FP8/int8 GEMMs, fused decode (split-K with real atomics, Gemma 3), with FP8 and
+#              weight-only codes (needs pytest: an image without it takes it from wheels carried along);
 #   batch-sweep  bench/fused_decode.py --batch 8: tiles, warps, pipelining and split-K of the batched tensor-core GEMV
 #              (batch-sweep-16: the same at batch 16)
 #              (issue 24's batches of 2-16; gemv_batch_blocks takes the winner);
@@ -37,7 +38,7 @@ step() {  # step NAME SECONDS CMD...: run CMD with a time limit, its output in $
   grep -v -e '^{' -e '^  ' -e 'Warning' "$OUT/$name.txt" | tail -30
   echo "$name: exit $rc"
 }
-for s in "${@:-batch-sweep batch-sweep-16 wq-batch fp8-sweep}"; do
+for s in "${@:-tests batch-sweep batch-sweep-16 wq-batch fp8-sweep}"; do
   for name in $s; do
     case $name in
       wq-memory)
