@@ -168,6 +168,12 @@ def test_flag_dependencies(tmp_path, capsys):
         assert f"{flag}: applies only with --qformat int8_sq (or --smoothquant)" in refused_fast(
             capsys, model, tmp_path, flag
         )
+    assert "--per_token: with --smoothquant needs --per_channel" in refused_fast(
+        capsys, model, tmp_path, "--smoothquant", "0.5", "--per_token"
+    )
+    assert "--smoothquant without --per_channel: opt is exported in ModelOpt's HF form" in refused_fast(
+        capsys, ROOT / "opt" / "hf", tmp_path, "--smoothquant", "0.5"
+    )
 
 
 def test_quantized_source_refused(tmp_path, capsys):
@@ -223,7 +229,9 @@ def test_smoothquant_alpha_and_per_token(tmp_path, capsys):
     fixture = ROOT / "llama_gqa" / "int8_sq" / "tp1_pp1"
     one = quantize(capsys, "llama_gqa", "int8_sq", tmp_path / "a1", "--smoothquant", "1.0", "--per_channel")
     same_files(one, fixture)
-    half = quantize(capsys, "llama_gqa", "int8_sq", tmp_path / "a05", "--smoothquant", "0.5", "--per_token")
+    half = quantize(
+        capsys, "llama_gqa", "int8_sq", tmp_path / "a05", "--smoothquant", "0.5", "--per_channel", "--per_token"
+    )
     check_checkpoint(half)
     assert json.loads((half / "config.json").read_text())["quantization"]["quant_algo"] == (
         "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"
@@ -232,3 +240,19 @@ def test_smoothquant_alpha_and_per_token(tmp_path, capsys):
     assert {n: ours.spec(n) for n in ours.entries} == {n: theirs.spec(n) for n in theirs.entries}
     name = "transformer.layers.0.attention.dense.prequant_scaling_factor"
     assert not np.allclose(ours[name].astype(np.float32), theirs[name].astype(np.float32), rtol=1e-2)
+
+
+def test_smoothquant_without_per_channel_has_a_weight_scale_per_tensor(tmp_path, capsys):
+    """convert_checkpoint.py's ``--smoothquant ALPHA`` alone: one weight scale a tensor (W8A8_SQ_PER_TENSOR_PLUGIN),
+    calibrated by ModelOpt; each weight's codes are its fake-quant weight over that scale."""
+    import json
+
+    out = quantize(capsys, "llama_gqa", "int8_sq", tmp_path / "o", "--smoothquant", "0.5")
+    check_checkpoint(out)
+    assert json.loads((out / "config.json").read_text())["quantization"]["quant_algo"] == "W8A8_SQ_PER_TENSOR_PLUGIN"
+    ours = RankFileReader(out / "rank0.safetensors")
+    for layer in range(2):
+        for module in ("attention.qkv", "attention.dense", "mlp.proj"):
+            base = f"transformer.layers.{layer}.{module}"
+            scale, codes = ours[f"{base}.weights_scaling_factor"], ours[f"{base}.weight"].astype(np.int32)
+            assert scale.shape == (1,) and np.abs(codes).max() == 127, base  # the tensor's largest weight is 127

@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     quant.add_argument(
         "--per_channel",
         action="store_true",
-        help="int8_sq: a weight scale per output channel (what ModelOpt's int8_sq writes in any case; accepted for "
-        "convert_checkpoint.py command lines)",
+        help="with --smoothquant: a weight scale per output channel (else one per tensor, as convert_checkpoint.py); "
+        "--qformat int8_sq always has them",
     )
     quant.add_argument("--kv_cache_dtype", choices=KV_CACHE_DTYPES, help="with --qformat: quantize the KV cache too")
     quant.add_argument("--calib_size", type=int, default=512, help="calibration samples (default 512)")

@@ -55,6 +55,11 @@ def check_flags(args: argparse.Namespace) -> None:
     for flag in ("per_token", "per_channel"):
         if getattr(args, flag) and args.qformat != "int8_sq":
             raise CheckpointError(f"--{flag}: applies only with --qformat int8_sq (or --smoothquant)")
+    if args.per_token and not per_channel_weights(args):
+        raise CheckpointError(
+            "--per_token: with --smoothquant needs --per_channel (per-tensor weights with per-token inputs, "
+            "W8A8_SQ_PER_TENSOR_PER_TOKEN_PLUGIN, are computed by no executor here)"
+        )
     if args.kv_cache_dtype and not args.qformat:
         raise CheckpointError(f"--kv_cache_dtype {args.kv_cache_dtype}: applies only with --qformat")
     for flag in ("calib_size", "calib_max_seq_length", "awq_block_size"):
@@ -62,6 +67,12 @@ def check_flags(args: argparse.Namespace) -> None:
             raise CheckpointError(f"--{flag}: must be >= 1 (got {getattr(args, flag)})")
     if args.qformat != "int4_awq" and args.awq_block_size != 128:
         raise CheckpointError(f"--awq_block_size {args.awq_block_size}: applies only with --qformat int4_awq")
+
+
+def per_channel_weights(args: argparse.Namespace) -> bool:
+    """INT8 SmoothQuant's weight scales per output channel: always for ``--qformat int8_sq`` (ModelOpt's preset),
+    with ``--smoothquant`` only under ``--per_channel`` (convert_checkpoint.py's meaning; else one per tensor)."""
+    return args.qformat == "int8_sq" and (args.smoothquant is None or args.per_channel)
 
 
 def preflight(model_dir: Path, args: argparse.Namespace) -> tuple[CheckpointConfig, str | None, list[list[int]]]:
@@ -81,6 +92,11 @@ def preflight(model_dir: Path, args: argparse.Namespace) -> tuple[CheckpointConf
             f"--kv_cache_dtype int8: ModelOpt writes an INT8 KV cache only in its TensorRT-LLM export, which has no "
             f"{hf.model_type} decoder (use --kv_cache_dtype fp8)"
         )
+    if decoder is None and args.qformat == "int8_sq" and not per_channel_weights(args):
+        raise CheckpointError(
+            f"--smoothquant without --per_channel: {hf.model_type} is exported in ModelOpt's HF form, whose q, k and "
+            "v keep a weight scale each, which one per-tensor qkv scale cannot hold (add --per_channel)"
+        )
     if args.dtype == "float32":  # ModelOpt's TensorRT-LLM export writes float16 whatever it is asked
         raise CheckpointError("--dtype float32: a quantized checkpoint is written in float16 or bfloat16")
     if args.dtype == "auto" and hf.dtype not in ("float16", "bfloat16"):
@@ -93,7 +109,8 @@ def preflight(model_dir: Path, args: argparse.Namespace) -> tuple[CheckpointConf
         ["lm_head"],
     )
     section = quant.quant_config()
-    section.per_token = args.per_token  # W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN: the same tensors, dynamic input scales
+    if args.qformat == "int8_sq":  # the same tensors; per-token: dynamic input scales; per tensor: weight scales [1]
+        section.per_token, section.per_channel = args.per_token, per_channel_weights(args)
     config, _ = target_config(unquantized, args, hf.dtype, arch.tied(hf), section)
     check_layout(config, f"--qformat {args.qformat}")
     if args.qformat == "int4_awq":  # ModelOpt quantizes the full weights: the block must divide them at tp 1 too
@@ -148,9 +165,12 @@ def calibration_ids(model_dir: Path, args: argparse.Namespace, config: Checkpoin
     return samples
 
 
-def quant_config(qformat: str, kv: str | None, block: int, alpha: float | None = None) -> dict:
+def quant_config(
+    qformat: str, kv: str | None, block: int, alpha: float | None = None, per_tensor_weights: bool = False
+) -> dict:
     """ModelOpt's preset for ``qformat`` with the AWQ block size, SmoothQuant's ``alpha`` (None: the preset's) and
-    the KV-cache quantizers (8 bits or e4m3)."""
+    weight scales (``per_tensor_weights``: one a tensor instead of one a channel), and the KV-cache quantizers (8
+    bits or e4m3)."""
     import modelopt.torch.quantization as mtq
 
     presets = {"fp8": mtq.FP8_DEFAULT_CFG, "int8_sq": mtq.INT8_SMOOTHQUANT_CFG, "int4_awq": mtq.INT4_AWQ_CFG}
@@ -160,6 +180,8 @@ def quant_config(qformat: str, kv: str | None, block: int, alpha: float | None =
     for entry in cfg["quant_cfg"]:
         if qformat == "int4_awq" and entry.get("quantizer_name") == "*weight_quantizer":
             entry["cfg"]["block_sizes"][-1] = block
+        if per_tensor_weights and entry.get("quantizer_name") == "*weight_quantizer":
+            entry["cfg"]["axis"] = None
     if kv:
         bits = 8 if kv == "int8" else (4, 3)
         cfg["quant_cfg"] = [
@@ -188,7 +210,8 @@ def quantized_model(model_dir: Path, args: argparse.Namespace, samples: list[lis
                 m(torch.tensor([ids], dtype=torch.long, device=device))
 
     torch.manual_seed(SEED)
-    config = quant_config(args.qformat, args.kv_cache_dtype, args.awq_block_size, args.smoothquant)
+    per_tensor = args.qformat == "int8_sq" and not per_channel_weights(args)
+    config = quant_config(args.qformat, args.kv_cache_dtype, args.awq_block_size, args.smoothquant, per_tensor)
     return modelopt_step("quantize", mtq.quantize, model, config, forward_loop)
 
 
