@@ -284,7 +284,7 @@ class FusedDecoder:
     def layer_ops(self, layer: Block) -> LayerOps:
         spec = self.model.spec
         a, mlp = layer.attention, layer.mlp
-        rotary = self.model.rotary_local if layer.local and self.model.rotary_local else self.model.rotary
+        rotary = self.model.layer_rotary(layer.local)
         quantized = getattr(a.qkv, "input_quant", None) is not None
         if mlp.gate is not None and mlp.fc_gate is None and not quantized:
             mlp.fuse()  # [fc; gate] as one weight: one GEMV reads both (load_model has done it)

@@ -345,6 +345,10 @@ class Transformer(nn.Module):
             slopes = alibi_slopes(spec)[par.tp_rank * heads : (par.tp_rank + 1) * heads]
             self.alibi = torch.from_numpy(slopes.copy())
 
+    def layer_rotary(self, local: bool) -> Rotary | None:
+        """The rotary embedding of a local or a global layer (Gemma 3's local layers have a base of their own)."""
+        return (self.rotary_local or self.rotary) if local else self.rotary
+
     def setup_cache(self, batch: int, max_seq: int) -> None:
         """KV caches for ``batch`` sequences of up to ``max_seq`` positions. Buffers are kept while the batch
         size is the same and they are long enough, so compiled decode graphs stay valid across calls."""
@@ -411,7 +415,7 @@ class Transformer(nn.Module):
             for local in {layer.local for layer in self.transformer.blocks()}:
                 mask = attention_mask(slots, pad, cache.length, self.window if local else None)
                 masks[local] = alibi_bias(self.alibi, pad, mask, x.dtype) if self.alibi is not None else mask
-        rotary = {False: self.rotary, True: self.rotary_local or self.rotary}
+        rotary = {local: self.layer_rotary(local) for local in (False, True)}
         cos_sin = {False: self.rotary.cos_sin(positions, x.dtype) if self.rotary is not None else None}
         cos_sin[True] = self.rotary_local.cos_sin(positions, x.dtype) if self.rotary_local else cos_sin[False]
         for layer in self.transformer.blocks():
