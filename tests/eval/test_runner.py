@@ -355,6 +355,29 @@ def test_compiled_decode_runs_a_smaller_batch_in_the_captured_one(models, runner
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("family", ["llama-gqa", "opt"])
+def test_compiled_prompts_give_the_eager_tokens_without_recompiling(models, family):
+    """``compile_prompts`` (what ``--compile`` does on a GPU): prompts run through compiled layers, one graph
+    for every layer, dynamic in length. Ragged prompts (the shifted causal path) and a batch of other lengths
+    give the eager tokens and log-probs, and the second batch compiles nothing new (a batch of another size, or
+    a KV cache grown for a longer batch, costs one recompile: the cache's shape is the graph's)."""
+    eager = ModelRunner.from_dir(models.checkpoint(family), device="cpu")
+    compiled = ModelRunner.from_dir(models.checkpoint(family), device="cpu")
+    compiled.model.model.compile_prompts()
+    counters = torch._dynamo.utils.counters["stats"]
+    for seed in (1, 0):  # the longer batch first: the second one keeps its KV cache
+        rows = [p[: 5 + 2 * i + seed] for i, p in enumerate(prompts(seed=seed))]
+        kwargs = dict(max_new_tokens=STEPS, return_dict=True, output_log_probs=True)
+        want, got = eager.generate(rows, **kwargs), compiled.generate(rows, **kwargs)
+        assert torch.equal(got["output_ids"], want["output_ids"])
+        torch.testing.assert_close(got["log_probs"], want["log_probs"], rtol=1e-4, atol=1e-4)
+        if seed == 1:
+            frames = counters["unique_graphs"]
+            assert frames > 0  # the layers did compile
+    assert counters["unique_graphs"] == frames  # other lengths and batch: nothing compiled again
+
+
+@pytest.mark.slow
 def test_ckpt_run_compile_flag_prints_the_eager_output(models, tmp_path, capsys):
     (tmp_path / "p.csv").write_text("1,2,3,4,5\n9,8,7\n")
     args = ["--checkpoint_dir", str(models.checkpoint("llama-gqa")), "--input_file", str(tmp_path / "p.csv")]

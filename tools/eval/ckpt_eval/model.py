@@ -344,6 +344,15 @@ class Transformer(nn.Module):
             heads = spec.num_heads // par.tp_size
             slopes = alibi_slopes(spec)[par.tp_rank * heads : (par.tp_rank + 1) * heads]
             self.alibi = torch.from_numpy(slopes.copy())
+        self.prompt_blocks: list[nn.Module] | None = None  # the layers compiled for prompts (``compile_prompts``)
+
+    def compile_prompts(self) -> None:
+        """Run prompts (more than one position) through ``torch.compile``d layers: one compiled graph of a layer,
+        shapes dynamic, which every layer reuses (their weights are its inputs), so prompts of any length and batch
+        take it without a recompile. Inductor fuses the norms, rotary, activation and residual adds around the
+        GEMMs and SDPA, and the layer's ~20 eager operator calls become a handful of kernel launches, which is
+        what a short prompt's prefill was waiting on. One-token steps keep the layers as they are."""
+        self.prompt_blocks = [torch.compile(layer, dynamic=True) for layer in self.transformer.blocks()]
 
     def layer_rotary(self, local: bool) -> Rotary | None:
         """The rotary embedding of a local or a global layer (Gemma 3's local layers have a base of their own)."""
@@ -418,8 +427,10 @@ class Transformer(nn.Module):
         rotary = {local: self.layer_rotary(local) for local in (False, True)}
         cos_sin = {False: self.rotary.cos_sin(positions, x.dtype) if self.rotary is not None else None}
         cos_sin[True] = self.rotary_local.cos_sin(positions, x.dtype) if self.rotary_local else cos_sin[False]
-        for layer in self.transformer.blocks():
-            x = layer(x, slots, masks[layer.local], rotary[layer.local], cos_sin[layer.local])
+        blocks = self.transformer.blocks()
+        run: list[nn.Module] = self.prompt_blocks if self.prompt_blocks and inputs.shape[1] > 1 else list(blocks)
+        for layer, call in zip(blocks, run, strict=True):
+            x = call(x, slots, masks[layer.local], rotary[layer.local], cos_sin[layer.local])
         if causal is not None and causal.to_padded is not None:
             x = shift(x, causal.to_padded, 1)
         if not self.shapes.last_stage:
