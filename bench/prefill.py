@@ -8,7 +8,8 @@ Same random TinyLlama-1.1B-shaped model and checkpoint as bench/eval_decode.py. 
 batch) cell it times, best of ``--repeats`` after a warm-up:
 - ours: ``ModelRunner.generate(rows, max_new_tokens=1)`` — the whole first-token path a user runs;
 - transformers ``generate(max_new_tokens=1)`` and its bare forward (``logits_to_keep=1``), both sdpa.
-The ratio is against the faster of the two transformers timings. ``--ragged`` adds cells whose prompts have
+The ratio is against the faster of the two transformers timings. With ``--compile`` (prompts through compiled
+layers) the eager path is timed too, as "ours eager". ``--ragged`` adds cells whose prompts have
 lengths spread over 50-100 % of the cell's length (left padding for both systems), as summarize batches do.
 FLOPs counted: 2 x non-embedding parameters x prompt tokens, plus causal attention (2 x 2 x L^2/2 x hidden
 per layer per sequence); padding is not counted. ``--device cpu --preset tiny`` checks the path without a GPU.
@@ -110,6 +111,7 @@ def run(args) -> dict:
         ckpt = Path(work) / "ckpt"
         write_checkpoint(hf, ckpt)
         ours = ModelRunner.from_dir(ckpt, device=args.device, compile="auto" if args.compile else None)
+        eager = ModelRunner.from_dir(ckpt, device=args.device) if args.compile else None  # the previous path
     peak = peak_flops(args.device)
     result: dict = {
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
@@ -125,6 +127,7 @@ def run(args) -> dict:
                 ids, mask = left_padded(rows)
                 systems = {
                     "ours": lambda rows=rows: ours.generate(rows, max_new_tokens=1),
+                    **({"ours eager": lambda rows=rows: eager.generate(rows, max_new_tokens=1)} if eager else {}),
                     "transformers generate": lambda ids=ids, mask=mask: hf.generate(
                         ids, attention_mask=mask, max_new_tokens=1, do_sample=False
                     ),
@@ -142,7 +145,7 @@ def run(args) -> dict:
                 work_flops = flops(cfg, rows, nonembed)
                 if peak and isinstance(cell["ms"]["ours"], float):
                     cell["ours_mfu"] = work_flops / (cell["ms"]["ours"] / 1e3) / peak
-                hf_best = [v for k, v in cell["ms"].items() if k != "ours" and isinstance(v, float)]
+                hf_best = [v for k, v in cell["ms"].items() if k.startswith("transformers") and isinstance(v, float)]
                 if hf_best and isinstance(cell["ms"]["ours"], float):
                     cell["speedup_vs_transformers"] = min(hf_best) / cell["ms"]["ours"]
                 result["cells"].append(cell)
@@ -152,17 +155,20 @@ def run(args) -> dict:
 
 def report(r: dict) -> None:
     print(f"{r['device']}: {r['preset']} LLaMA {r['dtype']}, peak {r['peak_flops'] or 0:.3g} FLOP/s")
-    print(f"{'length':>6} {'batch':>5} {'ragged':>6} {'ours ms':>9} {'hf gen ms':>9} {'hf fwd ms':>9} {'x hf':>6} MFU")
+    print(
+        f"{'length':>6} {'batch':>5} {'ragged':>6} {'ours ms':>9} {'eager ms':>9} {'hf gen ms':>9} {'hf fwd ms':>9} "
+        f"{'x hf':>6} MFU"
+    )
     for c in r["cells"]:
         ms = c["ms"]
 
         def f(v):
-            return f"{v:9.2f}" if isinstance(v, float) else f"{'fail':>9}"
+            return f"{v:9.2f}" if isinstance(v, float) else f"{'-' if v is None else 'fail':>9}"
 
         mfu = f"{100 * c['ours_mfu']:.0f}%" if "ours_mfu" in c else "-"
         x = f"{c['speedup_vs_transformers']:6.2f}" if "speedup_vs_transformers" in c else f"{'-':>6}"
         print(
-            f"{c['length']:>6} {c['batch']:>5} {str(c['ragged']):>6} {f(ms['ours'])} "
+            f"{c['length']:>6} {c['batch']:>5} {str(c['ragged']):>6} {f(ms['ours'])} {f(ms.get('ours eager'))} "
             f"{f(ms['transformers generate'])} {f(ms['transformers forward'])} {x} {mfu}"
         )
 
