@@ -94,7 +94,7 @@ def sweep_gemv(top: int, pdl: bool, fp8: bool = False) -> None:
 
 
 BATCH_CANDIDATES = [  # (BN, BK, warps, prefetch by hand, num_stages, split-K)
-    *itertools.product((16, 32, 64), (128, 256), (4,), (False,), (3, 4), (1, 2, 4, 8)),
+    *itertools.product((16, 32, 64), (128, 256), (4,), (False,), (4,), (1, 2, 4, 8)),
     *itertools.product((16, 32), (128,), (4,), (True,), (3,), (1, 4)),
     *itertools.product((64, 128), (128,), (8,), (False,), (3,), (1, 4)),
 ]

@@ -15,6 +15,10 @@
 #              (issue 24's batches of 2-16; gemv_batch_blocks takes the winner);
 #   wq-batch   bench/fused_decode_wq.py --batch 8: the fused step at batch 8 on int8/int4/AWQ codes (the batched
 #              packed GEMV, codes read once for all rows) against fp16's batched tensor-core GEMV;
+#   batch-e2e  bench/fused_batch.py, LLaMA-1.1B at batch 8 and 16: the tensor-core step with and without the
+#              split-K rule against torch.compile reduce-overhead;
+#   prefill    bench/prefill.py --compile --ragged: time to first token of ours compiled (prompts through compiled
+#              layers), ours eager and transformers, 1k/4k tokens at batch 1/8;
 #   fp8-sweep  bench/fused_decode.py --fp8: the batch-1 GEMV's tiles with FP8 weights (issue 19; wider row tiles
 #              quantize each input tile for more rows).
 # Done on 2026-12-07 (docs/performance.md): wq-memory, wq-compiled (but INT4 AWQ), summarize, falcon, tests.
@@ -66,9 +70,13 @@ for s in "${@:-tests batch-sweep batch-sweep-16 wq-batch fp8-sweep}"; do
         step batch-sweep-16 560 "$PY" bench/fused_decode.py --pdl --batch 16 ;;
       wq-batch)
         step wq-batch 560 "$PY" bench/fused_decode_wq.py --batch 8 --json "$OUT/wq-batch.json" ;;
+      batch-e2e)
+        step batch-e2e 420 "$PY" bench/fused_batch.py --shapes llama-1.1b --batch 8 16 --split_k --compile llama-1.1b ;;
+      prefill)
+        step prefill 420 "$PY" bench/prefill.py --compile --ragged --repeats 3 --json "$OUT/prefill.json" ;;
       fp8-sweep)
         step fp8-sweep 560 "$PY" bench/fused_decode.py --pdl --fp8 ;;
-      *) echo "unknown step $name (wq-memory, wq-compiled, summarize, falcon, tests, batch-sweep, batch-sweep-16, wq-batch, fp8-sweep)" >&2
+      *) echo "unknown step $name (wq-memory, wq-compiled, summarize, falcon, tests, batch-sweep, batch-sweep-16, batch-e2e, prefill, wq-batch, fp8-sweep)" >&2
          exit 2 ;;
     esac
   done

@@ -231,7 +231,7 @@ class FusedDecoder:
     when the KV cache is reallocated) and replayed; batches over ``max_batch`` (at most ``MAX_BATCH``) go to
     ``fallback``. ``gemm``: how batches of 2-16 multiply (``batch_gemm``); ``batch_tuning``: launch options of
     ``gemv_batch_kernel`` over ``gemv_batch_blocks``' own (``TUNABLE``), for
-    ``bench/fused_decode.py --batch``'s candidates."""
+    ``bench/fused_decode.py --batch``'s candidates; ``split_k``: the split-K rule on or off (default ``SPLIT_K``)."""
 
     def __init__(
         self,
@@ -241,6 +241,7 @@ class FusedDecoder:
         gemm: str = "auto",
         max_batch: int = MAX_BATCH,
         batch_tuning: dict | None = None,
+        split_k: bool | None = None,
     ):
         reason = unsupported(model)
         if reason:
@@ -256,7 +257,7 @@ class FusedDecoder:
         unknown = set(batch_tuning or {}) - set(TUNABLE)
         if unknown:
             raise ValueError(f"fused decode: batch_tuning takes {', '.join(TUNABLE)}: {unknown}")
-        self.batch_tuning = dict(batch_tuning or {})
+        self.batch_tuning, self.split_k = dict(batch_tuning or {}), split_k
         spec = model.spec
         self.act = KERNEL_ACTIVATIONS[spec.activation]
         self.eps = spec.norm_epsilon
@@ -402,7 +403,7 @@ class FusedDecoder:
             self.kernels.gemv_kernel[grid](*args, NBIAS=nbias, **flags, **blocks, **pdl)
             return
         dot = batch_gemm(self.gemm, b)
-        blocks = gemv_batch_blocks(n, k, b, dot, self.sms) | self.batch_tuning
+        blocks = gemv_batch_blocks(n, k, b, dot, self.sms, self.split_k) | self.batch_tuning
         precision = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32: unused by half-precision inputs
         tiles, split = math.ceil(n / blocks["BN"]), blocks["SPLIT"]
         part, count = self.partials(b, split * 2 * blocks["BB"] * n, tiles) if split > 1 else (y, y)
