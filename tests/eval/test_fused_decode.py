@@ -167,13 +167,15 @@ def test_fused_step_long_cache_and_left_padding(tmp_path):
         ("dot", {"PREFETCH": False, "BK": 32}),
         ("dot", {"SPLIT": 3, "BK": 16}),
         ("rows", {"SPLIT": 2, "BK": 16, "PREFETCH": False}),
+        ("dot", {"BK": 16, "STATS_BK": 64}),
     ],
 )
 def test_fused_batch_with_ragged_padding(tmp_path, gemm, tuning):
     """A batch of 3 left-padded rows (pads 0, 2, 5): every GEMV reads its weight once for all rows, on tensor
     cores (dot) or as multi-row GEMVs (rows), with the next tile prefetched by hand or by triton's pipeliner
     (several tiles of K), or with K split over several programs per row tile (split-K: 3 splits of 64
-    columns in tiles of 16 leave the last split empty) whose partials the last one adds; rotary positions and
+    columns in tiles of 16 leave the last split empty) whose partials the last one adds, or the norm statistics
+    read in wider steps than the weight tiles; rotary positions and
     the keys each row sees follow its pad."""
     path, config = write(tmp_path, "all-biases")
     model = load(path, config)

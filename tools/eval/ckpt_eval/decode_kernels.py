@@ -317,6 +317,7 @@ def gemv_batch_kernel(
     SPLIT: tl.constexpr = 1,
     PART=None,
     COUNT=None,
+    STATS_BK: tl.constexpr = 0,
 ):
     """``gemv_kernel`` for a batch: ``Y[b] = act(W @ norm(X[b]) + BIAS) (+ RES[b])`` for the B rows of X
     [B, K] (Y, RES: [B, N]). Each program reads its weight tile [BN, BK] once and multiplies it by all B
@@ -333,7 +334,10 @@ def gemv_batch_kernel(
     splits the K columns into SPLIT ranges of whole BK tiles. Each program stores its float32 partial sums in
     PART ([SPLIT, 2, BB, N]: plain and gate) and counts itself in COUNT[row tile] (int32, zero before the
     launch); the program that counts last adds the SPLIT partials in split order (the same sum whichever
-    program finishes last), applies the epilogue, and sets the count back to zero for the next launch."""
+    program finishes last), applies the epilogue, and sets the count back to zero for the next launch.
+
+    STATS_BK: the columns per step of the norm statistics' pass over the inputs (0: BK); a wider step means
+    fewer dependent loads before the first multiply."""
     dtype: tl.constexpr = X.dtype.element_ty
     if PDL:
         gdc_launch_dependents()
@@ -364,7 +368,11 @@ def gemv_batch_kernel(
         gdc_wait()
     mean, scale = 0.0, 1.0
     if HAS_NORM:
-        mean, scale = _norm_stats(x_rows, x_cols, K, eps, LAYER, BK)
+        if STATS_BK:
+            stats_cols = tl.where(in_batch[:, None], tl.arange(0, STATS_BK)[None, :], K)
+            mean, scale = _norm_stats(x_rows, stats_cols, K, eps, LAYER, STATS_BK)
+        else:
+            mean, scale = _norm_stats(x_rows, x_cols, K, eps, LAYER, BK)
     x_scale = _input_scale(x_rows, x_cols, K, NORM, NBIAS, PRE, XS, mean, scale, BK, AQ, HAS_NORM, LAYER,
                            HAS_PRE, dtype)  # fmt: skip
     g_scale = x_scale

@@ -47,7 +47,7 @@ GEMMS = ("auto", "dot", "rows")  # how batches of 2-16 multiply (``batch_gemm``)
 # split-K by default in ``gemv_batch_blocks``: not until bench/fused_decode.py --batch has timed it on a GPU (it
 # is tested in triton's interpreter; ``batch_tuning={"SPLIT": n}`` and the sweep run it meanwhile)
 SPLIT_K = False
-TUNABLE = ("BN", "BK", "num_warps", "num_stages", "PREFETCH", "SPLIT")  # ``FusedDecoder(batch_tuning=...)``
+TUNABLE = ("BN", "BK", "num_warps", "num_stages", "PREFETCH", "SPLIT", "STATS_BK")  # ``FusedDecoder(batch_tuning=...)``
 
 
 def unsupported(model: Transformer) -> str | None:
