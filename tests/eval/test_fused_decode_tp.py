@@ -52,10 +52,10 @@ def test_tp2_fused_and_compiled_steps_give_the_tp1_tokens(tmp_path):
     hf = tmp_path / "hf"
     tp1 = convert_tiny("llama-gqa", tmp_path / "tp1", hf_dir=hf)
     tp2 = convert_tiny("llama-gqa", tmp_path / "tp2", tp=2, hf_dir=hf)
-    out = ranks(tp2, "eager", "fused", "default", n=2)
+    out = ranks(tp2, "eager", "fused", "default", "prompts", n=2)  # prompts: compiled layers, traced all-reduces
     assert out["fused"]["path"] == "fused" and out["default"]["path"] == "torch.compile default"
     expected = one_process(tp1)
-    for mode in ("eager", "fused", "default"):
+    for mode in ("eager", "fused", "default", "prompts"):
         assert out[mode]["tokens"] == expected, mode
 
 
