@@ -378,6 +378,23 @@ def test_compiled_prompts_give_the_eager_tokens_without_recompiling(models, fami
     assert counters["unique_graphs"] == frames  # other lengths and batch: nothing compiled again
 
 
+def test_a_prompt_the_compiler_fails_on_runs_eager_with_a_note(models, greedy, capsys):
+    """A compiler failure on a prompt (here a backend that refuses every graph) is one note; that prompt and the
+    later ones run through the eager layers, with the eager tokens."""
+
+    def refuse(graph, inputs):
+        raise RuntimeError("no graph today")
+
+    runner = ModelRunner.from_dir(models.checkpoint("llama-gqa"), device="cpu")
+    model = runner.model.model
+    model.prompt_blocks = [torch.compile(layer, backend=refuse) for layer in model.transformer.blocks()]
+    for _ in range(2):
+        assert torch.equal(runner.generate(prompts(), max_new_tokens=STEPS), greedy["output_ids"])
+    assert model.prompt_blocks is None
+    err = capsys.readouterr().err
+    assert err.count("note: --compile: prompts run eager (") == 1 and "no graph today" in err
+
+
 @pytest.mark.slow
 def test_ckpt_run_compile_flag_prints_the_eager_output(models, tmp_path, capsys):
     (tmp_path / "p.csv").write_text("1,2,3,4,5\n9,8,7\n")

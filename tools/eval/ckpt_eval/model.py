@@ -8,6 +8,7 @@ collectives of ``Parallel``; a pipeline stage holds only its layers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -344,7 +345,7 @@ class Transformer(nn.Module):
             heads = spec.num_heads // par.tp_size
             slopes = alibi_slopes(spec)[par.tp_rank * heads : (par.tp_rank + 1) * heads]
             self.alibi = torch.from_numpy(slopes.copy())
-        self.prompt_blocks: list[nn.Module] | None = None  # the layers compiled for prompts (``compile_prompts``)
+        self.prompt_blocks: list[Callable[..., torch.Tensor]] | None = None  # compiled layers (``compile_prompts``)
 
     def compile_prompts(self) -> None:
         """Run prompts (more than one position) through ``torch.compile``d layers: one compiled graph of a layer,
@@ -428,7 +429,9 @@ class Transformer(nn.Module):
         cos_sin = {False: self.rotary.cos_sin(positions, x.dtype) if self.rotary is not None else None}
         cos_sin[True] = self.rotary_local.cos_sin(positions, x.dtype) if self.rotary_local else cos_sin[False]
         blocks = self.transformer.blocks()
-        run: list[nn.Module] = self.prompt_blocks if self.prompt_blocks and inputs.shape[1] > 1 else list(blocks)
+        run: list[Callable[..., torch.Tensor]] = list(blocks)
+        if self.prompt_blocks and inputs.shape[1] > 1:
+            run = self.prompt_blocks
         for layer, call in zip(blocks, run, strict=True):
             x = call(x, slots, masks[layer.local], rotary[layer.local], cos_sin[layer.local])
         if causal is not None and causal.to_padded is not None:

@@ -108,7 +108,20 @@ class TorchStepper:
         b, t = tokens.shape
         x = tokens if par.is_first_stage else par.recv_prev((b, t, self.spec.hidden_size), self.dtype)
         run = self.decode if t == 1 and not all_logits else self.model
-        out = run(x, slots, pad, last_only=not all_logits)
+        try:
+            out = run(x, slots, pad, last_only=not all_logits)
+        except Exception as err:
+            if t == 1 or not self.model.prompt_blocks:  # not a prompt through compiled layers
+                raise
+            # a prompt the compiler could not take: the eager layers from now on (the cache slots it wrote are
+            # written again)
+            cause: BaseException = err
+            while (inner := getattr(cause, "inner_exception", None) or cause.__cause__) is not None:
+                cause = inner  # the compiler's own error, not its wrapper's
+            text = str(cause).splitlines()[0][:200] if str(cause) else ""
+            print(f"note: --compile: prompts run eager ({type(cause).__name__}: {text})", file=sys.stderr)
+            self.model.prompt_blocks = None
+            out = self.model(x, slots, pad, last_only=not all_logits)
         if not par.is_last_stage:
             par.send_next(out)
             return None
