@@ -126,8 +126,8 @@ def bench_shape(name: str, fields: dict, args, bandwidth: float) -> None:
         systems = {f"fused {g}": FusedDecoder(model, gemm=g) for g in gemms}
         if batch > 1 and args.tuning:  # a candidate of bench/fused_decode.py --batch, beside the launch in use
             systems["fused dot tuned"] = FusedDecoder(model, gemm="dot", batch_tuning=args.tuning)
-        if batch > 1 and args.split_k:  # the split-K rule (fused_decode.SPLIT_K) beside the launch in use
-            systems["fused dot split-K"] = FusedDecoder(model, gemm="dot", split_k=True)
+        if batch > 1 and args.unsplit:  # the launch before split-K (fused_decode.SPLIT_K) beside the one in use
+            systems["fused dot unsplit"] = FusedDecoder(model, gemm="dot", split_k=False)
         if batch == 1:
             systems = {"fused": systems["fused rows"]}
         if compiled is not None:
@@ -159,7 +159,7 @@ def main() -> None:
         "--tuning", type=json.loads, default=None, metavar="JSON",
         help='also time the dot form with these launch options, e.g. \'{"BN": 16, "BK": 256, "PREFETCH": false}\'',
     )  # fmt: skip
-    ap.add_argument("--split_k", action="store_true", help="also the tensor-core step with the split-K rule on")
+    ap.add_argument("--unsplit", action="store_true", help="also the tensor-core step without split-K")
     ap.add_argument("--dtype", default="float16")
     args = ap.parse_args()
     args.device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one-GPU figures issues 19 and 24 still wait for, in steps that each fit a 10-minute call.
-#   bash bench/one_gpu.sh [STEP ...]          (default: tests, then the steps not yet run: batch-sweep batch-sweep-16 wq-batch fp8-sweep)
+#   bash bench/one_gpu.sh [STEP ...]          (default: tests, then the steps not yet run: batch-sweep-16 batch-e2e wq-batch fp8-sweep)
 # Steps:
 #   wq-memory  bench/weight_only_memory.py at the TinyLlama-1.1B shape in fp16: memory held, prefill peak and
 #              eager decode of int8/int4/AWQ (codes only) against the previous dequantize-at-load layout;
@@ -15,13 +15,14 @@
 #              (issue 24's batches of 2-16; gemv_batch_blocks takes the winner);
 #   wq-batch   bench/fused_decode_wq.py --batch 8: the fused step at batch 8 on int8/int4/AWQ codes (the batched
 #              packed GEMV, codes read once for all rows) against fp16's batched tensor-core GEMV;
-#   batch-e2e  bench/fused_batch.py, LLaMA-1.1B at batch 8 and 16: the tensor-core step with and without the
-#              split-K rule against torch.compile reduce-overhead;
+#   batch-e2e  bench/fused_batch.py, LLaMA-1.1B at batch 8 and 16: the tensor-core step with and without
+#              split-K against torch.compile reduce-overhead;
 #   prefill    bench/prefill.py --compile --ragged: time to first token of ours compiled (prompts through compiled
 #              layers), ours eager and transformers, 1k/4k tokens at batch 1/8;
 #   fp8-sweep  bench/fused_decode.py --fp8: the batch-1 GEMV's tiles with FP8 weights (issue 19; wider row tiles
 #              quantize each input tile for more rows).
 # Done on 2026-12-07 (docs/performance.md): wq-memory, wq-compiled (but INT4 AWQ), summarize, falcon, tests.
+# Done on 2026-12-08: prefill, batch-sweep (batch 8; then split-K turned on), batch-e2e at batch 8 only.
 # Env: PYTHON (python3), OUT (where figures go, default /tmp/one-gpu), TOKENIZER (a tokenizer dir for summarize),
 # WORK (models; default $OUT/work).
 set -euo pipefail
@@ -42,7 +43,7 @@ step() {  # step NAME SECONDS CMD...: run CMD with a time limit, its output in $
   grep -v -e '^{' -e '^  ' -e 'Warning' "$OUT/$name.txt" | tail -30
   echo "$name: exit $rc"
 }
-for s in "${@:-tests batch-sweep batch-sweep-16 wq-batch fp8-sweep}"; do
+for s in "${@:-tests batch-sweep-16 batch-e2e wq-batch fp8-sweep}"; do
   for name in $s; do
     case $name in
       wq-memory)
@@ -71,7 +72,7 @@ for s in "${@:-tests batch-sweep batch-sweep-16 wq-batch fp8-sweep}"; do
       wq-batch)
         step wq-batch 560 "$PY" bench/fused_decode_wq.py --batch 8 --json "$OUT/wq-batch.json" ;;
       batch-e2e)
-        step batch-e2e 420 "$PY" bench/fused_batch.py --shapes llama-1.1b --batch 8 16 --split_k --compile llama-1.1b ;;
+        step batch-e2e 420 "$PY" bench/fused_batch.py --shapes llama-1.1b --batch 8 16 --unsplit --compile llama-1.1b ;;
       prefill)
         step prefill 420 "$PY" bench/prefill.py --compile --ragged --repeats 3 --json "$OUT/prefill.json" ;;
       fp8-sweep)

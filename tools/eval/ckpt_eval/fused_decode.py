@@ -40,13 +40,13 @@ from .quantized import InputQuant, PackedLinear, PackedWeight, QuantWeight
 KERNEL_ACTIVATIONS = {"silu": "silu", "relu": "relu", "gelu_erf": "gelu", "gelu_tanh": "gelu_tanh"}
 MAX_BATCH = 16  # a CUDA graph per batch size up to here; larger batches go to the fallback
 # what ``--compile`` ("auto") sends to the fused step: batch 1 (measured on an H100, docs/performance.md: 70 %
-# of the bound). Batches of 2-16 go there only with compile="fused": measured at 9-14 % of the bound against
-# torch.compile's ~44 % at batch 8, so they stay on torch.compile until the batched kernel is rewritten
+# of the bound). Batches of 2-16 go there only with compile="fused": with split-K, 3,200 tokens/s at batch 8
+# (28 % of the bound) against torch.compile's ~5,000 (44 %), so they stay on torch.compile
 AUTO_MAX_BATCH = 1
 GEMMS = ("auto", "dot", "rows")  # how batches of 2-16 multiply (``batch_gemm``)
-# split-K by default in ``gemv_batch_blocks``: not until bench/fused_decode.py --batch has timed it on a GPU (it
-# is tested in triton's interpreter; ``batch_tuning={"SPLIT": n}`` and the sweep run it meanwhile)
-SPLIT_K = False
+# split-K in ``gemv_batch_blocks``: measured on an H100 at batch 8, 2.6x the unsplit step end to end (1,240 ->
+# 3,190-3,250 tokens/s for a TinyLlama shape); every split's output equal to the unsplit one's on the GPU
+SPLIT_K = True
 TUNABLE = ("BN", "BK", "num_warps", "num_stages", "PREFETCH", "SPLIT", "STATS_BK")  # ``FusedDecoder(batch_tuning=...)``
 
 
