@@ -349,10 +349,11 @@ class Transformer(nn.Module):
 
     def compile_prompts(self) -> None:
         """Run prompts (more than one position) through ``torch.compile``d layers: one compiled graph of a layer,
-        shapes dynamic, which every layer reuses (their weights are its inputs), so prompts of any length and batch
-        take it without a recompile. Inductor fuses the norms, rotary, activation and residual adds around the
-        GEMMs and SDPA, and the layer's ~20 eager operator calls become a handful of kernel launches, which is
-        what a short prompt's prefill was waiting on. One-token steps keep the layers as they are."""
+        dynamic in length, which every layer reuses (their weights are its inputs), so prompts of any length take
+        it without a recompile (a new batch size or a grown KV cache costs one). Inductor fuses the norms, rotary,
+        activation and residual adds around the GEMMs and SDPA, and a layer's ~20 eager operator calls become a
+        few kernel launches, which is what a short prompt's prefill waited on. One-token steps keep the layers
+        as they are."""
         self.prompt_blocks = [torch.compile(layer, dynamic=True) for layer in self.transformer.blocks()]
 
     def layer_rotary(self, local: bool) -> Rotary | None:

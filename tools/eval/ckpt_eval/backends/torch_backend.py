@@ -65,8 +65,8 @@ class TorchStepper:
         self.captured: set[int] = set()  # batch sizes the compiled step has run (each one a graph of its own)
         if compile:
             self.decode, self.decode_path = decode_step(self.model, "auto" if compile is True else compile)
-            if self.device.type == "cuda":  # prompts through compiled layers (on a CPU they stay eager)
-                self.model.compile_prompts()
+            if self.device.type == "cuda" and self.decode is not self.model:  # prompts through compiled layers
+                self.model.compile_prompts()  # (on a CPU, and for pipeline stages, which run eager, they stay eager)
 
     def cancel_checksums(self) -> None:
         if self.checksums is not None:
