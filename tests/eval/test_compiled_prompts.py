@@ -4,9 +4,13 @@ the eager layers', and all layers share one compiled graph."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():  # before anything imports triton, which reads it once: the other test modules'
+    os.environ["TRITON_INTERPRET"] = "1"  # fused kernels run in its interpreter in this same process
 pytest.importorskip("triton")
 
 from ckpt_eval.fp8_quantize import quantize_fp8  # noqa: E402
