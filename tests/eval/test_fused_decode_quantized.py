@@ -48,8 +48,8 @@ def emulated(monkeypatch):
     monkeypatch.setenv("CKPT_EVAL_NATIVE_QUANT", "0")
 
 
-def fp8_checkpoint(tmp_path, name: str):
-    config = CheckpointConfig.from_dict({**BASE, **VARIANTS[name]}).check()
+def fp8_checkpoint(tmp_path, name: str, **extra):
+    config = CheckpointConfig.from_dict({**BASE, **VARIANTS[name], **extra}).check()
     src = random_checkpoint(tmp_path / f"{name}-float", config, seed=len(name))
     dst = tmp_path / f"{name}-fp8"
     return dst, quantize_fp8(src, dst, CALIBRATION)
@@ -152,3 +152,50 @@ def test_int8_per_token_kv_int8_fused_batch(tmp_path):
     assert unsupported(model) is None
     errors = teacher_forced_errors(model, FusedDecoder(model), prompt_len=6, steps=2, pad=[0, 3])
     assert max(errors) <= TOLERANCE["float32"], errors
+
+
+def same_steps_either_side(model, prompt_len: int, steps: int, pad: list[int], **options) -> None:
+    """The fused step with dense's and proj's inputs quantized by the kernels that write them (the attention,
+    the fc GEMV) gives the logits, bit for bit, of the step whose GEMVs quantize their inputs themselves."""
+    at_producer = FusedDecoder(model, **options)
+    in_gemv = FusedDecoder(model, quant_at_producer=False, **options)
+    ops = at_producer.layers[0]
+    assert ops.attn_out_quant is not None and ops.mlp_out_quant is not None
+    assert ops.dense.flags is not None and ops.dense.flags["AQ"] == "none"
+    assert in_gemv.layers[0].attn_out_quant is None and in_gemv.layers[0].dense.flags["AQ"] != "none"
+    gen = torch.Generator().manual_seed(1)
+    b = len(pad)
+    tokens = torch.randint(0, model.spec.vocab_size, (b, prompt_len + steps), generator=gen).to(DEVICE)
+    pad_t = torch.tensor(pad, device=DEVICE)
+    model.setup_cache(b, prompt_len + steps)
+    model(tokens[:, :prompt_len], torch.arange(prompt_len, device=DEVICE), pad_t, last_only=True)
+    for i in range(prompt_len, prompt_len + steps):
+        token, slot = tokens[:, i : i + 1], torch.tensor([i], device=DEVICE)
+        want = in_gemv(token, slot, pad_t).clone()  # both write the same k, v at slot
+        assert torch.equal(at_producer(token, slot, pad_t), want), f"step at slot {i}"
+
+
+@pytest.mark.parametrize("case", ["one row", "batch rows", "batch dot", "long cache"])
+def test_fp8_inputs_quantized_at_producer(tmp_path, case):
+    """FP8: the attention kernel (one program per head, or the split partials' combine kernel past 512 cached
+    positions) and the fc/gate GEMV (one row, or a batch on CUDA cores or tensor cores) store dense's and
+    proj's inputs quantized."""
+    long = case == "long cache"
+    path, config = fp8_checkpoint(tmp_path, "all-biases", **({"max_position_embeddings": 1024} if long else {}))
+    model = load(path, config)
+    pad = [0] if case in ("one row", "long cache") else [2, 0, 4]
+    options = {"gemm": case.split()[1]} if case.startswith("batch") else {}
+    same_steps_either_side(model, 600 if long else 5, 2, pad, **options)
+
+
+def test_int8_sq_inputs_quantized_at_producer(tmp_path):
+    """INT8 SmoothQuant per tensor with pre-quant (smoothing) scales on dense and proj (ModelOpt's export):
+    the producers multiply by them and round to int8 as the GEMVs did."""
+    from ckptfmt.reconcile import reconcile
+    from tests.test_executor_parity import QUANTIZED, quantized_variant
+
+    quantized_variant(QUANTIZED / "int8_sq_kv_int8" / "tp1_pp1", tmp_path / "q")
+    model = load(tmp_path / "q", reconcile(load_config(tmp_path / "q"), tmp_path / "q"))
+    assert model.transformer.blocks()[0].attention.dense.input_quant.prequant is not None
+    same_steps_either_side(model, 6, 2, [0])
+    same_steps_either_side(model, 6, 2, [0, 3])

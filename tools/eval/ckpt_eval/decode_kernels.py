@@ -93,6 +93,18 @@ def _quant_input(x, cols, K, PRE, scale, AQ: tl.constexpr, HAS_PRE: tl.constexpr
 
 
 @triton.jit
+def _quant_output(y, cols, N, OPRE, OXS, OAQ: tl.constexpr, OHAS_PRE: tl.constexpr, dtype: tl.constexpr):
+    """A kernel's outputs ``y`` (float32; elements ``cols`` < N of the next linear's input) rounded to the model
+    dtype, then, OAQ not "none", quantized as that linear's ``InputQuant`` does (``_quant_input`` with the scale
+    OXS[0] and pre-quant scale OPRE), so that the next GEMV reads its input quantized once (``AQ`` "none")
+    instead of quantizing it again in each of its programs."""
+    y = _round(y, dtype)
+    if OAQ != "none":
+        y = _quant_input(y, cols, N, OPRE, tl.load(OXS).to(tl.float32), OAQ, OHAS_PRE, dtype)
+    return y
+
+
+@triton.jit
 def _input_scale(X, cols, K, NORM, NBIAS, PRE, XS, mean, scale, BK: tl.constexpr, AQ: tl.constexpr,
                  HAS_NORM: tl.constexpr, LAYER: tl.constexpr, HAS_PRE: tl.constexpr, dtype: tl.constexpr):  # fmt: skip
     """The activation scale: XS[0] (per tensor), or for AQ "int8_tok" each input row's largest magnitude
@@ -181,6 +193,10 @@ def gemv_kernel(
     LAYER: tl.constexpr = False,
     NBIAS=None,
     CAST: tl.constexpr = False,
+    OXS=None,
+    OPRE=None,
+    OAQ: tl.constexpr = "none",
+    OHAS_PRE: tl.constexpr = False,
 ):
     """``Y[n] = act(W @ norm(X) + BIAS)[n] (+ RES[n])`` for rows n < N of W [N or 2N, K]; one vector X [K].
 
@@ -195,6 +211,8 @@ def gemv_kernel(
     does, after ``x * PRE`` where HAS_PRE: "fp8" / "int8" with the scale XS[0], "int8_tok" with its own
     per-token scale. SPLIT_ACT: the gate rows' input has its own PRE (at PRE + K) and scale (XS[1]). CAST: the
     input's e4m3 rounding by the GPU's conversion instead of arithmetic (``_fake_quant``; not used by the step yet).
+    OAQ (with OXS, OPRE, OHAS_PRE): Y is the next linear's input, stored quantized as it quantizes it
+    (``_quant_output``).
 
     PDL (programmatic dependent launch, sm90+): the next kernel may start while this one runs, and this one
     reads its first weight tile (which no kernel of the step writes) before it waits for the previous
@@ -247,6 +265,7 @@ def gemv_kernel(
     y = _epilogue(tl.sum(acc, 1), tl.sum(acc_gate, 1), rows, row_ok, N, BIAS, WS, HAS_BIAS, GATED, ACT, WQ, dtype)
     if HAS_RES:
         y += tl.load(RES + rows, mask=row_ok, other=0.0).to(tl.float32)
+    y = _quant_output(y, rows, N, OPRE, OXS, OAQ, OHAS_PRE, dtype)
     tl.store(Y + rows, y.to(dtype).to(Y.dtype.element_ty), mask=row_ok)
 
 
@@ -318,6 +337,10 @@ def gemv_batch_kernel(
     PART=None,
     COUNT=None,
     STATS_BK: tl.constexpr = 0,
+    OXS=None,
+    OPRE=None,
+    OAQ: tl.constexpr = "none",
+    OHAS_PRE: tl.constexpr = False,
 ):
     """``gemv_kernel`` for a batch: ``Y[b] = act(W @ norm(X[b]) + BIAS) (+ RES[b])`` for the B rows of X
     [B, K] (Y, RES: [B, N]). Each program reads its weight tile [BN, BK] once and multiplies it by all B
@@ -337,7 +360,7 @@ def gemv_batch_kernel(
     program finishes last), applies the epilogue, and sets the count back to zero for the next launch.
 
     STATS_BK: the columns per step of the norm statistics' pass over the inputs (0: BK); a wider step means
-    fewer dependent loads before the first multiply."""
+    fewer dependent loads before the first multiply. OAQ: as in ``gemv_kernel``."""
     dtype: tl.constexpr = X.dtype.element_ty
     if PDL:
         gdc_launch_dependents()
@@ -352,7 +375,9 @@ def gemv_batch_kernel(
     cols = tl.arange(0, BK)
     batch = tl.arange(0, BB)
     in_batch = batch < B
-    x_cols = tl.where(in_batch[:, None], cols[None, :], K)  # [BB, BK]: rows past B read nothing
+    # [BB, BK]: rows past B read nothing (their columns start at K). An offset per row keeps each row's columns
+    # contiguous and 16-aligned, so the input loads are vectorized (a ``where`` over the columns made them 2-byte)
+    x_cols = cols[None, :] + tl.where(in_batch, 0, K)[:, None]
     x_rows = X + batch[:, None] * K
     rows64 = rows.to(tl.int64)
     w_ptr = W + rows64[:, None] * K + cols[None, :]
@@ -369,7 +394,7 @@ def gemv_batch_kernel(
     mean, scale = 0.0, 1.0
     if HAS_NORM:
         if STATS_BK:
-            stats_cols = tl.where(in_batch[:, None], tl.arange(0, STATS_BK)[None, :], K)
+            stats_cols = tl.arange(0, STATS_BK)[None, :] + tl.where(in_batch, 0, K)[:, None]
             mean, scale = _norm_stats(x_rows, stats_cols, K, eps, LAYER, STATS_BK)
         else:
             mean, scale = _norm_stats(x_rows, x_cols, K, eps, LAYER, BK)
@@ -418,21 +443,23 @@ def gemv_batch_kernel(
                     acc_gate += tl.load(PART + (s * 2 + 1) * plane + out, mask=out_ok, other=0.0,
                                         cache_modifier=".cg")  # fmt: skip
             tl.store(COUNT + tl.program_id(0), 0)
-            _batch_store(acc, acc_gate, rows, row_ok, out, out_ok, N, BIAS, WS, RES, Y, HAS_BIAS, GATED, ACT, WQ,
-                         HAS_RES, dtype)  # fmt: skip
+            _batch_store(acc, acc_gate, rows, row_ok, out, out_ok, N, BIAS, WS, RES, Y, OXS, OPRE, HAS_BIAS, GATED, ACT,
+                         WQ, HAS_RES, OAQ, OHAS_PRE, dtype)  # fmt: skip
     else:
-        _batch_store(acc, acc_gate, rows, row_ok, out, out_ok, N, BIAS, WS, RES, Y, HAS_BIAS, GATED, ACT, WQ,
-                     HAS_RES, dtype)  # fmt: skip
+        _batch_store(acc, acc_gate, rows, row_ok, out, out_ok, N, BIAS, WS, RES, Y, OXS, OPRE, HAS_BIAS, GATED, ACT,
+                     WQ, HAS_RES, OAQ, OHAS_PRE, dtype)  # fmt: skip
 
 
 @triton.jit
-def _batch_store(acc, acc_gate, rows, row_ok, out, out_ok, N, BIAS, WS, RES, Y, HAS_BIAS: tl.constexpr,
-                 GATED: tl.constexpr, ACT: tl.constexpr, WQ: tl.constexpr, HAS_RES: tl.constexpr,
-                 dtype: tl.constexpr):  # fmt: skip
-    """``gemv_batch_kernel``'s outputs [BB, BN] from its float32 sums: epilogue, residual, store."""
+def _batch_store(acc, acc_gate, rows, row_ok, out, out_ok, N, BIAS, WS, RES, Y, OXS, OPRE, HAS_BIAS: tl.constexpr,
+                 GATED: tl.constexpr, ACT: tl.constexpr, WQ: tl.constexpr, HAS_RES: tl.constexpr, OAQ: tl.constexpr,
+                 OHAS_PRE: tl.constexpr, dtype: tl.constexpr):  # fmt: skip
+    """``gemv_batch_kernel``'s outputs [BB, BN] from its float32 sums: epilogue, residual, the next linear's
+    input quantization (OAQ), store."""
     y = _epilogue(acc, acc_gate, rows[None, :], row_ok[None, :], N, BIAS, WS, HAS_BIAS, GATED, ACT, WQ, dtype)
     if HAS_RES:
         y += tl.load(RES + out, mask=out_ok, other=0.0).to(tl.float32)
+    y = _quant_output(y, rows[None, :], N, OPRE, OXS, OAQ, OHAS_PRE, dtype)
     tl.store(Y + out, y.to(dtype).to(Y.dtype.element_ty), mask=out_ok)
 
 
@@ -536,6 +563,10 @@ def decode_attention_kernel(
     KNORM=None,
     eps=0.0,
     QK_NORM: tl.constexpr = False,
+    OXS=None,
+    OPRE=None,
+    OAQ: tl.constexpr = "none",
+    OHAS_PRE: tl.constexpr = False,
 ):
     """One query position of each sequence b of a left-padded batch against its cache: rotary on q and k
     (position slot - PAD[b]), the new k and v written at ``slot`` of KV [2, batch, kv_heads, max_seq, D], then
@@ -553,7 +584,8 @@ def decode_attention_kernel(
     they are written and used, so the cache holds what the torch backend's does. SOFTCAP > 0 (Gemma 2): each
     score becomes ``SOFTCAP * tanh(score / SOFTCAP)`` before the ALiBi term and the softmax. QK_NORM (Gemma 3):
     each q and k head is RMS-normalized (statistics in float32, ``eps``) and scaled by QNORM / KNORM [D] before
-    the rotary embedding, as ``model.RMSNorm`` does."""
+    the rotary embedding, as ``model.RMSNorm`` does. OAQ: OUT [batch, HEADS * D] is the dense GEMV's input,
+    stored quantized as it quantizes it (``_quant_output``)."""
     dtype: tl.constexpr = QKV.dtype.element_ty
     if PDL:  # see gemv_kernel
         gdc_launch_dependents()
@@ -634,7 +666,8 @@ def decode_attention_kernel(
         denom = denom * alpha + tl.sum(p, 0)
         m = m_new
     if SPLITS == 1:
-        tl.store(OUT + (b * HEADS + h) * D + d, (acc / denom).to(OUT.dtype.element_ty), mask=d_ok)
+        out = _quant_output(acc / denom, h * D + d, HEADS * D, OPRE, OXS, OAQ, OHAS_PRE, dtype)
+        tl.store(OUT + (b * HEADS + h) * D + d, out.to(OUT.dtype.element_ty), mask=d_ok)
     else:
         part = PARTS + ((b * HEADS + h) * SPLITS + split) * (BD + 2)  # [max, denominator, BD sums]
         tl.store(part, m)
@@ -651,9 +684,13 @@ def attention_combine_kernel(
     BD: tl.constexpr,
     SPLITS: tl.constexpr,
     PDL: tl.constexpr,
+    OXS=None,
+    OPRE=None,
+    OAQ: tl.constexpr = "none",
+    OHAS_PRE: tl.constexpr = False,
 ):
-    """OUT[b, h] from the SPLITS partials of ``decode_attention_kernel``, each rescaled to the common max.
-    One program per (head, sequence)."""
+    """OUT[b, h] from the SPLITS partials of ``decode_attention_kernel``, each rescaled to the common max (OAQ:
+    quantized as there). One program per (head, sequence)."""
     if PDL:  # see gemv_kernel
         gdc_launch_dependents()
         gdc_wait()
@@ -664,4 +701,6 @@ def attention_combine_kernel(
     weight = tl.exp(m - tl.max(m, 0))  # an empty split (max -inf) weighs 0
     denom = tl.sum(tl.load(parts + 1) * weight, 0)
     acc = tl.sum(tl.load(parts[:, None] + 2 + d[None, :]) * weight[:, None], 0)
-    tl.store(OUT + h * D + d, (acc / denom).to(OUT.dtype.element_ty), mask=d < D)
+    dtype: tl.constexpr = OUT.dtype.element_ty
+    out = _quant_output(acc / denom, tl.program_id(0) * D + d, HEADS * D, OPRE, OXS, OAQ, OHAS_PRE, dtype)
+    tl.store(OUT + h * D + d, out.to(dtype), mask=d < D)

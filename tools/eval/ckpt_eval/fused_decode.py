@@ -18,15 +18,16 @@ learned positions (OPT's projected embeddings too), sliding windows, biases, gat
 embedding scale, sandwich norms, logit caps and per-head q/k norms;
 ``unsupported`` names what else a model has, and the torch backend then uses ``torch.compile`` instead.
 FP8 and INT8 SmoothQuant checkpoints run from their codes (``quantized.QuantWeight``: the GEMVs read e4m3 or
-int8 weights, a byte each, and quantize their inputs as ``quantized.InputQuant`` does), INT8/FP8 KV caches
-as ``quantized.KVQuant`` does (``tests/eval/test_fused_decode_quantized.py``).
+int8 weights, a byte each, and quantize their inputs as ``quantized.InputQuant`` does: dense's and proj's where
+the attention and fc/gate kernels write them, ``producer_quant``), INT8/FP8 KV caches as ``quantized.KVQuant``
+does (``tests/eval/test_fused_decode_quantized.py``).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import torch
@@ -81,11 +82,16 @@ def unsupported(model: Transformer) -> str | None:
     return None
 
 
-def gemv_blocks(k: int) -> dict:
+def gemv_blocks(k: int, codes: bool = False, gated: bool = False) -> dict:
     """Launch parameters of ``gemv_kernel`` for a weight of ``k`` columns: 4 rows x up to 1024 columns per
     step of a program, 8 warps (bench/fused_decode.py's sweep on an H100: within 4 % of the best found for
-    TinyLlama-1.1B's qkv, dense, fc/gate and proj; docs/performance.md)."""
-    return {"BN": 4, "BK": min(1024, triton_next_pow2(k)), "num_warps": 8}
+    TinyLlama-1.1B's qkv, dense, fc/gate and proj; docs/performance.md). One-byte ``codes`` (FP8, INT8
+    SmoothQuant) take 16 rows (8 for a ``gated`` [fc; gate] pair): each code costs a conversion, and the input's
+    normalization and quantization is shared by the program's rows, so 4 rows spent 8.7-14.4 instructions per
+    weight byte, past what an H100 can issue at its copy rate (~11), against 5.6-5.8 for these
+    (``bench/kernel_sass.py``, a static count; not yet timed on a GPU)."""
+    rows = (8 if gated else 16) if codes else 4
+    return {"BN": rows, "BK": min(1024, triton_next_pow2(k)), "num_warps": 8}
 
 
 def batch_gemm(gemm: str, batch: int) -> bool:
@@ -176,6 +182,19 @@ def operands(linears: list, codes: QuantWeight | None, stacked: torch.Tensor | N
     return Operands(codes.codes, codes.scale, xs.contiguous(), pre, flags)
 
 
+def producer_quant(op: Operands) -> tuple[Operands, dict | None]:
+    """A linear whose input quantization its producer can do instead (FP8 or INT8 per tensor: elementwise,
+    with one scale): its operands without it, and the producer kernel's ``OAQ`` arguments, which store the
+    input as the linear quantizes it, once, where each of the linear's programs would otherwise quantize the
+    whole input again. The values are the same bit for bit. Per-token scales (a row's maximum) stay with the
+    linear; so does anything else: (op, None)."""
+    flags = op.flags or {}
+    if flags.get("AQ") not in ("fp8", "int8") or flags.get("SPLIT_ACT") or op.xs is None:
+        return op, None
+    quant = dict(OXS=op.xs, OPRE=op.pre if op.pre is not None else op.xs, OAQ=flags["AQ"], OHAS_PRE=flags["HAS_PRE"])
+    return replace(op, flags=flags | {"AQ": "none", "HAS_PRE": False}), quant
+
+
 @dataclass
 class Norm:
     """A norm the GEMVs apply to their input: RMSNorm (``bias`` None) or LayerNorm (``bias``: zeros where it
@@ -213,6 +232,8 @@ class LayerOps:
     softcap: float = 0.0  # Gemma 2's attention logit cap (0: none)
     inv_freq: torch.Tensor | None = None  # None: no rotary
     qk_norm: tuple[torch.Tensor, torch.Tensor] | None = None  # RMSNorm weights of each q and k head
+    attn_out_quant: dict | None = None  # the attention's output stored as dense quantizes it (``producer_quant``)
+    mlp_out_quant: dict | None = None  # the fc GEMV's output stored as proj quantizes it
 
 
 @dataclass
@@ -231,7 +252,10 @@ class FusedDecoder:
     when the KV cache is reallocated) and replayed; batches over ``max_batch`` (at most ``MAX_BATCH``) go to
     ``fallback``. ``gemm``: how batches of 2-16 multiply (``batch_gemm``); ``batch_tuning``: launch options of
     ``gemv_batch_kernel`` over ``gemv_batch_blocks``' own (``TUNABLE``), for
-    ``bench/fused_decode.py --batch``'s candidates; ``split_k``: the split-K rule on or off (default ``SPLIT_K``)."""
+    ``bench/fused_decode.py --batch``'s candidates; ``split_k``: the split-K rule on or off (default ``SPLIT_K``);
+    ``quant_at_producer``: FP8 / INT8 dense and proj inputs quantized by the kernel that writes them
+    (``producer_quant``; off: by every program of the GEMV that reads them, for benches and tests); ``tuning``:
+    launch options of the one-row ``gemv_kernel`` (BN, BK, num_warps) over ``gemv_blocks``' own, for benches."""
 
     def __init__(
         self,
@@ -242,6 +266,8 @@ class FusedDecoder:
         max_batch: int = MAX_BATCH,
         batch_tuning: dict | None = None,
         split_k: bool | None = None,
+        quant_at_producer: bool = True,
+        tuning: dict | None = None,
     ):
         reason = unsupported(model)
         if reason:
@@ -258,6 +284,10 @@ class FusedDecoder:
         if unknown:
             raise ValueError(f"fused decode: batch_tuning takes {', '.join(TUNABLE)}: {unknown}")
         self.batch_tuning, self.split_k = dict(batch_tuning or {}), split_k
+        self.quant_at_producer = quant_at_producer
+        self.tuning = dict(tuning or {})
+        if set(self.tuning) - {"BN", "BK", "num_warps"}:
+            raise ValueError(f"fused decode: tuning takes BN, BK, num_warps: {set(self.tuning)}")
         spec = model.spec
         self.act = KERNEL_ACTIVATIONS[spec.activation]
         self.eps = spec.norm_epsilon
@@ -293,11 +323,19 @@ class FusedDecoder:
         fc_bias: torch.Tensor | None = mlp.fc.bias
         if mlp.gate is not None and mlp.fc.bias is not None:  # [fc; gate] (fuse() stacked the float path's)
             fc_bias = mlp.fc_gate_bias if mlp.fc_gate is not None else torch.cat([mlp.fc.bias, mlp.gate.bias])
+        dense = operands([a.dense], getattr(a.dense, "quant_weight", None))
+        fc_op = operands(fc, getattr(mlp, "quant_fc_gate", getattr(mlp.fc, "quant_weight", None)), mlp.fc_gate)
+        proj = operands([mlp.proj], getattr(mlp.proj, "quant_weight", None))
+        attn_quant = mlp_quant = None
+        if self.quant_at_producer:
+            dense, attn_quant = producer_quant(dense)
+            if fc_op.packed is None:  # the packed GEMVs store plain outputs
+                proj, mlp_quant = producer_quant(proj)
         return LayerOps(
             operands([a.qkv], getattr(a.qkv, "quant_weight", None)),
-            operands([a.dense], getattr(a.dense, "quant_weight", None)),
-            operands(fc, getattr(mlp, "quant_fc_gate", getattr(mlp.fc, "quant_weight", None)), mlp.fc_gate),
-            operands([mlp.proj], getattr(mlp.proj, "quant_weight", None)),
+            dense,
+            fc_op,
+            proj,
             fc_bias,
             Norm.of(getattr(layer, spec.attn_norm)),
             Norm.of(getattr(layer, spec.mlp_norm)) if spec.mlp_norm else None,
@@ -307,6 +345,8 @@ class FusedDecoder:
             float(a.softcap or 0.0),
             rotary.inv_freq if rotary is not None else None,
             (Norm.of(a.q_layernorm).weight, Norm.of(a.k_layernorm).weight) if spec.qk_norm else None,
+            attn_quant,
+            mlp_quant,
         )
 
     @torch.inference_mode()
@@ -371,11 +411,15 @@ class FusedDecoder:
             "parts": empty(b * self.heads * splits * (triton_next_pow2(self.head_size) + 2), dtype=torch.float32),
         }
 
-    def gemv(self, x, op: Operands, y, *, norm: Norm | None = None, bias=None, res=None, gated=False, act="none"):
+    def gemv(
+        self, x, op: Operands, y, *, norm: Norm | None = None, bias=None, res=None, gated=False, act="none",
+        out_quant: dict | None = None,
+    ):  # fmt: skip
         """``y = act(W @ norm(x) + bias) (+ res)`` for each row of ``x`` (gated: W holds [fc; gate]): one
         ``gemv_kernel`` for one row, one ``gemv_batch_kernel`` for several; W and the input's quantization
-        from ``op``."""
+        from ``op``; ``out_quant``: y stored quantized as the next linear's input (``producer_quant``)."""
         if op.packed is not None:  # weight-only / AWQ codes: RMSNorm only (``unsupported``)
+            assert out_quant is None, "the packed GEMVs store plain outputs (layer_ops)"
             from .decode_wq_kernels import packed_gemv, packed_gemv_batch
 
             norm_w = None if norm is None else norm.weight
@@ -388,7 +432,7 @@ class FusedDecoder:
         n, k = w.shape[0] // (2 if gated else 1), w.shape[1]
         flags = dict(
             HAS_NORM=norm is not None, LAYER=norm is not None and norm.bias is not None, HAS_BIAS=bias is not None,
-            HAS_RES=res is not None, GATED=gated, ACT=act, PDL=self.pdl, **(op.flags or {}),
+            HAS_RES=res is not None, GATED=gated, ACT=act, PDL=self.pdl, **(op.flags or {}), **(out_quant or {}),
         )  # fmt: skip
         args = (
             x, w if norm is None else norm.weight, w, w if bias is None else bias, y, y if res is None else res,
@@ -398,7 +442,7 @@ class FusedDecoder:
         nbias = w if norm is None or norm.bias is None else norm.bias
         pdl = {"launch_pdl": True} if self.pdl else {}
         if b == 1:
-            blocks = gemv_blocks(k)
+            blocks = gemv_blocks(k, w.element_size() == 1, gated) | self.tuning
             grid = (math.ceil(n / blocks["BN"]),)
             self.kernels.gemv_kernel[grid](*args, NBIAS=nbias, **flags, **blocks, **pdl)
             return
@@ -436,6 +480,7 @@ class FusedDecoder:
             qk_norm = {"QNORM": ops.qk_norm[0], "KNORM": ops.qk_norm[1], "eps": self.eps, "QK_NORM": True}
         kv_quant = {} if a.kv_quant is None else {"KV_SCALE": a.kv_quant.scale, "KVQ": a.kv_quant.kind}
         pdl = {"launch_pdl": True} if self.pdl else {}
+        out_quant = ops.attn_out_quant or {}  # dense's input quantization
         blocks = attention_blocks(kv.shape[3])
         splits, chunk = blocks.pop("SPLITS"), blocks.pop("CHUNK")
         bd = triton_next_pow2(self.head_size)
@@ -446,11 +491,12 @@ class FusedDecoder:
             HEADS=self.heads, KV_HEADS=self.kv_heads, D=self.head_size, BD=bd, ROT=self.rotary_dim,
             INTERLEAVED=self.model.spec.rotary_interleaved, SPLITS=splits, SCALE=a.scale, PDL=self.pdl,
             HAS_ALIBI=self.alibi is not None, SOFTCAP=ops.softcap, **qk_norm, **kv_quant, **blocks, **pdl,
+            **({} if splits > 1 else out_quant),
         )  # fmt: skip
         if splits > 1:
             self.kernels.attention_combine_kernel[(self.heads, b)](
                 parts, out, HEADS=self.heads, D=self.head_size, BD=bd, SPLITS=splits, PDL=self.pdl,
-                num_warps=1, **pdl,
+                num_warps=1, **out_quant, **pdl,
             )  # fmt: skip
 
     def embed(self, tokens: torch.Tensor, slot, pad, buf: dict) -> None:
@@ -497,7 +543,8 @@ class FusedDecoder:
 
         def mlp_in(norm: Norm | None) -> None:
             gated = mlp.gate is not None
-            self.gemv(x, ops.fc, buf["mlp"], norm=norm, bias=ops.fc_bias, gated=gated, act=self.act)
+            self.gemv(x, ops.fc, buf["mlp"], norm=norm, bias=ops.fc_bias, gated=gated, act=self.act,
+                      out_quant=ops.mlp_out_quant)  # fmt: skip
 
         self.gemv(x, ops.qkv, buf["qkv"], norm=ops.attn_norm if pre else None, bias=layer.attention.qkv.bias)
         self.attention(layer, ops, buf, slot, pad)
