@@ -36,9 +36,10 @@ SHAPES = {  # name: (rows, cols, fused extras)
 
 
 def sweep_gemv(top: int, pdl: bool, fp8: bool = False) -> None:
-    """``gemv_kernel`` per shape over (BN, BK, warps). ``fp8``: e4m3 weight codes with a scale per row and the
-    input quantized to e4m3 in the kernel (per-tensor scale), as an FP8 checkpoint's linears run; wider row
-    tiles are tried too, since each program quantizes its input tiles once for all of its rows."""
+    """``gemv_kernel`` per shape over (BN, BK, warps). ``fp8``: e4m3 weight codes with a scale per row, as an
+    FP8 checkpoint's linears run: the normalized inputs (qkv, fc/gate) quantized to e4m3 in the kernel
+    (per-tensor scale), the others arriving quantized (``fused_decode.producer_quant``); wider row tiles are
+    tried too, since each program quantizes its input tiles once for all of its rows."""
     from ckpt_eval import decode_kernels as dk
     from ckpt_eval.fused_decode import gemv_blocks, triton_next_pow2
 
@@ -54,8 +55,8 @@ def sweep_gemv(top: int, pdl: bool, fp8: bool = False) -> None:
         flags = dict(HAS_NORM=False, HAS_BIAS=False, HAS_RES=False, GATED=False, ACT="none", PDL=pdl) | extras
         ws = torch.full((rows,), 0.01, device="cuda")  # FP8: the weight scale of each row
         xs = torch.tensor([0.02, 0.02], device="cuda")  # and the input's (fc and gate)
-        if fp8:
-            flags |= dict(WQ=True, AQ="fp8", HAS_PRE=False, SPLIT_ACT=False)
+        if fp8:  # the step quantizes an unnormalized input where it is written (fused_decode.producer_quant)
+            flags |= dict(WQ=True, AQ="fp8" if flags["HAS_NORM"] else "none", HAS_PRE=False, SPLIT_ACT=False)
 
         def launch(cfg, w, n=n, k=k, x=x, norm=norm, y=y, flags=flags, ws=ws, xs=xs, cast=False):
             bn, bk, warps = cfg
@@ -65,7 +66,8 @@ def sweep_gemv(top: int, pdl: bool, fp8: bool = False) -> None:
             )  # fmt: skip
 
         results = []
-        for cfg in itertools.product((2, 4, 8, 16, 32) if fp8 else (2, 4, 8, 16), (256, 512, 1024), (4, 8)):
+        # BK 2048: a K of 2048 read whole before the PDL wait (fewer instructions a byte: bench/kernel_sass.py)
+        for cfg in itertools.product((2, 4, 8, 16, 32) if fp8 else (2, 4, 8, 16), (256, 512, 1024, 2048), (4, 8)):
             if cfg[1] > triton_next_pow2(k):
                 continue
             try:
@@ -75,14 +77,14 @@ def sweep_gemv(top: int, pdl: bool, fp8: bool = False) -> None:
                 continue
             results.append((us, cfg))
         results.sort()
-        d = gemv_blocks(k)
+        d = gemv_blocks(k, fp8, gated)
         current = (d["BN"], d["BK"], d["num_warps"])
         now = next((us for us, cfg in results if cfg == current), float("nan"))
         nbytes = weights[0].numel() * weights[0].element_size()
         print(f"{name} [{n}x{k}]{' fp8' if fp8 else ''}: in use {current} {now:.2f} us ({nbytes / now / 1e6:.2f} TB/s)")
         for us, (bn, bk, warps) in results[:top]:
             print(f"    BN={bn:<3} BK={bk:<5} warps={warps}  {us:6.2f} us  {nbytes / us / 1e6:.2f} TB/s")
-        for _, cfg in results[:3] if fp8 else ():  # the input's e4m3 rounding by the GPU's conversion instead
+        for _, cfg in results[:3] if fp8 and flags["AQ"] == "fp8" else ():  # e4m3 rounding by the GPU's conversion
             launch(cfg, weights[0])
             want = y.clone()
             launch(cfg, weights[0], cast=True)

@@ -106,12 +106,15 @@ def gemv_times(device: str) -> dict:
         ws = torch.full((rows,), 0.02 / 448, device=device)
         xs = torch.tensor([4.0 / 448], device=device)
         row = {}
-        for label, dtype in (("fp16", torch.float16), ("fp8", torch.float8_e4m3fn)):
-            ws_ = [(torch.randn(rows, k, device=device) * 0.02 / ws[0]).clamp(-448, 448).to(dtype)
-                   if label == "fp8" else torch.randn(rows, k, device=device, dtype=dtype) * 0.02
+        for label in ("fp16", "fp8 before", "fp8"):
+            fp8 = label != "fp16"
+            ws_ = [(torch.randn(rows, k, device=device) * 0.02 / ws[0]).clamp(-448, 448).to(torch.float8_e4m3fn)
+                   if fp8 else torch.randn(rows, k, device=device, dtype=torch.float16) * 0.02
                    for _ in range(LAYERS)]  # fmt: skip
-            quant = dict(WQ=True, AQ="fp8") if label == "fp8" else {}
-            blocks = gemv_blocks(k)
+            # now: dense's and proj's inputs arrive quantized (fused_decode.producer_quant), code rows per program
+            at_producer = label == "fp8" and name in ("dense", "proj")
+            quant = dict(WQ=True, AQ="none" if at_producer else "fp8") if fp8 else {}
+            blocks = gemv_blocks(k, label == "fp8", gated)
 
             def launch(w, blocks=blocks, quant=quant, n=n, k=k, x=x, g=g, y=y, ws=ws, xs=xs, norm=norm, gated=gated):
                 dk.gemv_kernel[(math.ceil(n / blocks["BN"]),)](
@@ -128,6 +131,7 @@ def gemv_times(device: str) -> dict:
 
 def run(args) -> dict:
     from ckpt_eval.fp8_quantize import quantize_fp8
+    from ckpt_eval.fused_decode import FusedDecoder
     from ckpt_eval.runner import ModelRunner
 
     device = "cpu" if args.tiny else "cuda"
@@ -142,8 +146,11 @@ def run(args) -> dict:
         quantize_fp8(fp16, fp8, calibration, device)
         result["bytes"] = {"fp16": step_bytes(fp16), "fp8": step_bytes(fp8)}
         runners = {label: ModelRunner.from_dir(path, device=device, compile="fused") for label, path in
-                   (("fp16", fp16), ("fp8", fp8))}  # fmt: skip
+                   (("fp16", fp16), ("fp8 before", fp8), ("fp8", fp8))}  # fmt: skip
         assert all(r.model.decode_path == "fused" for r in runners.values())
+        before = runners["fp8 before"].model  # the FP8 step as it was: every GEMV quantizes its own input, 4 rows
+        before.decode = FusedDecoder(before.model, fallback=before.decode.fallback, max_batch=1,
+                                     quant_at_producer=False, tuning={"BN": 4})  # fmt: skip
         rows = list(prompts(1, args.prompt_len, vocab, device))
         eager = ModelRunner.from_dir(fp8, device=device)  # the torch backend's own FP8 step, model dtype
         with native_quant(False):  # the same, emulated: what the fused step computes
@@ -155,6 +162,8 @@ def run(args) -> dict:
         gen = lambda n, r=runner: r.generate(rows, max_new_tokens=n)  # noqa: E731
         result["tokens/s"][label] = decode_rate(gen, 1, args.new_tokens, 1 if args.tiny else 3, device)
     result["fp8 tokens"] = runners["fp8"].generate(rows, max_new_tokens=args.steps)[0, 0, -args.steps :].tolist()
+    before_tokens = runners["fp8 before"].generate(rows, max_new_tokens=args.steps)[0, 0, -args.steps :].tolist()
+    result["fp8 tokens equal before"] = before_tokens == result["fp8 tokens"]  # the same values, bit for bit
     result["fp8 eager tokens"] = eager.generate(rows, max_new_tokens=args.steps)[0, 0, -args.steps :].tolist()
     result["fp8 emulated tokens"] = emulated.generate(rows, max_new_tokens=args.steps)[0, 0, -args.steps :].tolist()
     result["gemv"] = gemv_times(device) if device == "cuda" else {}
@@ -164,13 +173,15 @@ def run(args) -> dict:
 def report(r: dict) -> None:
     bw = r["bandwidth"]
     print(f"{r['device']}: copy bandwidth {bw / 1e9:.0f} GB/s")
-    print(f"{'weights':<8} {'tokens/s':>10} {'MB/step':>10} {'bound':>10} {'of bound':>9}")
-    for label in ("fp16", "fp8"):
-        rate, nbytes = r["tokens/s"][label], r["bytes"][label]
+    print(f"{'weights':<10} {'tokens/s':>10} {'MB/step':>10} {'bound':>10} {'of bound':>9}")
+    for label in ("fp16", "fp8 before", "fp8"):
+        rate, nbytes = r["tokens/s"][label], r["bytes"][label.split()[0]]
         bound = bw / nbytes
-        print(f"{label:<8} {rate:>10.1f} {nbytes / 1e6:>10.1f} {bound:>10.1f} {100 * rate / bound:>8.1f}%")
+        print(f"{label:<10} {rate:>10.1f} {nbytes / 1e6:>10.1f} {bound:>10.1f} {100 * rate / bound:>8.1f}%")
     print(f"fp8 / fp16: {r['tokens/s']['fp8'] / r['tokens/s']['fp16']:.2f}x tokens/s "
-          f"(targets: >= 1.70x and >= 65% of the FP8 bound)")  # fmt: skip
+          f"(targets: >= 1.70x and >= 65% of the FP8 bound); before: "
+          f"{r['tokens/s']['fp8 before'] / r['tokens/s']['fp16']:.2f}x")  # fmt: skip
+    print(f"fp8 greedy tokens equal to the step before: {r['fp8 tokens equal before']}")
     pairs = (("fused", "fp32 dequantized reference", "fp8 tokens", "reference"),
              ("fused", "torch backend eager, fp16", "fp8 tokens", "fp8 eager tokens"),
              ("fused", "torch backend eager, fp16, emulated FP8 GEMMs", "fp8 tokens", "fp8 emulated tokens"),
@@ -181,9 +192,10 @@ def report(r: dict) -> None:
         first = next((i for i, (a, b) in enumerate(zip(ours, ref, strict=True)) if a != b), None)
         print(f"greedy tokens, fp8 {who} vs {label}: {same}/{len(ref)} equal, first difference at step {first}")
     for name, row in r["gemv"].items():
-        a, b = row["fp16"], row["fp8"]
-        print(f"gemv {name:<8} fp16 {a['us']:6.2f} us ({a['TB/s']:.2f} TB/s)  fp8 {b['us']:6.2f} us "
-              f"({b['TB/s']:.2f} TB/s)  {a['us'] / b['us']:.2f}x")  # fmt: skip
+        a, b, c = row["fp16"], row["fp8 before"], row["fp8"]
+        print(f"gemv {name:<8} fp16 {a['us']:6.2f} us ({a['TB/s']:.2f} TB/s)  fp8 before {b['us']:6.2f} us "
+              f"({b['TB/s']:.2f} TB/s)  fp8 {c['us']:6.2f} us ({c['TB/s']:.2f} TB/s)  {a['us'] / c['us']:.2f}x fp16, "
+              f"{b['us'] / c['us']:.2f}x before")  # fmt: skip
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one-GPU figures issues 19 and 24 still wait for, in steps that each fit a 10-minute call.
-#   bash bench/one_gpu.sh [STEP ...]          (default: tests, then the steps not yet run: batch-sweep-16 batch-e2e wq-batch fp8-sweep)
+#   bash bench/one_gpu.sh [STEP ...]          (default: tests, then the steps not yet run: fp8 batch-sweep-16 batch-e2e wq-batch fp8-sweep)
 # Steps:
 #   wq-memory  bench/weight_only_memory.py at the TinyLlama-1.1B shape in fp16: memory held, prefill peak and
 #              eager decode of int8/int4/AWQ (codes only) against the previous dequantize-at-load layout;
@@ -19,6 +19,8 @@
 #              split-K against torch.compile reduce-overhead;
 #   prefill    bench/prefill.py --compile --ragged: time to first token of ours compiled (prompts through compiled
 #              layers), ours eager and transformers, 1k/4k tokens at batch 1/8;
+#   fp8        bench/fused_decode_fp8.py: batch-1 FP8 decode against fp16, and against the FP8 step as it was
+#              before 2026-12-08 (inputs quantized in every GEMV program, 4 rows a program), per GEMV too (issue 19);
 #   fp8-sweep  bench/fused_decode.py --fp8: the batch-1 GEMV's tiles with FP8 weights (issue 19; wider row tiles
 #              quantize each input tile for more rows).
 # Done on 2026-12-07 (docs/performance.md): wq-memory, wq-compiled (but INT4 AWQ), summarize, falcon, tests.
@@ -43,7 +45,7 @@ step() {  # step NAME SECONDS CMD...: run CMD with a time limit, its output in $
   grep -v -e '^{' -e '^  ' -e 'Warning' "$OUT/$name.txt" | tail -30
   echo "$name: exit $rc"
 }
-for s in "${@:-tests batch-sweep-16 batch-e2e wq-batch fp8-sweep}"; do
+for s in "${@:-tests fp8 batch-sweep-16 batch-e2e wq-batch fp8-sweep}"; do
   for name in $s; do
     case $name in
       wq-memory)
@@ -75,9 +77,11 @@ for s in "${@:-tests batch-sweep-16 batch-e2e wq-batch fp8-sweep}"; do
         step batch-e2e 420 "$PY" bench/fused_batch.py --shapes llama-1.1b --batch 8 16 --unsplit --compile llama-1.1b ;;
       prefill)
         step prefill 420 "$PY" bench/prefill.py --compile --ragged --repeats 3 --json "$OUT/prefill.json" ;;
+      fp8)
+        step fp8 420 "$PY" bench/fused_decode_fp8.py --json "$OUT/fp8.json" ;;
       fp8-sweep)
         step fp8-sweep 560 "$PY" bench/fused_decode.py --pdl --fp8 ;;
-      *) echo "unknown step $name (wq-memory, wq-compiled, summarize, falcon, tests, batch-sweep, batch-sweep-16, batch-e2e, prefill, wq-batch, fp8-sweep)" >&2
+      *) echo "unknown step $name (wq-memory, wq-compiled, summarize, falcon, tests, batch-sweep, batch-sweep-16, batch-e2e, prefill, wq-batch, fp8, fp8-sweep)" >&2
          exit 2 ;;
     esac
   done
