@@ -10,7 +10,8 @@ and proj's inputs quantized where they are written, ``fused_decode.producer_quan
 input's e4m3 rounding by the GPU's conversion ("fp8 cast"); weight-only int8, int4 and INT4 AWQ packed codes.
 Triton only compiles: a stand-in driver names the target (sm90, the H100) and the launch is skipped; ``nvdisasm``
 and ``cuobjdump`` come with triton. Printed per
-kernel: registers and spills, the widest weight load (bytes per thread and instruction), and the instructions
+kernel: registers and spills, the widest weight load (bytes per thread and instruction), global loads of under
+4 bytes in the main loop ("narrow": an access the compiler could not vectorize), and the instructions
 of its main loop (the loop that streams the weight: its loads carry triton's ``evict_first`` hint) per weight
 byte, against the issue budget at the copy bandwidth: an SM issues 4 warp instructions a clock, and at 3.0
 TB/s over 132 SMs at 1.98 GHz it receives 11.5 weight bytes a clock, so a loop over 0.35 warp instructions
@@ -179,7 +180,9 @@ def analyse(name: str, grid: tuple, kernel) -> dict:
     if body is not None:
         body = [t for t in body if opcode(t) != "NOP"]
         nbytes = sum(load_bytes(opcode(t)) for t in body if opcode(t).startswith("LDG") and ".EF" in opcode(t))
-        row |= {"loop instructions": len(body), "loop weight bytes": nbytes, "classes": classify(body)}
+        narrow = sum(opcode(t).startswith("LDG") and load_bytes(opcode(t)) < 4 for t in body)
+        row |= {"loop instructions": len(body), "loop weight bytes": nbytes, "loop narrow loads": narrow,
+                "classes": classify(body)}  # fmt: skip
         if nbytes:
             row["per byte"] = len(body) / nbytes
             row["of budget"] = row["per byte"] / BUDGET
@@ -192,7 +195,7 @@ def gemv_launches(mode: str, name: str, tuning: dict | None = None, batch: int =
     from fused_decode_wq import packed_layer
 
     from ckpt_eval import decode_kernels as dk
-    from ckpt_eval.decode_wq_kernels import packed_gemv, packed_gemv_batch
+    from ckpt_eval.decode_wq_kernels import packed_blocks, packed_gemv, packed_gemv_batch
     from ckpt_eval.fused_decode import batch_gemm, gemv_batch_blocks, gemv_blocks
 
     n, k, norm, gated = SHAPES[name]
@@ -204,9 +207,12 @@ def gemv_launches(mode: str, name: str, tuning: dict | None = None, batch: int =
     with compile_only(launches):
         if mode in ("int8", "int4", "int4_awq"):
             packed = [packed_layer(n, k, mode, "cpu") for _ in range(2 if gated else 1)]
-            run = packed_gemv if one else packed_gemv_batch
             xs_, ys_ = (x[0], y[0]) if one else (x, y)
-            run(xs_, packed, ys_, eps=1e-5, norm=g if norm else None, res=None if norm else ys_, act=act, pdl=True)
+            common = dict(eps=1e-5, norm=g if norm else None, res=None if norm else ys_, act=act, pdl=True)
+            if one:
+                packed_gemv(xs_, packed, ys_, **common, blocks=packed_blocks(packed[0]) | (tuning or {}))
+            else:
+                packed_gemv_batch(xs_, packed, ys_, **common)
             return [analyse(kname, grid, kernel) | {"cubin": kernel.asm["cubin"]} for kname, grid, kernel in launches]
         fp8 = mode.startswith("fp8")
         w = torch.zeros(rows, k, dtype=torch.float8_e4m3fn if fp8 else torch.float16)
@@ -245,13 +251,13 @@ def main() -> None:
         "--blocks",
         type=json.loads,
         default=None,
-        help="launch options of the fp16 / fp8 GEMV over gemv_blocks' or gemv_batch_blocks' (JSON: '{\"BN\": 16}')",
+        help="launch options over the step's own (gemv_blocks, gemv_batch_blocks, packed_blocks; JSON: '{\"BN\": 16}')",
     )
     args = parser.parse_args()
     print(f"budget: {BUDGET:.1f} thread instructions per weight byte ({COPY_TBS} TB/s, {SM_COUNT} SMs, "
           f"{CLOCK_GHZ} GHz: {BYTES_PER_CLOCK:.1f} B per SM clock)")  # fmt: skip
-    header = "| GEMV | mode | regs | spills | widest load (B) | loop instr | loop bytes | instr/B | of budget |"
-    header += " vs fp16 |"
+    header = "| GEMV | mode | regs | spills | widest load (B) | narrow loads | loop instr | loop bytes | instr/B |"
+    header += " of budget | vs fp16 |"
     print(header + "\n|" + " --- |" * (header.count("|") - 1))
     results: dict = {}
     for name in args.shapes:
@@ -268,6 +274,7 @@ def main() -> None:
                 per = f"{r['per byte']:.2f}" if "per byte" in r else "—"
                 share = f"{r['of budget']:.0%}" if "of budget" in r else "—"
                 print(f"| {name} | {mode} | {r['registers']} | {r['local (spills)']} | {r['widest weight load']} | "
+                      f"{r.get('loop narrow loads', '—')} | "
                       f"{r.get('loop instructions', '—')} | {r.get('loop weight bytes', '—')} | {per} | {share} | "
                       f"{ratio} |")  # fmt: skip
                 sys.stdout.flush()

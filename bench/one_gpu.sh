@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one-GPU figures issues 19 and 24 still wait for, in steps that each fit a 10-minute call.
-#   bash bench/one_gpu.sh [STEP ...]          (default: tests, then the steps not yet run: fp8 batch-sweep-16 batch-e2e wq-batch fp8-sweep)
+#   bash bench/one_gpu.sh [STEP ...]          (default: tests, then the steps not yet run: fp8 batch-e2e fp8-sweep batch-sweep-16 wq-batch)
 # Steps:
 #   wq-memory  bench/weight_only_memory.py at the TinyLlama-1.1B shape in fp16: memory held, prefill peak and
 #              eager decode of int8/int4/AWQ (codes only) against the previous dequantize-at-load layout;
@@ -45,7 +45,7 @@ step() {  # step NAME SECONDS CMD...: run CMD with a time limit, its output in $
   grep -v -e '^{' -e '^  ' -e 'Warning' "$OUT/$name.txt" | tail -30
   echo "$name: exit $rc"
 }
-for s in "${@:-tests fp8 batch-sweep-16 batch-e2e wq-batch fp8-sweep}"; do
+for s in "${@:-tests fp8 batch-e2e fp8-sweep batch-sweep-16 wq-batch}"; do
   for name in $s; do
     case $name in
       wq-memory)

@@ -393,11 +393,9 @@ def gemv_batch_kernel(
         gdc_wait()
     mean, scale = 0.0, 1.0
     if HAS_NORM:
-        if STATS_BK:
-            stats_cols = tl.arange(0, STATS_BK)[None, :] + tl.where(in_batch, 0, K)[:, None]
-            mean, scale = _norm_stats(x_rows, stats_cols, K, eps, LAYER, STATS_BK)
-        else:
-            mean, scale = _norm_stats(x_rows, x_cols, K, eps, LAYER, BK)
+        SB: tl.constexpr = STATS_BK if STATS_BK > 0 else BK
+        stats_cols = tl.arange(0, SB)[None, :] + tl.where(in_batch, 0, K)[:, None]
+        mean, scale = _norm_stats(x_rows, stats_cols, K, eps, LAYER, SB)
     x_scale = _input_scale(x_rows, x_cols, K, NORM, NBIAS, PRE, XS, mean, scale, BK, AQ, HAS_NORM, LAYER,
                            HAS_PRE, dtype)  # fmt: skip
     g_scale = x_scale
