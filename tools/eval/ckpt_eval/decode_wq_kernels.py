@@ -219,9 +219,10 @@ def _codes_times_scales(b, S, rows, row_ok, cols, K, KG, BITS: tl.constexpr, HIG
 @triton.jit
 def _batch_products(x, b, S, rows, row_ok, cols, K, KG, BITS: tl.constexpr, HIGH: tl.constexpr,
                     PER_GROUP: tl.constexpr, GROUP: tl.constexpr):  # fmt: skip
-    """``x [BB, BK] @ codes(b)^T`` [BB, BR] in float32 on the CUDA cores."""
+    """The products ``x[i, k] * codes(b)[r, k]`` [BB, BR, BK] in float32 on the CUDA cores, summed over k by the
+    caller once at the end (a sum across threads at every step cost more instructions than the products)."""
     q = _codes_times_scales(b, S, rows, row_ok, cols, K, KG, BITS, HIGH, PER_GROUP, GROUP)
-    return tl.sum(x[:, None, :] * q[None, :, :], 2)
+    return x[:, None, :] * q[None, :, :]
 
 
 @triton.jit
@@ -286,10 +287,10 @@ def packed_gemv_batch_kernel(
     if BITS == 4:
         lo_rows = 2 * br
     hi_rows = lo_rows + 1
-    acc_lo = tl.zeros((BB, BR), tl.float32)
-    acc_hi = tl.zeros((BB, BR), tl.float32)
-    gate_lo = tl.zeros((BB, BR), tl.float32)
-    gate_hi = tl.zeros((BB, BR), tl.float32)
+    acc_lo = tl.zeros((BB, BR, BK), tl.float32)
+    acc_hi = tl.zeros((BB, BR, BK), tl.float32)
+    gate_lo = tl.zeros((BB, BR, BK), tl.float32)
+    gate_hi = tl.zeros((BB, BR, BK), tl.float32)
     for k0 in range(0, K, BK):
         c = k0 + cols
         if k0 > 0:
@@ -329,10 +330,11 @@ def packed_gemv_batch_kernel(
 
 @triton.jit
 def _batch_row_sums(acc, S, rows, row_ok, KG, PER_GROUP: tl.constexpr):
-    """[BB, BR] sums, times each row's scale per channel."""
+    """[BB, BR] sums of the products [BB, BR, BK], times each row's scale per channel."""
+    y = tl.sum(acc, 2)
     if not PER_GROUP:
-        acc *= tl.load(S + rows * KG, mask=row_ok, other=0.0)[None, :]
-    return acc
+        y *= tl.load(S + rows * KG, mask=row_ok, other=0.0)[None, :]
+    return y
 
 
 def packed_blocks(weight: PackedWeight) -> dict:
