@@ -56,10 +56,15 @@ CLASSES = (  # instruction families, matched on the opcode's first word
 )
 
 
-def tool(name: str) -> str:
+def read_cubin(cubin: bytes, tool: str, *options: str) -> str:
+    """What one of triton's CUDA tools (``nvdisasm``, ``cuobjdump``) prints for ``cubin``."""
     import triton
 
-    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / tool
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([str(path), *options, f.name], capture_output=True, text=True, check=True).stdout
 
 
 class Sm90Target:
@@ -103,10 +108,7 @@ def compile_only(launches: list):
 
 def sass_lines(cubin: bytes) -> list[tuple[int, str]]:
     """(address, instruction) of each instruction, and (-1, label) for each label, in program order."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        text = subprocess.run([tool("nvdisasm"), "-c", f.name], capture_output=True, text=True, check=True).stdout
+    text = read_cubin(cubin, "nvdisasm", "-c")
     out = []
     for line in text.splitlines():
         if m := re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line):
@@ -118,13 +120,10 @@ def sass_lines(cubin: bytes) -> list[tuple[int, str]]:
 
 def resources(cubin: bytes) -> dict:
     """Registers per thread and local memory (spills) from ``cuobjdump -res-usage``."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        text = subprocess.run([tool("cuobjdump"), "-res-usage", f.name], capture_output=True, text=True, check=True)
-    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", text.stdout)
+    text = read_cubin(cubin, "cuobjdump", "-res-usage")
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", text)
     if m is None:
-        raise SystemExit(f"kernel_sass: no resource line in cuobjdump's output: {text.stdout[:200]!r}")
+        raise SystemExit(f"kernel_sass: no resource line in cuobjdump's output: {text[:200]!r}")
     return {"registers": int(m.group(1)), "stack": int(m.group(2)), "local (spills)": int(m.group(4))}
 
 
