@@ -291,6 +291,14 @@ def _epilogue(y, y_gate, rows, row_ok, N, BIAS, WS, HAS_BIAS: tl.constexpr, GATE
 
 
 @triton.jit
+def _batch_columns(cols, in_batch, K):
+    """[BB, len(cols)] column offsets of a batch's input rows: ``cols`` in the rows of the batch, past K (read
+    as nothing) in the padding rows. A whole row moves past K, rather than a ``where`` over the columns, so each
+    row's columns stay contiguous and 16-aligned and its loads are vectorized (the ``where`` made them 2-byte)."""
+    return cols[None, :] + tl.where(in_batch, 0, K)[:, None]
+
+
+@triton.jit
 def _tile_product(x, w, DOT: tl.constexpr, PRECISION: tl.constexpr, dtype: tl.constexpr):
     """``x [BB, BK] @ w [BN, BK]^T`` in float32: on tensor cores (DOT: x and w in the model dtype, which
     holds them exactly) or as broadcast multiply-adds on the CUDA cores."""
@@ -375,9 +383,7 @@ def gemv_batch_kernel(
     cols = tl.arange(0, BK)
     batch = tl.arange(0, BB)
     in_batch = batch < B
-    # [BB, BK]: rows past B read nothing (their columns start at K). An offset per row keeps each row's columns
-    # contiguous and 16-aligned, so the input loads are vectorized (a ``where`` over the columns made them 2-byte)
-    x_cols = cols[None, :] + tl.where(in_batch, 0, K)[:, None]
+    x_cols = _batch_columns(cols, in_batch, K)  # [BB, BK]: rows past B read nothing
     x_rows = X + batch[:, None] * K
     rows64 = rows.to(tl.int64)
     w_ptr = W + rows64[:, None] * K + cols[None, :]
@@ -394,7 +400,7 @@ def gemv_batch_kernel(
     mean, scale = 0.0, 1.0
     if HAS_NORM:
         SB: tl.constexpr = STATS_BK if STATS_BK > 0 else BK
-        stats_cols = tl.arange(0, SB)[None, :] + tl.where(in_batch, 0, K)[:, None]
+        stats_cols = _batch_columns(tl.arange(0, SB), in_batch, K)
         mean, scale = _norm_stats(x_rows, stats_cols, K, eps, LAYER, SB)
     x_scale = _input_scale(x_rows, x_cols, K, NORM, NBIAS, PRE, XS, mean, scale, BK, AQ, HAS_NORM, LAYER,
                            HAS_PRE, dtype)  # fmt: skip

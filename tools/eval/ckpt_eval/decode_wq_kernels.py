@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from .decode_kernels import _activate, _load_normed, _norm_stats, _round
+from .decode_kernels import _activate, _batch_columns, _load_normed, _norm_stats, _round
 from .quantized import PackedWeight
 
 
@@ -272,9 +272,7 @@ def packed_gemv_batch_kernel(
     batch = tl.arange(0, BB)
     in_batch = batch < B
     x_rows = X + batch[:, None] * K
-    # [BB, BK]: rows past B read nothing (their columns start at K). An offset per row keeps each row's columns
-    # contiguous and 16-aligned, so the input loads are vectorized (a ``where`` over the columns made them 2-byte)
-    x_cols = cols[None, :] + tl.where(in_batch, 0, K)[:, None]
+    x_cols = _batch_columns(cols, in_batch, K)  # [BB, BK]: rows past B read nothing
     w_off = br.to(tl.int64)[:, None] * K + cols[None, :]  # 64-bit: vocab x hidden may pass 2**31
     w_mask = br_ok[:, None] & (cols < K)[None, :]
     b = tl.load(W + w_off, mask=w_mask, other=0, eviction_policy="evict_first")  # before the wait (PDL)
