@@ -5,6 +5,7 @@ instructions a weight byte than the step before it) and the batched GEMV's vecto
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("torch")
-pytest.importorskip("triton")
+if importlib.util.find_spec("triton") is None:  # found, not imported: this process may run the kernels interpreted
+    pytest.skip("triton is not installed", allow_module_level=True)
 ROOT = Path(__file__).resolve().parents[2]
 
 
